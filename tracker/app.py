@@ -1,0 +1,62 @@
+"""The tracker application: ``init_app(settings)`` builds it; resources live in ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from tracker.beacon import Limits
+from tracker.eventlog import EventLog
+from tracker.groupcommit import GroupCommitter
+from tracker.http import API_KEYS, METRICS, auth_middleware, edge_middleware
+from tracker.metrics import Metrics
+from tracker.routes import EVENTLOG, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, routes
+from tracker.script import Script
+from tracker.settings import Settings
+
+REDIS = web.AppKey("redis", Redis)
+
+
+def connect_redis(url: str, timeout: float = 1.0) -> Redis:
+    """A client that fails fast: no retries or backoff, so a Redis outage becomes a quick 503, not a hang."""
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout / 2,
+                          retry=Retry(NoBackoff(), 0), health_check_interval=0,
+                          max_connections=64)
+
+
+def init_app(settings: Settings, app: web.Application | None = None) -> web.Application:
+    """The tracking routes on ``app`` (a new one if None); Redis must be reachable at ``settings.redis_url``."""
+    if settings.redis_url is None:
+        raise ValueError("settings.redis_url is required (the CLI starts an embedded Redis when unset)")
+    if app is None:
+        app = web.Application(middlewares=[edge_middleware, auth_middleware],
+                              client_max_size=max(settings.max_body_bytes, 1024 * 1024) + 1024)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[API_KEYS] = settings.api_keys
+    app[READY_CHECKS] = {}
+    app[LIMITS] = Limits(settings.max_body_bytes, settings.max_events, settings.max_string_bytes,
+                         settings.max_props_bytes)
+    app[SCRIPT] = Script.load(settings.static_dir / "t.js")
+    app.cleanup_ctx.append(_redis_ctx)
+    app.add_routes(routes)
+    return app
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.redis_url is not None
+    redis = connect_redis(settings.redis_url, settings.redis_timeout)
+    committer = GroupCommitter(redis, on_flush=app[METRICS].batch_size.observe)
+    committer.start()
+    app[REDIS] = redis
+    app[EVENTLOG] = EventLog(redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
+                             history_cap=settings.history_cap, rejected_cap=settings.rejected_cap,
+                             committer=committer)
+    yield
+    await committer.stop()
+    await redis.aclose()

@@ -1,0 +1,165 @@
+"""Validation of beacon bodies (SPEC §2). Pure: bytes and limits in, accepted and rejected events out."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tracker.errors import PayloadTooLarge, ValidationFailed
+from tracker.visitor import parse_visitor_id
+
+_EVENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,64}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MIN_MS = 946_684_800_000  # 2000-01-01: anything earlier is a clock or unit bug
+_MAX_MS = 4_102_444_800_000  # 2100-01-01
+_TEXT_FIELDS = ("url", "ref", "title")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The configurable size limits of one beacon."""
+
+    max_body_bytes: int = 64 * 1024
+    max_events: int = 100
+    max_string_bytes: int = 2 * 1024
+    max_props_bytes: int = 8 * 1024
+
+
+@dataclass
+class Batch:
+    """A validated beacon: the body's visitor id and the events split into good and bad."""
+
+    vid: str | None
+    reset: bool
+    accepted: list[tuple[str, bytes]] = field(default_factory=list)  # (event id, stored JSON)
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {"index", "id"?, "reason", "event"}
+
+
+def decode_pixel(d: str | None) -> bytes:
+    """The JSON body carried by ``/t.gif?d=``: base64url, padding optional."""
+    if not d:
+        raise ValidationFailed([{"field": "d", "message": "missing base64url JSON body"}])
+    try:
+        return base64.urlsafe_b64decode(d + "=" * (-len(d) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationFailed([{"field": "d", "message": "not valid base64url"}]) from exc
+
+
+def parse_batch(raw: bytes, limits: Limits, received_at: int, bot: bool = False) -> Batch:
+    """Validate a whole beacon body.
+
+    A malformed body raises (400/413, nothing is stored). Otherwise each event is judged alone: good ones
+    become compact JSON with ``rt`` (received_at) and ``t`` (the derived time that orders the history),
+    bad ones come back with their reason.
+    """
+    if len(raw) > limits.max_body_bytes:
+        raise PayloadTooLarge(f"body is {len(raw)} bytes, the limit is {limits.max_body_bytes}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationFailed([{"field": "body", "message": f"not valid JSON: {exc.msg}"}]) from exc
+    if not isinstance(body, dict):
+        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
+    errors: list[dict[str, str]] = []
+    vid = None
+    if body.get("vid") is not None:
+        vid = parse_visitor_id(body["vid"])
+        if vid is None:
+            errors.append({"field": "vid", "message": "must be a visitor id (UUID) issued by the collector"})
+    sent_at = body.get("sent_at")
+    if sent_at is not None and not _is_ms(sent_at):
+        errors.append({"field": "sent_at", "message": "must be a Unix time in milliseconds"})
+        sent_at = None
+    events = body.get("events")
+    if not isinstance(events, list) or not events:
+        errors.append({"field": "events", "message": "must be a non-empty list"})
+    if errors:
+        raise ValidationFailed(errors)
+    assert isinstance(events, list)
+    if len(events) > limits.max_events:
+        raise PayloadTooLarge(f"{len(events)} events in one request, the limit is {limits.max_events}",
+                              field="events")
+    batch = Batch(vid=vid, reset=body.get("reset") is True)
+    seen: set[str] = set()
+    for index, event in enumerate(events):
+        try:
+            event_id, stored = _event(event, limits, received_at, sent_at, bot)
+        except ValueError as exc:
+            batch.rejected.append(_rejection(index, event, str(exc)))
+            continue
+        if event_id not in seen:  # the same id twice in one batch is one event
+            seen.add(event_id)
+            batch.accepted.append((event_id, stored))
+    return batch
+
+
+def _is_ms(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and _MIN_MS <= value <= _MAX_MS
+
+
+def _event(event: object, limits: Limits, received_at: int, sent_at: Any, bot: bool) -> tuple[str, bytes]:
+    if not isinstance(event, dict):
+        raise ValueError("event must be a JSON object")
+    event_id = event.get("id")
+    if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+        raise ValueError("id: must be 1-64 characters of letters, digits, '-', '_', ':' or '.'")
+    kind = event.get("type")
+    if not isinstance(kind, str) or not kind.strip() or len(kind) > 128 or _CONTROL.search(kind):
+        raise ValueError("type: must be a non-empty name of at most 128 printable characters")
+    out: dict[str, Any] = {"id": event_id, "type": kind}
+    ts = event.get("ts")
+    if ts is not None and not _is_ms(ts):
+        raise ValueError("ts: must be a Unix time in milliseconds")
+    if ts is not None:
+        out["ts"] = int(ts)
+    for name in _TEXT_FIELDS:
+        value = event.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: must be a string")
+        if len(value.encode()) > limits.max_string_bytes:
+            raise ValueError(f"{name}: longer than {limits.max_string_bytes} bytes")
+        out[name] = value
+    props = event.get("props")
+    if props is not None:
+        if not isinstance(props, dict):
+            raise ValueError("props: must be a JSON object")
+        encoded = orjson.dumps(props)
+        if len(encoded) > limits.max_props_bytes:
+            raise ValueError(f"props: larger than {limits.max_props_bytes} bytes")
+        for key, value in props.items():
+            if isinstance(value, str) and len(value.encode()) > limits.max_string_bytes:
+                raise ValueError(f"props.{key}: longer than {limits.max_string_bytes} bytes")
+        if props:
+            out["props"] = props
+    out["rt"] = received_at
+    out["t"] = derived_time(received_at, sent_at, ts)
+    if bot:
+        out["bot"] = True
+    return event_id, orjson.dumps(out)
+
+
+def derived_time(received_at: int, sent_at: Any, ts: Any) -> int:
+    """Server time wins: ``received_at - (sent_at - ts)``, never later than ``received_at``.
+
+    The client's clock only contributes the *offset* between the event and the send, so a browser whose
+    clock is hours off still orders its events correctly against the server's.
+    """
+    if sent_at is None or ts is None:
+        return received_at
+    return int(received_at - max(0, sent_at - ts))
+
+
+def _rejection(index: int, event: object, reason: str) -> dict[str, Any]:
+    record: dict[str, Any] = {"index": index, "reason": reason}
+    if isinstance(event, dict) and isinstance(event.get("id"), str):
+        record["id"] = event["id"][:64]
+    # keep what was sent, bounded, so an operator can see it
+    record["event"] = orjson.dumps(event)[:4096].decode(errors="replace")
+    return record

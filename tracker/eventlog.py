@@ -1,0 +1,244 @@
+"""The Redis event log: anonymous visitor histories, links to contacts and the linked-event streams.
+
+This is the one API through which anything reads or writes visitor events in Redis; the key layout is in
+``tracker.keys`` and the atomic multi-key steps are the Lua scripts beside this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, ResponseError
+
+from tracker import keys
+from tracker.groupcommit import GroupCommitter
+
+_LUA = Path(__file__).with_name("lua")
+LINK_TTL_SECONDS = 400 * 86_400  # as long as the visitor cookie lives
+
+
+class _Script:
+    """A Lua script called by EVALSHA, loaded lazily and again after a Redis restart (NOSCRIPT)."""
+
+    def __init__(self, name: str) -> None:
+        self.source = (_LUA / f"{name}.lua").read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def args(self, keys_: list[str], argv: list[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", self.sha, len(keys_), *keys_, *argv)
+
+    async def load(self, redis: Redis) -> None:
+        await redis.script_load(self.source)
+
+
+APPEND = _Script("append")
+CLAIM = _Script("claim")
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    stored: int
+    duplicates: int
+    over_cap: list[str]
+
+
+@dataclass(frozen=True)
+class LinkedEvent:
+    """One event of a linked visitor read from a partition stream, to be put on the contact's timeline."""
+
+    stream: str
+    entry_id: str
+    contact_id: int
+    vid: str
+    event: dict[str, Any]
+
+
+class EventLog:
+    """Visitor histories in Redis; writes from beacons go through a group committer."""
+
+    def __init__(self, redis: Redis, *, partitions: int, anon_ttl_seconds: int, history_cap: int,
+                 rejected_cap: int = 100_000, committer: GroupCommitter | None = None) -> None:
+        self.redis = redis
+        self.partitions = partitions
+        self.anon_ttl = anon_ttl_seconds
+        self.history_cap = history_cap
+        self.rejected_cap = rejected_cap
+        self.committer = committer
+
+    def keys(self, vid: str) -> keys.VisitorKeys:
+        return keys.VisitorKeys(vid, self.partitions)
+
+    async def _eval(self, script: _Script, keys_: list[str], argv: list[Any]) -> Any:
+        args = script.args(keys_, argv)
+        for attempt in (1, 2):
+            try:
+                if self.committer is not None:
+                    return await self.committer.submit(*args)
+                return await self.redis.execute_command(*args)
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await script.load(self.redis)
+            except ResponseError as exc:  # pipelines surface NOSCRIPT as a plain ResponseError
+                if attempt == 2 or not str(exc).startswith("NOSCRIPT"):
+                    raise
+                await script.load(self.redis)
+        raise AssertionError("unreachable")
+
+    async def append(self, vid: str, events: list[tuple[str, bytes]]) -> AppendResult:
+        """Store events under the visitor (or hand them to its contact's stream if linked).
+
+        Returns once Redis has them. Ids already stored are skipped; events past the history cap are
+        returned by id so the caller can record them as rejected.
+        """
+        k = self.keys(vid)
+        argv: list[Any] = [self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid]
+        for event_id, body in events:
+            argv.append(event_id)
+            argv.append(body)
+        reply = await self._eval(APPEND, [k.events, k.ids, k.link, k.linked_stream], argv)
+        return AppendResult(int(reply[0]), int(reply[1]), [_s(x) for x in reply[2:]])
+
+    async def history(self, vid: str) -> list[dict[str, Any]]:
+        """The visitor's anonymous history (plus any part held by an unfinished stitch), oldest first."""
+        k = self.keys(vid)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(k.claim, 0, -1)
+            pipe.lrange(k.events, 0, -1)
+            claimed, anonymous = await pipe.execute()
+        events = [orjson.loads(x) for x in (*claimed, *anonymous)]
+        events.sort(key=lambda e: (e.get("t", 0), e.get("rt", 0)))
+        return events
+
+    async def link_of(self, vid: str) -> int | None:
+        """The contact a visitor is linked to, if any."""
+        value = await self.redis.get(self.keys(vid).link)
+        return int(value) if value is not None else None
+
+    # --- the stitch ---------------------------------------------------------------------------------
+
+    async def claim(self, vid: str, contact_id: int) -> int:
+        """Link ``vid`` to ``contact_id`` and move its anonymous history into its claim, atomically.
+
+        Safe to repeat: a second call re-sets the same link and finds nothing more to move.
+        Returns the number of events waiting in the claim.
+        """
+        k = self.keys(vid)
+        return int(await self._eval(CLAIM, [k.link, k.events, k.claim],
+                                    [contact_id, LINK_TTL_SECONDS]))
+
+    async def read_claim(self, vid: str) -> list[dict[str, Any]]:
+        """The events handed to a stitch of ``vid`` and not yet released."""
+        return [orjson.loads(x) for x in await self.redis.lrange(self.keys(vid).claim, 0, -1)]
+
+    async def release_claim(self, vid: str) -> None:
+        """Drop the claim once its events are safely on the timeline."""
+        await self.redis.delete(self.keys(vid).claim)
+
+    async def unlink(self, vid: str) -> None:
+        """Forget the visitor's link so later events are anonymous again (history untouched)."""
+        await self.redis.delete(self.keys(vid).link)
+
+    async def forget(self, vid: str) -> None:
+        """Erase everything Redis holds about a visitor (GDPR erase)."""
+        k = self.keys(vid)
+        await self.redis.delete(k.events, k.ids, k.link, k.claim)
+
+    # --- rejected events ----------------------------------------------------------------------------
+
+    async def record_rejected(self, vid: str | None, rejected: list[dict[str, Any]]) -> None:
+        """Keep each rejected event with its reason in a capped stream an operator can list."""
+        if not rejected:
+            return
+        now = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record in rejected:
+                fields = {"at": now, "vid": vid or "", "reason": record["reason"],
+                          "event_id": record.get("id", ""), "event": record.get("event", "")}
+                pipe.xadd(keys.REJECTED, fields, maxlen=self.rejected_cap, approximate=True)
+            await pipe.execute()
+
+    async def rejected(self, count: int = 100) -> list[dict[str, Any]]:
+        """The most recent rejected events, newest first."""
+        entries = await self.redis.xrevrange(keys.REJECTED, count=count)
+        out = []
+        for entry_id, fields in entries:
+            record = {_s(k): _s(v) for k, v in fields.items()}
+            record["entry"] = _s(entry_id)
+            record["at"] = int(record["at"])
+            out.append(record)
+        return out
+
+    # --- the linked streams (read by the stitcher's worker) -----------------------------------------
+
+    def linked_streams(self) -> list[str]:
+        return [keys.linked_stream(p) for p in range(self.partitions)]
+
+    async def ensure_group(self) -> None:
+        """Create the consumer group on every partition stream (idempotent)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.linked_streams():
+                pipe.xgroup_create(stream, keys.LINKED_GROUP, id="0", mkstream=True)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+
+    async def read_linked(self, consumer: str, count: int = 500, block_ms: int = 1000) -> list[LinkedEvent]:
+        """New entries of the linked streams for this consumer (blocks up to ``block_ms``)."""
+        streams = dict.fromkeys(self.linked_streams(), ">")
+        reply = await self.redis.xreadgroup(keys.LINKED_GROUP, consumer, streams,  # type: ignore[arg-type]
+                                            count=count, block=block_ms)
+        return _linked(reply)
+
+    async def reclaim_linked(self, consumer: str, min_idle_ms: int = 30_000) -> list[LinkedEvent]:
+        """Take over entries another (dead) consumer read but never acknowledged."""
+        out: list[LinkedEvent] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream in self.linked_streams():
+                pipe.xautoclaim(stream, keys.LINKED_GROUP, consumer, min_idle_ms, "0-0", count=500)
+            replies = await pipe.execute(raise_on_error=False)
+        for stream, reply in zip(self.linked_streams(), replies, strict=True):
+            if isinstance(reply, Exception) or not reply:
+                continue
+            out.extend(_linked([[stream, reply[1]]]))
+        return out
+
+    async def ack_linked(self, events: list[LinkedEvent]) -> None:
+        """Acknowledge and delete entries now on the timeline."""
+        by_stream: dict[str, list[str]] = {}
+        for e in events:
+            by_stream.setdefault(e.stream, []).append(e.entry_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in by_stream.items():
+                pipe.xack(stream, keys.LINKED_GROUP, *ids)
+                pipe.xdel(stream, *ids)
+            await pipe.execute()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), 1.0))
+        except Exception:
+            return False
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _linked(reply: Any) -> list[LinkedEvent]:
+    out = []
+    for stream, entries in reply or []:
+        for entry_id, fields in entries:
+            if not fields:  # deleted while pending
+                continue
+            f = {_s(k): v for k, v in fields.items()}
+            out.append(LinkedEvent(_s(stream), _s(entry_id), int(f["c"]), _s(f["v"]), orjson.loads(f["e"])))
+    return out

@@ -1,0 +1,123 @@
+"""The HTTP edge shared by every route: request ids, one log line per request, metrics, JSON errors, auth."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tracker.errors import DomainError
+from tracker.metrics import Metrics
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+METRICS = web.AppKey("metrics", Metrics)
+API_KEYS = web.AppKey("api_keys", tuple)
+log = structlog.get_logger("http")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
+                        headers=headers)
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return json_response({"error": code, "message": message, **extra}, status=status)
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Binds a request id, times the request, translates errors into JSON and writes the canonical log line.
+
+    Redis being down or slow becomes a 503 with Retry-After, never a 500 or a hang.
+    """
+    started = time.perf_counter()
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    error: str | None = None
+    try:
+        response = await handler(request)
+    except DomainError as exc:
+        response = json_response(exc.body(), status=exc.status)
+        error = exc.code
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+        elif exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="stitcher"'
+    except (TimeoutError, RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+        response = error_response(503, "unavailable", "storage is unavailable, retry shortly")
+        response.headers["Retry-After"] = "1"
+        error = type(exc).__name__
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            response = error_response(exc.status, exc.reason.lower().replace(" ", "_"),
+                                      exc.text or exc.reason)
+            for name in ("Allow", "Location"):
+                if name in exc.headers:
+                    response.headers[name] = exc.headers[name]
+        else:
+            raise
+    except Exception:
+        log.exception("unhandled error", path=request.path)
+        response = error_response(500, "internal_error", "internal error", requestId=request_id)
+        error = "internal_error"
+    response.headers["X-Request-Id"] = request_id
+    elapsed = time.perf_counter() - started
+    route = _route(request)
+    metrics = request.app[METRICS]
+    metrics.requests.labels(route, request.method, response.status).inc()
+    metrics.latency.labels(route).observe(elapsed)
+    log.info("request", method=request.method, route=route, status=response.status,
+             ms=round(elapsed * 1000, 2), error=error)
+    return response
+
+
+def check_api_key(request: web.Request) -> None:
+    """HTTP Basic auth, any user name, an API key as the password; raises a JSON 401 otherwise."""
+    password = basic_auth_password(request.headers.get("Authorization", ""))
+    keys: tuple[str, ...] = request.app[API_KEYS]
+    if not password or not any(hmac.compare_digest(password, k) for k in keys):
+        raise _Unauthorized()
+
+
+def basic_auth_password(header: str) -> str:
+    """The password of a ``Basic`` Authorization header, or "" when absent or malformed."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
+
+
+class _Unauthorized(DomainError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("HTTP Basic auth with an API key as the password is required")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every ``/api/`` route needs an API key; the tracking routes are public."""
+    if request.path.startswith("/api/"):
+        check_api_key(request)
+    return await handler(request)

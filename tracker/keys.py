@@ -1,0 +1,39 @@
+"""Every Redis key name Stitcher uses, in one place.
+
+All keys of one visitor carry the visitor's *partition* as hash tag (``{17}``), and each partition has one
+stream of events for already-linked visitors. A Lua script that touches a visitor's keys and its partition's
+stream therefore stays in one hash slot, on a single Redis and on Redis Cluster alike (DESIGN invariant 7).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+PREFIX = "st"
+LINKED_GROUP = "stitcher"  # consumer group reading the linked streams
+REJECTED = f"{PREFIX}:rejected"  # stream of rejected beacon events, for operators
+
+
+def partition(vid: str, partitions: int) -> int:
+    """The visitor's partition: stable across processes and Python versions."""
+    return zlib.crc32(vid.encode()) % partitions
+
+
+class VisitorKeys:
+    """The keys of one visitor."""
+
+    __slots__ = ("claim", "events", "ids", "link", "linked_stream", "vid")
+
+    def __init__(self, vid: str, partitions: int) -> None:
+        tag = f"{PREFIX}:{{{partition(vid, partitions)}}}"
+        self.vid = vid
+        self.events = f"{tag}:v:{vid}:ev"  # list: anonymous history, oldest first
+        self.ids = f"{tag}:v:{vid}:ids"  # set: event ids already stored (idempotency)
+        self.link = f"{tag}:v:{vid}:link"  # string: contact id the visitor is linked to
+        self.claim = f"{tag}:v:{vid}:claim"  # list: history handed over to a stitch in progress
+        self.linked_stream = linked_stream(partition(vid, partitions))
+
+
+def linked_stream(p: int) -> str:
+    """Stream of new events of linked visitors in partition ``p``, drained by the stitcher worker."""
+    return f"{PREFIX}:{{{p}}}:linked"

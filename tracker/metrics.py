@@ -1,0 +1,32 @@
+"""Prometheus metrics of one service instance (its own registry, so tests can build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    """Every metric the service exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("stitcher_http_requests", "HTTP requests answered",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("stitcher_http_request_duration_seconds", "HTTP request latency",
+                                 ["route"], registry=r,
+                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.events = Counter("stitcher_tracker_events", "Beacon events by result", ["result"], registry=r)
+        self.batch_size = Histogram("stitcher_redis_write_batch_size",
+                                    "Commands per coalesced Redis pipeline (group commit)", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.stitched = Counter("stitcher_stitched_events", "Anonymous events moved onto timelines",
+                                registry=r)
+        self.drained = Counter("stitcher_worker_events", "Linked-visitor events put on timelines by the worker",
+                               registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,195 @@
+"""Tracking routes: the beacon (POST /t, GET /t.gif), the script, the demo, visitor history, operations."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
+from tracker.bots import is_bot
+from tracker.errors import DomainError, NotFound, PayloadTooLarge, Unavailable, ValidationFailed
+from tracker.eventlog import EventLog
+from tracker.http import METRICS, json_response
+from tracker.metrics import CONTENT_TYPE_LATEST
+from tracker.script import Script
+from tracker.settings import Settings
+from tracker.visitor import COOKIE, COOKIE_MAX_AGE, choose_visitor_id, parse_visitor_id
+
+SETTINGS = web.AppKey("settings", Settings)
+EVENTLOG = web.AppKey("eventlog", EventLog)
+SCRIPT = web.AppKey("script", Script)
+LIMITS = web.AppKey("limits", Limits)
+VISITOR_HEADER = "X-Stitcher-Visitor"
+# 1x1 transparent GIF
+PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c000000000100010000020144003b")
+routes = web.RouteTableDef()
+
+
+def _cors(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    if not origin:
+        return
+    allowed = request.app[SETTINGS].allowed_origins
+    if "*" in allowed or origin in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Expose-Headers"] = VISITOR_HEADER
+        response.headers["Vary"] = "Origin"
+
+
+async def _ingest(request: web.Request, raw: bytes) -> str:
+    """Validate, store and account for one beacon; returns the visitor id. Raises 400/413/503."""
+    app = request.app
+    metrics = app[METRICS]
+    received_at = int(time.time() * 1000)
+    user_agent = request.headers.get("User-Agent", "")
+    try:
+        batch: Batch = parse_batch(raw, app[LIMITS], received_at, bot=is_bot(user_agent))
+    except ValidationFailed:
+        metrics.events.labels("malformed_request").inc()
+        raise
+    vid, _ = choose_visitor_id(request.cookies.get(COOKIE), batch.vid, batch.reset)
+    log = app[EVENTLOG]
+    rejected = list(batch.rejected)
+    try:
+        if batch.accepted:
+            result = await asyncio.wait_for(log.append(vid, batch.accepted), app[SETTINGS].redis_timeout)
+            metrics.events.labels("accepted").inc(result.stored)
+            metrics.events.labels("duplicate").inc(result.duplicates)
+            over = set(result.over_cap)
+            rejected += [{"id": i, "reason": "visitor history is at its cap", "event": ""} for i in over]
+        if rejected:
+            metrics.events.labels("rejected").inc(len(rejected))
+            await asyncio.wait_for(log.record_rejected(vid, rejected), app[SETTINGS].redis_timeout)
+    except (TimeoutError, ConnectionError, OSError) as exc:
+        raise Unavailable("event storage is unavailable, retry shortly") from exc
+    return vid
+
+
+def _set_visitor(request: web.Request, response: web.StreamResponse, vid: str) -> None:
+    secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
+    response.set_cookie(COOKIE, vid, max_age=COOKIE_MAX_AGE, httponly=True, samesite="Lax",
+                        secure=secure, path="/")
+    response.headers[VISITOR_HEADER] = vid
+
+
+@routes.post("/t")
+async def beacon(request: web.Request) -> web.StreamResponse:
+    """The beacon: text/plain (sendBeacon, no preflight) or application/json body; 204 once stored."""
+    response: web.StreamResponse
+    try:
+        limit = request.app[LIMITS].max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"body is {request.content_length} bytes, the limit is {limit}")
+        raw = await request.content.read(limit + 1)
+        vid = await _ingest(request, raw)
+        response = web.Response(status=204)
+        _set_visitor(request, response, vid)
+    except DomainError as exc:
+        # answered here, not by the edge middleware, so the browser can read the status (CORS)
+        response = json_response(exc.body(), status=exc.status)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+    _cors(request, response)
+    return response
+
+
+@routes.options("/t")
+async def beacon_preflight(request: web.Request) -> web.StreamResponse:
+    response = web.Response(status=204)
+    _cors(request, response)
+    response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+    response.headers["Access-Control-Max-Age"] = "86400"
+    return response
+
+
+@routes.get("/t.gif")
+async def pixel(request: web.Request) -> web.StreamResponse:
+    """Pixel fallback: the same body, base64url-encoded in ``d``; answers a 1x1 GIF."""
+    vid = await _ingest(request, decode_pixel(request.query.get("d")))
+    response = web.Response(body=PIXEL, content_type="image/gif",
+                            headers={"Cache-Control": "no-store, max-age=0"})
+    _set_visitor(request, response, vid)
+    return response
+
+
+@routes.get("/t.js")
+async def script(request: web.Request) -> web.StreamResponse:
+    s = request.app[SCRIPT]
+    headers = {"ETag": s.etag, "Cache-Control": "public, max-age=3600", "Vary": "Accept-Encoding"}
+    if s.etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=s.gzipped, headers=headers, content_type="application/javascript")
+    return web.Response(body=s.minified, headers=headers, content_type="application/javascript")
+
+
+@routes.get("/")
+async def root(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/demo/")
+
+
+@routes.get("/demo/{tail:.*}")
+async def demo(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(request.app[SETTINGS].static_dir / "demo.html")
+
+
+@routes.get("/demo-consent/{tail:.*}")
+async def demo_consent(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(request.app[SETTINGS].static_dir / "demo-consent.html")
+
+
+@routes.get("/api/v1/visitor/{vid}/events")
+async def visitor_events(request: web.Request) -> web.StreamResponse:
+    """A visitor's recorded anonymous history and the contact it is linked to, if any (support tool)."""
+    vid = parse_visitor_id(request.match_info["vid"])
+    if vid is None:
+        raise ValidationFailed([{"field": "vid", "message": "not a visitor id"}])
+    log = request.app[EVENTLOG]
+    events = await log.history(vid)
+    contact = await log.link_of(vid)
+    if not events and contact is None:
+        raise NotFound(f"no recorded history for visitor {vid}", visitorId=vid)
+    return json_response({"visitorId": vid, "linkedContactId": contact, "events": [
+        {**e, "received_at": e.pop("rt"), "time": e.pop("t")} for e in events]})
+
+
+@routes.get("/api/v1/tracker/rejected")
+async def rejected_events(request: web.Request) -> web.StreamResponse:
+    """The most recent rejected beacon events with their reasons, newest first (``?count=``, ≤ 1000)."""
+    try:
+        count = min(max(int(request.query.get("count", "100")), 1), 1000)
+    except ValueError as exc:
+        raise ValidationFailed([{"field": "count", "message": "must be an integer"}]) from exc
+    return json_response({"rejected": await request.app[EVENTLOG].rejected(count)})
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.StreamResponse:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Ready when Redis answers (the stitcher adds its SQL check through READY_CHECKS)."""
+    checks = {"redis": await request.app[EVENTLOG].ping()}
+    for name, check in request.app[READY_CHECKS].items():
+        try:
+            checks[name] = bool(await asyncio.wait_for(check(), 1.0))
+        except Exception:
+            checks[name] = False
+    ok = all(checks.values())
+    return json_response({"status": "ok" if ok else "unavailable", "checks": checks},
+                         status=200 if ok else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+READY_CHECKS = web.AppKey("ready_checks", dict)
