@@ -1,0 +1,1 @@
+"""Pure domain code: identifier normalisation and identity decisions (no I/O)."""

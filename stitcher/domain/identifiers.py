@@ -1,0 +1,272 @@
+"""Identifier kinds, their normalisation and the parsing of a contact payload into an ``Identity``.
+
+Everything that decides *which person* a request is about starts here: a value that is empty, a known
+placeholder or malformed is rejected (400) so that it can never join two people (SPEC §1).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
+
+from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
+from tracker.settings import DEFAULT_PLACEHOLDERS
+
+if TYPE_CHECKING:
+    from tracker.settings import Settings
+
+__all__ = ["IdentifierKind", "Identity", "Normaliser", "parse_identity"]
+
+MAX_EXTERNAL_ID = 256
+MAX_TOKEN = 1024  # fits the (kind, value) B-tree index on PostgreSQL
+
+
+class IdentifierKind(StrEnum):
+    """Channel kinds of an eSputnik contact payload; the value is the payload's ``type``."""
+
+    EMAIL = "email"
+    SMS = "sms"
+    MOBILEPUSH = "mobilepush"
+    WEBPUSH = "webpush"
+
+
+_IMPOSSIBLE_PHONE = {
+    ValidationResult.INVALID_COUNTRY_CODE: "has an unknown country code",
+    ValidationResult.TOO_SHORT: "is too short",
+    ValidationResult.TOO_LONG: "is too long",
+    ValidationResult.INVALID_LENGTH: "has a length that no number of its country has",
+    ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "is a local number without an area code",
+}
+
+
+_UNPARSABLE_PHONE = {
+    NumberParseException.INVALID_COUNTRY_CODE: "its country code is missing or unknown (write +<code><num>)",
+    NumberParseException.NOT_A_NUMBER: "it does not look like a phone number",
+    NumberParseException.TOO_SHORT_AFTER_IDD: "it is too short",
+    NumberParseException.TOO_SHORT_NSN: "it is too short",
+    NumberParseException.TOO_LONG: "it is too long",
+}
+
+
+def _has_control(value: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in value)
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Turns raw identifier values into their stored form, or raises ``InvalidIdentifier`` saying why.
+
+    Stored forms are what lookups compare, so two spellings of one address must normalise to one string.
+    """
+
+    placeholders: frozenset[str] = frozenset(DEFAULT_PLACEHOLDERS)
+    default_region: str | None = None
+
+    def __post_init__(self) -> None:
+        # Matching is case-insensitive on trimmed values; normalise a hand-written list the same way.
+        object.__setattr__(self, "placeholders", frozenset(p.strip().lower() for p in self.placeholders))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Normaliser:
+        """Build the normaliser the service uses from its configured placeholders and phone region."""
+        return cls(
+            placeholders=frozenset(settings.placeholders), default_region=settings.default_phone_region,
+        )
+
+    def _text(self, value: Any, field: str, *, allow_int: bool) -> str:
+        """Trimmed, non-empty, non-placeholder text; the checks every kind shares."""
+        if allow_int and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if value is None:
+            raise InvalidIdentifier(field, "is required")
+        if not isinstance(value, str):
+            raise InvalidIdentifier(field, "must be a string")
+        text = value.strip()
+        if not text:
+            raise InvalidIdentifier(field, "must not be empty")
+        if text.lower() in self.placeholders:
+            raise InvalidIdentifier(field, f"{text!r} is a placeholder, not an identifier")
+        return text
+
+    def external_id(self, value: Any, field: str = "externalCustomerId") -> str:
+        """The customer's ID in the caller's system: trimmed text (ints accepted), 1..256 chars."""
+        text = self._text(value, field, allow_int=True)
+        if len(text) > MAX_EXTERNAL_ID:
+            raise InvalidIdentifier(field, f"must be at most {MAX_EXTERNAL_ID} characters")
+        if _has_control(text):
+            raise InvalidIdentifier(field, "must not contain control characters")
+        return text
+
+    def email(self, value: Any, field: str) -> str:
+        """A syntactically valid address, fully lower-cased so that lookups ignore case (SPEC §1)."""
+        text = self._text(value, field, allow_int=False)
+        try:
+            checked = validate_email(text, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise InvalidIdentifier(field, f"is not a valid email address: {exc}") from None
+        return checked.normalized.lower()
+
+    def phone(self, value: Any, field: str) -> str:
+        """A phone number in E.164.
+
+        A number without ``+`` is read in ``default_region`` first and then as an international number
+        written without the plus (``380671234567``, the form eSputnik's own examples use); ``00`` counts
+        as ``+``.
+        """
+        text = self._text(value, field, allow_int=True)
+        if text.startswith("00"):
+            text = "+" + text[2:]
+        attempts: list[tuple[str, str | None]] = []
+        if text.startswith("+"):
+            attempts.append((text, None))
+        else:
+            if self.default_region:
+                attempts.append((text, self.default_region))
+            attempts.append(("+" + text, None))
+        reasons: list[str] = []
+        for candidate, region in attempts:
+            try:
+                number = phonenumbers.parse(candidate, region)
+            except NumberParseException as exc:
+                why = _UNPARSABLE_PHONE.get(exc.error_type, "it is unreadable")
+                reasons.append(f"is not a phone number: {why}")
+                continue
+            possible = phonenumbers.is_possible_number_with_reason(number)
+            if possible != ValidationResult.IS_POSSIBLE:
+                why = _IMPOSSIBLE_PHONE.get(possible, "is malformed")
+                reasons.append(f"is not a possible phone number: it {why}")
+                continue
+            if not phonenumbers.is_valid_number(number):
+                reasons.append("is not a valid phone number: no such number range exists in its country")
+                continue
+            return str(phonenumbers.format_number(number, PhoneNumberFormat.E164))
+        # The first reading is the one the caller most likely meant, so its reason is the useful one.
+        raise InvalidIdentifier(field, reasons[0])
+
+    def token(self, value: Any, field: str) -> str:
+        """A push token (mobile app or browser): opaque trimmed text, 1..1024 chars."""
+        text = self._text(value, field, allow_int=False)
+        if len(text) > MAX_TOKEN:
+            raise InvalidIdentifier(field, f"must be at most {MAX_TOKEN} characters")
+        if _has_control(text):
+            raise InvalidIdentifier(field, "must not contain control characters")
+        return text
+
+    def channel(self, kind: IdentifierKind, value: Any, field: str) -> str:
+        """Normalise a channel value by its kind."""
+        if kind is IdentifierKind.EMAIL:
+            return self.email(value, field)
+        if kind is IdentifierKind.SMS:
+            return self.phone(value, field)
+        return self.token(value, field)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The normalised identifiers one request carries; the input of ``rules.decide``."""
+
+    contact_id: int | None = None
+    external_id: str | None = None
+    channels: tuple[tuple[IdentifierKind, str], ...] = field(default=())
+
+    def values(self, kind: IdentifierKind) -> tuple[str, ...]:
+        """The request's values of one kind, in request order."""
+        return tuple(value for k, value in self.channels if k is kind)
+
+
+def _contact_id(value: Any, field: str) -> int:
+    # JSON clients sometimes quote numbers; a digit string is the same id.
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidIdentifier(field, "must be an integer")
+    if value <= 0:
+        raise InvalidIdentifier(field, "must be a positive integer")
+    return value
+
+
+def parse_identity(
+    payload: Mapping[str, Any],
+    normaliser: Normaliser,
+    *,
+    contact_id: int | None = None,
+    field_prefix: str = "",
+) -> Identity:
+    """Read the identifiers of an eSputnik-style contact payload, reporting every bad field at once.
+
+    ``contact_id`` is the id from the URL (PUT); an id in the body that disagrees with it is an error rather
+    than a silent choice. ``field_prefix`` (e.g. ``"contact."`` for subscribe) is put before each field
+    name in errors. A missing or ``null`` externalCustomerId is absent; a present placeholder is a 400.
+    """
+    errors: list[dict[str, str]] = []
+
+    def bad(exc: ValidationFailed) -> None:
+        errors.extend({"field": field_prefix + e["field"], "message": e["message"]} for e in exc.errors)
+
+    if not isinstance(payload, Mapping):
+        where = field_prefix.rstrip(".") or "body"
+        raise ValidationFailed([{"field": where, "message": "must be an object"}])
+
+    found_id = contact_id
+    for key in ("contactId", "id"):
+        raw = payload.get(key)
+        if raw is None:
+            continue
+        try:
+            body_id = _contact_id(raw, key)
+        except InvalidIdentifier as exc:
+            bad(exc)
+            continue
+        if found_id is not None and body_id != found_id:
+            message = f"is {body_id} but the request is about contact {found_id}"
+            errors.append({"field": field_prefix + key, "message": message})
+            continue
+        found_id = body_id
+
+    external_id: str | None = None
+    if payload.get("externalCustomerId") is not None:
+        try:
+            external_id = normaliser.external_id(payload["externalCustomerId"])
+        except InvalidIdentifier as exc:
+            bad(exc)
+
+    channels: list[tuple[IdentifierKind, str]] = []
+    raw_channels = payload.get("channels")
+    if raw_channels is None:
+        raw_channels = []
+    if isinstance(raw_channels, str) or not isinstance(raw_channels, Sequence):
+        errors.append({"field": field_prefix + "channels", "message": "must be a list"})
+        raw_channels = []
+    for i, item in enumerate(raw_channels):
+        where = f"channels[{i}]"
+        if not isinstance(item, Mapping):
+            errors.append({"field": field_prefix + where, "message": "must be an object with type and value"})
+            continue
+        raw_type = item.get("type")
+        kind: IdentifierKind | None = None
+        try:
+            kind = IdentifierKind(raw_type.strip().lower()) if isinstance(raw_type, str) else None
+        except ValueError:
+            kind = None
+        if kind is None:
+            allowed = ", ".join(k.value for k in IdentifierKind)
+            errors.append({"field": f"{field_prefix}{where}.type", "message": f"must be one of {allowed}"})
+            continue
+        try:
+            value = normaliser.channel(kind, item.get("value"), f"{where}.value")
+        except InvalidIdentifier as exc:
+            bad(exc)
+            continue
+        if (kind, value) not in channels:
+            channels.append((kind, value))
+
+    if errors:
+        raise ValidationFailed(errors)
+    return Identity(contact_id=found_id, external_id=external_id, channels=tuple(channels))

@@ -1,0 +1,429 @@
+"""Identifier normalisation and contact-payload parsing (SPEC §1): pure, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stitcher.domain.errors import InvalidIdentifier
+from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser, parse_identity
+from tracker.errors import ValidationFailed
+from tracker.settings import DEFAULT_PLACEHOLDERS, Settings
+
+N = Normaliser()
+EMAIL, SMS, MOBILEPUSH, WEBPUSH = (
+    IdentifierKind.EMAIL, IdentifierKind.SMS, IdentifierKind.MOBILEPUSH, IdentifierKind.WEBPUSH,
+)
+def _padded(value: str) -> str:
+    return f"  {value}\t"
+
+
+SPELLINGS = [str.lower, str.upper, str.title, _padded]
+
+
+def placeholder_cases() -> list[str]:
+    return [spell(p) for p in DEFAULT_PLACEHOLDERS for spell in SPELLINGS]
+
+
+def fields(exc: ValidationFailed) -> list[str]:
+    return [e["field"] for e in exc.errors]
+
+
+# --- placeholders ---------------------------------------------------------------------------------------
+
+
+def test_default_placeholders_are_the_spec_list() -> None:
+    """The default placeholder list is the one SPEC §1 names, lower-cased."""
+    assert N.placeholders == {
+        "null", "undefined", "none", "nan", "anonymous", "guest", "0", "-1", "[object object]",
+    }
+
+
+@pytest.mark.parametrize("value", placeholder_cases())
+def test_external_id_placeholder_rejected(value: str) -> None:
+    """Every default placeholder, in any case and with surrounding space, is not an external ID."""
+    with pytest.raises(InvalidIdentifier) as info:
+        N.external_id(value)
+    assert info.value.field == "externalCustomerId"
+    assert "placeholder" in info.value.errors[0]["message"]
+
+
+@pytest.mark.parametrize("value", placeholder_cases())
+def test_token_placeholder_rejected(value: str) -> None:
+    """Every default placeholder, in any case, is not a push token."""
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        N.token(value, "channels[0].value")
+
+
+@pytest.mark.parametrize("value", placeholder_cases())
+def test_email_placeholder_rejected(value: str) -> None:
+    """Every default placeholder, in any case, is rejected as an email with the placeholder reason."""
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        N.email(value, "channels[0].value")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", " 0 ", "null", "NULL", 0, -1])
+def test_phone_placeholder_rejected(value: Any) -> None:
+    """Placeholders (also as JSON numbers) are rejected as phones with the placeholder reason."""
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        N.phone(value, "channels[0].value")
+
+
+@pytest.mark.parametrize("value", [0, -1])
+def test_integer_placeholder_external_id_rejected(value: int) -> None:
+    """An external ID sent as the JSON number 0 or -1 is a placeholder too."""
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        N.external_id(value)
+
+
+@pytest.mark.parametrize("value", ["test-user", "TEST-USER", " Test-User "])
+def test_configured_extra_placeholder_rejected(value: str) -> None:
+    """A placeholder added by configuration is rejected case-insensitively."""
+    normaliser = Normaliser(placeholders=frozenset({*DEFAULT_PLACEHOLDERS, "test-user"}))
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        normaliser.external_id(value)
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        normaliser.token(value, "channels[0].value")
+
+
+def test_configured_placeholders_are_matched_case_insensitively_even_if_given_in_capitals() -> None:
+    """A hand-written placeholder list in capitals still matches any spelling."""
+    normaliser = Normaliser(placeholders=frozenset({"Unknown"}))
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        normaliser.external_id("UNKNOWN")
+    assert normaliser.external_id("null") == "null"  # not in this configured list
+
+
+def test_from_settings_uses_configured_placeholders_and_region() -> None:
+    """The normaliser built from settings honours their placeholders and default phone region."""
+    normaliser = Normaliser.from_settings(Settings(placeholders=("nobody",), default_phone_region="UA"))
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        normaliser.external_id("Nobody")
+    assert normaliser.phone("067 123 45 67", "f") == "+380671234567"
+
+
+# --- external ID ----------------------------------------------------------------------------------------
+
+
+def test_external_id_trimmed() -> None:
+    """An external ID is stored trimmed and otherwise unchanged (case kept)."""
+    assert N.external_id("  C-10091 ") == "C-10091"
+
+
+def test_external_id_integer_converted() -> None:
+    """An integer external ID is accepted as its decimal string."""
+    assert N.external_id(10091) == "10091"
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\t\n"])
+def test_external_id_empty_rejected(value: str) -> None:
+    """An empty or blank external ID is rejected."""
+    with pytest.raises(InvalidIdentifier, match="empty"):
+        N.external_id(value)
+
+
+def test_external_id_length_limits() -> None:
+    """An external ID may be 1..256 characters long."""
+    assert N.external_id("x") == "x"
+    assert N.external_id("x" * 256) == "x" * 256
+    with pytest.raises(InvalidIdentifier, match="256"):
+        N.external_id("x" * 257)
+
+
+@pytest.mark.parametrize("value", ["C-1\x00", "C\n1", "C\x7f1"])
+def test_external_id_control_characters_rejected(value: str) -> None:
+    """Control characters inside an external ID are rejected."""
+    with pytest.raises(InvalidIdentifier, match="control"):
+        N.external_id(value)
+
+
+@pytest.mark.parametrize("value", [True, 1.5, ["C-1"], {"id": 1}])
+def test_external_id_non_string_rejected(value: Any) -> None:
+    """Booleans, floats, lists and objects are not external IDs."""
+    with pytest.raises(InvalidIdentifier, match="string"):
+        N.external_id(value)
+
+
+def test_external_id_error_names_given_field() -> None:
+    """The error names the field the caller passes."""
+    with pytest.raises(InvalidIdentifier) as info:
+        N.external_id("", "contacts[3].externalCustomerId")
+    assert info.value.errors == [{"field": "contacts[3].externalCustomerId", "message": "must not be empty"}]
+
+
+# --- email ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("Ann@Example.com", "ann@example.com"),
+        ("  ANN@EXAMPLE.COM ", "ann@example.com"),
+        ("Ann.Lee+News@Mail.Example.org", "ann.lee+news@mail.example.org"),
+    ],
+)
+def test_email_trimmed_and_fully_lower_cased(raw: str, stored: str) -> None:
+    """Emails are trimmed and fully lower-cased, local part included (SPEC §1)."""
+    assert N.email(raw, "channels[0].value") == stored
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ann", "ann@", "@example.com", "ann@@example.com", "a b@example.com", "ann@localhost", "ann@.com"],
+)
+def test_invalid_email_rejected(value: str) -> None:
+    """Malformed addresses are rejected with a reason naming the field."""
+    with pytest.raises(InvalidIdentifier, match="not a valid email") as info:
+        N.email(value, "channels[2].value")
+    assert info.value.field == "channels[2].value"
+
+
+@pytest.mark.parametrize("value", ["", "  ", None, 42])
+def test_email_empty_or_not_text_rejected(value: Any) -> None:
+    """An empty, missing or numeric email is rejected."""
+    with pytest.raises(InvalidIdentifier):
+        N.email(value, "channels[0].value")
+
+
+# --- phone ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("+380 (67) 123-45-67", "+380671234567"),
+        ("+380671234567", "+380671234567"),
+        (" +1 (202) 555-0123 ", "+12025550123"),
+        ("+44 20 7946 0958", "+442079460958"),
+        ("00380671234567", "+380671234567"),
+        ("380671234567", "+380671234567"),  # eSputnik's own examples omit the plus
+        (380671234567, "+380671234567"),
+    ],
+)
+def test_phone_to_e164(raw: Any, stored: str) -> None:
+    """Phones are stored in E.164 whatever their punctuation."""
+    assert N.phone(raw, "channels[1].value") == stored
+
+
+def test_phone_default_region_for_national_numbers() -> None:
+    """A national number without '+' is read in the configured default region."""
+    assert Normaliser(default_region="UA").phone("067 123 45 67", "f") == "+380671234567"
+    assert Normaliser(default_region="US").phone("(202) 555-0123", "f") == "+12025550123"
+
+
+def test_phone_default_region_still_accepts_international_without_plus() -> None:
+    """With a default region, an international number written without '+' still parses."""
+    assert Normaliser(default_region="US").phone("380671234567", "f") == "+380671234567"
+
+
+def test_phone_national_number_without_region_rejected() -> None:
+    """A national number cannot be read without a default region."""
+    with pytest.raises(InvalidIdentifier, match="phone number"):
+        N.phone("067 123 45 67", "f")
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("+380 67", "too short"),
+        ("+380 67 123 45 67 89 01", "too long"),
+        ("+999 123 4567", "not a phone number"),
+        ("hello", "not a phone number"),
+        ("+380 00 000 00 00", "not a valid phone number"),
+    ],
+)
+def test_invalid_phone_rejected_saying_why(value: str, reason: str) -> None:
+    """Impossible or invalid phones are rejected with the reason."""
+    with pytest.raises(InvalidIdentifier, match=reason) as info:
+        N.phone(value, "channels[1].value")
+    assert info.value.field == "channels[1].value"
+
+
+@pytest.mark.parametrize("value", ["", " ", None, True])
+def test_phone_empty_or_not_text_rejected(value: Any) -> None:
+    """An empty, missing or boolean phone is rejected."""
+    with pytest.raises(InvalidIdentifier):
+        N.phone(value, "f")
+
+
+# --- tokens ---------------------------------------------------------------------------------------------
+
+
+def test_token_trimmed_and_case_kept() -> None:
+    """Push tokens are opaque: trimmed, case and content kept."""
+    assert N.token("  fcm:AbC-123_xyz  ", "f") == "fcm:AbC-123_xyz"
+
+
+def test_token_length_limits() -> None:
+    """A token may be 1..1024 characters long."""
+    assert N.token("t" * 1024, "f") == "t" * 1024
+    with pytest.raises(InvalidIdentifier, match="1024"):
+        N.token("t" * 4097, "f")
+    with pytest.raises(InvalidIdentifier, match="empty"):
+        N.token("  ", "f")
+
+
+def test_token_non_string_rejected() -> None:
+    """A token must be text."""
+    with pytest.raises(InvalidIdentifier, match="string"):
+        N.token(123, "f")
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "stored"),
+    [
+        (EMAIL, " Ann@Example.com", "ann@example.com"),
+        (SMS, "+380 (67) 123-45-67", "+380671234567"),
+        (MOBILEPUSH, " tok-A ", "tok-A"),
+        (WEBPUSH, " https://push.example/abc ", "https://push.example/abc"),
+    ],
+)
+def test_channel_dispatches_by_kind(kind: IdentifierKind, raw: str, stored: str) -> None:
+    """channel() normalises a value by its kind."""
+    assert N.channel(kind, raw, "f") == stored
+
+
+# --- Identity and parse_identity ------------------------------------------------------------------------
+
+
+def test_identity_values_by_kind_in_order() -> None:
+    """Identity.values returns one kind's values in request order."""
+    identity = Identity(None, None, ((EMAIL, "b@x.io"), (SMS, "+380671234567"), (EMAIL, "a@x.io")))
+    assert identity.values(EMAIL) == ("b@x.io", "a@x.io")
+    assert identity.values(WEBPUSH) == ()
+
+
+def test_parse_full_payload() -> None:
+    """A full payload yields normalised, de-duplicated channels in request order and the external ID."""
+    payload = {
+        "firstName": "Ann",
+        "externalCustomerId": " C-10091 ",
+        "channels": [
+            {"type": "email", "value": "Ann@Example.com"},
+            {"type": "SMS", "value": "+380 (67) 123-45-67"},
+            {"type": "MobilePush", "value": "tok-1", "device": "android"},
+            {"type": "email", "value": "ann@example.com "},
+            {"type": "webpush", "value": "wp-1"},
+        ],
+    }
+    assert parse_identity(payload, N) == Identity(
+        contact_id=None,
+        external_id="C-10091",
+        channels=(
+            (EMAIL, "ann@example.com"), (SMS, "+380671234567"), (MOBILEPUSH, "tok-1"), (WEBPUSH, "wp-1"),
+        ),
+    )
+
+
+@pytest.mark.parametrize("payload", [{}, {"externalCustomerId": None, "channels": None}])
+def test_parse_missing_or_null_external_id_is_absent(payload: dict[str, Any]) -> None:
+    """A missing or null externalCustomerId is absent, not an error."""
+    assert parse_identity(payload, N) == Identity(None, None, ())
+
+
+@pytest.mark.parametrize("value", ["null", "undefined", "", "  ", "Anonymous"])
+def test_parse_present_placeholder_external_id_is_error(value: str) -> None:
+    """A present placeholder or empty externalCustomerId string is a 400 naming the field."""
+    with pytest.raises(ValidationFailed) as info:
+        parse_identity({"externalCustomerId": value}, N)
+    assert fields(info.value) == ["externalCustomerId"]
+
+
+def test_parse_collects_every_bad_field() -> None:
+    """All bad fields of one payload are reported together, each by name."""
+    payload = {
+        "externalCustomerId": "undefined",
+        "channels": [
+            {"type": "email", "value": "not-an-email"},
+            {"type": "sms", "value": "+380 67"},
+            {"type": "fax", "value": "123"},
+            {"type": "mobilepush", "value": "null"},
+            {"type": "email", "value": "ok@example.com"},
+            "junk",
+            {"value": "x"},
+        ],
+        "contactId": "abc",
+    }
+    with pytest.raises(ValidationFailed) as info:
+        parse_identity(payload, N)
+    assert sorted(fields(info.value)) == sorted([
+        "contactId",
+        "externalCustomerId",
+        "channels[0].value",
+        "channels[1].value",
+        "channels[2].type",
+        "channels[3].value",
+        "channels[5]",
+        "channels[6].type",
+    ])
+    assert all(e["message"] for e in info.value.errors)
+
+
+def test_parse_unknown_type_message_lists_allowed_types() -> None:
+    """An unknown channel type is named with the allowed types."""
+    with pytest.raises(ValidationFailed) as info:
+        parse_identity({"channels": [{"type": "fax", "value": "1"}]}, N)
+    assert info.value.errors == [
+        {"field": "channels[0].type", "message": "must be one of email, sms, mobilepush, webpush"},
+    ]
+
+
+def test_parse_missing_channel_value_is_error() -> None:
+    """A channel without a value is an error naming its value field."""
+    with pytest.raises(ValidationFailed) as info:
+        parse_identity({"channels": [{"type": "email"}]}, N)
+    assert info.value.errors == [{"field": "channels[0].value", "message": "is required"}]
+
+
+def test_parse_channels_must_be_a_list() -> None:
+    """channels that is not a list is an error."""
+    with pytest.raises(ValidationFailed) as info:
+        parse_identity({"channels": "ann@example.com"}, N)
+    assert fields(info.value) == ["channels"]
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    ({"contactId": 42}, 42),
+    ({"id": 42}, 42),
+    ({"contactId": "42"}, 42),
+    ({"contactId": None}, None),
+])
+def test_parse_contact_id_from_payload(payload: dict[str, Any], expected: int | None) -> None:
+    """contactId or id in the payload is read as an integer."""
+    assert parse_identity(payload, N).contact_id == expected
+
+
+@pytest.mark.parametrize("value", [0, -3, True, 4.2, "x"])
+def test_parse_bad_contact_id_is_error(value: Any) -> None:
+    """A contactId that is not a positive integer is an error naming it."""
+    with pytest.raises(ValidationFailed) as info:
+        parse_identity({"contactId": value}, N)
+    assert fields(info.value) == ["contactId"]
+
+
+def test_parse_contact_id_keyword_from_path() -> None:
+    """The contact id from the URL is used and may be repeated, equal, in the body."""
+    assert parse_identity({}, N, contact_id=7).contact_id == 7
+    assert parse_identity({"id": 7}, N, contact_id=7).contact_id == 7
+
+
+def test_parse_body_id_disagreeing_with_path_is_error() -> None:
+    """A body id different from the URL's contact id is an error, not a silent choice."""
+    with pytest.raises(ValidationFailed) as info:
+        parse_identity({"id": 8}, N, contact_id=7)
+    assert fields(info.value) == ["id"]
+
+
+def test_parse_field_prefix_in_errors() -> None:
+    """field_prefix is put before each field name (e.g. subscribe's contact object)."""
+    payload = {"externalCustomerId": "null", "channels": [{"type": "email", "value": "x"}]}
+    with pytest.raises(ValidationFailed) as info:
+        parse_identity(payload, N, field_prefix="contact.")
+    assert fields(info.value) == ["contact.externalCustomerId", "contact.channels[0].value"]
+
+
+def test_parse_non_object_payload_is_error() -> None:
+    """A payload that is not a JSON object is an error."""
+    with pytest.raises(ValidationFailed):
+        parse_identity(["x"], N)  # type: ignore[arg-type]
