@@ -1,0 +1,53 @@
+"""The whole service: the tracker's routes plus the contacts API, the stitch and its worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from stitcher.api import CONTACTS, DB, NORMALISER, routes
+from stitcher.contacts import ContactService
+from stitcher.domain.identifiers import Normaliser
+from stitcher.stitch import Stitcher
+from stitcher.store.db import Database
+from stitcher.worker import Worker
+from tracker.app import init_app as init_tracker
+from tracker.http import METRICS
+from tracker.routes import EVENTLOG, READY_CHECKS, SETTINGS
+from tracker.settings import Settings
+
+WORKER = web.AppKey("worker", Worker)
+
+
+def init_app(settings: Settings) -> web.Application:
+    """Build the application; every resource is opened and closed in ``cleanup_ctx``.
+
+    The schema must be current (``stitcher db upgrade``; ``serve`` runs it first).
+    """
+    app = init_tracker(settings)
+    app[NORMALISER] = Normaliser.from_settings(settings)
+    app.cleanup_ctx.append(_stitcher_ctx)
+    app.add_routes(routes)
+    return app
+
+
+async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    db = Database(settings.effective_database_url)
+    stitcher = Stitcher(db, app[EVENTLOG], pause_ms=settings.stitch_pause_ms)
+    app[DB] = db
+    app[CONTACTS] = ContactService(db, app[EVENTLOG], stitcher)
+    app[READY_CHECKS]["sql"] = db.ping
+    worker = Worker(db, app[EVENTLOG], stitcher, app[METRICS])
+    app[WORKER] = worker
+    task = asyncio.create_task(worker.run(), name="stitcher-worker") if settings.worker_enabled else None
+    yield
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    await db.close()

@@ -1,0 +1,102 @@
+"""The ``stitcher`` command: serve, db upgrade, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from tracker.embedded_redis import EmbeddedRedis
+from tracker.logs import configure_logging
+from tracker.settings import Settings
+
+log = structlog.get_logger("cli")
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from stitcher.app import init_app
+
+    embedded: EmbeddedRedis | None = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.var_dir / "redis")
+        settings = dataclasses.replace(settings, redis_url=embedded.start())
+        log.info("embedded redis started", url=settings.redis_url)
+    try:
+        _upgrade(settings)
+        app = init_app(settings)
+        print(f"Stitcher listening on http://{settings.host}:{settings.port}  "
+              f"(redis: {settings.redis_url}; database: {_safe(settings.effective_database_url)}; "
+              f"dev API key: {settings.api_keys[0]!r}; demo: http://{settings.host}:{settings.port}/demo/)",
+              flush=True)
+        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+                    reuse_port=args.reuse_port, loop=_new_loop())
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.new_event_loop()
+
+
+def _safe(url: str) -> str:
+    """A database URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _upgrade(settings: Settings) -> None:
+    from stitcher.store.migrate import upgrade
+
+    upgrade(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stitcher", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the service (tracker, contacts API, worker)")
+    serve.add_argument("--port", type=int, help="overrides PORT")
+    serve.add_argument("--host", help="overrides HOST")
+    serve.add_argument("--reuse-port", action="store_true", help="let several processes share the port")
+    db = sub.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+    replay = sub.add_parser("replay", help="play a fixture file against a running service")
+    replay.add_argument("file")
+    replay.add_argument("--url", default="http://127.0.0.1:8080")
+    replay.add_argument("--api-key", default=None, help="defaults to the first of API_KEYS")
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_json)
+    if args.command == "serve":
+        if args.port:
+            settings = dataclasses.replace(settings, port=args.port)
+        if args.host:
+            settings = dataclasses.replace(settings, host=args.host)
+        return _serve(settings, args)
+    if args.command == "db":
+        _upgrade(settings)
+        print("database schema is up to date")
+        return 0
+    if args.command == "replay":
+        from stitcher.replay import replay_file_cli
+
+        return replay_file_cli(args.file, args.url, args.api_key or settings.api_keys[0])
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

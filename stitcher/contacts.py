@@ -1,0 +1,186 @@
+"""The contacts service: load candidates, let the identity rules decide, apply it in one transaction, stitch.
+
+Handlers stay thin; this is where a decision of ``stitcher.domain.rules`` becomes rows and Redis links.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from stitcher.domain.errors import ContactNotFound
+from stitcher.domain.identifiers import Identity
+from stitcher.domain.rules import Action, Decision, Mode, decide, lookup_kinds
+from stitcher.payload import ContactRequest
+from stitcher.stitch import Stitcher
+from stitcher.store import repo
+from stitcher.store.db import Database
+from stitcher.store.models import Contact, IdentityLog, VisitorLink
+from tracker.eventlog import EventLog
+
+log = structlog.get_logger("contacts")
+ATTEMPTS = 5  # a unique-key race (two creators of one external ID) is retried, then finds the winner
+
+
+@dataclass
+class Outcome:
+    """What an add/update/subscribe did, as the API reports it."""
+
+    id: int
+    status: str  # created | updated | restored | merged
+    external_id: str | None
+    merged: list[int] = field(default_factory=list)
+    visitors: list[str] = field(default_factory=list)
+    stitched: int = 0
+
+    def body(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "externalCustomerId": self.external_id,
+                "mergedContactIds": self.merged, "linkedVisitorIds": self.visitors,
+                "stitchedEvents": self.stitched}
+
+
+def _lock_keys(identity: Identity, visitors: Sequence[str]) -> list[str]:
+    keys = [f"{k.value}:{v}" for k, v in identity.channels] + [f"vid:{v}" for v in visitors]
+    if identity.external_id is not None:
+        keys.append(f"ext:{identity.external_id}")
+    if identity.contact_id is not None:
+        keys.append(f"id:{identity.contact_id}")
+    return keys
+
+
+class ContactService:
+    def __init__(self, db: Database, eventlog: EventLog, stitcher: Stitcher) -> None:
+        self.db = db
+        self.eventlog = eventlog
+        self.stitcher = stitcher
+
+    async def upsert(self, mode: Mode, request: ContactRequest, *, groups: Sequence[str] = (),
+                     form_type: str | None = None, request_id: str | None = None) -> Outcome:
+        """Add/update (or subscribe) one contact and stitch the given visitors' history onto it.
+
+        When this returns, the anonymous history of ``request.visitor_ids`` is on the timeline.
+        """
+        # a stitch a crash left unfinished completes first, onto the contact it was for
+        await self.stitcher.finish_pending(visitor_ids=request.visitor_ids)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                outcome, to_stitch = await self._apply(mode, request, groups, form_type, request_id)
+                break
+            except IntegrityError:
+                if attempt == ATTEMPTS:
+                    raise
+                log.info("identity race, retrying", attempt=attempt)
+        for vid in to_stitch:
+            outcome.stitched += await self.stitcher.stitch(vid, outcome.id)
+        return outcome
+
+    async def _apply(self, mode: Mode, request: ContactRequest, groups: Sequence[str],
+                     form_type: str | None, request_id: str | None) -> tuple[Outcome, list[str]]:
+        identity = request.identity
+        async with self.db.transaction() as s:
+            await self.db.lock_keys(s, _lock_keys(identity, request.visitor_ids))
+            found = await repo.lookup(s, identity, lookup_kinds(mode))
+            decision = decide(mode, identity, found)
+            contact = await self._target(s, decision, request, request_id)
+            assert contact.id is not None
+            cid = contact.id
+            await repo.add_identifiers(self.db, s, cid, request.channels())
+            to_stitch: list[str] = []
+            for loser in decision.merge:
+                to_stitch += await repo.merge_into(self.db, s, loser, cid)
+                repo.audit(s, cid, "merged", request_id, mergedContactId=loser)
+                repo.audit(s, loser, "merged_into", request_id, intoContactId=cid)
+            to_stitch += await self._link_visitors(s, cid, request.visitor_ids, request_id)
+            if groups:
+                await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, groups),
+                                         form_type)
+            status = "merged" if decision.merged else decision.action.value
+            outcome = Outcome(cid, status, contact.external_customer_id, list(decision.merge),
+                              list(request.visitor_ids))
+        return outcome, list(dict.fromkeys(to_stitch))
+
+    async def _target(self, s: Any, decision: Decision, request: ContactRequest,
+                      request_id: str | None) -> Contact:
+        now = repo.now_ms()
+        if decision.action is Action.CREATE:
+            contact = Contact(external_customer_id=decision.set_external_id, created_at=now, updated_at=now,
+                              **request.profile)
+            s.add(contact)
+            await s.flush()
+            assert contact.id is not None
+            repo.audit(s, contact.id, "created", request_id, externalCustomerId=decision.set_external_id)
+            return contact
+        assert decision.target is not None
+        contact = (await s.execute(select(Contact).where(Contact.id == decision.target)  # type: ignore[arg-type]
+                                   .with_for_update())).scalar_one()
+        for attr, value in request.profile.items():
+            setattr(contact, attr, value)
+        if decision.action is Action.RESTORE:
+            contact.deleted_at = None
+            repo.audit(s, decision.target, "restored", request_id)
+        if decision.set_external_id is not None:
+            repo.audit(s, decision.target, "assigned_external_id", request_id,
+                       externalCustomerId=decision.set_external_id, previous=contact.external_customer_id,
+                       foundBy=decision.found_by)
+            contact.external_customer_id = decision.set_external_id
+        contact.updated_at = now
+        await s.flush()
+        return contact
+
+    async def _link_visitors(self, s: Any, cid: int, visitor_ids: Sequence[str],
+                             request_id: str | None) -> list[str]:
+        """Open links from these visitors to ``cid``; a visitor linked to someone else changes hands now."""
+        now = repo.now_ms()
+        current = {link.visitor_id: link for link in await repo.open_links(s, visitor_ids)}
+        for vid in visitor_ids:
+            link = current.get(vid)
+            if link is not None and link.contact_id == cid:
+                continue
+            if link is not None:  # a shared browser: the earlier person keeps what happened before
+                link.unlinked_at = now
+                repo.audit(s, link.contact_id, "unlinked_visitor", request_id, visitorId=vid, toContactId=cid)
+                await s.flush()
+            s.add(VisitorLink(visitor_id=vid, contact_id=cid, linked_at=now))
+            repo.audit(s, cid, "linked_visitor", request_id, visitorId=vid)
+        await s.flush()
+        return list(visitor_ids)
+
+    async def delete(self, contact_id: int, *, erase: bool, request_id: str | None) -> None:
+        """Soft delete (restorable by its external ID) or erase for good, Redis history included."""
+        async with self.db.transaction() as s:
+            contact = await s.get(Contact, contact_id)
+            if contact is None or contact.merged_into_id is not None:
+                raise ContactNotFound(contact_id)
+            if not erase:
+                if contact.deleted_at is None:
+                    contact.deleted_at = repo.now_ms()
+                    repo.audit(s, contact_id, "deleted", request_id)
+                return
+            ids = [contact_id]
+            frontier = [contact_id]
+            while frontier:  # contacts merged into this one are the same person
+                merged = list((await s.execute(select(Contact.id).where(
+                    Contact.merged_into_id.in_(frontier)))).scalars())  # type: ignore[union-attr]
+                ids += merged
+                frontier = merged
+            visitors = list(dict.fromkeys((await s.execute(select(VisitorLink.visitor_id).where(
+                VisitorLink.contact_id.in_(ids)))).scalars()))  # type: ignore[attr-defined]
+            await s.execute(delete(IdentityLog).where(IdentityLog.contact_id.in_(ids)))  # type: ignore[attr-defined]
+            for cid in reversed(ids):
+                await s.execute(delete(Contact).where(Contact.id == cid))  # type: ignore[arg-type]
+            repo.audit(s, contact_id, "erased", request_id, contacts=len(ids), visitors=len(visitors))
+        for vid in visitors:
+            await self.eventlog.forget(vid)
+
+    async def id_by_external_id(self, external_id: str) -> int:
+        async with self.db.reader() as s:
+            cid = (await s.execute(select(Contact.id).where(
+                Contact.external_customer_id == external_id))).scalar_one_or_none()
+        if cid is None:
+            raise ContactNotFound(None, externalCustomerId=external_id)
+        return int(cid)

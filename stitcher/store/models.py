@@ -1,0 +1,129 @@
+"""SQLModel tables. Times are Unix milliseconds (BIGINT) so SQLite and PostgreSQL behave alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+# BIGINT primary keys autoincrement on PostgreSQL; SQLite only autoincrements "INTEGER PRIMARY KEY"
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _ms() -> Any:
+    return Field(sa_type=BigInteger)
+
+
+def _fk(target: str, *, index: bool = True, nullable: bool = False) -> Any:
+    return Field(sa_column=Column(BigId, ForeignKey(target, ondelete="CASCADE"), index=index,
+                                  nullable=nullable))
+
+
+class Contact(SQLModel, table=True):
+    """A person. ``external_customer_id`` is the only unique identifier (SPEC §1, DESIGN invariant 6)."""
+
+    __tablename__ = "contacts"
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    external_customer_id: str | None = Field(default=None, sa_column=Column(String(256), unique=True))
+    first_name: str | None = Field(default=None, max_length=256)
+    last_name: str | None = Field(default=None, max_length=256)
+    language_code: str | None = Field(default=None, max_length=16)
+    address: dict[str, Any] | None = Field(default=None, sa_type=Json)
+    custom_fields: list[dict[str, Any]] | None = Field(default=None, sa_column=Column("fields", Json))
+    created_at: int = _ms()
+    updated_at: int = _ms()
+    deleted_at: int | None = Field(default=None, sa_type=BigInteger)
+    merged_into_id: int | None = Field(
+        default=None, sa_column=Column(BigId, ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True))
+
+
+class Identifier(SQLModel, table=True):
+    """A channel value of a contact (email, E.164 phone, push token); shared values are allowed."""
+
+    __tablename__ = "identifiers"
+    __table_args__ = (
+        UniqueConstraint("contact_id", "kind", "value", name="uq_identifier_contact_kind_value"),
+        Index("ix_identifier_kind_value", "kind", "value"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    contact_id: int = _fk("contacts.id", index=False)
+    kind: str = Field(max_length=16)
+    value: str = Field(max_length=1024)
+    device: str | None = Field(default=None, max_length=256)
+    created_at: int = _ms()
+
+
+class VisitorLink(SQLModel, table=True):
+    """Which contact a web visitor belongs to, and since when; a shared browser changes hands over time.
+
+    ``stitched_at`` is set once the visitor's anonymous history is on the timeline: a link without it is a
+    stitch that has not finished (a crash), which the worker's sweeper completes.
+    """
+
+    __tablename__ = "visitor_links"
+    __table_args__ = (
+        Index("uq_visitor_open_link", "visitor_id", unique=True,
+              sqlite_where=text("unlinked_at IS NULL"), postgresql_where=text("unlinked_at IS NULL")),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    visitor_id: str = Field(max_length=36, index=True)
+    contact_id: int = _fk("contacts.id")
+    linked_at: int = _ms()
+    unlinked_at: int | None = Field(default=None, sa_type=BigInteger)
+    stitched_at: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class TimelineEvent(SQLModel, table=True):
+    """One entry of a contact's timeline; ``(contact_id, event_id)`` is unique (DESIGN invariant 3)."""
+
+    __tablename__ = "timeline"
+    __table_args__ = (
+        UniqueConstraint("contact_id", "event_id", name="uq_timeline_contact_event"),
+        Index("ix_timeline_contact_time", "contact_id", "occurred_at", "id"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    contact_id: int = _fk("contacts.id", index=False)
+    event_id: str = Field(max_length=64)
+    source: str = Field(max_length=16)  # web | api | order
+    type: str = Field(max_length=128)
+    occurred_at: int = _ms()
+    received_at: int = _ms()
+    visitor_id: str | None = Field(default=None, max_length=36)
+    data: dict[str, Any] | None = Field(default=None, sa_type=Json)
+
+
+class Group(SQLModel, table=True):
+    __tablename__ = "groups"
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    name: str = Field(sa_column=Column(String(256), unique=True, nullable=False))
+    type: str = Field(default="static", max_length=16)
+    conditions: list[dict[str, Any]] | None = Field(default=None, sa_type=Json)
+    created_at: int = _ms()
+
+
+class GroupMember(SQLModel, table=True):
+    __tablename__ = "group_members"
+    group_id: int = Field(sa_column=Column(BigId, ForeignKey("groups.id", ondelete="CASCADE"),
+                                           primary_key=True))
+    contact_id: int = Field(sa_column=Column(BigId, ForeignKey("contacts.id", ondelete="CASCADE"),
+                                             primary_key=True, index=True))
+    form_type: str | None = Field(default=None, max_length=128)
+    added_at: int = _ms()
+
+
+class IdentityLog(SQLModel, table=True):
+    """Audit of every identity change (DESIGN invariant 9): link, assign ID, merge, restore, delete, erase.
+
+    Not a foreign key: the record of an erase outlives the contact it names.
+    """
+
+    __tablename__ = "identity_log"
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    contact_id: int = Field(sa_type=BigInteger, index=True)
+    action: str = Field(max_length=32)
+    detail: dict[str, Any] | None = Field(default=None, sa_type=Json)
+    at: int = _ms()
+    request_id: str | None = Field(default=None, max_length=64)

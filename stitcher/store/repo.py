@@ -1,0 +1,165 @@
+"""Queries the services need: candidate lookups, identifiers, links, timeline rows, groups, audit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stitcher.domain.identifiers import IdentifierKind, Identity
+from stitcher.domain.rules import Candidate, Lookup
+from stitcher.store.db import Database
+from stitcher.store.models import (
+    Contact,
+    Group,
+    GroupMember,
+    Identifier,
+    IdentityLog,
+    TimelineEvent,
+    VisitorLink,
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def candidate(contact: Contact) -> Candidate:
+    assert contact.id is not None
+    return Candidate(contact.id, contact.external_customer_id, contact.deleted_at is not None,
+                     contact.updated_at / 1000)
+
+
+async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[IdentifierKind]) -> Lookup:
+    """Load every contact the request's identifiers point at (merged contacts never; deleted only by ID)."""
+    by_contact_id = by_external_id = None
+    if identity.contact_id is not None:
+        c = await session.get(Contact, identity.contact_id)
+        if c is not None and c.merged_into_id is None:
+            by_contact_id = candidate(c)
+    if identity.external_id is not None:
+        c = (await session.execute(select(Contact).where(
+            Contact.external_customer_id == identity.external_id))).scalar_one_or_none()
+        if c is not None:
+            by_external_id = candidate(c)
+    wanted = [(k, v) for k, v in identity.channels if k in kinds]
+    by_channel: dict[tuple[IdentifierKind, str], list[Candidate]] = {pair: [] for pair in wanted}
+    if wanted:
+        rows = await session.execute(
+            select(Identifier.kind, Identifier.value, Contact)
+            .join(Contact, Contact.id == Identifier.contact_id)
+            .where(or_(*[and_(Identifier.kind == k.value, Identifier.value == v) for k, v in wanted]))
+            .where(Contact.deleted_at.is_(None), Contact.merged_into_id.is_(None))  # type: ignore[union-attr]
+        )
+        for kind, value, contact in rows:
+            by_channel[(IdentifierKind(kind), value)].append(candidate(contact))
+    return Lookup(by_contact_id, by_external_id, {k: tuple(v) for k, v in by_channel.items()})
+
+
+async def add_identifiers(db: Database, session: AsyncSession, contact_id: int,
+                          channels: Iterable[tuple[IdentifierKind, str, str | None]]) -> None:
+    rows = [{"contact_id": contact_id, "kind": k.value, "value": v, "device": d, "created_at": now_ms()}
+            for k, v, d in channels]
+    if rows:
+        await session.execute(db.insert_ignore(Identifier, ["contact_id", "kind", "value"]), rows)
+
+
+async def channels_of(session: AsyncSession, contact_id: int) -> list[Identifier]:
+    return list((await session.execute(
+        select(Identifier).where(Identifier.contact_id == contact_id).order_by(Identifier.id)
+    )).scalars())
+
+
+async def open_links(session: AsyncSession, visitor_ids: Iterable[str]) -> list[VisitorLink]:
+    vids = list(visitor_ids)
+    if not vids:
+        return []
+    return list((await session.execute(select(VisitorLink).where(
+        VisitorLink.visitor_id.in_(vids), VisitorLink.unlinked_at.is_(None)  # type: ignore[attr-defined,union-attr]
+    ))).scalars())
+
+
+async def visitors_of(session: AsyncSession, contact_id: int, *, open_only: bool = True) -> list[str]:
+    q = select(VisitorLink.visitor_id).where(VisitorLink.contact_id == contact_id)
+    if open_only:
+        q = q.where(VisitorLink.unlinked_at.is_(None))  # type: ignore[union-attr]
+    return list(dict.fromkeys((await session.execute(q.order_by(VisitorLink.id))).scalars()))
+
+
+async def groups_of(session: AsyncSession, contact_id: int) -> list[Group]:
+    return list((await session.execute(
+        select(Group).join(GroupMember, GroupMember.group_id == Group.id)
+        .where(GroupMember.contact_id == contact_id).order_by(Group.id)
+    )).scalars())
+
+
+async def ensure_groups(db: Database, session: AsyncSession, names: Sequence[str]) -> list[int]:
+    """Ids of the named static groups, creating the missing ones (concurrent creators are harmless)."""
+    if not names:
+        return []
+    await session.execute(db.insert_ignore(Group, ["name"]),
+                          [{"name": n, "type": "static", "created_at": now_ms()} for n in names])
+    rows = await session.execute(select(Group.id, Group.name).where(Group.name.in_(names)))  # type: ignore[attr-defined]
+    ids = {name: gid for gid, name in rows}
+    return [ids[n] for n in names]
+
+
+async def add_to_groups(db: Database, session: AsyncSession, contact_id: int, group_ids: Sequence[int],
+                        form_type: str | None) -> None:
+    if group_ids:
+        await session.execute(db.insert_ignore(GroupMember, ["group_id", "contact_id"]), [
+            {"group_id": g, "contact_id": contact_id, "form_type": form_type, "added_at": now_ms()}
+            for g in group_ids])
+
+
+def audit(session: AsyncSession, contact_id: int, action: str, request_id: str | None,
+          **detail: Any) -> None:
+    session.add(IdentityLog(contact_id=contact_id, action=action, detail=detail or None, at=now_ms(),
+                            request_id=request_id))
+
+
+async def merge_into(db: Database, session: AsyncSession, loser_id: int, winner_id: int) -> list[str]:
+    """Fold an unidentified contact into the winner: identifiers, visitors, timeline, groups.
+
+    Returns the loser's open visitor ids, which the caller re-links to the winner in Redis.
+    """
+    now = now_ms()
+    idents = await channels_of(session, loser_id)
+    await add_identifiers(db, session, winner_id,
+                          [(IdentifierKind(i.kind), i.value, i.device) for i in idents])
+    await session.execute(delete(Identifier).where(Identifier.contact_id == loser_id))
+    visitors = await visitors_of(session, loser_id)
+    await session.execute(update(VisitorLink).where(
+        VisitorLink.contact_id == loser_id, VisitorLink.unlinked_at.is_(None)  # type: ignore[union-attr]
+    ).values(unlinked_at=now))
+    if visitors:
+        session.add_all([VisitorLink(visitor_id=v, contact_id=winner_id, linked_at=now) for v in visitors])
+    # the same event on both timelines (a beacon retried across the merge) stays once, on the winner
+    winner_events = select(TimelineEvent.event_id).where(TimelineEvent.contact_id == winner_id)
+    await session.execute(delete(TimelineEvent).where(
+        TimelineEvent.contact_id == loser_id, TimelineEvent.event_id.in_(winner_events)))  # type: ignore[attr-defined]
+    await session.execute(update(TimelineEvent).where(TimelineEvent.contact_id == loser_id)
+                          .values(contact_id=winner_id))
+    groups = (await session.execute(select(GroupMember).where(GroupMember.contact_id == loser_id))).scalars()
+    await add_to_groups(db, session, winner_id, [g.group_id for g in groups], None)
+    await session.execute(delete(GroupMember).where(GroupMember.contact_id == loser_id))
+    await session.execute(update(Contact).where(Contact.id == loser_id)  # type: ignore[arg-type]
+                          .values(merged_into_id=winner_id, updated_at=now))
+    return visitors
+
+
+async def resolve_merged(session: AsyncSession, contact_id: int) -> Contact | None:
+    """The live contact that ``contact_id`` is or was merged into (None if erased)."""
+    seen = set()
+    contact = await session.get(Contact, contact_id)
+    while contact is not None and contact.merged_into_id is not None and contact.id not in seen:
+        seen.add(contact.id)
+        contact = await session.get(Contact, contact.merged_into_id)
+    return contact
+
+
+async def count(session: AsyncSession, query: Any) -> int:
+    return int((await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one())

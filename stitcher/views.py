@@ -1,0 +1,122 @@
+"""Read side of the contacts API: a contact, its timeline, its identity log, and search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stitcher.domain.errors import ContactNotFound
+from stitcher.store import repo
+from stitcher.store.models import Contact, Identifier, IdentityLog, TimelineEvent
+
+
+def contact_body(contact: Contact, channels: list[Identifier], groups: list[Any],
+                 visitors: list[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": contact.id,
+        "externalCustomerId": contact.external_customer_id,
+        "firstName": contact.first_name,
+        "lastName": contact.last_name,
+        "languageCode": contact.language_code,
+        "address": contact.address,
+        "fields": contact.custom_fields or [],
+        "channels": [{"type": c.kind, "value": c.value, **({"device": c.device} if c.device else {})}
+                     for c in channels],
+        "groups": [{"id": g.id, "name": g.name} for g in groups],
+        "visitorIds": visitors,
+        "createdAt": contact.created_at,
+        "updatedAt": contact.updated_at,
+    }
+    return body
+
+
+async def live_contact(s: AsyncSession, contact_id: int) -> Contact:
+    """The contact if it exists, is not deleted and was not merged (else 404, naming the winner if merged)."""
+    contact = await s.get(Contact, contact_id)
+    if contact is None or contact.deleted_at is not None:
+        raise ContactNotFound(contact_id)
+    if contact.merged_into_id is not None:
+        raise ContactNotFound(contact_id, mergedInto=contact.merged_into_id)
+    return contact
+
+
+async def get_contact(s: AsyncSession, contact_id: int) -> dict[str, Any]:
+    contact = await live_contact(s, contact_id)
+    return contact_body(contact, await repo.channels_of(s, contact_id), await repo.groups_of(s, contact_id),
+                        await repo.visitors_of(s, contact_id))
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int = 100
+    after: tuple[int, int] | None = None  # (occurred_at, row id) of the last entry already seen
+
+
+def _timeline_entry(e: TimelineEvent) -> dict[str, Any]:
+    data = dict(e.data or {})
+    return {"id": e.event_id, "type": e.type, "time": e.occurred_at, "receivedAt": e.received_at,
+            "source": e.source, "visitorId": e.visitor_id, **data}
+
+
+async def timeline(s: AsyncSession, contact_id: int, page: Page) -> dict[str, Any]:
+    """The stitched timeline, oldest first, keyset-paginated by (time, row id) so pages never shift."""
+    await live_contact(s, contact_id)
+    q = select(TimelineEvent).where(TimelineEvent.contact_id == contact_id)
+    if page.after is not None:
+        t, row = page.after
+        q = q.where((TimelineEvent.occurred_at > t) |
+                    ((TimelineEvent.occurred_at == t) & (TimelineEvent.id > row)))  # type: ignore[operator]
+    rows = list((await s.execute(q.order_by(TimelineEvent.occurred_at, TimelineEvent.id)
+                                 .limit(page.limit + 1))).scalars())
+    more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    total = int((await s.execute(select(func.count()).where(
+        TimelineEvent.contact_id == contact_id))).scalar_one())
+    return {"contactId": contact_id, "total": total, "events": [_timeline_entry(e) for e in rows],
+            "next": f"{rows[-1].occurred_at}.{rows[-1].id}" if more else None}
+
+
+async def identity_log(s: AsyncSession, contact_id: int) -> dict[str, Any]:
+    contact = await s.get(Contact, contact_id)
+    if contact is None:
+        raise ContactNotFound(contact_id)
+    rows = (await s.execute(select(IdentityLog).where(IdentityLog.contact_id == contact_id)
+                            .order_by(IdentityLog.id))).scalars()
+    return {"contactId": contact_id, "entries": [
+        {"action": r.action, "at": r.at, "requestId": r.request_id, **(r.detail or {})} for r in rows]}
+
+
+@dataclass(frozen=True)
+class Search:
+    email: str | None = None
+    sms: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    external_id: str | None = None
+    start: int = 1  # 1-based
+    max_rows: int = 500
+
+
+async def search(s: AsyncSession, q: Search) -> tuple[list[dict[str, Any]], int]:
+    """Live contacts matching every given criterion, by id; returns one page and the total count."""
+    query = select(Contact).where(Contact.deleted_at.is_(None), Contact.merged_into_id.is_(None))  # type: ignore[union-attr]
+    if q.external_id is not None:
+        query = query.where(Contact.external_customer_id == q.external_id)
+    for kind, value in (("email", q.email), ("sms", q.sms)):
+        if value is not None:
+            query = query.where(Contact.id.in_(select(Identifier.contact_id).where(  # type: ignore[union-attr]
+                Identifier.kind == kind, Identifier.value == value)))
+    if q.first_name is not None:
+        query = query.where(func.lower(Contact.first_name) == q.first_name.lower())
+    if q.last_name is not None:
+        query = query.where(func.lower(Contact.last_name) == q.last_name.lower())
+    total = await repo.count(s, query)
+    contacts = list((await s.execute(query.order_by(Contact.id).offset(q.start - 1).limit(q.max_rows))).scalars())
+    out = []
+    for c in contacts:
+        assert c.id is not None
+        out.append(contact_body(c, await repo.channels_of(s, c.id), [], []))
+    return out, total

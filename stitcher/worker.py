@@ -1,0 +1,81 @@
+"""The stitcher worker: puts linked visitors' new beacons on their contacts' timelines, within about a second.
+
+It reads the partition streams with a consumer group (at-least-once), inserts idempotently (so exactly once
+on the timeline), and acknowledges after the commit. Entries a dead worker read but never acknowledged are
+taken over after ``RECLAIM_IDLE_MS``; stitches a crash left unfinished are completed by the sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections import defaultdict
+
+import structlog
+
+from stitcher.stitch import Stitcher, insert_timeline, web_rows
+from stitcher.store import repo
+from stitcher.store.db import Database
+from tracker.eventlog import EventLog, LinkedEvent
+from tracker.metrics import Metrics
+
+log = structlog.get_logger("worker")
+RECLAIM_IDLE_MS = 30_000
+HOUSEKEEPING_S = 10.0
+
+
+class Worker:
+    def __init__(self, db: Database, eventlog: EventLog, stitcher: Stitcher, metrics: Metrics) -> None:
+        self.db = db
+        self.eventlog = eventlog
+        self.stitcher = stitcher
+        self.metrics = metrics
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+
+    async def run(self) -> None:
+        """Loop until cancelled; Redis or SQL outages are logged and retried, never fatal."""
+        started = False
+        next_housekeeping = 0.0
+        while True:
+            try:
+                if not started:
+                    await self.eventlog.ensure_group()
+                    started = True
+                if time.monotonic() >= next_housekeeping:
+                    await self.housekeeping(first=next_housekeeping == 0.0)
+                    next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+                await self.drain(await self.eventlog.read_linked(self.consumer, block_ms=500))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker iteration failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def housekeeping(self, first: bool = False) -> None:
+        """Finish interrupted stitches and take over a dead worker's unacknowledged entries."""
+        finished = await self.stitcher.finish_pending(older_than_ms=0 if first else RECLAIM_IDLE_MS)
+        if finished:
+            log.info("finished interrupted stitches", count=finished)
+        await self.drain(await self.eventlog.reclaim_linked(self.consumer, RECLAIM_IDLE_MS))
+
+    async def drain(self, events: list[LinkedEvent]) -> int:
+        """Put a batch of linked events on their contacts' timelines, then acknowledge them."""
+        if not events:
+            return 0
+        by_contact: dict[int, list[LinkedEvent]] = defaultdict(list)
+        for e in events:
+            by_contact[e.contact_id].append(e)
+        async with self.db.transaction() as s:
+            for contact_id, items in by_contact.items():
+                contact = await repo.resolve_merged(s, contact_id)
+                if contact is None or contact.id is None:
+                    continue  # erased: the events go with the person
+                rows = []
+                for item in items:
+                    rows += web_rows(contact.id, item.vid, [item.event])
+                await insert_timeline(self.db, s, rows)
+        await self.eventlog.ack_linked(events)
+        self.metrics.drained.inc(len(events))
+        return len(events)
