@@ -36,7 +36,8 @@ def init_app(settings: Settings) -> web.Application:
 async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     db = Database(settings.effective_database_url)
-    stitcher = Stitcher(db, app[EVENTLOG], pause_ms=settings.stitch_pause_ms)
+    stitcher = Stitcher(db, app[EVENTLOG], pause_ms=settings.stitch_pause_ms,
+                        on_stitched=app[METRICS].stitched.inc)
     app[DB] = db
     app[CONTACTS] = ContactService(db, app[EVENTLOG], stitcher)
     app[READY_CHECKS]["sql"] = db.ping

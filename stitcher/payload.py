@@ -90,6 +90,9 @@ def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | Non
         else:
             profile["custom_fields"] = fields
     visitor_ids = _visitor_ids(payload.get("visitorIds"), prefix, errors)
+    if contact_id is None and not errors.items and identity.external_id is None and not identity.channels \
+            and identity.contact_id is None:
+        errors.add(prefix + "channels", "a contact needs an externalCustomerId or at least one channel")
     errors.raise_if_any()
     return ContactRequest(identity, devices, profile, visitor_ids)
 

@@ -12,7 +12,7 @@ same API call, or the worker's sweeper, runs the steps again and duplicates noth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import select, update
@@ -45,10 +45,12 @@ async def insert_timeline(db: Database, session: Any, rows: list[dict[str, Any]]
 class Stitcher:
     """Runs stitches; ``pause_ms`` is a test hook that holds a stitch between claim and insert."""
 
-    def __init__(self, db: Database, eventlog: EventLog, pause_ms: int = 0) -> None:
+    def __init__(self, db: Database, eventlog: EventLog, pause_ms: int = 0,
+                 on_stitched: Callable[[int], None] | None = None) -> None:
         self.db = db
         self.eventlog = eventlog
         self.pause_ms = pause_ms
+        self.on_stitched = on_stitched
 
     async def stitch(self, vid: str, contact_id: int) -> int:
         """Move ``vid``'s anonymous history onto ``contact_id``'s timeline; returns the events handed over."""
@@ -65,6 +67,8 @@ class Stitcher:
                 VisitorLink.visitor_id == vid, VisitorLink.contact_id == contact_id,
                 VisitorLink.unlinked_at.is_(None), VisitorLink.stitched_at.is_(None),  # type: ignore[union-attr]
             ).values(stitched_at=now_ms()))
+        if self.on_stitched is not None:
+            self.on_stitched(len(events))
         return len(events)
 
     async def finish_pending(self, older_than_ms: int = 0, visitor_ids: Iterable[str] | None = None) -> int:
@@ -73,6 +77,9 @@ class Stitcher:
             VisitorLink.unlinked_at.is_(None), VisitorLink.stitched_at.is_(None),  # type: ignore[union-attr]
             VisitorLink.linked_at <= now_ms() - older_than_ms)
         if visitor_ids is not None:
+            visitor_ids = list(visitor_ids)
+            if not visitor_ids:
+                return 0
             query = query.where(VisitorLink.visitor_id.in_(list(visitor_ids)))  # type: ignore[attr-defined]
         async with self.db.reader() as session:
             pending = list(await session.execute(query))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
 from tracker.bots import is_bot
@@ -63,7 +65,7 @@ async def _ingest(request: web.Request, raw: bytes) -> str:
         if rejected:
             metrics.events.labels("rejected").inc(len(rejected))
             await asyncio.wait_for(log.record_rejected(vid, rejected), app[SETTINGS].redis_timeout)
-    except (TimeoutError, ConnectionError, OSError) as exc:
+    except (TimeoutError, OSError, RedisError) as exc:
         raise Unavailable("event storage is unavailable, retry shortly") from exc
     return vid
 
@@ -155,7 +157,15 @@ async def visitor_events(request: web.Request) -> web.StreamResponse:
     if not events and contact is None:
         raise NotFound(f"no recorded history for visitor {vid}", visitorId=vid)
     return json_response({"visitorId": vid, "linkedContactId": contact, "events": [
-        {**e, "received_at": e.pop("rt"), "time": e.pop("t")} for e in events]})
+        _public_event(e) for e in events]})
+
+
+def _public_event(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored event as the API shows it: ``rt``/``t`` spelled out as ``received_at``/``time``."""
+    event = {k: v for k, v in stored.items() if k not in ("rt", "t")}
+    event["received_at"] = stored["rt"]
+    event["time"] = stored["t"]
+    return event
 
 
 @routes.get("/api/v1/tracker/rejected")
