@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from stitcher.domain.errors import ContactNotFound
 from stitcher.domain.identifiers import Identity
@@ -116,7 +117,7 @@ class ContactService:
             repo.audit(s, contact.id, "created", request_id, externalCustomerId=decision.set_external_id)
             return contact
         assert decision.target is not None
-        contact = (await s.execute(select(Contact).where(Contact.id == decision.target)  # type: ignore[arg-type]
+        contact = (await s.execute(select(Contact).where(col(Contact.id) == decision.target)
                                    .with_for_update())).scalar_one()
         for attr, value in request.profile.items():
             setattr(contact, attr, value)
@@ -130,7 +131,7 @@ class ContactService:
             contact.external_customer_id = decision.set_external_id
         contact.updated_at = now
         await s.flush()
-        return contact
+        return contact  # type: ignore[no-any-return]  # scalar_one() of a typed select
 
     async def _link_visitors(self, s: Any, cid: int, visitor_ids: Sequence[str],
                              request_id: str | None) -> list[str]:
@@ -161,26 +162,26 @@ class ContactService:
                     contact.deleted_at = repo.now_ms()
                     repo.audit(s, contact_id, "deleted", request_id)
                 return
-            ids = [contact_id]
+            ids: list[int] = [contact_id]
             frontier = [contact_id]
             while frontier:  # contacts merged into this one are the same person
-                merged = list((await s.execute(select(Contact.id).where(
-                    Contact.merged_into_id.in_(frontier)))).scalars())  # type: ignore[union-attr]
+                merged = [int(i or 0) for i in (await s.execute(select(col(Contact.id)).where(
+                    col(Contact.merged_into_id).in_(frontier)))).scalars()]
                 ids += merged
                 frontier = merged
-            visitors = list(dict.fromkeys((await s.execute(select(VisitorLink.visitor_id).where(
-                VisitorLink.contact_id.in_(ids)))).scalars()))  # type: ignore[attr-defined]
-            await s.execute(delete(IdentityLog).where(IdentityLog.contact_id.in_(ids)))  # type: ignore[attr-defined]
+            visitors = list(dict.fromkeys((await s.execute(select(col(VisitorLink.visitor_id)).where(
+                col(VisitorLink.contact_id).in_(ids)))).scalars()))
+            await s.execute(delete(IdentityLog).where(col(IdentityLog.contact_id).in_(ids)))
             for cid in reversed(ids):
-                await s.execute(delete(Contact).where(Contact.id == cid))  # type: ignore[arg-type]
+                await s.execute(delete(Contact).where(col(Contact.id) == cid))
             repo.audit(s, contact_id, "erased", request_id, contacts=len(ids), visitors=len(visitors))
         for vid in visitors:
             await self.eventlog.forget(vid)
 
     async def id_by_external_id(self, external_id: str) -> int:
         async with self.db.reader() as s:
-            cid = (await s.execute(select(Contact.id).where(
-                Contact.external_customer_id == external_id))).scalar_one_or_none()
+            cid = (await s.execute(select(col(Contact.id)).where(
+                col(Contact.external_customer_id) == external_id))).scalar_one_or_none()
         if cid is None:
             raise ContactNotFound(None, externalCustomerId=external_id)
         return int(cid)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlmodel import col
 
 from stitcher.store.db import Database
 from stitcher.store.models import TimelineEvent, VisitorLink
@@ -64,8 +65,8 @@ class Stitcher:
         await self.eventlog.release_claim(vid)
         async with self.db.transaction() as session:
             await session.execute(update(VisitorLink).where(
-                VisitorLink.visitor_id == vid, VisitorLink.contact_id == contact_id,
-                VisitorLink.unlinked_at.is_(None), VisitorLink.stitched_at.is_(None),  # type: ignore[union-attr]
+                col(VisitorLink.visitor_id) == vid, col(VisitorLink.contact_id) == contact_id,
+                col(VisitorLink.unlinked_at).is_(None), col(VisitorLink.stitched_at).is_(None),
             ).values(stitched_at=now_ms()))
         if self.on_stitched is not None:
             self.on_stitched(len(events))
@@ -73,14 +74,14 @@ class Stitcher:
 
     async def finish_pending(self, older_than_ms: int = 0, visitor_ids: Iterable[str] | None = None) -> int:
         """Complete stitches a crash interrupted (links never marked stitched); returns how many ran."""
-        query = select(VisitorLink.visitor_id, VisitorLink.contact_id).where(
-            VisitorLink.unlinked_at.is_(None), VisitorLink.stitched_at.is_(None),  # type: ignore[union-attr]
-            VisitorLink.linked_at <= now_ms() - older_than_ms)
+        query = select(col(VisitorLink.visitor_id), col(VisitorLink.contact_id)).where(
+            col(VisitorLink.unlinked_at).is_(None), col(VisitorLink.stitched_at).is_(None),
+            col(VisitorLink.linked_at) <= now_ms() - older_than_ms)
         if visitor_ids is not None:
             visitor_ids = list(visitor_ids)
             if not visitor_ids:
                 return 0
-            query = query.where(VisitorLink.visitor_id.in_(list(visitor_ids)))  # type: ignore[attr-defined]
+            query = query.where(col(VisitorLink.visitor_id).in_(list(visitor_ids)))
         async with self.db.reader() as session:
             pending = list(await session.execute(query))
         for vid, contact_id in pending:

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from stitcher.domain.errors import ContactNotFound
 from stitcher.store import repo
@@ -64,17 +65,17 @@ def _timeline_entry(e: TimelineEvent) -> dict[str, Any]:
 async def timeline(s: AsyncSession, contact_id: int, page: Page) -> dict[str, Any]:
     """The stitched timeline, oldest first, keyset-paginated by (time, row id) so pages never shift."""
     await live_contact(s, contact_id)
-    q = select(TimelineEvent).where(TimelineEvent.contact_id == contact_id)
+    q = select(TimelineEvent).where(col(TimelineEvent.contact_id) == contact_id)
     if page.after is not None:
         t, row = page.after
-        q = q.where((TimelineEvent.occurred_at > t) |
-                    ((TimelineEvent.occurred_at == t) & (TimelineEvent.id > row)))  # type: ignore[operator]
-    rows = list((await s.execute(q.order_by(TimelineEvent.occurred_at, TimelineEvent.id)
+        q = q.where((col(TimelineEvent.occurred_at) > t) |
+                    ((col(TimelineEvent.occurred_at) == t) & (col(TimelineEvent.id) > row)))
+    rows = list((await s.execute(q.order_by(col(TimelineEvent.occurred_at), col(TimelineEvent.id))
                                  .limit(page.limit + 1))).scalars())
     more = len(rows) > page.limit
     rows = rows[: page.limit]
     total = int((await s.execute(select(func.count()).where(
-        TimelineEvent.contact_id == contact_id))).scalar_one())
+        col(TimelineEvent.contact_id) == contact_id))).scalar_one())
     return {"contactId": contact_id, "total": total, "events": [_timeline_entry(e) for e in rows],
             "next": f"{rows[-1].occurred_at}.{rows[-1].id}" if more else None}
 
@@ -83,8 +84,8 @@ async def identity_log(s: AsyncSession, contact_id: int) -> dict[str, Any]:
     contact = await s.get(Contact, contact_id)
     if contact is None:
         raise ContactNotFound(contact_id)
-    rows = (await s.execute(select(IdentityLog).where(IdentityLog.contact_id == contact_id)
-                            .order_by(IdentityLog.id))).scalars()
+    rows = (await s.execute(select(IdentityLog).where(col(IdentityLog.contact_id) == contact_id)
+                            .order_by(col(IdentityLog.id)))).scalars()
     return {"contactId": contact_id, "entries": [
         {"action": r.action, "at": r.at, "requestId": r.request_id, **(r.detail or {})} for r in rows]}
 
@@ -102,19 +103,19 @@ class Search:
 
 async def search(s: AsyncSession, q: Search) -> tuple[list[dict[str, Any]], int]:
     """Live contacts matching every given criterion, by id; returns one page and the total count."""
-    query = select(Contact).where(Contact.deleted_at.is_(None), Contact.merged_into_id.is_(None))  # type: ignore[union-attr]
+    query = select(Contact).where(col(Contact.deleted_at).is_(None), col(Contact.merged_into_id).is_(None))
     if q.external_id is not None:
-        query = query.where(Contact.external_customer_id == q.external_id)
+        query = query.where(col(Contact.external_customer_id) == q.external_id)
     for kind, value in (("email", q.email), ("sms", q.sms)):
         if value is not None:
-            query = query.where(Contact.id.in_(select(Identifier.contact_id).where(  # type: ignore[union-attr]
-                Identifier.kind == kind, Identifier.value == value)))
+            query = query.where(col(Contact.id).in_(select(col(Identifier.contact_id)).where(
+                col(Identifier.kind) == kind, col(Identifier.value) == value)))
     if q.first_name is not None:
-        query = query.where(func.lower(Contact.first_name) == q.first_name.lower())
+        query = query.where(func.lower(col(Contact.first_name)) == q.first_name.lower())
     if q.last_name is not None:
-        query = query.where(func.lower(Contact.last_name) == q.last_name.lower())
+        query = query.where(func.lower(col(Contact.last_name)) == q.last_name.lower())
     total = await repo.count(s, query)
-    contacts = list((await s.execute(query.order_by(Contact.id).offset(q.start - 1).limit(q.max_rows))).scalars())
+    contacts = list((await s.execute(query.order_by(col(Contact.id)).offset(q.start - 1).limit(q.max_rows))).scalars())
     out = []
     for c in contacts:
         assert c.id is not None

@@ -81,7 +81,7 @@ class EventLog:
             try:
                 if self.committer is not None:
                     return await self.committer.submit(*args)
-                return await self.redis.execute_command(*args)
+                return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
             except NoScriptError:
                 if attempt == 2:
                     raise
@@ -160,7 +160,7 @@ class EventLog:
         now = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             for record in rejected:
-                fields = {"at": now, "vid": vid or "", "reason": record["reason"],
+                fields: dict[Any, Any] = {"at": now, "vid": vid or "", "reason": record["reason"],
                           "event_id": record.get("id", ""), "event": record.get("event", "")}
                 pipe.xadd(keys.REJECTED, fields, maxlen=self.rejected_cap, approximate=True)
             await pipe.execute()
@@ -168,9 +168,9 @@ class EventLog:
     async def rejected(self, count: int = 100) -> list[dict[str, Any]]:
         """The most recent rejected events, newest first."""
         entries = await self.redis.xrevrange(keys.REJECTED, count=count)
-        out = []
-        for entry_id, fields in entries:
-            record = {_s(k): _s(v) for k, v in fields.items()}
+        out: list[dict[str, Any]] = []
+        for entry_id, fields in entries or []:
+            record: dict[str, Any] = {_s(k): _s(v) for k, v in (fields or {}).items()}
             record["entry"] = _s(entry_id)
             record["at"] = int(record["at"])
             out.append(record)

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
@@ -42,17 +43,17 @@ async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[Iden
             by_contact_id = candidate(c)
     if identity.external_id is not None:
         c = (await session.execute(select(Contact).where(
-            Contact.external_customer_id == identity.external_id))).scalar_one_or_none()
+            col(Contact.external_customer_id) == identity.external_id))).scalar_one_or_none()
         if c is not None:
             by_external_id = candidate(c)
     wanted = [(k, v) for k, v in identity.channels if k in kinds]
     by_channel: dict[tuple[IdentifierKind, str], list[Candidate]] = {pair: [] for pair in wanted}
     if wanted:
         rows = await session.execute(
-            select(Identifier.kind, Identifier.value, Contact)
-            .join(Contact, Contact.id == Identifier.contact_id)
-            .where(or_(*[and_(Identifier.kind == k.value, Identifier.value == v) for k, v in wanted]))
-            .where(Contact.deleted_at.is_(None), Contact.merged_into_id.is_(None))  # type: ignore[union-attr]
+            select(col(Identifier.kind), col(Identifier.value), Contact)
+            .join(Contact, col(Contact.id) == col(Identifier.contact_id))
+            .where(or_(*[and_(col(Identifier.kind) == k.value, col(Identifier.value) == v) for k, v in wanted]))
+            .where(col(Contact.deleted_at).is_(None), col(Contact.merged_into_id).is_(None))
         )
         for kind, value, contact in rows:
             by_channel[(IdentifierKind(kind), value)].append(candidate(contact))
@@ -69,7 +70,7 @@ async def add_identifiers(db: Database, session: AsyncSession, contact_id: int,
 
 async def channels_of(session: AsyncSession, contact_id: int) -> list[Identifier]:
     return list((await session.execute(
-        select(Identifier).where(Identifier.contact_id == contact_id).order_by(Identifier.id)
+        select(Identifier).where(col(Identifier.contact_id) == contact_id).order_by(col(Identifier.id))
     )).scalars())
 
 
@@ -78,21 +79,21 @@ async def open_links(session: AsyncSession, visitor_ids: Iterable[str]) -> list[
     if not vids:
         return []
     return list((await session.execute(select(VisitorLink).where(
-        VisitorLink.visitor_id.in_(vids), VisitorLink.unlinked_at.is_(None)  # type: ignore[attr-defined,union-attr]
+        col(VisitorLink.visitor_id).in_(vids), col(VisitorLink.unlinked_at).is_(None)
     ))).scalars())
 
 
 async def visitors_of(session: AsyncSession, contact_id: int, *, open_only: bool = True) -> list[str]:
-    q = select(VisitorLink.visitor_id).where(VisitorLink.contact_id == contact_id)
+    q = select(col(VisitorLink.visitor_id)).where(col(VisitorLink.contact_id) == contact_id)
     if open_only:
-        q = q.where(VisitorLink.unlinked_at.is_(None))  # type: ignore[union-attr]
-    return list(dict.fromkeys((await session.execute(q.order_by(VisitorLink.id))).scalars()))
+        q = q.where(col(VisitorLink.unlinked_at).is_(None))
+    return list(dict.fromkeys((await session.execute(q.order_by(col(VisitorLink.id)))).scalars()))
 
 
 async def groups_of(session: AsyncSession, contact_id: int) -> list[Group]:
     return list((await session.execute(
-        select(Group).join(GroupMember, GroupMember.group_id == Group.id)
-        .where(GroupMember.contact_id == contact_id).order_by(Group.id)
+        select(Group).join(GroupMember, col(GroupMember.group_id) == col(Group.id))
+        .where(col(GroupMember.contact_id) == contact_id).order_by(col(Group.id))
     )).scalars())
 
 
@@ -102,8 +103,8 @@ async def ensure_groups(db: Database, session: AsyncSession, names: Sequence[str
         return []
     await session.execute(db.insert_ignore(Group, ["name"]),
                           [{"name": n, "type": "static", "created_at": now_ms()} for n in names])
-    rows = await session.execute(select(Group.id, Group.name).where(Group.name.in_(names)))  # type: ignore[attr-defined]
-    ids = {name: gid for gid, name in rows}
+    rows = await session.execute(select(col(Group.id), col(Group.name)).where(col(Group.name).in_(names)))
+    ids = {name: int(gid or 0) for gid, name in rows}
     return [ids[n] for n in names]
 
 
@@ -130,23 +131,23 @@ async def merge_into(db: Database, session: AsyncSession, loser_id: int, winner_
     idents = await channels_of(session, loser_id)
     await add_identifiers(db, session, winner_id,
                           [(IdentifierKind(i.kind), i.value, i.device) for i in idents])
-    await session.execute(delete(Identifier).where(Identifier.contact_id == loser_id))
+    await session.execute(delete(Identifier).where(col(Identifier.contact_id) == loser_id))
     visitors = await visitors_of(session, loser_id)
     await session.execute(update(VisitorLink).where(
-        VisitorLink.contact_id == loser_id, VisitorLink.unlinked_at.is_(None)  # type: ignore[union-attr]
+        col(VisitorLink.contact_id) == loser_id, col(VisitorLink.unlinked_at).is_(None)
     ).values(unlinked_at=now))
     if visitors:
         session.add_all([VisitorLink(visitor_id=v, contact_id=winner_id, linked_at=now) for v in visitors])
     # the same event on both timelines (a beacon retried across the merge) stays once, on the winner
-    winner_events = select(TimelineEvent.event_id).where(TimelineEvent.contact_id == winner_id)
+    winner_events = select(col(TimelineEvent.event_id)).where(col(TimelineEvent.contact_id) == winner_id)
     await session.execute(delete(TimelineEvent).where(
-        TimelineEvent.contact_id == loser_id, TimelineEvent.event_id.in_(winner_events)))  # type: ignore[attr-defined]
-    await session.execute(update(TimelineEvent).where(TimelineEvent.contact_id == loser_id)
+        col(TimelineEvent.contact_id) == loser_id, col(TimelineEvent.event_id).in_(winner_events)))
+    await session.execute(update(TimelineEvent).where(col(TimelineEvent.contact_id) == loser_id)
                           .values(contact_id=winner_id))
-    groups = (await session.execute(select(GroupMember).where(GroupMember.contact_id == loser_id))).scalars()
+    groups = (await session.execute(select(GroupMember).where(col(GroupMember.contact_id) == loser_id))).scalars()
     await add_to_groups(db, session, winner_id, [g.group_id for g in groups], None)
-    await session.execute(delete(GroupMember).where(GroupMember.contact_id == loser_id))
-    await session.execute(update(Contact).where(Contact.id == loser_id)  # type: ignore[arg-type]
+    await session.execute(delete(GroupMember).where(col(GroupMember.contact_id) == loser_id))
+    await session.execute(update(Contact).where(col(Contact.id) == loser_id)
                           .values(merged_into_id=winner_id, updated_at=now))
     return visitors
 
