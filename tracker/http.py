@@ -82,7 +82,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     metrics = request.app[METRICS]
     metrics.requests.labels(route, request.method, response.status).inc()
     metrics.latency.labels(route).observe(elapsed)
-    log.info("request", method=request.method, route=route, status=response.status,
+    log.info("request", request_id=request_id, method=request.method, route=route, status=response.status,
              ms=round(elapsed * 1000, 2), error=error)
     return response
 
