@@ -13,7 +13,7 @@ import orjson
 from tracker.errors import PayloadTooLarge, ValidationFailed
 from tracker.visitor import parse_visitor_id
 
-_EVENT_ID = re.compile(r"^[A-Za-z0-9_\-:.]{1,64}$")
+_EVENT_ID = re.compile(r"[A-Za-z0-9_\-:.]{1,64}")  # used with fullmatch: "$" would let a "\n" through
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MIN_MS = 946_684_800_000  # 2000-01-01: anything earlier is a clock or unit bug
 _MAX_MS = 4_102_444_800_000  # 2100-01-01
@@ -45,7 +45,7 @@ def decode_pixel(d: str | None) -> bytes:
     if not d:
         raise ValidationFailed([{"field": "d", "message": "missing base64url JSON body"}])
     try:
-        return base64.urlsafe_b64decode(d + "=" * (-len(d) % 4))
+        return base64.b64decode(d + "=" * (-len(d) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValidationFailed([{"field": "d", "message": "not valid base64url"}]) from exc
 
@@ -106,7 +106,7 @@ def _event(event: object, limits: Limits, received_at: int, sent_at: Any, bot: b
     if not isinstance(event, dict):
         raise ValueError("event must be a JSON object")
     event_id = event.get("id")
-    if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+    if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
         raise ValueError("id: must be 1-64 characters of letters, digits, '-', '_', ':' or '.'")
     kind = event.get("type")
     if not isinstance(kind, str) or not kind.strip() or len(kind) > 128 or _CONTROL.search(kind):

@@ -34,8 +34,11 @@ class _Script:
     def args(self, keys_: list[str], argv: list[Any]) -> tuple[Any, ...]:
         return ("EVALSHA", self.sha, len(keys_), *keys_, *argv)
 
-    async def load(self, redis: Redis) -> None:
-        await redis.script_load(self.source)
+    async def load(self, redis: Redis, lock: asyncio.Lock) -> None:
+        """Load the script once, however many callers met NOSCRIPT at the same time (a Redis restart)."""
+        async with lock:
+            if not (await redis.script_exists(self.sha))[0]:
+                await redis.script_load(self.source)
 
 
 APPEND = _Script("append")
@@ -71,6 +74,7 @@ class EventLog:
         self.history_cap = history_cap
         self.rejected_cap = rejected_cap
         self.committer = committer
+        self._script_lock = asyncio.Lock()
 
     def keys(self, vid: str) -> keys.VisitorKeys:
         return keys.VisitorKeys(vid, self.partitions)
@@ -85,11 +89,11 @@ class EventLog:
             except NoScriptError:
                 if attempt == 2:
                     raise
-                await script.load(self.redis)
+                await script.load(self.redis, self._script_lock)
             except ResponseError as exc:  # pipelines surface NOSCRIPT as a plain ResponseError
                 if attempt == 2 or not str(exc).startswith("NOSCRIPT"):
                     raise
-                await script.load(self.redis)
+                await script.load(self.redis, self._script_lock)
         raise AssertionError("unreachable")
 
     async def append(self, vid: str, events: list[tuple[str, bytes]]) -> AppendResult:

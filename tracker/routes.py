@@ -77,6 +77,19 @@ def _set_visitor(request: web.Request, response: web.StreamResponse, vid: str) -
     response.headers[VISITOR_HEADER] = vid
 
 
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or its first ``limit + 1`` bytes: ``read(n)`` returns what has arrived so far."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 @routes.post("/t")
 async def beacon(request: web.Request) -> web.StreamResponse:
     """The beacon: text/plain (sendBeacon, no preflight) or application/json body; 204 once stored."""
@@ -85,7 +98,7 @@ async def beacon(request: web.Request) -> web.StreamResponse:
         limit = request.app[LIMITS].max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"body is {request.content_length} bytes, the limit is {limit}")
-        raw = await request.content.read(limit + 1)
+        raw = await _read_body(request, limit)
         vid = await _ingest(request, raw)
         response = web.Response(status=204)
         _set_visitor(request, response, vid)
@@ -122,7 +135,8 @@ async def pixel(request: web.Request) -> web.StreamResponse:
 async def script(request: web.Request) -> web.StreamResponse:
     s = request.app[SCRIPT]
     headers = {"ETag": s.etag, "Cache-Control": "public, max-age=3600", "Vary": "Accept-Encoding"}
-    if s.etag in request.headers.get("If-None-Match", ""):
+    if_none_match = request.headers.get("If-None-Match", "")
+    if s.etag in if_none_match or if_none_match.strip() == "*":
         return web.Response(status=304, headers=headers)
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         headers["Content-Encoding"] = "gzip"

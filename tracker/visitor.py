@@ -7,7 +7,7 @@ import uuid
 
 COOKIE = "stitcher_vid"
 COOKIE_MAX_AGE = 400 * 86_400  # the longest lifetime browsers honour
-_VID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_VID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def new_visitor_id() -> str:
@@ -23,7 +23,7 @@ def parse_visitor_id(value: object) -> str | None:
     if not isinstance(value, str) or len(value) != 36:
         return None
     value = value.lower()
-    return value if _VID.match(value) else None
+    return value if _VID.fullmatch(value) else None
 
 
 def choose_visitor_id(cookie: str | None, body_vid: str | None, reset: bool = False) -> tuple[str, bool]:

@@ -33,10 +33,9 @@ else
       room = room - 1
     end
   end
-  if stored > 0 then
-    redis.call('EXPIRE', KEYS[1], ttl)
-    redis.call('EXPIRE', KEYS[2], ttl)
-  end
+  -- any beacon is activity, even one of duplicates or past the cap
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
 end
 local result = {stored, dupes}
 for _, id in ipairs(over) do result[#result + 1] = id end
