@@ -37,7 +37,7 @@ def _cors(request: web.Request, response: web.StreamResponse) -> None:
     if "*" in allowed or origin in allowed:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Access-Control-Expose-Headers"] = VISITOR_HEADER
+        response.headers["Access-Control-Expose-Headers"] = f"{VISITOR_HEADER}, Retry-After"
         response.headers["Vary"] = "Origin"
 
 

