@@ -2,15 +2,21 @@
 
 One step per line; blank lines are skipped. Every step may carry a ``"comment"`` note.
 
-- ``{"beacon": {<POST /t body>}, "status"?: 204}`` posts a beacon as ``text/plain``, as ``sendBeacon`` does.
-  Without ``status`` a 204 is expected.
+- ``{"beacon": {<POST /t body>}, "status"?: 204}`` posts a beacon as ``text/plain`` with a browser's
+  User-Agent, as ``sendBeacon`` does, without cookies (the body's ``vid`` names the visitor). Without
+  ``status`` a 204 is expected.
 - ``{"call": "POST /api/v1/contact/subscribe", "body"?: {...}, "status"?: 200, "expect"?: {...},
   "save"?: {"name": "json.path"}}`` calls the API (Basic auth with the API key). Without ``status`` any 2xx
   passes; ``expect`` is matched once against the JSON response.
 - ``{"expect": {"call": "GET /api/v1/contact/${a}/events", "status"?: 200, "json"?: {...},
   "within_ms"?: 2000, "save"?: {...}}}`` sends the request again every 100 ms until status and JSON match or
-  ``within_ms`` has passed (0, the default: once).
+  ``within_ms`` (at most 60000) has passed; 0, the default, looks once.
 - ``{"comment": "..."}`` alone is ignored.
+
+A failure does not stop the replay. ``save`` keeps a value whenever the status was the expected one; a later
+step that needs a value never saved fails without being sent, naming the line that should have saved it.
+The summary counts the steps played (comments aside), the expectations stated (each ``expect`` step, each
+beacon or call with ``status`` or ``expect``) and the failures (an unexpected status fails a step too).
 
 ``${name}`` in paths, bodies and expected values is a value saved earlier by ``save`` (a dotted path into the
 JSON response: ``id``, ``events.0.id``); a string that is exactly ``${name}`` takes the saved value's JSON
@@ -59,6 +65,8 @@ MAX_WITHIN_MS = 60_000
 POLL_INTERVAL_S = 0.1
 REQUEST_TIMEOUT_S = 10.0
 SHOWN_BODY_CHARS = 600
+BROWSER_USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                      "Chrome/131.0.0.0 Safari/537.36")
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _OPERATORS = ("$len", "$contains", "$ne", "$any")
 _STEP_KEYS = {
@@ -110,19 +118,24 @@ class FixtureError(ValueError):
 
 @dataclass(frozen=True)
 class Failure:
-    """An expectation that did not hold: where, what was expected and what came back."""
+    """An expectation that did not hold: its line, the request, what differed and the response that came back.
+
+    ``mismatch`` says what was expected and what was found, e.g. ``$.total: expected 4, got 3``.
+    """
 
     line: int
     step: str
-    expected: str
-    got: str
+    mismatch: str
+    response: str
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.step}: expected {self.expected}; got {self.got}"
+        return f"line {self.line}: {self.step}: {self.mismatch} | response: {self.response}"
 
 
 @dataclass
 class ReplayReport:
+    """What a replay found: counts for the summary line and every failure in the order met."""
+
     steps: int = 0
     expectations: int = 0
     failures: list[Failure] = field(default_factory=list)
@@ -378,6 +391,10 @@ class _Response:
         return f"{self.status} {body}".rstrip()
 
 
+def _status_ok(step: Step, status: int) -> bool:
+    return status == step.status if step.status is not None else 200 <= status < 300
+
+
 class _Player:
     def __init__(self, session: aiohttp.ClientSession, base_url: str, api_key: str,
                  variables: Mapping[str, Any]) -> None:
@@ -388,8 +405,8 @@ class _Player:
         self.unsaved: dict[str, int] = {}  # variable -> line of the failed step that should have saved it
         self.report = ReplayReport()
 
-    def fail(self, step: Step, label: str, expected: str, got: str) -> None:
-        self.report.failures.append(Failure(step.line, label, expected, got))
+    def fail(self, step: Step, label: str, mismatch: str, response: str) -> None:
+        self.report.failures.append(Failure(step.line, label, mismatch, response))
 
     async def play(self, step: Step) -> None:
         self.report.steps += 1
@@ -399,8 +416,9 @@ class _Player:
             body = substitute(step.body, self.variables)
             expected_json = substitute(step.json, self.variables)
         except _Unresolved as exc:
-            why = f"line {self.unsaved[exc.name]} failed" if exc.name in self.unsaved else "no earlier step"
-            self.fail(step, step.label, f"${{{exc.name}}} to be saved", f"nothing ({why} saved it)")
+            why = (f"line {self.unsaved[exc.name]} did not save it" if exc.name in self.unsaved
+                   else "no earlier step saves it")
+            self.fail(step, step.label, f"${{{exc.name}}} is not set ({why})", "not sent")
             self._not_saved(step)
             return
         label = f"{step.method} {path}"
@@ -411,35 +429,35 @@ class _Player:
                 break
             await asyncio.sleep(POLL_INTERVAL_S)
         if problems:
-            within = f" within {step.within_ms} ms" if step.within_ms else ""
-            self.fail(step, label, "; ".join(problems) + within, response.show() if response else "no response")
-            self._not_saved(step)
+            within = f" (waited {step.within_ms} ms)" if step.within_ms else ""
+            self.fail(step, label, "; ".join(problems) + within, response.show() if response else "none")
+        if response is None or not _status_ok(step, response.status):
+            self._not_saved(step)  # an unexpected status's body holds nothing worth saving
             return
-        assert response is not None
         for name, json_path in step.save.items():
             try:
                 self.variables[name] = extract(response.json, json_path)
                 self.unsaved.pop(name, None)
             except KeyError:
-                self.fail(step, label, f"a value at {json_path!r} to save as {name}", response.show())
                 self.unsaved[name] = step.line
+                if not problems:  # else the reported mismatch already explains it
+                    self.fail(step, label, f"save {name}: no value at {json_path!r}", response.show())
 
     def _not_saved(self, step: Step) -> None:
         for name in step.save:
-            self.unsaved.setdefault(name, step.line)
+            self.unsaved[name] = step.line
 
     async def _attempt(self, step: Step, path: str, body: Any,
                        expected_json: Any) -> tuple[list[str], _Response | None]:
         try:
             response = await self._send(step, path, body)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return [f"a response (request failed: {type(exc).__name__}: {exc})"], None
-        if step.status is None:
-            problems = [] if 200 <= response.status < 300 else [f"status 2xx, got {response.status}"]
-        else:
-            problems = [] if response.status == step.status else [f"status {step.status}, got {response.status}"]
-        if step.has_json and not problems:
-            problems = match(expected_json, response.json) if response.is_json else ["a JSON body"]
+            return [f"no response: {type(exc).__name__}: {exc}"], None
+        problems = []
+        if not _status_ok(step, response.status):
+            problems = [f"status: expected {step.status or '2xx'}, got {response.status}"]
+        elif step.has_json:
+            problems = match(expected_json, response.json) if response.is_json else ["$: expected a JSON body"]
         return problems, response
 
     async def _send(self, step: Step, path: str, body: Any) -> _Response:
@@ -447,6 +465,7 @@ class _Player:
         data: bytes | None = None
         if step.kind is StepKind.BEACON:
             headers["Content-Type"] = "text/plain"  # what sendBeacon sends: no CORS preflight
+            headers["User-Agent"] = BROWSER_USER_AGENT  # a beacon comes from a browser, not a bot
             data = orjson.dumps(body)
         else:
             headers["Authorization"] = self.auth
@@ -485,7 +504,7 @@ def replay_file_cli(path: str, url: str, api_key: str) -> int:
         return 2
     report = asyncio.run(_replay_url(steps, url, api_key))
     for failure in report.failures:
-        print(f"{path}:{failure.line}: {failure.step}: expected {failure.expected}; got {failure.got}")
+        print(f"{path}:{failure.line}: {failure.step}: {failure.mismatch} | response: {failure.response}")
     print(report.summary())
     return 0 if report.ok else 1
 

@@ -11,6 +11,8 @@ from sqlmodel import Field, SQLModel
 # BIGINT primary keys autoincrement on PostgreSQL; SQLite only autoincrements "INTEGER PRIMARY KEY"
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
+# ids are handed to API clients: SQLite must never reuse the id of an erased row (max(rowid)+1 would)
+SQLITE_AUTOINCREMENT = {"sqlite_autoincrement": True}
 
 
 def _ms() -> Any:
@@ -26,6 +28,7 @@ class Contact(SQLModel, table=True):
     """A person. ``external_customer_id`` is the only unique identifier (SPEC §1, DESIGN invariant 6)."""
 
     __tablename__ = "contacts"
+    __table_args__ = (SQLITE_AUTOINCREMENT,)
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     external_customer_id: str | None = Field(default=None, sa_column=Column(String(256), unique=True))
     first_name: str | None = Field(default=None, max_length=256)
@@ -47,6 +50,7 @@ class Identifier(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("contact_id", "kind", "value", name="uq_identifier_contact_kind_value"),
         Index("ix_identifier_kind_value", "kind", "value"),
+        SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     contact_id: int = _fk("contacts.id", index=False)
@@ -67,6 +71,7 @@ class VisitorLink(SQLModel, table=True):
     __table_args__ = (
         Index("uq_visitor_open_link", "visitor_id", unique=True,
               sqlite_where=text("unlinked_at IS NULL"), postgresql_where=text("unlinked_at IS NULL")),
+        SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     visitor_id: str = Field(max_length=36, index=True)
@@ -83,6 +88,7 @@ class TimelineEvent(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("contact_id", "event_id", name="uq_timeline_contact_event"),
         Index("ix_timeline_contact_time", "contact_id", "occurred_at", "id"),
+        SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     contact_id: int = _fk("contacts.id", index=False)
@@ -97,6 +103,7 @@ class TimelineEvent(SQLModel, table=True):
 
 class Group(SQLModel, table=True):
     __tablename__ = "groups"
+    __table_args__ = (SQLITE_AUTOINCREMENT,)
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     name: str = Field(sa_column=Column(String(256), unique=True, nullable=False))
     type: str = Field(default="static", max_length=16)
@@ -121,6 +128,7 @@ class IdentityLog(SQLModel, table=True):
     """
 
     __tablename__ = "identity_log"
+    __table_args__ = (SQLITE_AUTOINCREMENT,)
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     contact_id: int = Field(sa_type=BigInteger, index=True)
     action: str = Field(max_length=32)

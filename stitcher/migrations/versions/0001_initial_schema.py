@@ -32,7 +32,8 @@ def upgrade() -> None:
     sa.Column('merged_into_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.ForeignKeyConstraint(['merged_into_id'], ['contacts.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('external_customer_id')
+    sa.UniqueConstraint('external_customer_id'),
+    sqlite_autoincrement=True
     )
     op.create_table('groups',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -41,7 +42,8 @@ def upgrade() -> None:
     sa.Column('conditions', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('created_at', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('name')
+    sa.UniqueConstraint('name'),
+    sqlite_autoincrement=True
     )
     op.create_table('identity_log',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -50,7 +52,8 @@ def upgrade() -> None:
     sa.Column('detail', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('at', sa.BigInteger(), nullable=False),
     sa.Column('request_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('identity_log', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_identity_log_contact_id'), ['contact_id'], unique=False)
@@ -76,7 +79,8 @@ def upgrade() -> None:
     sa.Column('created_at', sa.BigInteger(), nullable=False),
     sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('contact_id', 'kind', 'value', name='uq_identifier_contact_kind_value')
+    sa.UniqueConstraint('contact_id', 'kind', 'value', name='uq_identifier_contact_kind_value'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('identifiers', schema=None) as batch_op:
         batch_op.create_index('ix_identifier_kind_value', ['kind', 'value'], unique=False)
@@ -93,7 +97,8 @@ def upgrade() -> None:
     sa.Column('data', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('contact_id', 'event_id', name='uq_timeline_contact_event')
+    sa.UniqueConstraint('contact_id', 'event_id', name='uq_timeline_contact_event'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('timeline', schema=None) as batch_op:
         batch_op.create_index('ix_timeline_contact_time', ['contact_id', 'occurred_at', 'id'], unique=False)
@@ -106,7 +111,8 @@ def upgrade() -> None:
     sa.Column('unlinked_at', sa.BigInteger(), nullable=True),
     sa.Column('stitched_at', sa.BigInteger(), nullable=True),
     sa.ForeignKeyConstraint(['contact_id'], ['contacts.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('visitor_links', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_visitor_links_contact_id'), ['contact_id'], unique=False)
