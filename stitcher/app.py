@@ -13,10 +13,13 @@ from stitcher.domain.identifiers import Normaliser
 from stitcher.stitch import Stitcher
 from stitcher.store.db import Database
 from stitcher.worker import Worker
+from tracker.app import connect_redis
 from tracker.app import init_app as init_tracker
+from tracker.eventlog import EventLog
 from tracker.http import METRICS
 from tracker.routes import EVENTLOG, READY_CHECKS, SETTINGS
 from tracker.settings import Settings
+from tracker.tasks import stop_task
 
 WORKER = web.AppKey("worker", Worker)
 
@@ -41,14 +44,16 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB] = db
     app[CONTACTS] = ContactService(db, app[EVENTLOG], stitcher)
     app[READY_CHECKS]["sql"] = db.ping
-    worker = Worker(db, app[EVENTLOG], stitcher, app[METRICS])
+    # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block
+    worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)
+    worker_log = EventLog(worker_redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
+                          history_cap=settings.history_cap)
+    worker = Worker(db, worker_log, stitcher, app[METRICS])
     app[WORKER] = worker
     task = asyncio.create_task(worker.run(), name="stitcher-worker") if settings.worker_enabled else None
     yield
+    worker.stopping.set()
     if task is not None:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        await stop_task(task)
+    await worker_redis.aclose()
     await db.close()

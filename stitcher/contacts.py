@@ -66,8 +66,6 @@ class ContactService:
 
         When this returns, the anonymous history of ``request.visitor_ids`` is on the timeline.
         """
-        # a stitch a crash left unfinished completes first, onto the contact it was for
-        await self.stitcher.finish_pending(visitor_ids=request.visitor_ids)
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 outcome, to_stitch = await self._apply(mode, request, groups, form_type, request_id)
@@ -76,12 +74,15 @@ class ContactService:
                 if attempt == ATTEMPTS:
                     raise
                 log.info("identity race, retrying", attempt=attempt)
-        for vid in to_stitch:
-            outcome.stitched += await self.stitcher.stitch(vid, outcome.id)
+        for vid, contact_id in to_stitch:
+            stitched = await self.stitcher.stitch(vid, contact_id)
+            if contact_id == outcome.id:
+                outcome.stitched += stitched
         return outcome
 
     async def _apply(self, mode: Mode, request: ContactRequest, groups: Sequence[str],
-                     form_type: str | None, request_id: str | None) -> tuple[Outcome, list[str]]:
+                     form_type: str | None, request_id: str | None) -> tuple[Outcome, list[tuple[str, int]]]:
+        """One transaction: decide, write the contact, merge, link visitors. Returns the stitches to run."""
         identity = request.identity
         async with self.db.transaction() as s:
             await self.db.lock_keys(s, _lock_keys(identity, request.visitor_ids))
@@ -91,9 +92,9 @@ class ContactService:
             assert contact.id is not None
             cid = contact.id
             await repo.add_identifiers(self.db, s, cid, request.channels())
-            to_stitch: list[str] = []
+            to_stitch: list[tuple[str, int]] = []
             for loser in decision.merge:
-                to_stitch += await repo.merge_into(self.db, s, loser, cid)
+                to_stitch += [(v, cid) for v in await repo.merge_into(self.db, s, loser, cid)]
                 repo.audit(s, cid, "merged", request_id, mergedContactId=loser)
                 repo.audit(s, loser, "merged_into", request_id, intoContactId=cid)
             to_stitch += await self._link_visitors(s, cid, request.visitor_ids, request_id)
@@ -134,22 +135,32 @@ class ContactService:
         return contact  # type: ignore[no-any-return]  # scalar_one() of a typed select
 
     async def _link_visitors(self, s: Any, cid: int, visitor_ids: Sequence[str],
-                             request_id: str | None) -> list[str]:
-        """Open links from these visitors to ``cid``; a visitor linked to someone else changes hands now."""
+                             request_id: str | None) -> list[tuple[str, int]]:
+        """Open links from these visitors to ``cid``; a visitor linked to someone else changes hands now.
+
+        Returns the (visitor, contact) stitches to run after the commit: every visitor onto ``cid`` (its
+        history since the last stitch, if any), and the earlier owner's unfinished stitch, if one was
+        running, so that what happened before stays with the earlier person.
+        """
         now = repo.now_ms()
         current = {link.visitor_id: link for link in await repo.open_links(s, visitor_ids)}
+        stitches: list[tuple[str, int]] = []
         for vid in visitor_ids:
             link = current.get(vid)
-            if link is not None and link.contact_id == cid:
-                continue
-            if link is not None:  # a shared browser: the earlier person keeps what happened before
+            if link is not None and link.contact_id != cid:  # a shared browser changes hands now
+                if link.stitched_at is None:
+                    # its stitch has not run yet: hand the history over to the earlier owner first
+                    await self.eventlog.claim(vid, link.contact_id)
+                    stitches.append((vid, link.contact_id))
                 link.unlinked_at = now
                 repo.audit(s, link.contact_id, "unlinked_visitor", request_id, visitorId=vid, toContactId=cid)
                 await s.flush()
-            s.add(VisitorLink(visitor_id=vid, contact_id=cid, linked_at=now))
-            repo.audit(s, cid, "linked_visitor", request_id, visitorId=vid)
+            if link is None or link.contact_id != cid:
+                s.add(VisitorLink(visitor_id=vid, contact_id=cid, linked_at=now))
+                repo.audit(s, cid, "linked_visitor", request_id, visitorId=vid)
+            stitches.append((vid, cid))
         await s.flush()
-        return list(visitor_ids)
+        return stitches
 
     async def delete(self, contact_id: int, *, erase: bool, request_id: str | None) -> None:
         """Soft delete (restorable by its external ID) or erase for good, Redis history included."""
@@ -169,14 +180,19 @@ class ContactService:
                     col(Contact.merged_into_id).in_(frontier)))).scalars()]
                 ids += merged
                 frontier = merged
-            visitors = list(dict.fromkeys((await s.execute(select(col(VisitorLink.visitor_id)).where(
-                col(VisitorLink.contact_id).in_(ids)))).scalars()))
+            links = list((await s.execute(select(VisitorLink).where(
+                col(VisitorLink.contact_id).in_(ids)))).scalars())
+            # a visitor whose browser has passed to someone else stays theirs: only its claims go
+            owned = {link.visitor_id for link in links if link.unlinked_at is None}
+            others = {link.visitor_id for link in links} - owned
             await s.execute(delete(IdentityLog).where(col(IdentityLog.contact_id).in_(ids)))
             for cid in reversed(ids):
                 await s.execute(delete(Contact).where(col(Contact.id) == cid))
-            repo.audit(s, contact_id, "erased", request_id, contacts=len(ids), visitors=len(visitors))
-        for vid in visitors:
-            await self.eventlog.forget(vid)
+            repo.audit(s, contact_id, "erased", request_id, contacts=len(ids), visitors=len(owned))
+        for vid in owned:
+            await self.eventlog.forget(vid, ids)
+        for vid in others:
+            await self.eventlog.drop_claims(vid, ids)
 
     async def id_by_external_id(self, external_id: str) -> int:
         async with self.db.reader() as s:

@@ -1,12 +1,14 @@
 """The stitch: a visitor's anonymous history from Redis becomes the start of a contact's timeline.
 
-Steps, each safe to repeat (DESIGN invariants 4 and 5):
-1. ``EventLog.claim`` links the visitor and moves its history into a claim key in one atomic Redis step, so a
-   beacon arriving meanwhile goes either into the claim or, after the link, into the linked stream;
-2. the claim's events are inserted into the timeline, ignoring event ids already there;
-3. the claim is released; 4. the SQL link is marked stitched.
-A crash between any two steps leaves a link without ``stitched_at`` and the claim in Redis: the retry of the
-same API call, or the worker's sweeper, runs the steps again and duplicates nothing.
+One stitch of visitor V onto contact C runs in one SQL transaction that holds V's identity lock (the same
+lock the contacts service takes to link or re-link V), so a re-link cannot slip in between its steps:
+1. if C still holds V's open link, ``EventLog.claim`` sets the Redis link and moves the anonymous history
+   into C's claim key in one atomic step — a beacon arriving meanwhile goes either into the claim or, after
+   the link, into the linked stream (DESIGN invariant 4);
+2. C's claim is inserted into C's timeline (ignoring event ids already there) and the link marked stitched;
+3. after the commit the claim is released.
+A crash anywhere leaves a link without ``stitched_at`` and C's claim in Redis: the retry of the same API
+call, or the worker's sweeper, runs the steps again and duplicates nothing (invariant 5).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from stitcher.store import repo
 from stitcher.store.db import Database
 from stitcher.store.models import TimelineEvent, VisitorLink
 from stitcher.store.repo import now_ms
@@ -36,7 +41,7 @@ def web_rows(contact_id: int, vid: str, events: Iterable[dict[str, Any]]) -> lis
     return rows
 
 
-async def insert_timeline(db: Database, session: Any, rows: list[dict[str, Any]]) -> None:
+async def insert_timeline(db: Database, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Insert timeline rows; an event id already on that contact's timeline is skipped (invariant 3)."""
     for start in range(0, len(rows), 5000):
         await session.execute(db.insert_ignore(TimelineEvent, ["contact_id", "event_id"]),
@@ -54,34 +59,35 @@ class Stitcher:
         self.on_stitched = on_stitched
 
     async def stitch(self, vid: str, contact_id: int) -> int:
-        """Move ``vid``'s anonymous history onto ``contact_id``'s timeline; returns the events handed over."""
-        await self.eventlog.claim(vid, contact_id)
-        if self.pause_ms:
-            await asyncio.sleep(self.pause_ms / 1000)
-        events = await self.eventlog.read_claim(vid)
-        if events:
-            async with self.db.transaction() as session:
-                await insert_timeline(self.db, session, web_rows(contact_id, vid, events))
-        await self.eventlog.release_claim(vid)
-        async with self.db.transaction() as session:
-            await session.execute(update(VisitorLink).where(
+        """Move ``vid``'s anonymous history onto ``contact_id``'s timeline; returns the events handed over.
+
+        If the visitor has changed hands since, only what was already claimed for ``contact_id`` is moved.
+        """
+        async with self.db.transaction() as s:
+            await self.db.lock_keys(s, [f"vid:{vid}"])
+            holder = (await s.execute(select(col(VisitorLink.contact_id)).where(
+                col(VisitorLink.visitor_id) == vid, col(VisitorLink.unlinked_at).is_(None)))).scalar_one_or_none()
+            if holder == contact_id:
+                await self.eventlog.claim(vid, contact_id)
+            if self.pause_ms:
+                await asyncio.sleep(self.pause_ms / 1000)
+            events = [orjson.loads(raw) for raw in await self.eventlog.read_claim(vid, contact_id)]
+            target = await repo.resolve_merged(s, contact_id) if events else None
+            if target is not None and target.id is not None:
+                await insert_timeline(self.db, s, web_rows(target.id, vid, events))
+            await s.execute(update(VisitorLink).where(
                 col(VisitorLink.visitor_id) == vid, col(VisitorLink.contact_id) == contact_id,
-                col(VisitorLink.unlinked_at).is_(None), col(VisitorLink.stitched_at).is_(None),
+                col(VisitorLink.stitched_at).is_(None),
             ).values(stitched_at=now_ms()))
+        await self.eventlog.release_claim(vid, contact_id)
         if self.on_stitched is not None:
             self.on_stitched(len(events))
         return len(events)
 
-    async def finish_pending(self, older_than_ms: int = 0, visitor_ids: Iterable[str] | None = None) -> int:
+    async def finish_pending(self, older_than_ms: int = 0) -> int:
         """Complete stitches a crash interrupted (links never marked stitched); returns how many ran."""
         query = select(col(VisitorLink.visitor_id), col(VisitorLink.contact_id)).where(
-            col(VisitorLink.unlinked_at).is_(None), col(VisitorLink.stitched_at).is_(None),
-            col(VisitorLink.linked_at) <= now_ms() - older_than_ms)
-        if visitor_ids is not None:
-            visitor_ids = list(visitor_ids)
-            if not visitor_ids:
-                return 0
-            query = query.where(col(VisitorLink.visitor_id).in_(list(visitor_ids)))
+            col(VisitorLink.stitched_at).is_(None), col(VisitorLink.linked_at) <= now_ms() - older_than_ms)
         async with self.db.reader() as session:
             pending = list(await session.execute(query))
         for vid, contact_id in pending:

@@ -81,12 +81,13 @@ async def timeline(s: AsyncSession, contact_id: int, page: Page) -> dict[str, An
 
 
 async def identity_log(s: AsyncSession, contact_id: int) -> dict[str, Any]:
+    """Every identity change of a contact, oldest first; an erased contact still shows its erase record."""
     contact = await s.get(Contact, contact_id)
-    if contact is None:
+    rows = list((await s.execute(select(IdentityLog).where(col(IdentityLog.contact_id) == contact_id)
+                                 .order_by(col(IdentityLog.id)))).scalars())
+    if contact is None and not rows:
         raise ContactNotFound(contact_id)
-    rows = (await s.execute(select(IdentityLog).where(col(IdentityLog.contact_id) == contact_id)
-                            .order_by(col(IdentityLog.id)))).scalars()
-    return {"contactId": contact_id, "entries": [
+    return {"contactId": contact_id, "erased": contact is None, "entries": [
         {"action": r.action, "at": r.at, "requestId": r.request_id, **(r.detail or {})} for r in rows]}
 
 

@@ -8,6 +8,7 @@ taken over after ``RECLAIM_IDLE_MS``; stitches a crash left unfinished are compl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -33,12 +34,14 @@ class Worker:
         self.stitcher = stitcher
         self.metrics = metrics
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.stopping = asyncio.Event()
 
     async def run(self) -> None:
-        """Loop until cancelled; Redis or SQL outages are logged and retried, never fatal."""
+        """Loop until stopped; Redis or SQL outages are logged and retried, never fatal."""
         started = False
+        own_pending = True  # first (and after an error) re-read entries this consumer took but never acked
         next_housekeeping = 0.0
-        while True:
+        while not self.stopping.is_set():
             try:
                 if not started:
                     await self.eventlog.ensure_group()
@@ -46,12 +49,17 @@ class Worker:
                 if time.monotonic() >= next_housekeeping:
                     await self.housekeeping(first=next_housekeeping == 0.0)
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+                if own_pending:
+                    await self.drain(await self.eventlog.read_linked(self.consumer, block_ms=None, pending=True))
+                    own_pending = False
                 await self.drain(await self.eventlog.read_linked(self.consumer, block_ms=500))
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("worker iteration failed; retrying")
-                await asyncio.sleep(1.0)
+                own_pending = True
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), 1.0)
 
     async def housekeeping(self, first: bool = False) -> None:
         """Finish interrupted stitches and take over a dead worker's unacknowledged entries."""

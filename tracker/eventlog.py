@@ -22,6 +22,7 @@ from tracker.groupcommit import GroupCommitter
 
 _LUA = Path(__file__).with_name("lua")
 LINK_TTL_SECONDS = 400 * 86_400  # as long as the visitor cookie lives
+CLAIM_TTL_SECONDS = 7 * 86_400
 
 
 class _Script:
@@ -113,10 +114,13 @@ class EventLog:
     async def history(self, vid: str) -> list[dict[str, Any]]:
         """The visitor's anonymous history (plus any part held by an unfinished stitch), oldest first."""
         k = self.keys(vid)
+        contact = await self.link_of(vid)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(k.claim, 0, -1)
+            pipe.lrange(k.claim(contact) if contact is not None else k.events, 0, -1)
             pipe.lrange(k.events, 0, -1)
             claimed, anonymous = await pipe.execute()
+        if contact is None:
+            claimed = []
         events = [orjson.loads(x) for x in (*claimed, *anonymous)]
         events.sort(key=lambda e: (e.get("t", 0), e.get("rt", 0)))
         return events
@@ -135,25 +139,32 @@ class EventLog:
         Returns the number of events waiting in the claim.
         """
         k = self.keys(vid)
-        return int(await self._eval(CLAIM, [k.link, k.events, k.claim],
-                                    [contact_id, LINK_TTL_SECONDS]))
+        return int(await self._eval(CLAIM, [k.link, k.events, k.claim(contact_id)],
+                                    [contact_id, LINK_TTL_SECONDS, CLAIM_TTL_SECONDS]))
 
-    async def read_claim(self, vid: str) -> list[dict[str, Any]]:
-        """The events handed to a stitch of ``vid`` and not yet released."""
-        return [orjson.loads(x) for x in await self.redis.lrange(self.keys(vid).claim, 0, -1)]
+    async def read_claim(self, vid: str, contact_id: int) -> list[bytes]:
+        """The stored events (JSON) handed to a stitch of ``vid`` onto ``contact_id`` and not yet released."""
+        return [x if isinstance(x, bytes) else x.encode()
+                for x in await self.redis.lrange(self.keys(vid).claim(contact_id), 0, -1)]
 
-    async def release_claim(self, vid: str) -> None:
+    async def release_claim(self, vid: str, contact_id: int) -> None:
         """Drop the claim once its events are safely on the timeline."""
-        await self.redis.delete(self.keys(vid).claim)
+        await self.redis.delete(self.keys(vid).claim(contact_id))
 
     async def unlink(self, vid: str) -> None:
         """Forget the visitor's link so later events are anonymous again (history untouched)."""
         await self.redis.delete(self.keys(vid).link)
 
-    async def forget(self, vid: str) -> None:
-        """Erase everything Redis holds about a visitor (GDPR erase)."""
+    async def forget(self, vid: str, contact_ids: list[int]) -> None:
+        """Erase everything Redis holds about a visitor whose current owner is erased."""
         k = self.keys(vid)
-        await self.redis.delete(k.events, k.ids, k.link, k.claim)
+        await self.redis.delete(k.events, k.ids, k.link, *(k.claim(c) for c in contact_ids))
+
+    async def drop_claims(self, vid: str, contact_ids: list[int]) -> None:
+        """Drop what erased contacts had claimed from a visitor that now belongs to someone else."""
+        if contact_ids:
+            k = self.keys(vid)
+            await self.redis.delete(*(k.claim(c) for c in contact_ids))
 
     # --- rejected events ----------------------------------------------------------------------------
 
@@ -195,9 +206,13 @@ class EventLog:
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
 
-    async def read_linked(self, consumer: str, count: int = 500, block_ms: int = 1000) -> list[LinkedEvent]:
-        """New entries of the linked streams for this consumer (blocks up to ``block_ms``)."""
-        streams = dict.fromkeys(self.linked_streams(), ">")
+    async def read_linked(self, consumer: str, count: int = 500, block_ms: int | None = 1000,
+                          pending: bool = False) -> list[LinkedEvent]:
+        """New entries of the linked streams for this consumer (blocks up to ``block_ms``).
+
+        ``pending=True`` re-reads what this consumer was given but has not acknowledged (after an error).
+        """
+        streams = dict.fromkeys(self.linked_streams(), "0" if pending else ">")
         reply = await self.redis.xreadgroup(keys.LINKED_GROUP, consumer, streams,  # type: ignore[arg-type]
                                             count=count, block=block_ms)
         return _linked(reply)

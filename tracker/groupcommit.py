@@ -12,6 +12,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from tracker.tasks import stop_task
+
 
 class GroupCommitter:
     """Coalesces commands submitted concurrently into pipelines of at most ``max_batch`` commands."""
@@ -31,11 +33,7 @@ class GroupCommitter:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await stop_task(self._task)
             self._task = None
         for _, fut in self._pending:
             if not fut.done():

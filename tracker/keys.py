@@ -22,7 +22,7 @@ def partition(vid: str, partitions: int) -> int:
 class VisitorKeys:
     """The keys of one visitor."""
 
-    __slots__ = ("claim", "events", "ids", "link", "linked_stream", "vid")
+    __slots__ = ("_claim", "events", "ids", "link", "linked_stream", "vid")
 
     def __init__(self, vid: str, partitions: int) -> None:
         tag = f"{PREFIX}:{{{partition(vid, partitions)}}}"
@@ -30,8 +30,21 @@ class VisitorKeys:
         self.events = f"{tag}:v:{vid}:ev"  # list: anonymous history, oldest first
         self.ids = f"{tag}:v:{vid}:ids"  # set: event ids already stored (idempotency)
         self.link = f"{tag}:v:{vid}:link"  # string: contact id the visitor is linked to
-        self.claim = f"{tag}:v:{vid}:claim"  # list: history handed over to a stitch in progress
+        self._claim = f"{tag}:v:{vid}:claim:"
         self.linked_stream = linked_stream(partition(vid, partitions))
+
+    def claim(self, contact_id: int) -> str:
+        """List: the history handed over to a stitch onto ``contact_id`` that has not finished yet.
+
+        One per contact, so a shared browser's earlier owner keeps its claimed history even while the
+        next owner's stitch runs.
+        """
+        return f"{self._claim}{contact_id}"
+
+    @property
+    def claim_pattern(self) -> str:
+        """A SCAN/KEYS pattern matching every claim of this visitor."""
+        return f"{self._claim}*"
 
 
 def linked_stream(p: int) -> str:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -16,8 +17,9 @@ from sqlalchemy.sql.dml import Insert
 
 def make_engine(url: str) -> AsyncEngine:
     """An engine tuned per dialect: SQLite in WAL mode with a busy timeout and foreign keys on."""
+    json: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **json)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -27,7 +29,13 @@ def make_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # no pool_pre_ping: with asyncpg it costs three round trips per checkout; a dead connection fails the
+    # transaction, which the caller sees as a 503 and retries
+    return create_async_engine(url, pool_size=10, max_overflow=20, **json)
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 class Database:
@@ -66,14 +74,18 @@ class Database:
         """
         if self.dialect != "postgresql":
             return
-        for key in sorted(set(keys)):
-            digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
-            await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": digest})
+        digests = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big", signed=True)
+                   for k in sorted(set(keys))]
+        if digests:  # one round trip; unnest keeps the array's order, so the locks are taken in that order
+            await session.execute(text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ks AS bigint[])) AS k"),
+                                  {"ks": digests})
 
     def insert_ignore(self, table: Any, index_elements: Sequence[str]) -> Insert:
         """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for this dialect; pass rows at execute."""
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        return dialect_insert(table).on_conflict_do_nothing(index_elements=list(index_elements))
+        # on the Table, not the model class: Core executemany, without the ORM's per-row bulk machinery
+        return dialect_insert(getattr(table, "__table__", table)).on_conflict_do_nothing(
+            index_elements=list(index_elements))
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:

@@ -1,7 +1,7 @@
 -- Link a visitor to a contact and hand its anonymous history over to a stitch, in one atomic step
 -- (DESIGN invariant 4): every event is either in the claimed history or, after this, in the linked stream.
--- KEYS[1] link   KEYS[2] anonymous log   KEYS[3] claim
--- ARGV[1] contact id   ARGV[2] link TTL seconds
+-- KEYS[1] link   KEYS[2] anonymous log   KEYS[3] the claim of this contact
+-- ARGV[1] contact id   ARGV[2] link TTL seconds   ARGV[3] claim TTL seconds
 -- Returns the number of events waiting in the claim.
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -16,6 +16,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
     redis.call('DEL', KEYS[2])
   end
 end
--- a claim must outlive any crash until a retry or the sweeper finishes it
-redis.call('PERSIST', KEYS[3])
+-- a claim must outlive any crash until a retry or the sweeper (every few seconds) finishes it; the TTL
+-- only reaps a claim whose events are already on the timeline (a crash just before its release)
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]))
 return redis.call('LLEN', KEYS[3])
