@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     try:
         _upgrade(settings)
         app = init_app(settings)
+        app.on_startup.append(_tune_gc)
         print(f"Stitcher listening on http://{settings.host}:{settings.port}  "
               f"(redis: {settings.redis_url}; database: {_safe(settings.effective_database_url)}; "
               f"dev API key: {settings.api_keys[0]!r}; demo: http://{settings.host}:{settings.port}/demo/)",
@@ -40,6 +42,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+async def _tune_gc(app: object) -> None:
+    """Move start-up objects out of the collector's sight and collect the young generation less often.
+
+    Each beacon allocates short-lived dicts; with the default thresholds a full collection runs every few
+    thousand requests and stalls the loop for tens of milliseconds, which is most of the p99 tail.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -12,8 +12,9 @@ from redis.retry import Retry
 from tracker.beacon import Limits
 from tracker.eventlog import EventLog
 from tracker.groupcommit import GroupCommitter
-from tracker.http import API_KEYS, METRICS, auth_middleware, edge_middleware
+from tracker.http import API_KEYS, METRICS, edge_middleware
 from tracker.metrics import Metrics
+from tracker.resp import RespConnection
 from tracker.routes import EVENTLOG, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, routes
 from tracker.script import Script
 from tracker.settings import Settings
@@ -33,7 +34,7 @@ def init_app(settings: Settings, app: web.Application | None = None) -> web.Appl
     if settings.redis_url is None:
         raise ValueError("settings.redis_url is required (the CLI starts an embedded Redis when unset)")
     if app is None:
-        app = web.Application(middlewares=[edge_middleware, auth_middleware],
+        app = web.Application(middlewares=[edge_middleware],
                               client_max_size=max(settings.max_body_bytes, 1024 * 1024) + 1024)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -51,7 +52,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.redis_url is not None
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
-    committer = GroupCommitter(redis, on_flush=app[METRICS].batch_size.observe)
+    committer = GroupCommitter(RespConnection(settings.redis_url, settings.redis_timeout), settings.redis_timeout,
+                               on_flush=app[METRICS].batch_size.observe)
     committer.start()
     app[REDIS] = redis
     app[EVENTLOG] = EventLog(redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,

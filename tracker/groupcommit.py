@@ -1,29 +1,39 @@
-"""Group commit: many requests' Redis commands share one pipeline round trip.
+"""Group commit: many requests' Redis commands share one pipelined round trip.
 
-Each request still awaits the result of its own command, so a 2xx still means "written" (DESIGN invariant 2);
-what is shared is the network round trip and redis-py's per-call overhead.
+Each request still awaits the reply to its own command, so a 2xx still means "written" (DESIGN invariant 2);
+what is shared is the network round trip and the per-call overhead. One flush is in flight at a time; the
+commands that arrive meanwhile form the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tracker.resp import RespConnection
 from tracker.tasks import stop_task
+
+_Pending = tuple[tuple[Any, ...], "asyncio.Future[Any]", float]
 
 
 class GroupCommitter:
-    """Coalesces commands submitted concurrently into pipelines of at most ``max_batch`` commands."""
+    """Coalesces commands submitted concurrently into batches of at most ``max_batch`` commands.
 
-    def __init__(self, redis: Redis, max_batch: int = 256,
+    A command still queued ``timeout`` seconds after it was submitted fails with a TimeoutError instead of
+    being sent, so a caller never waits much longer than that, even behind a slow batch.
+    """
+
+    def __init__(self, connection: RespConnection, timeout: float, max_batch: int = 256,
                  on_flush: Callable[[int], None] | None = None) -> None:
-        self._redis = redis
+        self._connection = connection
+        self._timeout = timeout
         self._max_batch = max_batch
         self._on_flush = on_flush
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -35,15 +45,16 @@ class GroupCommitter:
         if self._task is not None:
             await stop_task(self._task)
             self._task = None
-        for _, fut in self._pending:
+        for _, fut, _ in self._pending:
             if not fut.done():
                 fut.set_exception(ConnectionError("group committer stopped"))
         self._pending.clear()
+        self._connection.close()
 
     def submit(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command; the future resolves to its reply (or its error) after the shared flush."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((args, fut))
+        self._pending.append((args, fut, time.monotonic()))
         self._wakeup.set()
         return fut
 
@@ -56,17 +67,22 @@ class GroupCommitter:
                 del self._pending[: self._max_batch]
                 await self._flush(batch)
 
-    async def _flush(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        live = [(args, fut) for args, fut in batch if not fut.done()]  # skip callers that timed out
+    async def _flush(self, batch: list[_Pending]) -> None:
+        expired = time.monotonic() - self._timeout
+        live = []
+        for args, fut, queued_at in batch:
+            if fut.done():  # the caller went away
+                continue
+            if queued_at < expired:
+                fut.set_exception(RedisTimeoutError("redis write queued too long"))
+                continue
+            live.append((args, fut))
         if not live:
             return
         if self._on_flush is not None:
             self._on_flush(len(live))
-        pipe = self._redis.pipeline(transaction=False)
-        for args, _ in live:
-            pipe.execute_command(*args)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await self._connection.execute([args for args, _ in live])
         except Exception as exc:  # connection refused, timeout: every caller of this batch learns it
             for _, fut in live:
                 if not fut.done():

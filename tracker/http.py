@@ -51,6 +51,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(request_id=request_id)
     error: str | None = None
     try:
+        if request.path.startswith("/api/"):  # every /api route needs a key; tracking routes are public
+            check_api_key(request)
         response = await handler(request)
     except DomainError as exc:
         response = json_response(exc.body(), status=exc.status)
@@ -79,9 +81,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     response.headers["X-Request-Id"] = request_id
     elapsed = time.perf_counter() - started
     route = _route(request)
-    metrics = request.app[METRICS]
-    metrics.requests.labels(route, request.method, response.status).inc()
-    metrics.latency.labels(route).observe(elapsed)
+    request.app[METRICS].observe_request(route, request.method, response.status, elapsed)
     log.info("request", request_id=request_id, method=request.method, route=route, status=response.status,
              ms=round(elapsed * 1000, 2), error=error)
     return response
@@ -113,11 +113,3 @@ class _Unauthorized(DomainError):
 
     def __init__(self) -> None:
         super().__init__("HTTP Basic auth with an API key as the password is required")
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every ``/api/`` route needs an API key; the tracking routes are public."""
-    if request.path.startswith("/api/"):
-        check_api_key(request)
-    return await handler(request)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -13,6 +15,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter("stitcher_http_requests", "HTTP requests answered",
                                 ["route", "method", "status"], registry=r)
@@ -27,6 +30,16 @@ class Metrics:
                                 registry=r)
         self.drained = Counter("stitcher_worker_events", "Linked-visitor events put on timelines by the worker",
                                registry=r)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count and time one request; label children are looked up once per (route, method, status)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, status), self.latency.labels(route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

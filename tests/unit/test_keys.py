@@ -16,8 +16,20 @@ def test_all_keys_of_a_visitor_share_one_hash_tag() -> None:
     """Every key one script touches for a visitor (history, ids, link, claim, its stream) is in one slot."""
     for _ in range(200):
         k = keys.VisitorKeys(str(uuid.uuid4()), 1024)
-        tags = {_tag(x) for x in (k.events, k.ids, k.link, k.claim, k.linked_stream)}
+        tags = {_tag(x) for x in (k.events, k.ids, k.link, k.claim(1), k.linked_stream)}
         assert len(tags) == 1
+
+
+def test_claims_are_per_contact_and_matched_by_the_claim_pattern() -> None:
+    """Each contact has its own claim of a visitor; the claim pattern matches every one of them and no other key."""
+    import fnmatch
+
+    k = keys.VisitorKeys(str(uuid.uuid4()), 1024)
+    assert k.claim(1) != k.claim(2)
+    assert all(fnmatch.fnmatchcase(k.claim(c), k.claim_pattern) for c in (1, 2, 42, 10**12))
+    assert not any(fnmatch.fnmatchcase(x, k.claim_pattern) for x in (k.events, k.ids, k.link, k.linked_stream))
+    other = keys.VisitorKeys(str(uuid.uuid4()), 1024)
+    assert not fnmatch.fnmatchcase(other.claim(1), k.claim_pattern)
 
 
 def test_partition_is_stable_and_bounded() -> None:
@@ -31,3 +43,13 @@ def test_visitors_spread_over_partitions() -> None:
     """Visitors spread over many partitions, so a cluster's slots share the load."""
     used = {keys.partition(str(uuid.uuid4()), 1024) for _ in range(5000)}
     assert len(used) > 900
+
+
+def test_dedupe_tokens_are_small_stable_integers() -> None:
+    """Event ids become 63-bit integers (Redis packs them 8 bytes each), the same in every process."""
+    from tracker.eventlog import dedupe_token
+
+    tokens = {dedupe_token(str(uuid.uuid4())) for _ in range(10_000)}
+    assert len(tokens) == 10_000
+    assert all(0 <= int(t) < 2**63 and str(int(t)) == t for t in tokens)
+    assert dedupe_token("e1") == dedupe_token("e1") != dedupe_token("e2")

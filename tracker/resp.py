@@ -1,0 +1,104 @@
+"""A pipelined Redis connection for the beacon write path: hand-encoded RESP out, hiredis in.
+
+redis-py's pipeline spends more CPU per command (packing, a timeout context per reply) than the beacon
+handler itself; this connection encodes a whole group-commit batch into one buffer, sends it in one write
+and parses the replies with hiredis — the last row of the DESIGN table. It serves exactly one caller at a
+time (the group committer), reconnects lazily after any failure and bounds every batch with one timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+def _bulk(arg: Any) -> bytes:
+    if isinstance(arg, bytes):
+        data = arg
+    elif isinstance(arg, str):
+        data = arg.encode()
+    else:
+        data = str(arg).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def encode(commands: list[tuple[Any, ...]]) -> bytes:
+    """The RESP encoding of several commands, back to back."""
+    parts: list[bytes] = []
+    for args in commands:
+        parts.append(b"*%d\r\n" % len(args))
+        parts.extend(_bulk(a) for a in args)
+    return b"".join(parts)
+
+
+class RespConnection:
+    """One connection to the Redis at ``url``; ``execute`` sends a batch and returns one reply per command.
+
+    Error replies come back as ``ResponseError`` instances in their place; a broken or slow connection
+    raises ``redis.exceptions.ConnectionError`` / ``TimeoutError`` for the whole batch.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._params = parse_url(url)
+        self._timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        p: dict[str, Any] = dict(self._params)
+        if "path" in p:
+            reader, writer = await asyncio.open_unix_connection(p["path"])
+        else:
+            reader, writer = await asyncio.open_connection(p.get("host", "127.0.0.1"), p.get("port", 6379))
+        self._reader, self._writer = reader, writer
+        setup: list[tuple[Any, ...]] = []
+        if p.get("password"):
+            setup.append(("AUTH", *([p["username"]] if p.get("username") else []), p["password"]))
+        if p.get("db"):
+            setup.append(("SELECT", p["db"]))
+        for reply in await self._roundtrip(setup):
+            if isinstance(reply, Exception):
+                raise RedisConnectionError(f"redis refused the connection set-up: {reply}")
+
+    async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        assert self._reader is not None and self._writer is not None
+        if not commands:
+            return []
+        self._writer.write(encode(commands))
+        parser = hiredis.Reader(replyError=ResponseError, notEnoughData=False)
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            data = await self._reader.read(65536)
+            if not data:
+                raise RedisConnectionError("redis closed the connection")
+            parser.feed(data)
+            while (reply := parser.gets()) is not False:
+                replies.append(reply)
+        return replies
+
+    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                if self._writer is None:
+                    await self._connect()
+                return await self._roundtrip(commands)
+        except TimeoutError as exc:
+            self.close()
+            raise RedisTimeoutError("redis did not answer in time") from exc
+        except (OSError, RedisConnectionError) as exc:
+            self.close()
+            raise RedisConnectionError(f"redis is unreachable: {exc}") from exc
+        except BaseException:
+            self.close()  # cancelled mid-batch: the stream position is unknown
+            raise
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
