@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import col
 
 from stitcher.domain.errors import ContactNotFound
@@ -45,6 +45,13 @@ class Outcome:
                 "stitchedEvents": self.stitched}
 
 
+def _retryable(exc: DBAPIError) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True
+    text = str(exc.orig).lower()
+    return "deadlock" in text or "could not serialize" in text
+
+
 def _lock_keys(identity: Identity, visitors: Sequence[str]) -> list[str]:
     keys = [f"{k.value}:{v}" for k, v in identity.channels] + [f"vid:{v}" for v in visitors]
     if identity.external_id is not None:
@@ -70,10 +77,12 @@ class ContactService:
             try:
                 outcome, to_stitch = await self._apply(mode, request, groups, form_type, request_id)
                 break
-            except IntegrityError:
-                if attempt == ATTEMPTS:
+            except (IntegrityError, OperationalError, DBAPIError) as exc:
+                # a unique-key race (two creators of one external ID) or a deadlock between a merge and
+                # another request about the same visitors: the retry sees the winner's committed state
+                if attempt == ATTEMPTS or not _retryable(exc):
                     raise
-                log.info("identity race, retrying", attempt=attempt)
+                log.info("identity race, retrying", attempt=attempt, error=type(exc.orig).__name__)
         for vid, contact_id in to_stitch:
             stitched = await self.stitcher.stitch(vid, contact_id)
             if contact_id == outcome.id:
@@ -94,6 +103,8 @@ class ContactService:
             await repo.add_identifiers(self.db, s, cid, request.channels())
             to_stitch: list[tuple[str, int]] = []
             for loser in decision.merge:
+                # a stitch onto the loser in flight must finish before its timeline moves
+                await self.db.lock_keys(s, [f"vid:{v}" for v in await repo.visitors_of(s, loser)])
                 to_stitch += [(v, cid) for v in await repo.merge_into(self.db, s, loser, cid)]
                 repo.audit(s, cid, "merged", request_id, mergedContactId=loser)
                 repo.audit(s, loser, "merged_into", request_id, intoContactId=cid)
@@ -182,6 +193,8 @@ class ContactService:
                 frontier = merged
             links = list((await s.execute(select(VisitorLink).where(
                 col(VisitorLink.contact_id).in_(ids)))).scalars())
+            # a stitch of these visitors in flight finishes first; none can claim for the erased after this
+            await self.db.lock_keys(s, [f"vid:{link.visitor_id}" for link in links])
             # a visitor whose browser has passed to someone else stays theirs: only its claims go
             owned = {link.visitor_id for link in links if link.unlinked_at is None}
             others = {link.visitor_id for link in links} - owned

@@ -42,6 +42,10 @@ class Worker:
         own_pending = True  # first (and after an error) re-read entries this consumer took but never acked
         next_housekeeping = 0.0
         while not self.stopping.is_set():
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # a cancel that redis-py's wait_for swallowed on Python 3.11 still stops the loop
+                raise asyncio.CancelledError
             try:
                 if not started:
                     await self.eventlog.ensure_group()

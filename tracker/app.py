@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from tracker.beacon import Limits
@@ -23,10 +24,15 @@ REDIS = web.AppKey("redis", Redis)
 
 
 def connect_redis(url: str, timeout: float = 1.0) -> Redis:
-    """A client that fails fast: no retries or backoff, so a Redis outage becomes a quick 503, not a hang."""
+    """A client that fails fast: no retries or backoff, so a Redis outage becomes a quick 503, not a hang.
+
+    Maintenance notifications are off: with them on ("auto"), redis-py 8.1 skips its check for connections
+    the server closed, so the first call after a Redis restart would fail (redis/redis-py#4128).
+    """
     return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout / 2,
                           retry=Retry(NoBackoff(), 0), health_check_interval=0,
-                          max_connections=64)
+                          max_connections=64,
+                          maint_notifications_config=MaintNotificationsConfig(enabled=False))
 
 
 def init_app(settings: Settings, app: web.Application | None = None) -> web.Application:

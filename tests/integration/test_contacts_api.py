@@ -6,7 +6,6 @@ Runs the whole service on real Redis and SQL; "nothing changed" is checked by re
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -16,30 +15,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import TABLES, auth
-
-
-async def stop_worker_for_good() -> None:
-    """Cancel the service's worker task until it has really ended (bounded to 10 s).
-
-    Works around the shutdown hang shown by ``test_stories.py::test_worker_stops_when_cancelled_at_any_moment``:
-    on Python 3.11 a cancel that lands while redis-py sends through ``asyncio.wait_for`` is swallowed, the
-    worker loop goes on, and the app's cleanup (one ``cancel()`` then ``await``) waits for ever.
-    """
-    deadline = time.monotonic() + 10
-    for task in [t for t in asyncio.all_tasks() if t.get_name() == "stitcher-worker"]:
-        while not task.done() and time.monotonic() < deadline:
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.2)
-
-
-@pytest.fixture
-async def client(aiohttp_client, settings):  # type: ignore[no-untyped-def]
-    """The conftest ``client`` (whole service, worker running), whose worker is sure to stop at teardown."""
-    from stitcher.app import init_app
-
-    test_client = await aiohttp_client(init_app(settings))
-    yield test_client
-    await stop_worker_for_good()
 
 
 async def call(client: Any, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
@@ -352,3 +327,17 @@ async def test_concurrent_posts_of_one_new_email_make_one_contact(client, databa
     assert all(status == 200 for status, _ in results), results
     assert len({body["id"] for _, body in results}) == 1, results
     assert (await table_counts(database_url))["contacts"] == 1
+
+
+async def test_every_api_route_requires_an_api_key(client):
+    """No /api route answers without a valid API key: each gives 401 JSON with WWW-Authenticate."""
+    routes = {(r.method, r.resource.canonical) for r in client.app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/api/") and r.method != "HEAD"}
+    assert len(routes) >= 10
+    for method, path in sorted(routes):
+        url = path.replace("{contact_id}", "1").replace("{vid}", "3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+        for headers in ({}, auth("wrong-key")):
+            r = await client.request(method, url, headers=headers, json={})
+            assert r.status == 401, (method, url, r.status)
+            assert (await r.json())["error"] == "unauthorized"
+            assert r.headers["WWW-Authenticate"].startswith("Basic")

@@ -177,13 +177,14 @@ async def crash_mid_stitch(http: aiohttp.ClientSession, redis_client: Redis, red
                            tmp_path: Path, vid: str, events: list[dict[str, Any]]) -> int:
     """Record ``events`` for ``vid``, subscribe it, SIGKILL the service while the stitch is held between the
     Redis claim and the SQL insert, and prove that is where it died. Returns the contact id SQL holds."""
-    claim = VisitorKeys(vid, Settings.partitions).claim
+    keys = VisitorKeys(vid, Settings.partitions)
     env = service_env(redis_url, database_url, tmp_path, STITCH_PAUSE_MS="3000")
     async with service(env, tmp_path / "serve-1.log") as server:
         await send_beacons(http, server.url, vid, events)
         pending = asyncio.create_task(_post(http, f"{server.url}/api/v1/contact/subscribe", subscribe_body(vid)))
         try:
-            claimed = await eventually(lambda: redis_client.exists(claim), bool, 10)
+            # the contact id is not known before the subscribe answers: any claim of the visitor will do
+            claimed = await eventually(lambda: redis_client.keys(keys.claim_pattern), bool, 10)
             assert claimed, "the stitch never claimed the visitor's history"
             await server.kill()
         finally:
@@ -191,14 +192,16 @@ async def crash_mid_stitch(http: aiohttp.ClientSession, redis_client: Redis, red
                 answered = await asyncio.wait_for(pending, 10)
                 raise AssertionError(f"subscribe answered before the crash: {answered}")
 
-    # the crash really happened mid-stitch: history claimed in Redis, nothing of it in SQL
-    assert await redis_client.llen(claim) == len(events)
+    # the crash really happened mid-stitch: history claimed in Redis for the contact, nothing of it in SQL
+    cid = int(await sql_scalar(database_url, "SELECT id FROM contacts WHERE external_customer_id = :e", e=EXT))
+    assert await redis_client.keys(keys.claim_pattern) == [keys.claim(cid).encode()]
+    assert await redis_client.llen(keys.claim(cid)) == len(events)
     ids = [e["id"] for e in events]
     assert await sql_scalar(database_url, "SELECT count(*) FROM timeline WHERE event_id IN :ids", ids=ids) == 0
     assert await sql_scalar(database_url, "SELECT count(*) FROM contacts") == 1
     assert await sql_scalar(database_url, "SELECT count(*) FROM visitor_links WHERE visitor_id = :v "
                                           "AND stitched_at IS NULL", v=vid) == 1
-    return int(await sql_scalar(database_url, "SELECT id FROM contacts WHERE external_customer_id = :e", e=EXT))
+    return cid
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -221,14 +224,14 @@ async def test_sweeper_finishes_a_stitch_interrupted_by_a_crash(redis_client, cl
     """After a SIGKILL between claim and insert, the restarted worker puts all 50 events on the timeline once."""
     vid = str(uuid.uuid4())
     events = page_views(50, "before")
-    claim = VisitorKeys(vid, Settings.partitions).claim
+    claims = VisitorKeys(vid, Settings.partitions).claim_pattern
     async with aiohttp.ClientSession() as http:
         cid = await crash_mid_stitch(http, redis_client, clean_redis, database_url, tmp_path, vid, events)
 
         async with service(service_env(clean_redis, database_url, tmp_path), tmp_path / "serve-2.log") as server:
             ids = await eventually(lambda: timeline_ids(http, server.url, cid), lambda got: len(got) >= 50, 10)
             assert Counter(ids) == Counter(e["id"] for e in events)
-            assert not await eventually(lambda: redis_client.exists(claim), lambda n: n == 0, 5)
+            assert not await eventually(lambda: redis_client.keys(claims), lambda left: not left, 5)
             await assert_one_contact(http, server.url, database_url, cid)
 
             # the link survived the crash: later beacons of the visitor still reach the contact
@@ -245,20 +248,21 @@ async def test_retried_subscribe_finishes_a_stitch_interrupted_by_a_crash(redis_
     """After a SIGKILL between claim and insert, the client's retry of the same subscribe completes the stitch."""
     vid = str(uuid.uuid4())
     events = page_views(50, "before")
-    claim = VisitorKeys(vid, Settings.partitions).claim
+    keys = VisitorKeys(vid, Settings.partitions)
     async with aiohttp.ClientSession() as http:
         cid = await crash_mid_stitch(http, redis_client, clean_redis, database_url, tmp_path, vid, events)
 
         env = service_env(clean_redis, database_url, tmp_path, WORKER_ENABLED="0")  # only the retry can do it
         async with service(env, tmp_path / "serve-2.log") as server:
             await asyncio.sleep(0.5)
-            assert await redis_client.exists(claim), "nothing but the retry may finish the stitch"
+            assert await redis_client.keys(keys.claim_pattern) == [keys.claim(cid).encode()], \
+                "nothing but the retry may finish the stitch"
             status, body = await _post(http, f"{server.url}/api/v1/contact/subscribe", subscribe_body(vid))
             assert status == 200, body
             assert body["id"] == cid
             # SPEC §3: when subscribe answers the history is on the timeline — no waiting
             assert Counter(await timeline_ids(http, server.url, cid)) == Counter(e["id"] for e in events)
-            assert not await redis_client.exists(claim)
+            assert not await redis_client.keys(keys.claim_pattern)
             await assert_one_contact(http, server.url, database_url, cid)
 
 
@@ -291,14 +295,14 @@ async def test_rerunning_a_stitch_whose_claim_was_not_released_duplicates_nothin
     """A stitch re-run twice over a claim already inserted (crash before release) leaves each event once."""
     vid, cid, ids, raw = await _stitched_visitor(client, redis_client, 20)
     keys = VisitorKeys(vid, Settings.partitions)
-    await redis_client.rpush(keys.claim, *raw)  # the claim a crash after the SQL insert would have left
+    await redis_client.rpush(keys.claim(cid), *raw)  # the claim a crash after the SQL insert would have left
     stitcher = client.app[CONTACTS].stitcher
 
     assert await stitcher.stitch(vid, cid) == 20
     assert await stitcher.stitch(vid, cid) == 0
 
     assert Counter(await _timeline_ids(client, cid)) == Counter(ids)
-    assert not await redis_client.exists(keys.claim)
+    assert not await redis_client.keys(keys.claim_pattern)
     assert int(await redis_client.get(keys.link)) == cid
 
 
@@ -306,7 +310,7 @@ async def test_sweeper_reruns_a_stitch_that_crashed_after_its_insert(client, red
     """The sweeper finishes a stitch left unmarked with its claim in Redis, without doubling the timeline."""
     vid, cid, ids, raw = await _stitched_visitor(client, redis_client, 20)
     keys = VisitorKeys(vid, Settings.partitions)
-    await redis_client.rpush(keys.claim, *raw)
+    await redis_client.rpush(keys.claim(cid), *raw)
     engine = create_async_engine(database_url)
     try:
         async with engine.begin() as conn:  # the state a crash after the insert, before release, leaves
@@ -317,6 +321,6 @@ async def test_sweeper_reruns_a_stitch_that_crashed_after_its_insert(client, red
     assert await client.app[CONTACTS].stitcher.finish_pending() == 1
 
     assert Counter(await _timeline_ids(client, cid)) == Counter(ids)
-    assert not await redis_client.exists(keys.claim)
+    assert not await redis_client.keys(keys.claim_pattern)
     assert await sql_scalar(database_url, "SELECT count(*) FROM visitor_links WHERE visitor_id = :v "
                                           "AND stitched_at IS NULL", v=vid) == 0

@@ -7,6 +7,7 @@ setting ``TEST_DATABASE_URL``; the assertions are the same.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import time
 import uuid
@@ -232,7 +233,8 @@ async def _beacons_during_stitch(aiohttp_client: Any, settings: Settings, redis_
     assert await sql_scalar(database_url, "SELECT count(*) FROM timeline WHERE contact_id = :c", c=cid) == len(sent)
 
     keys = VisitorKeys(vid, settings.partitions)
-    assert not await redis_client.exists(keys.claim, keys.events)
+    assert not await redis_client.keys(keys.claim_pattern)
+    assert not await redis_client.exists(keys.events)
     assert int(await redis_client.get(keys.link)) == cid
     return {"sent": len(sent), "stitched": body["stitchedEvents"],
             "during": sum(sub_started < t < sub_ended for t in beacon_done_at)}
@@ -276,11 +278,9 @@ async def test_concurrent_resubscribes_of_one_visitor_stitch_once(aiohttp_client
     expected = Counter(e["id"] for e in events)
     for _, _, seen in results:
         assert Counter(e["id"] for e in seen) == expected
-    assert not await redis_client.exists(VisitorKeys(vid, settings.partitions).claim)
+    assert not await redis_client.keys(VisitorKeys(vid, settings.partitions).claim_pattern)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Stitcher.stitch claims for a link that was closed since "
-                                      "finish_pending listed it, re-setting the Redis link to the old contact")
 async def test_sweeper_does_not_take_back_a_visitor_that_changed_hands(aiohttp_client, settings, redis_client,
                                                                       database_url):
     """A visitor re-linked to a new person while the sweeper finishes old stitches keeps going to the new one."""
@@ -338,22 +338,46 @@ async def _identity_lock_waiters(database_url: str, expected: int) -> None:
     assert waiting == expected
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a stitch for the new person reads the claim left by the first "
-                                      "person's stitch and puts that history on the new person's timeline")
+@pytest.mark.parametrize("order", ["relink_before_first_stitch", "relink_during_first_stitch"])
 async def test_two_people_subscribing_at_once_on_one_browser_keep_its_history_with_the_first(
-        aiohttp_client, settings, redis_client, database_url):
+        aiohttp_client, settings, redis_client, database_url, monkeypatch, order):
     """Two people subscribing at once on one browser: its earlier history stays with the first one linked."""
     client = await aiohttp_client(stitcher.app.init_app(dataclasses.replace(settings, stitch_pause_ms=2000)))
     db = client.app[DB]
-    stitch_hook = client.app[CONTACTS].stitcher
+    service = client.app[CONTACTS]
     vid = str(uuid.uuid4())
-    claim = VisitorKeys(vid, settings.partitions).claim
+    keys = VisitorKeys(vid, settings.partitions)
     before = page_views(6, "shared")
     assert await send_beacon(client, vid, before) == 204
 
-    # Interleave the two calls the way two truly simultaneous requests can run: both start (and find no
-    # unfinished stitch) before either commits; Ann's commits and her stitch claims the browser's history;
-    # only then does Bob's commit and stitch (unpaused) while Ann's stitch is still between claim and insert.
+    # who handed the browser's history to whom: a stitch, or the re-link of a browser whose stitch had not run
+    in_stitch: contextvars.ContextVar[bool] = contextvars.ContextVar("in_stitch", default=False)
+    claims: list[tuple[str, int]] = []
+    real_stitch, real_claim = service.stitcher.stitch, service.eventlog.claim
+    assert service.stitcher.eventlog is service.eventlog
+
+    async def stitch(v: str, contact_id: int) -> int:
+        token = in_stitch.set(True)
+        try:
+            return await real_stitch(v, contact_id)
+        finally:
+            in_stitch.reset(token)
+
+    async def claim(v: str, contact_id: int) -> int:
+        claims.append(("stitch" if in_stitch.get() else "re-link", contact_id))
+        return await real_claim(v, contact_id)
+
+    monkeypatch.setattr(service.stitcher, "stitch", stitch)
+    monkeypatch.setattr(service.eventlog, "claim", claim)
+
+    async def subscribe_then_read(ext: str) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+        status, body = await subscribe(client, {"externalCustomerId": ext, "visitorIds": [vid]})
+        # read as soon as this call answers: its history must already be there (SPEC §3)
+        return status, body, (await timeline(client, body["id"]) if status == 200 else [])
+
+    # Both calls wait on the browser's identity lock, Ann's first. Either Bob's re-link takes the lock after
+    # Ann's link committed but before Ann's stitch could run (Bob finds Ann's stitch not done), or Bob arrives
+    # while Ann's stitch holds the history in her claim (paused between claim and insert) and waits for it.
     release = asyncio.Event()
     held = asyncio.Event()
 
@@ -363,25 +387,26 @@ async def test_two_people_subscribing_at_once_on_one_browser_keep_its_history_wi
             held.set()
             await release.wait()
 
-    async def between() -> None:
-        async with db.transaction() as s:
-            await db.lock_keys(s, [f"vid:{vid}"])  # granted once Ann's transaction committed
-            assert await eventually(lambda: redis_client.exists(claim), bool, 10)
-            await asyncio.sleep(0.2)  # Ann's stitch is now in its pause
-            stitch_hook.pause_ms = 0
-
     tasks = [asyncio.create_task(gate())]
     try:
         await asyncio.wait_for(held.wait(), 10)
-        ann = asyncio.create_task(subscribe(client, {"externalCustomerId": "C-ann", "visitorIds": [vid]}))
+        ann = asyncio.create_task(subscribe_then_read("C-ann"))
         tasks.append(ann)
         await _identity_lock_waiters(database_url, 1)
-        tasks.append(asyncio.create_task(between()))
-        await _identity_lock_waiters(database_url, 2)
-        bob = asyncio.create_task(subscribe(client, {"externalCustomerId": "C-bob", "visitorIds": [vid]}))
-        tasks.append(bob)
-        await _identity_lock_waiters(database_url, 3)
-        release.set()
+        if order == "relink_before_first_stitch":
+            bob = asyncio.create_task(subscribe_then_read("C-bob"))
+            tasks.append(bob)
+            await _identity_lock_waiters(database_url, 2)
+            service.stitcher.pause_ms = 0
+            release.set()
+        else:
+            release.set()
+            assert await eventually(lambda: redis_client.keys(keys.claim_pattern), bool, 10)
+            bob = asyncio.create_task(subscribe_then_read("C-bob"))
+            tasks.append(bob)
+            await _identity_lock_waiters(database_url, 1)
+            assert await redis_client.keys(keys.claim_pattern), "Ann's stitch ended before Bob's call queued"
+            service.stitcher.pause_ms = 0  # Bob's stitches run unpaused once Ann's ends
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
     finally:
         release.set()
@@ -389,14 +414,31 @@ async def test_two_people_subscribing_at_once_on_one_browser_keep_its_history_wi
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    (ann_status, ann_body), (bob_status, bob_body) = ann.result(), bob.result()
+    (ann_status, ann_body, ann_seen), (bob_status, bob_body, bob_seen) = ann.result(), bob.result()
     assert (ann_status, bob_status) == (200, 200), (ann_body, bob_body)
-    r = await client.get(f"/api/v1/contact/{bob_body['id']}", headers=auth())
+    ann_id, bob_id = ann_body["id"], bob_body["id"]
+    assert ann_id != bob_id
+    # the interleaving really happened
+    first = "re-link" if order == "relink_before_first_stitch" else "stitch"
+    assert claims == [(first, ann_id), ("stitch", bob_id)]
+
+    r = await client.get(f"/api/v1/contact/{bob_id}", headers=auth())
     assert (await r.json())["visitorIds"] == [vid]  # Bob holds the browser now
-    assert int(await redis_client.get(VisitorKeys(vid, settings.partitions).link)) == bob_body["id"]
+    assert int(await redis_client.get(keys.link)) == bob_id
+    assert not await redis_client.keys(keys.claim_pattern)
+    assert not await redis_client.exists(keys.events)
 
     anonymous = Counter(e["id"] for e in before)
-    on_ann = Counter(e["id"] for e in await timeline(client, ann_body["id"]))
-    on_bob = Counter(e["id"] for e in await timeline(client, bob_body["id"]))
+    assert Counter(e["id"] for e in ann_seen) == anonymous, "Ann's subscribe answered before her history was in"
+    assert not bob_seen
+    on_ann = Counter(e["id"] for e in await timeline(client, ann_id))
+    on_bob = Counter(e["id"] for e in await timeline(client, bob_id))
     assert on_ann + on_bob == anonymous, "the browser's earlier history was copied onto both people"
     assert on_ann == anonymous, f"Ann has {sum(on_ann.values())} of {len(before)} events, Bob {sum(on_bob.values())}"
+
+    # from now on the browser feeds Bob only
+    later = page_views(2, "later")
+    assert await send_beacon(client, vid, later) == 204
+    events = await wait_drained(client, redis_client, vid, bob_id, len(later))
+    assert [e["id"] for e in events] == [e["id"] for e in later]
+    assert Counter(e["id"] for e in await timeline(client, ann_id)) == anonymous

@@ -11,7 +11,6 @@ import uuid
 from typing import Any
 
 import orjson
-import pytest
 
 from tests.conftest import auth
 
@@ -19,29 +18,6 @@ BASE_MS = 1_800_000_000_000
 SENT_AT_MS = BASE_MS + 1_000_000
 WORKER_DEADLINE_S = 2.0  # SPEC §3: later beacons reach the timeline "within about a second"
 
-
-async def stop_worker_for_good() -> None:
-    """Cancel the service's worker task until it has really ended (bounded to 10 s).
-
-    Works around the shutdown hang shown by ``test_stories.py::test_worker_stops_when_cancelled_at_any_moment``:
-    on Python 3.11 a cancel that lands while redis-py sends through ``asyncio.wait_for`` is swallowed, the
-    worker loop goes on, and the app's cleanup (one ``cancel()`` then ``await``) waits for ever.
-    """
-    deadline = time.monotonic() + 10
-    for task in [t for t in asyncio.all_tasks() if t.get_name() == "stitcher-worker"]:
-        while not task.done() and time.monotonic() < deadline:
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.2)
-
-
-@pytest.fixture
-async def client(aiohttp_client, settings):  # type: ignore[no-untyped-def]
-    """The conftest ``client`` (whole service, worker running), whose worker is sure to stop at teardown."""
-    from stitcher.app import init_app
-
-    test_client = await aiohttp_client(init_app(settings))
-    yield test_client
-    await stop_worker_for_good()
 
 
 def page_views(n: int, start: int = 0, prefix: str = "pv") -> list[dict[str, Any]]:
@@ -291,31 +267,86 @@ async def test_timeline_pages_return_every_event_once_in_order(client):
     assert status == 400 and err["error"] and err["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Worker.run swallows a cancel (redis-py wait_for, py3.11): shutdown hangs")
 async def test_worker_stops_when_cancelled_at_any_moment(settings):
-    """The worker ends on the one cancel the app's shutdown sends, whatever it was doing at that moment."""
+    """The worker ends on one cancel, whatever it was doing at that moment (its client as the app makes it)."""
     from stitcher.stitch import Stitcher
     from stitcher.store.db import Database
     from stitcher.worker import Worker
     from tracker.app import connect_redis
     from tracker.eventlog import EventLog
     from tracker.metrics import Metrics
+    from tracker.tasks import stop_task
 
     assert settings.redis_url is not None
-    redis = connect_redis(settings.redis_url, settings.redis_timeout)  # the service's own client settings
+    redis = connect_redis(settings.redis_url, timeout=5.0)  # the worker's own client, as stitcher.app makes it
     eventlog = EventLog(redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
                         history_cap=settings.history_cap)
     db = Database(settings.effective_database_url)
+    tasks: list[asyncio.Task[None]] = []
     try:
         for ticks in range(40):  # cancel one event-loop step later each time, across the worker's start-up
             task = asyncio.create_task(Worker(db, eventlog, Stitcher(db, eventlog), Metrics()).run(),
                                        name="stitcher-worker")
+            tasks.append(task)
             for _ in range(ticks):
                 await asyncio.sleep(0)
             task.cancel()
             done, _ = await asyncio.wait({task}, timeout=2)
             assert done, f"worker still running 2 s after a cancel sent {ticks} loop steps into its start"
     finally:
-        await stop_worker_for_good()
+        for task in tasks:
+            await stop_task(task)
         await db.close()
         await redis.aclose()
+
+
+async def _shut_down_the_app(settings: Any, ticks: int, seconds: float,
+                             swallow_cancels: bool = False) -> None:
+    """Start the whole service, let its worker run ``ticks`` loop steps and ``seconds``, then shut it down: the
+    worker must be gone within 3 s. ``swallow_cancels`` makes every cancel that lands while the worker reads its
+    streams return an empty read instead, as ``asyncio.wait_for`` does on Python 3.11 when a cancel lands as
+    its inner call completes (redis-py sends every command through it)."""
+    from aiohttp import web
+
+    from stitcher.app import WORKER, init_app
+
+    runner = web.AppRunner(init_app(settings))
+    await runner.setup()
+    try:
+        (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "stitcher-worker"]
+        worker = runner.app[WORKER]
+        if swallow_cancels:
+            read_linked = worker.eventlog.read_linked
+
+            async def swallowing(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await read_linked(*args, **kwargs)
+                except asyncio.CancelledError:
+                    return []
+
+            worker.eventlog.read_linked = swallowing  # type: ignore[method-assign]
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        await asyncio.sleep(seconds)
+        assert not task.done(), f"the worker ended by itself ({ticks} steps, {seconds} s in)"
+    finally:
+        started = time.monotonic()
+        await asyncio.wait_for(runner.cleanup(), 15)
+    took = time.monotonic() - started
+    assert task.done(), f"the worker survived the shutdown ({ticks} steps, {seconds} s)"
+    assert task.cancelled() or task.exception() is None, task.exception()
+    assert took < 3, f"shutdown took {took:.1f} s ({ticks} steps, {seconds} s in)"
+
+
+async def test_the_apps_shutdown_stops_the_worker_at_any_moment(settings):
+    """The service's shutdown ends its worker promptly, whatever the worker was doing at that moment."""
+    for ticks in range(40):  # across the worker's start-up
+        await _shut_down_the_app(settings, ticks, 0.0)
+    for seconds in (0.05, 0.3, 0.7):  # and once it waits on the streams
+        await _shut_down_the_app(settings, 0, seconds)
+
+
+async def test_the_apps_shutdown_stops_a_worker_whose_cancel_was_swallowed(settings):
+    """A cancel lost inside the Redis client (Python 3.11 ``wait_for``) does not keep the worker running."""
+    for seconds in (0.05, 0.3, 0.7):
+        await _shut_down_the_app(settings, 0, seconds, swallow_cancels=True)
