@@ -14,7 +14,7 @@ from stitcher.domain.rules import Mode
 from stitcher.payload import parse_contact, parse_subscribe
 from stitcher.store.db import Database
 from tracker.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from tracker.http import json_response
+from tracker.http import json_response, read_body
 
 DB = web.AppKey("db", Database)
 CONTACTS = web.AppKey("contacts", ContactService)
@@ -29,7 +29,7 @@ async def read_json(request: web.Request) -> Any:
         raise UnsupportedMediaType(f"expected application/json, got {request.content_type}")
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
         raise PayloadTooLarge(f"body is larger than {MAX_JSON_BYTES} bytes")
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
+    raw = await read_body(request, MAX_JSON_BYTES)
     if len(raw) > MAX_JSON_BYTES:
         raise PayloadTooLarge(f"body is larger than {MAX_JSON_BYTES} bytes")
     try:
@@ -44,7 +44,7 @@ def _request_id(request: web.Request) -> str | None:
 
 def _contact_id(request: web.Request) -> int:
     raw = request.match_info["contact_id"]
-    if not raw.isdigit() or int(raw) < 1 or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1 or len(raw) > 18:
         raise ValidationFailed([{"field": "contactId", "message": "must be a positive integer"}])
     return int(raw)
 
@@ -53,7 +53,7 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not lo <= int(raw) <= hi:
         raise ValidationFailed([{"field": name, "message": f"must be an integer from {lo} to {hi}"}])
     return int(raw)
 
@@ -93,7 +93,7 @@ async def contact_events(request: web.Request) -> web.StreamResponse:
     after = None
     if request.query.get("after"):
         t, _, row = request.query["after"].partition(".")
-        if not (t.isdigit() and row.isdigit()):
+        if not (t.isascii() and t.isdigit() and row.isascii() and row.isdigit() and len(t + row) < 36):
             raise ValidationFailed([{"field": "after", "message": "must be the `next` of a previous page"}])
         after = (int(t), int(row))
     page = views.Page(limit=_int_param(request, "limit", 100, 1, 1000), after=after)

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stitcher.api import CONTACTS, DB, NORMALISER, routes
 from stitcher.contacts import ContactService
@@ -16,7 +18,7 @@ from stitcher.worker import Worker
 from tracker.app import connect_redis
 from tracker.app import init_app as init_tracker
 from tracker.eventlog import EventLog
-from tracker.http import METRICS
+from tracker.http import METRICS, UNAVAILABLE
 from tracker.routes import EVENTLOG, READY_CHECKS, SETTINGS
 from tracker.settings import Settings
 from tracker.tasks import stop_task
@@ -31,6 +33,7 @@ def init_app(settings: Settings) -> web.Application:
     """
     app = init_tracker(settings)
     app[NORMALISER] = Normaliser.from_settings(settings)
+    app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout)
     app.cleanup_ctx.append(_stitcher_ctx)
     app.add_routes(routes)
     return app

@@ -14,9 +14,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import col
 
-from stitcher.domain.errors import ContactNotFound
+from stitcher.domain.errors import ContactNotFound, DomainError
 from stitcher.domain.identifiers import Identity
-from stitcher.domain.rules import Action, Decision, Mode, decide, lookup_kinds
+from stitcher.domain.rules import Action, Candidate, Decision, Lookup, Mode, decide, lookup_kinds
 from stitcher.payload import ContactRequest
 from stitcher.stitch import Stitcher
 from stitcher.store import repo
@@ -43,6 +43,50 @@ class Outcome:
         return {"id": self.id, "status": self.status, "externalCustomerId": self.external_id,
                 "mergedContactIds": self.merged, "linkedVisitorIds": self.visitors,
                 "stitchedEvents": self.stitched}
+
+
+class _StaleDecision(Exception):
+    """A contact the decision rests on changed after it was read (a concurrent request): decide again."""
+
+
+class ConflictRetry(DomainError):
+    status = 409
+    code = "concurrent_update"
+
+    def __init__(self) -> None:
+        super().__init__("the contacts this request names keep changing under concurrent requests; retry")
+
+
+async def _recheck(s: Any, decision: Decision, found: Lookup) -> None:
+    """Lock the contacts the decision updates or merges and check they are as the rules saw them.
+
+    The request's own identifier locks do not cover a contact found through them that another request
+    reaches by a different identifier; the row lock does, and re-reading under it (populate_existing, so the
+    session's earlier copy is replaced) catches an external ID given or a merge done meanwhile.
+    """
+    ids = ([decision.target] if decision.target is not None else []) + list(decision.merge)
+    if not ids:
+        return
+    seen = {c.id: c for c in _candidates(found)}
+    rows = (await s.execute(select(Contact).where(col(Contact.id).in_(ids)).order_by(col(Contact.id))
+                            .with_for_update().execution_options(populate_existing=True))).scalars()
+    rows = list(rows)
+    if len(rows) != len(set(ids)):
+        raise _StaleDecision(ids)  # erased meanwhile
+    for row in rows:
+        before = seen.get(row.id)
+        if before is None:
+            continue
+        if (row.merged_into_id is not None or row.external_customer_id != before.external_id
+                or (row.deleted_at is not None) != before.deleted):
+            raise _StaleDecision(row.id)
+
+
+def _candidates(found: Lookup) -> list[Candidate]:
+    out = [c for c in (found.by_contact_id, found.by_external_id) if c is not None]
+    for group in found.by_channel.values():
+        out.extend(group)
+    return out
 
 
 def _retryable(exc: DBAPIError) -> bool:
@@ -77,6 +121,10 @@ class ContactService:
             try:
                 outcome, to_stitch = await self._apply(mode, request, groups, form_type, request_id)
                 break
+            except _StaleDecision as exc:
+                if attempt == ATTEMPTS:
+                    raise ConflictRetry() from exc
+                log.info("decision went stale, retrying", attempt=attempt)
             except (IntegrityError, OperationalError, DBAPIError) as exc:
                 # a unique-key race (two creators of one external ID) or a deadlock between a merge and
                 # another request about the same visitors: the retry sees the winner's committed state
@@ -97,6 +145,7 @@ class ContactService:
             await self.db.lock_keys(s, _lock_keys(identity, request.visitor_ids))
             found = await repo.lookup(s, identity, lookup_kinds(mode))
             decision = decide(mode, identity, found)
+            await _recheck(s, decision, found)
             contact = await self._target(s, decision, request, request_id)
             assert contact.id is not None
             cid = contact.id
@@ -129,8 +178,7 @@ class ContactService:
             repo.audit(s, contact.id, "created", request_id, externalCustomerId=decision.set_external_id)
             return contact
         assert decision.target is not None
-        contact = (await s.execute(select(Contact).where(col(Contact.id) == decision.target)
-                                   .with_for_update())).scalar_one()
+        contact = await s.get_one(Contact, decision.target)
         for attr, value in request.profile.items():
             setattr(contact, attr, value)
         if decision.action is Action.RESTORE:
@@ -202,10 +250,12 @@ class ContactService:
             for cid in reversed(ids):
                 await s.execute(delete(Contact).where(col(Contact.id) == cid))
             repo.audit(s, contact_id, "erased", request_id, contacts=len(ids), visitors=len(owned))
-        for vid in owned:
-            await self.eventlog.forget(vid, ids)
-        for vid in others:
-            await self.eventlog.drop_claims(vid, ids)
+            # Redis first, still inside the transaction: if Redis is down the erase rolls back (503) and a
+            # retry finds the contact again, rather than leaving the person's history behind in Redis
+            for vid in owned:
+                await self.eventlog.forget(vid, ids)
+            for vid in others:
+                await self.eventlog.drop_claims(vid, ids)
 
     async def id_by_external_id(self, external_id: str) -> int:
         async with self.db.reader() as s:

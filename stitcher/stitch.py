@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -29,6 +30,7 @@ from stitcher.store.repo import now_ms
 from tracker.eventlog import EventLog
 
 _WEB_DATA = ("url", "ref", "title", "props", "bot", "ts")
+log = structlog.get_logger("stitch")
 
 
 def web_rows(contact_id: int, vid: str, events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,6 +113,11 @@ class Stitcher:
             col(VisitorLink.stitched_at).is_(None), col(VisitorLink.linked_at) <= now_ms() - older_than_ms)
         async with self.db.reader() as session:
             pending = list(await session.execute(query))
+        done = 0
         for vid, contact_id in pending:
-            await self.stitch(vid, contact_id)
-        return len(pending)
+            try:
+                await self.stitch(vid, contact_id)
+                done += 1
+            except Exception:  # one failing stitch must not hold up the others; the next sweep retries it
+                log.exception("pending stitch failed", contact=contact_id)
+        return done

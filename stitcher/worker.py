@@ -15,6 +15,9 @@ import time
 from collections import defaultdict
 
 import structlog
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stitcher.stitch import Stitcher, insert_timeline, web_rows
 from stitcher.store import repo
@@ -23,6 +26,7 @@ from tracker.eventlog import EventLog, LinkedEvent
 from tracker.metrics import Metrics
 
 log = structlog.get_logger("worker")
+OUTAGE = (OperationalError, InterfaceError, PoolTimeout, OSError, RedisError)
 RECLAIM_IDLE_MS = 30_000
 HOUSEKEEPING_S = 10.0
 
@@ -51,8 +55,9 @@ class Worker:
                     await self.eventlog.ensure_group()
                     started = True
                 if time.monotonic() >= next_housekeeping:
-                    await self.housekeeping(first=next_housekeeping == 0.0)
-                    next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+                    first = next_housekeeping == 0.0
+                    next_housekeeping = time.monotonic() + HOUSEKEEPING_S  # a failing one must not starve draining
+                    await self.housekeeping(first=first)
                 if own_pending:
                     await self.drain(await self.eventlog.read_linked(self.consumer, block_ms=None, pending=True))
                     own_pending = False
@@ -73,13 +78,38 @@ class Worker:
         await self.drain(await self.eventlog.reclaim_linked(self.consumer, RECLAIM_IDLE_MS))
 
     async def drain(self, events: list[LinkedEvent]) -> int:
-        """Put a batch of linked events on their contacts' timelines, then acknowledge them."""
+        """Put a batch of linked events on their contacts' timelines, then acknowledge them.
+
+        If the batch fails, each event is tried alone; one that fails alone (a poison entry) is recorded in
+        the rejected-events stream with its reason and acknowledged, so it cannot stop the worker.
+        """
         if not events:
             return 0
+        try:
+            await self._insert(events)
+        except Exception:
+            log.warning("linked batch failed; retrying its events one by one", events=len(events))
+            for event in events:
+                try:
+                    await self._insert([event])
+                except OUTAGE:
+                    raise  # the database is unreachable, not the event bad: keep it pending, retry later
+                except Exception as exc:
+                    log.error("linked event rejected", reason=type(exc).__name__, contact=event.contact_id)
+                    await self.eventlog.record_rejected(event.vid, [{
+                        "id": str(event.event.get("id", ""))[:64], "reason": f"timeline insert failed: "
+                        f"{type(exc).__name__}", "event": ""}])
+        await self.eventlog.ack_linked(events)
+        self.metrics.drained.inc(len(events))
+        return len(events)
+
+    async def _insert(self, events: list[LinkedEvent]) -> None:
         by_contact: dict[int, list[LinkedEvent]] = defaultdict(list)
         for e in events:
             by_contact[e.contact_id].append(e)
         async with self.db.transaction() as s:
+            # a merge of these visitors' contact waits for this insert (it locks the same keys)
+            await self.db.lock_keys(s, [f"vid:{e.vid}" for e in events])
             for contact_id, items in by_contact.items():
                 contact = await repo.resolve_merged(s, contact_id)
                 if contact is None or contact.id is None:
@@ -88,6 +118,3 @@ class Worker:
                 for item in items:
                     rows += web_rows(contact.id, item.vid, [item.event])
                 await insert_timeline(self.db, s, rows)
-        await self.eventlog.ack_linked(events)
-        self.metrics.drained.inc(len(events))
-        return len(events)

@@ -13,7 +13,7 @@ from redis.retry import Retry
 from tracker.beacon import Limits
 from tracker.eventlog import EventLog
 from tracker.groupcommit import GroupCommitter
-from tracker.http import API_KEYS, METRICS, edge_middleware
+from tracker.http import API_KEYS, METRICS, TRACKER_UNAVAILABLE, UNAVAILABLE, edge_middleware
 from tracker.metrics import Metrics
 from tracker.resp import RespConnection
 from tracker.routes import EVENTLOG, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, routes
@@ -45,6 +45,7 @@ def init_app(settings: Settings, app: web.Application | None = None) -> web.Appl
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[API_KEYS] = settings.api_keys
+    app[UNAVAILABLE] = TRACKER_UNAVAILABLE
     app[READY_CHECKS] = {}
     app[LIMITS] = Limits(settings.max_body_bytes, settings.max_events, settings.max_string_bytes,
                          settings.max_props_bytes)

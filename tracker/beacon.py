@@ -125,6 +125,8 @@ def _event(event: object, limits: Limits, received_at: int, sent_at: Any, bot: b
             raise ValueError(f"{name}: must be a string")
         if len(value.encode()) > limits.max_string_bytes:
             raise ValueError(f"{name}: longer than {limits.max_string_bytes} bytes")
+        if "\x00" in value:  # PostgreSQL text and jsonb cannot hold it
+            raise ValueError(f"{name}: contains a NUL character")
         out[name] = value
     props = event.get("props")
     if props is not None:
@@ -133,6 +135,8 @@ def _event(event: object, limits: Limits, received_at: int, sent_at: Any, bot: b
         encoded = orjson.dumps(props)
         if len(encoded) > limits.max_props_bytes:
             raise ValueError(f"props: larger than {limits.max_props_bytes} bytes")
+        if b"\\u0000" in encoded:
+            raise ValueError("props: contains a NUL character")
         for key, value in props.items():
             if isinstance(value, str) and len(value.encode()) > limits.max_string_bytes:
                 raise ValueError(f"props.{key}: longer than {limits.max_string_bytes} bytes")

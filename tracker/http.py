@@ -13,8 +13,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from tracker.errors import DomainError
 from tracker.metrics import Metrics
@@ -22,12 +21,29 @@ from tracker.metrics import Metrics
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS = web.AppKey("metrics", Metrics)
 API_KEYS = web.AppKey("api_keys", tuple)
+# errors meaning "a backing store is down, slow or refusing": answered 503 + Retry-After, never 500; the
+# stitcher adds its SQL ones (the tracker itself never imports SQLAlchemy, DESIGN invariant 1)
+UNAVAILABLE = web.AppKey("unavailable_errors", tuple)
+TRACKER_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, TimeoutError, ConnectionError, OSError)
 log = structlog.get_logger("http")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json",
                         headers=headers)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or its first ``limit + 1`` bytes: ``read(n)`` returns what has arrived so far."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -61,7 +77,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response.headers["Retry-After"] = "1"
         elif exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="stitcher"'
-    except (TimeoutError, RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+    except request.app[UNAVAILABLE] as exc:
         response = error_response(503, "unavailable", "storage is unavailable, retry shortly")
         response.headers["Retry-After"] = "1"
         error = type(exc).__name__

@@ -9,6 +9,7 @@ time (the group committer), reconnects lazily after any failure and bounds every
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import hiredis
@@ -46,6 +47,7 @@ class RespConnection:
 
     def __init__(self, url: str, timeout: float) -> None:
         self._params = parse_url(url)
+        self._tls = ssl.create_default_context() if url.startswith("rediss://") else None
         self._timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -55,7 +57,8 @@ class RespConnection:
         if "path" in p:
             reader, writer = await asyncio.open_unix_connection(p["path"])
         else:
-            reader, writer = await asyncio.open_connection(p.get("host", "127.0.0.1"), p.get("port", 6379))
+            reader, writer = await asyncio.open_connection(p.get("host", "127.0.0.1"), p.get("port", 6379),
+                                                           ssl=self._tls)
         self._reader, self._writer = reader, writer
         setup: list[tuple[Any, ...]] = []
         if p.get("password"):

@@ -13,7 +13,7 @@ from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
 from tracker.bots import is_bot
 from tracker.errors import DomainError, NotFound, PayloadTooLarge, Unavailable, ValidationFailed
 from tracker.eventlog import EventLog
-from tracker.http import METRICS, json_response
+from tracker.http import METRICS, json_response, read_body
 from tracker.metrics import CONTENT_TYPE_LATEST
 from tracker.script import Script
 from tracker.settings import Settings
@@ -80,19 +80,6 @@ def _set_visitor(request: web.Request, response: web.StreamResponse, vid: str) -
     response.headers[VISITOR_HEADER] = vid
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, or its first ``limit + 1`` bytes: ``read(n)`` returns what has arrived so far."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = await request.content.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
 @routes.post("/t")
 async def beacon(request: web.Request) -> web.StreamResponse:
     """The beacon: text/plain (sendBeacon, no preflight) or application/json body; 204 once stored."""
@@ -101,7 +88,7 @@ async def beacon(request: web.Request) -> web.StreamResponse:
         limit = request.app[LIMITS].max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"body is {request.content_length} bytes, the limit is {limit}")
-        raw = await _read_body(request, limit)
+        raw = await read_body(request, limit)
         vid = await _ingest(request, raw)
         response = web.Response(status=204)
         _set_visitor(request, response, vid)

@@ -187,8 +187,8 @@ def _contact_id(value: Any, field: str) -> int:
         value = int(value.strip())
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidIdentifier(field, "must be an integer")
-    if value <= 0:
-        raise InvalidIdentifier(field, "must be a positive integer")
+    if not 0 < value < 2**63:
+        raise InvalidIdentifier(field, "must be a positive integer below 2^63")
     return value
 
 

@@ -17,21 +17,25 @@ from sqlalchemy.sql.dml import Insert
 
 def make_engine(url: str) -> AsyncEngine:
     """An engine tuned per dialect: SQLite in WAL mode with a busy timeout and foreign keys on."""
-    json: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+    # hide_parameters: an error's text must not carry emails, phones or tokens into the logs (invariant 10)
+    json: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads,
+                            "hide_parameters": True}
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **json)
+        engine = create_async_engine(url, connect_args={"timeout": 10}, **json)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=10000"):
                 cursor.execute(f"PRAGMA {pragma}")
             cursor.close()
 
         return engine
     # no pool_pre_ping: with asyncpg it costs three round trips per checkout; a dead connection fails the
     # transaction, which the caller sees as a 503 and retries
-    return create_async_engine(url, pool_size=10, max_overflow=20, **json)
+    # bounded waits: an unreachable or stuck server becomes a 503 in seconds, not a hang
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=5,
+                               connect_args={"timeout": 5, "command_timeout": 30}, **json)
 
 
 def _json_dumps(value: Any) -> str:
