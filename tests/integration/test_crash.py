@@ -15,18 +15,19 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from stitcher.api import CONTACTS
 from tests.conftest import API_KEY, auth, free_port
+from tests.helpers import eventually, sql_scalar
 from tracker.keys import VisitorKeys
 from tracker.settings import Settings
 
@@ -59,31 +60,6 @@ def page_views(n: int, label: str) -> list[dict[str, Any]]:
 def subscribe_body(vid: str) -> dict[str, Any]:
     return {"contact": {"externalCustomerId": EXT, "channels": [{"type": "email", "value": EMAIL}],
                         "visitorIds": [vid]}, "groups": ["newsletter"]}
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], seconds: float) -> T:
-    """Poll ``probe`` until ``done`` holds of its value or ``seconds`` pass; returns the last value."""
-    deadline = time.monotonic() + seconds
-    for _ in range(100_000):
-        value = await probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("unreachable")
-
-
-async def sql_scalar(database_url: str, query: str, **params: Any) -> Any:
-    """One value from the service's database, read directly (not through the API)."""
-    statement = text(query)
-    for name, value in params.items():
-        if isinstance(value, list | tuple):
-            statement = statement.bindparams(bindparam(name, expanding=True))
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(statement, params)).scalar_one()
-    finally:
-        await engine.dispose()
 
 
 def _log_file(path: Path) -> IO[bytes]:

@@ -15,34 +15,12 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.conftest import auth
+from tests.helpers import SENT_AT_MS, beacon, call, page_views, search_total
 from tracker.keys import VisitorKeys
 
-BASE_MS = 1_800_000_000_000
-SENT_AT_MS = BASE_MS + 1_000_000
 WORKER_DEADLINE_S = 2.0
 PERSON_TABLES = ("identifiers", "timeline", "group_members", "visitor_links")
 
-
-
-def page_views(n: int, start: int = 0, prefix: str = "pv") -> list[dict[str, Any]]:
-    return [{"id": f"{prefix}-{uuid.uuid4()}", "type": "page_view", "ts": BASE_MS + start + i,
-             "url": f"https://shop.example/p/{start + i}"} for i in range(n)]
-
-
-async def beacon(client: Any, vid: str, events: list[dict[str, Any]]) -> None:
-    """One beacon as visitor ``vid``; the test client's cookie jar is cleared so it cannot switch visitors."""
-    client.session.cookie_jar.clear()
-    r = await client.post("/t", data=orjson.dumps({"vid": vid, "sent_at": SENT_AT_MS, "events": events}),
-                          headers={"Content-Type": "text/plain"})
-    assert r.status == 204, await r.text()
-    assert r.headers["X-Stitcher-Visitor"] == vid
-    client.session.cookie_jar.clear()
-
-
-async def call(client: Any, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-    r = await client.request(method, path, json=body, headers=auth(), **kw)
-    return r.status, await r.json()
 
 
 async def timeline_ids(client: Any, contact_id: int) -> list[str]:
@@ -62,12 +40,6 @@ async def wait_for_timeline(client: Any, contact_id: int, event_ids: list[str]) 
             raise AssertionError(f"events {sorted(set(event_ids) - set(ids))} not on contact {contact_id}'s "
                                  f"timeline after {WORKER_DEADLINE_S}s")
         await asyncio.sleep(0.05)
-
-
-async def search_total(client: Any, **params: str) -> int:
-    r = await client.get("/api/v1/contacts", params=params, headers=auth())
-    assert r.status == 200, await r.text()
-    return int(r.headers["TotalCount"])
 
 
 async def actions(client: Any, contact_id: int) -> list[dict[str, Any]]:

@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import stitcher.app
 from stitcher.api import CONTACTS, DB
 from tests.conftest import auth
+from tests.helpers import sql_scalar
 from tracker.keys import VisitorKeys
 from tracker.settings import Settings
 
@@ -77,20 +78,6 @@ async def timeline(client: Client, contact_id: int) -> list[dict[str, Any]]:
         if after is None:
             return events
     raise AssertionError("timeline pagination did not end")
-
-
-async def sql_scalar(database_url: str, query: str, **params: Any) -> Any:
-    """One value from the service's database, read directly (not through the API)."""
-    statement = text(query)
-    for name, value in params.items():
-        if isinstance(value, list | tuple):
-            statement = statement.bindparams(bindparam(name, expanding=True))
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            return (await conn.execute(statement, params)).scalar_one()
-    finally:
-        await engine.dispose()
 
 
 async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool],

@@ -11,7 +11,8 @@ import orjson
 
 from stitcher.app import WORKER, init_app
 from tests.conftest import auth
-from tests.integration.test_stories import beacon, call, page_views, timeline
+from tests.helpers import beacon, call, page_views
+from tests.integration.test_stories import timeline
 from tracker import keys
 from tracker.eventlog import LinkedEvent
 

@@ -10,37 +10,10 @@ import time
 import uuid
 from typing import Any
 
-import orjson
+from tests.helpers import beacon, call, page_views, search_total
 
-from tests.conftest import auth
-
-BASE_MS = 1_800_000_000_000
-SENT_AT_MS = BASE_MS + 1_000_000
 WORKER_DEADLINE_S = 2.0  # SPEC §3: later beacons reach the timeline "within about a second"
 
-
-
-def page_views(n: int, start: int = 0, prefix: str = "pv") -> list[dict[str, Any]]:
-    """``n`` page views with distinct ids, ``ts`` one millisecond apart (numbered from ``start``)."""
-    return [{"id": f"{prefix}-{uuid.uuid4()}", "type": "page_view", "ts": BASE_MS + start + i,
-             "url": f"https://shop.example/p/{start + i}", "title": f"page {start + i}"} for i in range(n)]
-
-
-async def beacon(client: Any, vid: str, events: list[dict[str, Any]]) -> None:
-    """Send one beacon as visitor ``vid`` the way t.js does (text/plain); the cookie jar must not interfere."""
-    client.session.cookie_jar.clear()
-    # one send time for every batch keeps the derived times (received_at - (sent_at - ts)) in ts order
-    r = await client.post("/t", data=orjson.dumps({"vid": vid, "sent_at": SENT_AT_MS, "events": events}),
-                          headers={"Content-Type": "text/plain"})
-    assert r.status == 204, await r.text()
-    assert r.headers["X-Stitcher-Visitor"] == vid
-    client.session.cookie_jar.clear()
-
-
-async def call(client: Any, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-    """One authenticated JSON call: (status, decoded body)."""
-    r = await client.request(method, path, json=body, headers=auth(), **kw)
-    return r.status, await r.json()
 
 
 async def timeline(client: Any, contact_id: int) -> dict[str, Any]:
@@ -71,12 +44,6 @@ async def wait_for_timeline(client: Any, contact_id: int, event_ids: list[str],
             raise AssertionError(f"{len(set(event_ids) - have)} of {len(event_ids)} events not on the timeline "
                                  f"of contact {contact_id} after {deadline_s}s")
         await asyncio.sleep(0.05)
-
-
-async def search_total(client: Any, **params: str) -> int:
-    r = await client.get("/api/v1/contacts", params=params, headers=auth())
-    assert r.status == 200, await r.text()
-    return int(r.headers["TotalCount"])
 
 
 async def test_example1_mobile_token_contact_gains_the_external_id(client):

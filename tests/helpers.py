@@ -1,0 +1,73 @@
+"""Helpers shared by the integration tests: beacons and API calls through the test client, direct SQL reads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.conftest import auth
+
+T = TypeVar("T")
+BASE_MS = 1_800_000_000_000
+SENT_AT_MS = BASE_MS + 1_000_000  # one send time for every batch keeps derived times in ts order
+
+
+def page_views(n: int, start: int = 0, prefix: str = "pv") -> list[dict[str, Any]]:
+    """``n`` page views with distinct ids, ``ts`` one millisecond apart (numbered from ``start``)."""
+    return [{"id": f"{prefix}-{uuid.uuid4()}", "type": "page_view", "ts": BASE_MS + start + i,
+             "url": f"https://shop.example/p/{start + i}", "title": f"page {start + i}"} for i in range(n)]
+
+
+async def beacon(client: Any, vid: str, events: list[dict[str, Any]]) -> None:
+    """Send one beacon as visitor ``vid`` the way t.js does (text/plain); the cookie jar must not interfere."""
+    client.session.cookie_jar.clear()
+    r = await client.post("/t", data=orjson.dumps({"vid": vid, "sent_at": SENT_AT_MS, "events": events}),
+                          headers={"Content-Type": "text/plain"})
+    assert r.status == 204, await r.text()
+    assert r.headers["X-Stitcher-Visitor"] == vid
+    client.session.cookie_jar.clear()
+
+
+async def call(client: Any, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+    """One authenticated JSON call: (status, decoded body)."""
+    r = await client.request(method, path, json=body, headers=auth(), **kw)
+    return r.status, await r.json()
+
+
+async def search_total(client: Any, **params: str) -> int:
+    """TotalCount of a contact search."""
+    r = await client.get("/api/v1/contacts", params=params, headers=auth())
+    assert r.status == 200, await r.text()
+    return int(r.headers["TotalCount"])
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], seconds: float) -> T:
+    """Poll ``probe`` until ``done`` holds of its value or ``seconds`` pass; returns the last value."""
+    deadline = time.monotonic() + seconds
+    for _ in range(100_000):
+        value = await probe()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError("unreachable")
+
+
+async def sql_scalar(database_url: str, query: str, **params: Any) -> Any:
+    """One value from the service's database, read directly (not through the API)."""
+    statement = text(query)
+    for name, value in params.items():
+        if isinstance(value, list | tuple):
+            statement = statement.bindparams(bindparam(name, expanding=True))
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(statement, params)).scalar_one()
+    finally:
+        await engine.dispose()
