@@ -25,6 +25,17 @@ def page_views(n: int, start: int = 0, prefix: str = "pv") -> list[dict[str, Any
              "url": f"https://shop.example/p/{start + i}", "title": f"page {start + i}"} for i in range(n)]
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def recent_page_views(n: int, label: str) -> list[dict[str, Any]]:
+    """``n`` page views with fresh unique ids, stamped a second ago by the client clock."""
+    ts = now_ms() - 1000
+    return [{"id": str(uuid.uuid4()), "type": "page_view", "ts": ts + i, "url": f"https://shop.example/{label}/{i}"}
+            for i in range(n)]
+
+
 async def beacon(client: Any, vid: str, events: list[dict[str, Any]]) -> None:
     """Send one beacon as visitor ``vid`` the way t.js does (text/plain); the cookie jar must not interfere."""
     client.session.cookie_jar.clear()

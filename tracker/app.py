@@ -29,7 +29,7 @@ def connect_redis(url: str, timeout: float = 1.0) -> Redis:
     Maintenance notifications are off: with them on ("auto"), redis-py 8.1 skips its check for connections
     the server closed, so the first call after a Redis restart would fail (redis/redis-py#4128).
     """
-    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout / 2,
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                           retry=Retry(NoBackoff(), 0), health_check_interval=0,
                           max_connections=64,
                           maint_notifications_config=MaintNotificationsConfig(enabled=False))

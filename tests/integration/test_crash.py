@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stitcher.api import CONTACTS
 from tests.conftest import API_KEY, auth, free_port
-from tests.helpers import eventually, sql_scalar
+from tests.helpers import eventually, now_ms, recent_page_views, sql_scalar
 from tracker.keys import VisitorKeys
 from tracker.settings import Settings
 
@@ -45,16 +45,6 @@ SERVICE_SETTINGS = {
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def page_views(n: int, label: str) -> list[dict[str, Any]]:
-    ts = now_ms() - 1000
-    return [{"id": str(uuid.uuid4()), "type": "page_view", "ts": ts + i, "url": f"https://shop.example/{label}/{i}"}
-            for i in range(n)]
 
 
 def subscribe_body(vid: str) -> dict[str, Any]:
@@ -199,7 +189,7 @@ async def assert_one_contact(http: aiohttp.ClientSession, url: str, database_url
 async def test_sweeper_finishes_a_stitch_interrupted_by_a_crash(redis_client, clean_redis, database_url, tmp_path):
     """After a SIGKILL between claim and insert, the restarted worker puts all 50 events on the timeline once."""
     vid = str(uuid.uuid4())
-    events = page_views(50, "before")
+    events = recent_page_views(50, "before")
     claims = VisitorKeys(vid, Settings.partitions).claim_pattern
     async with aiohttp.ClientSession() as http:
         cid = await crash_mid_stitch(http, redis_client, clean_redis, database_url, tmp_path, vid, events)
@@ -211,7 +201,7 @@ async def test_sweeper_finishes_a_stitch_interrupted_by_a_crash(redis_client, cl
             await assert_one_contact(http, server.url, database_url, cid)
 
             # the link survived the crash: later beacons of the visitor still reach the contact
-            later = page_views(5, "after")
+            later = recent_page_views(5, "after")
             await send_beacons(http, server.url, vid, later)
             ids = await eventually(lambda: timeline_ids(http, server.url, cid), lambda got: len(got) >= 55, 10)
             assert Counter(ids) == Counter(e["id"] for e in events + later)
@@ -223,7 +213,7 @@ async def test_retried_subscribe_finishes_a_stitch_interrupted_by_a_crash(redis_
                                                                          tmp_path):
     """After a SIGKILL between claim and insert, the client's retry of the same subscribe completes the stitch."""
     vid = str(uuid.uuid4())
-    events = page_views(50, "before")
+    events = recent_page_views(50, "before")
     keys = VisitorKeys(vid, Settings.partitions)
     async with aiohttp.ClientSession() as http:
         cid = await crash_mid_stitch(http, redis_client, clean_redis, database_url, tmp_path, vid, events)
@@ -248,7 +238,7 @@ async def test_retried_subscribe_finishes_a_stitch_interrupted_by_a_crash(redis_
 async def _stitched_visitor(client: Any, redis_client: Redis, n: int) -> tuple[str, int, list[str], list[bytes]]:
     """A visitor with ``n`` page views subscribed (so stitched); returns its raw stored events too."""
     vid = str(uuid.uuid4())
-    events = page_views(n, "idem")
+    events = recent_page_views(n, "idem")
     client.session.cookie_jar.clear()
     r = await client.post("/t", json={"vid": vid, "sent_at": now_ms(), "events": events})
     assert r.status == 204

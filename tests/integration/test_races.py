@@ -12,7 +12,6 @@ import dataclasses
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import stitcher.app
 from stitcher.api import CONTACTS, DB
 from tests.conftest import auth
-from tests.helpers import sql_scalar
+from tests.helpers import eventually, now_ms, recent_page_views, sql_scalar
 from tracker.keys import VisitorKeys
 from tracker.settings import Settings
 
@@ -35,17 +34,6 @@ T = TypeVar("T")
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def page_views(n: int, label: str) -> list[dict[str, Any]]:
-    """``n`` page views with fresh unique ids, a second in the past."""
-    ts = now_ms() - 1000
-    return [{"id": str(uuid.uuid4()), "type": "page_view", "ts": ts + i, "url": f"https://shop.example/{label}/{i}"}
-            for i in range(n)]
 
 
 async def send_beacon(client: Client, vid: str, events: list[dict[str, Any]]) -> int:
@@ -80,25 +68,14 @@ async def timeline(client: Client, contact_id: int) -> list[dict[str, Any]]:
     raise AssertionError("timeline pagination did not end")
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool],
-                     seconds: float = DRAIN_TIMEOUT_S) -> T:
-    """Poll ``probe`` until ``done`` holds of its value or ``seconds`` pass; returns the last value."""
-    deadline = time.monotonic() + seconds
-    for _ in range(100_000):
-        value = await probe()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("unreachable")
-
-
 async def wait_drained(client: Client, redis_client: Redis, vid: str, contact_id: int,
                        expected: int) -> list[dict[str, Any]]:
     """Wait (bounded) until the worker emptied the visitor's partition stream and the timeline holds
     ``expected`` events; returns the timeline."""
     stream = VisitorKeys(vid, Settings.partitions).linked_stream
-    await eventually(lambda: redis_client.xlen(stream), lambda n: n == 0)
-    return await eventually(lambda: timeline(client, contact_id), lambda events: len(events) >= expected)
+    await eventually(lambda: redis_client.xlen(stream), lambda n: n == 0, DRAIN_TIMEOUT_S)
+    return await eventually(lambda: timeline(client, contact_id), lambda events: len(events) >= expected,
+                            DRAIN_TIMEOUT_S)
 
 
 # --- one contact under 32 concurrent subscribes -------------------------------------------------------
@@ -108,7 +85,7 @@ async def _visitors_with_history(client: Client, n: int, per_visitor: int) -> di
     histories: dict[str, list[str]] = {}
     for i in range(n):
         vid = str(uuid.uuid4())
-        events = page_views(per_visitor, f"v{i}")
+        events = recent_page_views(per_visitor, f"v{i}")
         assert await send_beacon(client, vid, events) == 204
         histories[vid] = [e["id"] for e in events]
     return histories
@@ -188,7 +165,7 @@ async def _beacons_during_stitch(aiohttp_client: Any, settings: Settings, redis_
 
     async def beacons() -> None:
         for i in range(300):
-            events = page_views(1 + i % 3, f"b{i}")
+            events = recent_page_views(1 + i % 3, f"b{i}")
             statuses.append(await send_beacon(client, vid, events))
             beacon_done_at.append(time.monotonic())
             sent.extend(e["id"] for e in events)
@@ -249,7 +226,7 @@ async def test_concurrent_resubscribes_of_one_visitor_stitch_once(aiohttp_client
     """The same subscribe retried 8 times at once (one visitor) puts each event on the timeline once."""
     client = await aiohttp_client(stitcher.app.init_app(dataclasses.replace(settings, stitch_pause_ms=pause_ms)))
     vid = str(uuid.uuid4())
-    events = page_views(40, "retry")
+    events = recent_page_views(40, "retry")
     assert await send_beacon(client, vid, events) == 204
     contact = {"externalCustomerId": "C-retry", "channels": [{"type": "email", "value": "r@example.com"}],
                "visitorIds": [vid]}
@@ -278,7 +255,7 @@ async def test_sweeper_does_not_take_back_a_visitor_that_changed_hands(aiohttp_c
     shared = vids[-1]
     contacts = []
     for i, vid in enumerate(vids):
-        assert await send_beacon(client, vid, page_views(2, f"s{i}")) == 204
+        assert await send_beacon(client, vid, recent_page_views(2, f"s{i}")) == 204
         status, body = await subscribe(client, {"externalCustomerId": f"C-sweep-{i}", "visitorIds": [vid]})
         assert status == 200, body
         contacts.append(body["id"])
@@ -305,7 +282,7 @@ async def test_sweeper_does_not_take_back_a_visitor_that_changed_hands(aiohttp_c
 
     link = VisitorKeys(shared, settings.partitions).link
     assert int(await redis_client.get(link)) == new_owner, "the sweeper re-linked V to its previous person"
-    later = page_views(2, "later")
+    later = recent_page_views(2, "later")
     assert await send_beacon(client, shared, later) == 204
     events = await wait_drained(client, redis_client, shared, new_owner, len(later))
     # what V did before stays with its first person; what it does now goes to the new one
@@ -334,7 +311,7 @@ async def test_two_people_subscribing_at_once_on_one_browser_keep_its_history_wi
     service = client.app[CONTACTS]
     vid = str(uuid.uuid4())
     keys = VisitorKeys(vid, settings.partitions)
-    before = page_views(6, "shared")
+    before = recent_page_views(6, "shared")
     assert await send_beacon(client, vid, before) == 204
 
     # who handed the browser's history to whom: a stitch, or the re-link of a browser whose stitch had not run
@@ -424,7 +401,7 @@ async def test_two_people_subscribing_at_once_on_one_browser_keep_its_history_wi
     assert on_ann == anonymous, f"Ann has {sum(on_ann.values())} of {len(before)} events, Bob {sum(on_bob.values())}"
 
     # from now on the browser feeds Bob only
-    later = page_views(2, "later")
+    later = recent_page_views(2, "later")
     assert await send_beacon(client, vid, later) == 204
     events = await wait_drained(client, redis_client, vid, bob_id, len(later))
     assert [e["id"] for e in events] == [e["id"] for e in later]
