@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -14,11 +15,13 @@ from tracker.beacon import Limits
 from tracker.eventlog import EventLog
 from tracker.groupcommit import GroupCommitter
 from tracker.http import API_KEYS, METRICS, TRACKER_UNAVAILABLE, UNAVAILABLE, edge_middleware
+from tracker.logs import OUTPUT, flush_periodically
 from tracker.metrics import Metrics
 from tracker.resp import RespConnection
 from tracker.routes import EVENTLOG, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, routes
 from tracker.script import Script
 from tracker.settings import Settings
+from tracker.tasks import stop_task
 
 REDIS = web.AppKey("redis", Redis)
 
@@ -62,10 +65,13 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     committer = GroupCommitter(RespConnection(settings.redis_url, settings.redis_timeout), settings.redis_timeout,
                                on_flush=app[METRICS].batch_size.observe)
     committer.start()
+    log_flusher = asyncio.get_running_loop().create_task(flush_periodically(), name="log-flush")
     app[REDIS] = redis
     app[EVENTLOG] = EventLog(redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
                              history_cap=settings.history_cap, rejected_cap=settings.rejected_cap,
                              committer=committer)
     yield
     await committer.stop()
+    await stop_task(log_flusher)
+    OUTPUT.flush()
     await redis.aclose()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,9 @@ API_KEYS = web.AppKey("api_keys", tuple)
 UNAVAILABLE = web.AppKey("unavailable_errors", tuple)
 TRACKER_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, TimeoutError, ConnectionError, OSError)
 log = structlog.get_logger("http")
+# request ids: unique per process start plus a counter — as unique as uuid4 here, at a fraction of its cost
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -37,7 +41,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, or its first ``limit + 1`` bytes: ``read(n)`` returns what has arrived so far."""
     chunks: list[bytes] = []
     size = 0
-    while size <= limit:
+    expected = request.content_length
+    while size <= limit and (expected is None or size < expected):
         chunk = await request.content.read(limit + 1 - size)
         if not chunk:
             break
@@ -62,7 +67,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     Redis being down or slow becomes a 503 with Retry-After, never a 500 or a hang.
     """
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     error: str | None = None

@@ -16,6 +16,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._event_children: dict[str, Any] = {}
         r = self.registry
         self.requests = Counter("stitcher_http_requests", "HTTP requests answered",
                                 ["route", "method", "status"], registry=r)
@@ -30,6 +31,14 @@ class Metrics:
                                 registry=r)
         self.drained = Counter("stitcher_worker_events", "Linked-visitor events put on timelines by the worker",
                                registry=r)
+
+    def count_events(self, result: str, n: int) -> None:
+        """Count beacon events by result (accepted, duplicate, rejected, malformed_request)."""
+        if n:
+            child = self._event_children.get(result)
+            if child is None:
+                child = self._event_children[result] = self.events.labels(result)
+            child.inc(n)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count and time one request; label children are looked up once per (route, method, status)."""

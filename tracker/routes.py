@@ -50,7 +50,7 @@ async def _ingest(request: web.Request, raw: bytes) -> str:
     try:
         batch: Batch = parse_batch(raw, app[LIMITS], received_at, bot=is_bot(user_agent))
     except ValidationFailed:
-        metrics.events.labels("malformed_request").inc()
+        metrics.count_events("malformed_request", 1)
         raise
     vid, _ = choose_visitor_id(request.cookies.get(COOKIE), batch.vid, batch.reset)
     log = app[EVENTLOG]
@@ -58,12 +58,12 @@ async def _ingest(request: web.Request, raw: bytes) -> str:
     try:
         if batch.accepted:
             result = await log.append(vid, batch.accepted)  # bounded by the group committer's timeout
-            metrics.events.labels("accepted").inc(result.stored)
-            metrics.events.labels("duplicate").inc(result.duplicates)
+            metrics.count_events("accepted", result.stored)
+            metrics.count_events("duplicate", result.duplicates)
             over = set(result.over_cap)
             rejected += [{"id": i, "reason": "visitor history is at its cap", "event": ""} for i in over]
         if rejected:
-            metrics.events.labels("rejected").inc(len(rejected))
+            metrics.count_events("rejected", len(rejected))
             await log.record_rejected(vid, rejected)  # bounded by the client's socket timeout
     except (TimeoutError, OSError, RedisError) as exc:
         raise Unavailable("event storage is unavailable, retry shortly") from exc
