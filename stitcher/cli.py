@@ -25,7 +25,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
-        embedded = EmbeddedRedis(settings.var_dir / "redis")
+        embedded = EmbeddedRedis(settings.var_dir / "redis", persistent=True)
         settings = dataclasses.replace(settings, redis_url=embedded.start())
         log.info("embedded redis started", url=settings.redis_url)
     try:

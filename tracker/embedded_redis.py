@@ -44,12 +44,15 @@ def _free_port() -> int:
 class EmbeddedRedis:
     """A private redis-server on a unix socket (or a TCP port), stopped with the service."""
 
-    def __init__(self, directory: Path, port: int = 0) -> None:
+    def __init__(self, directory: Path, port: int = 0, persistent: bool = False) -> None:
         self.directory = directory.resolve()
         self.socket = self.directory / "redis.sock"
         if not port and len(str(self.socket)) > 100:  # unix socket paths are limited to ~107 bytes
             port = _free_port()
         self.port = port
+        # persistent: an append-only file in ``directory`` (fsync every second), so anonymous histories and
+        # visitor links survive a restart of ``make run``; tests use throw-away servers
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,7 +63,8 @@ class EmbeddedRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
         args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                "--save", "", "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "everysec",
+                "--dir", str(self.directory),
                 "--logfile", str(self.directory / "redis.log")]
         if not self.port:
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
