@@ -235,8 +235,8 @@ class ContactService:
             ids: list[int] = [contact_id]
             frontier = [contact_id]
             while frontier:  # contacts merged into this one are the same person
-                merged = [int(i or 0) for i in (await s.execute(select(col(Contact.id)).where(
-                    col(Contact.merged_into_id).in_(frontier)))).scalars()]
+                merged = [i for i in (await s.execute(select(col(Contact.id)).where(
+                    col(Contact.merged_into_id).in_(frontier)))).scalars() if i is not None]
                 ids += merged
                 frontier = merged
             links = list((await s.execute(select(VisitorLink).where(

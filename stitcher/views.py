@@ -117,8 +117,5 @@ async def search(s: AsyncSession, q: Search) -> tuple[list[dict[str, Any]], int]
         query = query.where(func.lower(col(Contact.last_name)) == q.last_name.lower())
     total = await repo.count(s, query)
     contacts = list((await s.execute(query.order_by(col(Contact.id)).offset(q.start - 1).limit(q.max_rows))).scalars())
-    out = []
-    for c in contacts:
-        assert c.id is not None
-        out.append(contact_body(c, await repo.channels_of(s, c.id), [], []))
-    return out, total
+    channels = await repo.channels_of_many(s, [c.id for c in contacts if c.id is not None])
+    return [contact_body(c, channels[c.id], [], []) for c in contacts if c.id is not None], total

@@ -114,19 +114,19 @@ class EventLog:
         reply = await self._eval(APPEND, [k.events, k.ids, k.link, k.linked_stream], argv)
         return AppendResult(int(reply[0]), int(reply[1]), [by_token[_s(x)] for x in reply[2:]])
 
-    async def history(self, vid: str) -> list[dict[str, Any]]:
-        """The visitor's anonymous history (plus any part held by an unfinished stitch), oldest first."""
+    async def history(self, vid: str) -> tuple[int | None, list[dict[str, Any]]]:
+        """The contact the visitor is linked to, if any, and its anonymous history (plus any part held by
+        that contact's unfinished stitch), oldest first."""
         k = self.keys(vid)
         contact = await self.link_of(vid)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(k.claim(contact) if contact is not None else k.events, 0, -1)
             pipe.lrange(k.events, 0, -1)
-            claimed, anonymous = await pipe.execute()
-        if contact is None:
-            claimed = []
-        events = [orjson.loads(x) for x in (*claimed, *anonymous)]
+            if contact is not None:
+                pipe.lrange(k.claim(contact), 0, -1)
+            lists = await pipe.execute()
+        events = [orjson.loads(x) for part in lists for x in part]
         events.sort(key=lambda e: (e.get("t", 0), e.get("rt", 0)))
-        return events
+        return contact, events
 
     async def link_of(self, vid: str) -> int | None:
         """The contact a visitor is linked to, if any."""

@@ -155,9 +155,7 @@ async def visitor_events(request: web.Request) -> web.StreamResponse:
     vid = parse_visitor_id(request.match_info["vid"])
     if vid is None:
         raise ValidationFailed([{"field": "vid", "message": "not a visitor id"}])
-    log = request.app[EVENTLOG]
-    events = await log.history(vid)
-    contact = await log.link_of(vid)
+    contact, events = await request.app[EVENTLOG].history(vid)
     if not events and contact is None:
         raise NotFound(f"no recorded history for visitor {vid}", visitorId=vid)
     return json_response({"visitorId": vid, "linkedContactId": contact, "events": [

@@ -69,9 +69,18 @@ async def add_identifiers(db: Database, session: AsyncSession, contact_id: int,
 
 
 async def channels_of(session: AsyncSession, contact_id: int) -> list[Identifier]:
-    return list((await session.execute(
-        select(Identifier).where(col(Identifier.contact_id) == contact_id).order_by(col(Identifier.id))
-    )).scalars())
+    return (await channels_of_many(session, [contact_id]))[contact_id]
+
+
+async def channels_of_many(session: AsyncSession, contact_ids: Sequence[int]) -> dict[int, list[Identifier]]:
+    """The channels of several contacts in one query (a search page), each contact's in insertion order."""
+    out: dict[int, list[Identifier]] = {cid: [] for cid in contact_ids}
+    if contact_ids:
+        rows = await session.execute(select(Identifier).where(col(Identifier.contact_id).in_(contact_ids))
+                                     .order_by(col(Identifier.id)))
+        for ident in rows.scalars():
+            out[ident.contact_id].append(ident)
+    return out
 
 
 async def open_links(session: AsyncSession, visitor_ids: Iterable[str]) -> list[VisitorLink]:
@@ -104,7 +113,7 @@ async def ensure_groups(db: Database, session: AsyncSession, names: Sequence[str
     await session.execute(db.insert_ignore(Group, ["name"]),
                           [{"name": n, "type": "static", "created_at": now_ms()} for n in names])
     rows = await session.execute(select(col(Group.id), col(Group.name)).where(col(Group.name).in_(names)))
-    ids = {name: int(gid or 0) for gid, name in rows}
+    ids = {name: gid for gid, name in rows if gid is not None}
     return [ids[n] for n in names]
 
 
