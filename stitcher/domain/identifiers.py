@@ -97,12 +97,7 @@ class Normaliser:
 
     def external_id(self, value: Any, field: str = "externalCustomerId") -> str:
         """The customer's ID in the caller's system: trimmed text (ints accepted), 1..256 chars."""
-        text = self._text(value, field, allow_int=True)
-        if len(text) > MAX_EXTERNAL_ID:
-            raise InvalidIdentifier(field, f"must be at most {MAX_EXTERNAL_ID} characters")
-        if _has_control(text):
-            raise InvalidIdentifier(field, "must not contain control characters")
-        return text
+        return self._opaque(value, field, MAX_EXTERNAL_ID, allow_int=True)
 
     def email(self, value: Any, field: str) -> str:
         """A syntactically valid address, fully lower-cased so that lookups ignore case (SPEC §1)."""
@@ -152,9 +147,13 @@ class Normaliser:
 
     def token(self, value: Any, field: str) -> str:
         """A push token (mobile app or browser): opaque trimmed text, 1..1024 chars."""
-        text = self._text(value, field, allow_int=False)
-        if len(text) > MAX_TOKEN:
-            raise InvalidIdentifier(field, f"must be at most {MAX_TOKEN} characters")
+        return self._opaque(value, field, MAX_TOKEN, allow_int=False)
+
+    def _opaque(self, value: Any, field: str, limit: int, *, allow_int: bool) -> str:
+        """Text compared as is: non-placeholder, at most ``limit`` characters, no control characters."""
+        text = self._text(value, field, allow_int=allow_int)
+        if len(text) > limit:
+            raise InvalidIdentifier(field, f"must be at most {limit} characters")
         if _has_control(text):
             raise InvalidIdentifier(field, "must not contain control characters")
         return text
