@@ -63,7 +63,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     assert settings.redis_url is not None
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
     committer = GroupCommitter(RespConnection(settings.redis_url, settings.redis_timeout), settings.redis_timeout,
-                               on_flush=app[METRICS].batch_size.observe)
+                               on_flush=app[METRICS].observe_batch)
     committer.start()
     log_flusher = asyncio.get_running_loop().create_task(flush_periodically(), name="log-flush")
     app[REDIS] = redis

@@ -123,7 +123,7 @@ def _event(event: object, limits: Limits, received_at: int, sent_at: Any, bot: b
             continue
         if not isinstance(value, str):
             raise ValueError(f"{name}: must be a string")
-        if len(value.encode()) > limits.max_string_bytes:
+        if len(value) * 4 > limits.max_string_bytes and len(value.encode()) > limits.max_string_bytes:
             raise ValueError(f"{name}: longer than {limits.max_string_bytes} bytes")
         if "\x00" in value:  # PostgreSQL text and jsonb cannot hold it
             raise ValueError(f"{name}: contains a NUL character")
@@ -138,7 +138,8 @@ def _event(event: object, limits: Limits, received_at: int, sent_at: Any, bot: b
         if b"\\u0000" in encoded:
             raise ValueError("props: contains a NUL character")
         for key, value in props.items():
-            if isinstance(value, str) and len(value.encode()) > limits.max_string_bytes:
+            if isinstance(value, str) and len(value) * 4 > limits.max_string_bytes \
+                    and len(value.encode()) > limits.max_string_bytes:
                 raise ValueError(f"props.{key}: longer than {limits.max_string_bytes} bytes")
         if props:
             out["props"] = props

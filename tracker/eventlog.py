@@ -11,13 +11,13 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from tracker import keys
+from tracker import keys, resp
 from tracker.groupcommit import GroupCommitter
 
 _LUA = Path(__file__).with_name("lua")
@@ -46,11 +46,10 @@ APPEND = _Script("append")
 CLAIM = _Script("claim")
 
 
-@dataclass(frozen=True)
-class AppendResult:
+class AppendResult(NamedTuple):
     stored: int
     duplicates: int
-    over_cap: list[str]
+    over_cap: list[str]  # ids of events not stored because the visitor's history is at its cap
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ class EventLog:
         for attempt in (1, 2):
             try:
                 if self.committer is not None:
-                    return await self.committer.submit(*args)
+                    return await self.committer.submit(resp.command(*args))
                 return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
             except NoScriptError:
                 if attempt == 2:
@@ -105,14 +104,15 @@ class EventLog:
         """
         k = self.keys(vid)
         argv: list[Any] = [self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid]
-        by_token: dict[str, str] = {}
         for event_id, body in events:
-            token = dedupe_token(event_id)
-            by_token[token] = event_id
-            argv.append(token)
+            argv.append(dedupe_token(event_id))
             argv.append(body)
         reply = await self._eval(APPEND, [k.events, k.ids, k.link, k.linked_stream], argv)
-        return AppendResult(int(reply[0]), int(reply[1]), [by_token[_s(x)] for x in reply[2:]])
+        over_cap = []
+        if len(reply) > 2:  # rare: map the tokens back to the ids
+            by_token = {argv[i]: events[(i - 4) // 2][0] for i in range(4, len(argv), 2)}
+            over_cap = [by_token[_s(x)] for x in reply[2:]]
+        return AppendResult(reply[0], reply[1], over_cap)
 
     async def history(self, vid: str) -> tuple[int | None, list[dict[str, Any]]]:
         """The contact the visitor is linked to, if any, and its anonymous history (plus any part held by

@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tracker.resp import RespConnection
 from tracker.tasks import stop_task
 
-_Pending = tuple[tuple[Any, ...], "asyncio.Future[Any]", float]
+_Pending = tuple[bytes, "asyncio.Future[Any]", float]
 
 
 class GroupCommitter:
@@ -51,10 +51,11 @@ class GroupCommitter:
         self._pending.clear()
         self._connection.close()
 
-    def submit(self, *args: Any) -> asyncio.Future[Any]:
-        """Queue one command; the future resolves to its reply (or its error) after the shared flush."""
+    def submit(self, encoded: bytes) -> asyncio.Future[Any]:
+        """Queue one RESP-encoded command (``resp.command``); the future resolves to its reply (or its error)
+        after the shared flush."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((args, fut, time.monotonic()))
+        self._pending.append((encoded, fut, time.monotonic()))
         self._wakeup.set()
         return fut
 

@@ -25,13 +25,14 @@ class VisitorKeys:
     __slots__ = ("_claim", "events", "ids", "link", "linked_stream", "vid")
 
     def __init__(self, vid: str, partitions: int) -> None:
-        tag = f"{PREFIX}:{{{partition(vid, partitions)}}}"
+        p = partition(vid, partitions)
+        visitor = f"{PREFIX}:{{{p}}}:v:{vid}"
         self.vid = vid
-        self.events = f"{tag}:v:{vid}:ev"  # list: anonymous history, oldest first
-        self.ids = f"{tag}:v:{vid}:ids"  # set: event ids already stored (idempotency)
-        self.link = f"{tag}:v:{vid}:link"  # string: contact id the visitor is linked to
-        self._claim = f"{tag}:v:{vid}:claim:"
-        self.linked_stream = linked_stream(partition(vid, partitions))
+        self.events = f"{visitor}:ev"  # list: anonymous history, oldest first
+        self.ids = f"{visitor}:ids"  # set: event ids already stored (idempotency)
+        self.link = f"{visitor}:link"  # string: contact id the visitor is linked to
+        self._claim = f"{visitor}:claim:"
+        self.linked_stream = linked_stream(p)
 
     def claim(self, contact_id: int) -> str:
         """List: the history handed over to a stitch onto ``contact_id`` that has not finished yet.

@@ -19,23 +19,17 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
-def _bulk(arg: Any) -> bytes:
-    if isinstance(arg, bytes):
-        data = arg
-    elif isinstance(arg, str):
-        data = arg.encode()
-    else:
-        data = str(arg).encode()
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def encode(commands: list[tuple[Any, ...]]) -> bytes:
-    """The RESP encoding of several commands, back to back."""
-    parts: list[bytes] = []
-    for args in commands:
-        parts.append(b"*%d\r\n" % len(args))
-        parts.extend(_bulk(a) for a in args)
-    return b"".join(parts)
+def command(*args: Any) -> bytes:
+    """The RESP encoding of one command (bytes as they are, anything else as its ``str``, UTF-8)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        kind = arg.__class__
+        if kind is str:
+            arg = arg.encode()
+        elif kind is not bytes:
+            arg = str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
 
 
 class RespConnection:
@@ -60,20 +54,20 @@ class RespConnection:
             reader, writer = await asyncio.open_connection(p.get("host", "127.0.0.1"), p.get("port", 6379),
                                                            ssl=self._tls)
         self._reader, self._writer = reader, writer
-        setup: list[tuple[Any, ...]] = []
+        setup: list[bytes] = []
         if p.get("password"):
-            setup.append(("AUTH", *([p["username"]] if p.get("username") else []), p["password"]))
+            setup.append(command("AUTH", *([p["username"]] if p.get("username") else []), p["password"]))
         if p.get("db"):
-            setup.append(("SELECT", p["db"]))
+            setup.append(command("SELECT", p["db"]))
         for reply in await self._roundtrip(setup):
             if isinstance(reply, Exception):
                 raise RedisConnectionError(f"redis refused the connection set-up: {reply}")
 
-    async def _roundtrip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _roundtrip(self, commands: list[bytes]) -> list[Any]:
         assert self._reader is not None and self._writer is not None
         if not commands:
             return []
-        self._writer.write(encode(commands))
+        self._writer.write(b"".join(commands))
         parser = hiredis.Reader(replyError=ResponseError, notEnoughData=False)
         replies: list[Any] = []
         while len(replies) < len(commands):
@@ -85,7 +79,8 @@ class RespConnection:
                 replies.append(reply)
         return replies
 
-    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def execute(self, commands: list[bytes]) -> list[Any]:
+        """Send RESP-encoded commands (see ``command``) in one write; one reply or error per command."""
         try:
             async with asyncio.timeout(self._timeout):
                 if self._writer is None:

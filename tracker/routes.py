@@ -13,7 +13,17 @@ from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
 from tracker.bots import is_bot
 from tracker.errors import DomainError, NotFound, PayloadTooLarge, Unavailable, ValidationFailed
 from tracker.eventlog import EventLog
-from tracker.http import METRICS, json_response, read_body
+from tracker.http import (
+    METRICS,
+    UNAVAILABLE,
+    account,
+    error_response,
+    json_response,
+    log,
+    new_request_id,
+    read_body,
+    self_accounted,
+)
 from tracker.metrics import CONTENT_TYPE_LATEST
 from tracker.script import Script
 from tracker.settings import Settings
@@ -46,25 +56,24 @@ async def _ingest(request: web.Request, raw: bytes) -> str:
     app = request.app
     metrics = app[METRICS]
     received_at = int(time.time() * 1000)
-    user_agent = request.headers.get("User-Agent", "")
     try:
-        batch: Batch = parse_batch(raw, app[LIMITS], received_at, bot=is_bot(user_agent))
+        batch: Batch = parse_batch(raw, app[LIMITS], received_at,
+                                   bot=is_bot(request.headers.get("User-Agent", "")))
     except ValidationFailed:
         metrics.count_events("malformed_request", 1)
         raise
     vid, _ = choose_visitor_id(request.cookies.get(COOKIE), batch.vid, batch.reset)
-    log = app[EVENTLOG]
-    rejected = list(batch.rejected)
+    rejected = batch.rejected
     try:
         if batch.accepted:
-            result = await log.append(vid, batch.accepted)  # bounded by the group committer's timeout
-            metrics.count_events("accepted", result.stored)
-            metrics.count_events("duplicate", result.duplicates)
-            over = set(result.over_cap)
-            rejected += [{"id": i, "reason": "visitor history is at its cap", "event": ""} for i in over]
+            stored, duplicates, over_cap = await app[EVENTLOG].append(vid, batch.accepted)
+            metrics.count_events("accepted", stored)
+            metrics.count_events("duplicate", duplicates)
+            if over_cap:
+                rejected += [{"id": i, "reason": "visitor history is at its cap", "event": ""} for i in over_cap]
         if rejected:
             metrics.count_events("rejected", len(rejected))
-            await log.record_rejected(vid, rejected)  # bounded by the client's socket timeout
+            await app[EVENTLOG].record_rejected(vid, rejected)  # bounded by the client's socket timeout
     except (TimeoutError, OSError, RedisError) as exc:
         raise Unavailable("event storage is unavailable, retry shortly") from exc
     return vid
@@ -81,23 +90,40 @@ def _set_visitor(request: web.Request, response: web.StreamResponse, vid: str) -
 
 
 @routes.post("/t")
+@self_accounted
 async def beacon(request: web.Request) -> web.StreamResponse:
-    """The beacon: text/plain (sendBeacon, no preflight) or application/json body; 204 once stored."""
+    """The beacon: text/plain (sendBeacon, no preflight) or application/json body; 204 once stored.
+
+    The hot path, so it does the edge middleware's work itself, without binding a log context: errors are
+    answered here (as JSON the browser can read: CORS), then one metrics update and one request line.
+    """
+    started = time.perf_counter()
+    request_id = request.headers.get("X-Request-Id") or new_request_id()
+    error = None
     response: web.StreamResponse
     try:
         limit = request.app[LIMITS].max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"body is {request.content_length} bytes, the limit is {limit}")
-        raw = await read_body(request, limit)
-        vid = await _ingest(request, raw)
+        vid = await _ingest(request, await read_body(request, limit))
         response = web.Response(status=204)
         _set_visitor(request, response, vid)
     except DomainError as exc:
-        # answered here, not by the edge middleware, so the browser can read the status (CORS)
         response = json_response(exc.body(), status=exc.status)
+        error = exc.code
         if exc.status == 503:
             response.headers["Retry-After"] = "1"
+    except Exception as exc:
+        if isinstance(exc, request.app[UNAVAILABLE]):  # e.g. the client's connection broke mid-body
+            response = error_response(503, "unavailable", "storage is unavailable, retry shortly")
+            response.headers["Retry-After"] = "1"
+        else:
+            log.exception("unhandled error", path=request.path, request_id=request_id)
+            response = error_response(500, "internal_error", "internal error", requestId=request_id)
+        error = type(exc).__name__
     _cors(request, response)
+    response.headers["X-Request-Id"] = request_id
+    account(request, "/t", response.status, started, request_id, error)
     return response
 
 

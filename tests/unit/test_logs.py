@@ -26,3 +26,49 @@ def test_a_full_buffer_is_written_without_waiting() -> None:
     assert len(stream.getvalue()) > BufferedLines.MAX_BYTES
     out.flush()
     assert stream.getvalue().count(b"\n") == BufferedLines.MAX_BYTES // 1000 + 2
+
+
+def test_utc_stamp_writes_the_same_fields_as_structlog_timestamper() -> None:
+    """level + an ISO-8601 UTC timestamp with microseconds and Z, as TimeStamper(fmt="iso", utc=True)."""
+    import datetime
+    import re
+
+    import structlog
+
+    from tracker.logs import UtcStamp
+
+    stamp = UtcStamp()
+    ours = stamp(None, "warn", {"event": "x"})
+    theirs = structlog.processors.TimeStamper(fmt="iso", utc=True)(None, "warn", {"event": "x"})
+    assert ours["level"] == "warning" and stamp(None, "exception", {})["level"] == "error"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", ours["timestamp"])
+    parse = datetime.datetime.fromisoformat
+    gap = parse(theirs["timestamp"].replace("Z", "+00:00")) - parse(ours["timestamp"].replace("Z", "+00:00"))
+    assert datetime.timedelta(0) <= gap < datetime.timedelta(seconds=1)
+
+
+def test_direct_request_line_matches_the_structlog_line(monkeypatch) -> None:
+    """With JSON output the request line skips structlog's bound logger; it must read exactly the same."""
+    import re
+
+    import orjson
+    import structlog
+
+    from tracker import logs
+
+    stream = io.BytesIO()
+    monkeypatch.setattr(logs, "OUTPUT", BufferedLines(stream))
+    monkeypatch.setattr(logs, "_direct_json", False)  # restored after the test, as is structlog's config
+    logs.configure_logging(json=True)
+    try:
+        logs.log_request("r-1", "POST", "/t", 204, 0.42, None)
+        structlog.get_logger("http").info("request", request_id="r-1", method="POST", route="/t", status=204,
+                                          ms=0.42, error=None)
+        logs.OUTPUT.flush()
+    finally:
+        structlog.reset_defaults()
+    direct, via_structlog = [orjson.loads(x) for x in stream.getvalue().splitlines()]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line.pop("timestamp"))
+               for line in (direct, via_structlog))
+    assert direct == via_structlog == {"request_id": "r-1", "method": "POST", "route": "/t", "status": 204,
+                                       "ms": 0.42, "error": None, "event": "request", "level": "info"}
