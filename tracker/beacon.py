@@ -109,45 +109,66 @@ def _event(event: object, limits: Limits, received_at: int, sent_at: Any, bot: b
     if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
         raise ValueError("id: must be 1-64 characters of letters, digits, '-', '_', ':' or '.'")
     kind = event.get("type")
-    if not isinstance(kind, str) or not kind.strip() or len(kind) > 128 or _CONTROL.search(kind):
+    if not isinstance(kind, str) or len(kind) > 128 or not kind.strip() or _CONTROL.search(kind):
         raise ValueError("type: must be a non-empty name of at most 128 printable characters")
     out: dict[str, Any] = {"id": event_id, "type": kind}
     ts = event.get("ts")
-    if ts is not None and not _is_ms(ts):
-        raise ValueError("ts: must be a Unix time in milliseconds")
     if ts is not None:
+        if not _is_ms(ts):
+            raise ValueError("ts: must be a Unix time in milliseconds")
         out["ts"] = int(ts)
+    max_string = limits.max_string_bytes
     for name in _TEXT_FIELDS:
         value = event.get(name)
         if value is None:
             continue
         if not isinstance(value, str):
             raise ValueError(f"{name}: must be a string")
-        if len(value) * 4 > limits.max_string_bytes and len(value.encode()) > limits.max_string_bytes:
-            raise ValueError(f"{name}: longer than {limits.max_string_bytes} bytes")
-        if "\x00" in value:  # PostgreSQL text and jsonb cannot hold it
-            raise ValueError(f"{name}: contains a NUL character")
+        # a character is at most 4 bytes of UTF-8: most strings need no encoding to be measured
+        if len(value) * 4 > max_string and len(value.encode()) > max_string:
+            raise ValueError(f"{name}: longer than {max_string} bytes")
         out[name] = value
     props = event.get("props")
     if props is not None:
         if not isinstance(props, dict):
             raise ValueError("props: must be a JSON object")
-        encoded = orjson.dumps(props)
-        if len(encoded) > limits.max_props_bytes:
-            raise ValueError(f"props: larger than {limits.max_props_bytes} bytes")
-        if b"\\u0000" in encoded:
-            raise ValueError("props: contains a NUL character")
-        for key, value in props.items():
-            if isinstance(value, str) and len(value) * 4 > limits.max_string_bytes \
-                    and len(value.encode()) > limits.max_string_bytes:
-                raise ValueError(f"props.{key}: longer than {limits.max_string_bytes} bytes")
         if props:
+            size = len(orjson.dumps(props))
+            if size > limits.max_props_bytes:
+                raise ValueError(f"props: larger than {limits.max_props_bytes} bytes")
+            if size > max_string:  # else no value in it can be longer
+                for key, value in props.items():
+                    if isinstance(value, str) and len(value.encode()) > max_string:
+                        raise ValueError(f"props.{key}: longer than {max_string} bytes")
             out["props"] = props
     out["rt"] = received_at
     out["t"] = derived_time(received_at, sent_at, ts)
     if bot:
         out["bot"] = True
-    return event_id, orjson.dumps(out)
+    stored = orjson.dumps(out)
+    if b"\\u0000" in stored:  # PostgreSQL text and jsonb cannot hold NUL; which field is it?
+        _reject_nul(out)
+    return event_id, stored
+
+
+def _reject_nul(out: dict[str, Any]) -> None:
+    """Raise naming the first field holding a NUL character (the escaped form in the JSON may also be a
+    literal backslash followed by ``u0000``, which is fine)."""
+    for name in _TEXT_FIELDS:
+        if "\x00" in out.get(name, ""):
+            raise ValueError(f"{name}: contains a NUL character")
+    if _has_nul(out.get("props")):
+        raise ValueError("props: contains a NUL character")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def derived_time(received_at: int, sent_at: Any, ts: Any) -> int:

@@ -31,6 +31,7 @@ class _Script:
     def __init__(self, name: str) -> None:
         self.source = (_LUA / f"{name}.lua").read_text()
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.resp_head = f"$7\r\nEVALSHA\r\n$40\r\n{self.sha}\r\n"  # the first two bulks of a call
 
     def args(self, keys_: list[str], argv: list[Any]) -> tuple[Any, ...]:
         return ("EVALSHA", self.sha, len(keys_), *keys_, *argv)
@@ -75,16 +76,19 @@ class EventLog:
         self.rejected_cap = rejected_cap
         self.committer = committer
         self._script_lock = asyncio.Lock()
+        # APPEND's ARGV[1..3] as RESP, encoded once
+        self._append_settings = resp.command(anon_ttl_seconds, history_cap, LINK_TTL_SECONDS).partition(b"\n")[2]
 
     def keys(self, vid: str) -> keys.VisitorKeys:
         return keys.VisitorKeys(vid, self.partitions)
 
-    async def _eval(self, script: _Script, keys_: list[str], argv: list[Any]) -> Any:
+    async def _eval(self, script: _Script, keys_: list[str], argv: list[Any], encoded: bytes | None = None) -> Any:
+        """EVALSHA, through the group committer if there is one (``encoded``: the same call, RESP-encoded)."""
         args = script.args(keys_, argv)
         for attempt in (1, 2):
             try:
                 if self.committer is not None:
-                    return await self.committer.submit(resp.command(*args))
+                    return await self.committer.submit(encoded or resp.command(*args))
                 return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
             except NoScriptError:
                 if attempt == 2:
@@ -103,11 +107,18 @@ class EventLog:
         returned by id so the caller can record them as rejected.
         """
         k = self.keys(vid)
+        keys_ = [k.events, k.ids, k.link, k.linked_stream]
         argv: list[Any] = [self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid]
+        # the RESP frame of this EVALSHA, built from pre-encoded parts: the hottest few lines of the beacon
+        frame = [f"*{len(keys_) + len(argv) + 3 + 2 * len(events)}\r\n{APPEND.resp_head}"
+                 f"{resp.ascii_bulks(str(len(keys_)), *keys_)}".encode(), self._append_settings,
+                 resp.ascii_bulks(vid).encode()]
         for event_id, body in events:
-            argv.append(dedupe_token(event_id))
+            token = dedupe_token(event_id)
+            argv.append(token)
             argv.append(body)
-        reply = await self._eval(APPEND, [k.events, k.ids, k.link, k.linked_stream], argv)
+            frame.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(token), token.encode(), len(body), body))
+        reply = await self._eval(APPEND, keys_, argv, b"".join(frame))
         over_cap = []
         if len(reply) > 2:  # rare: map the tokens back to the ids
             by_token = {argv[i]: events[(i - 4) // 2][0] for i in range(4, len(argv), 2)}

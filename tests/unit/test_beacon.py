@@ -401,3 +401,22 @@ def test_pixel_body_with_characters_outside_base64url_names_d() -> None:
     with pytest.raises(ValidationFailed) as exc:
         decode_pixel("eyJ9!!!")
     assert fields_of(exc) == ["d"]
+
+
+@pytest.mark.parametrize(("ev", "reason"), [
+    (event(url="https://x/\x00"), "url: contains a NUL"),
+    (event(title="a\x00b"), "title: contains a NUL"),
+    (event(props={"k": "a\x00"}), "props: contains a NUL"),
+    (event(props={"k\x00": 1}), "props: contains a NUL"),
+    (event(props={"deep": [{"x": ["\x00"]}]}), "props: contains a NUL"),
+])
+def test_nul_characters_are_rejected_naming_the_field(ev: Any, reason: str) -> None:
+    """PostgreSQL cannot store NUL in text or jsonb, so an event holding one is rejected up front."""
+    assert only_rejection(ev).startswith(reason)
+
+
+def test_a_literal_backslash_u0000_is_just_text() -> None:
+    """Six characters that spell an escaped NUL are not a NUL: the event is stored as sent."""
+    text = "C:\\u0000\\path"
+    [stored_event] = stored(body(event(title=text, props={"k": text})))
+    assert stored_event["title"] == text and stored_event["props"] == {"k": text}

@@ -53,3 +53,32 @@ def test_dedupe_tokens_are_small_stable_integers() -> None:
     assert len(tokens) == 10_000
     assert all(0 <= int(t) < 2**63 and str(int(t)) == t for t in tokens)
     assert dedupe_token("e1") == dedupe_token("e1") != dedupe_token("e2")
+
+
+async def test_the_beacon_append_frame_is_the_plain_resp_encoding_of_its_evalsha() -> None:
+    """EventLog.append builds its RESP frame from pre-encoded parts; it must equal the generic encoding."""
+    import asyncio
+
+    from tracker import resp
+    from tracker.eventlog import APPEND, LINK_TTL_SECONDS, EventLog, dedupe_token
+
+    class Recorder:
+        frames: list[bytes] = []
+
+        def submit(self, encoded: bytes) -> asyncio.Future[list[int]]:
+            self.frames.append(encoded)
+            fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+            fut.set_result([2, 0])
+            return fut
+
+    recorder = Recorder()
+    log = EventLog(None, partitions=1024, anon_ttl_seconds=86_400 * 30, history_cap=10_000,  # type: ignore[arg-type]
+                   committer=recorder)  # type: ignore[arg-type]
+    vid = "5e1f0b7a-0c2d-4e3f-8a4b-00000000002a"
+    events = [("e-1", b'{"id":"e-1","title":"Caf\xc3\xa9"}'), ("e:2", b'{"id":"e:2"}')]
+    assert await log.append(vid, events) == (2, 0, [])
+    k = log.keys(vid)
+    argv = [86_400 * 30, 10_000, LINK_TTL_SECONDS, vid]
+    for event_id, body in events:
+        argv += [dedupe_token(event_id), body]
+    assert recorder.frames == [resp.command(*APPEND.args([k.events, k.ids, k.link, k.linked_stream], argv))]
