@@ -2,11 +2,12 @@
 
 1. Starts a private redis-server and the real service (``stitcher serve``; when that cannot start yet, the
    tracker app alone through ``bench.tracker_server``) with JSON request logs on stderr, as in production,
-   and the bare aiohttp baseline (``bench.bare``).
+   the bare aiohttp baseline (``bench.bare``) and the pipeline reference (``bench.bare --pipeline``: the bare
+   handler plus a group-commit write, nothing else).
 2. Redis memory per stored event: 100 visitors x 100 realistic events POSTed to the fresh service, every key's
    ``MEMORY USAGE ... SAMPLES 0`` summed and compared with the events' own compact JSON (target <= 1.5x).
 3. Throughput: ``wrk -t2 -c64 -d10s --latency`` with ``bench/beacon.lua`` (a new event id per request, a few
-   thousand visitors), bare / service / bare / service after a warm-up, the better run of each kept.
+   thousand visitors), bare / pipeline / service twice over after a warm-up, the better run of each kept.
    Targets: service/bare >= 0.8 and p99 < 10 ms at 64 connections, no non-2xx answer.
 4. The tracking script's size, minified and gzipped (target <= 3 KB gzipped).
 
@@ -140,10 +141,12 @@ def start_service(children: Children, tmp: Path, redis_url: str) -> tuple[Child,
     return child, port, f"bench.tracker_server (fallback: `stitcher serve` failed to start: {why})"
 
 
-def start_bare(children: Children, tmp: Path) -> tuple[Child, int]:
+def start_bare(children: Children, tmp: Path, pipeline_redis_url: str | None = None) -> tuple[Child, int]:
     port = free_port()
-    child = children.start("bench.bare", [sys.executable, "-m", "bench.bare", "--port", str(port)],
-                           log=tmp / "bare.stderr")
+    name = "bench.bare --pipeline" if pipeline_redis_url else "bench.bare"
+    extra = ["--pipeline", pipeline_redis_url] if pipeline_redis_url else []
+    child = children.start(name, [sys.executable, "-m", "bench.bare", "--port", str(port), *extra],
+                           log=tmp / ("pipeline.stderr" if pipeline_redis_url else "bare.stderr"))
     failure = wait_http(child, f"http://{HOST}:{port}/healthz", timeout=20)
     if failure is not None:
         raise RuntimeError(failure)
@@ -300,19 +303,18 @@ def _batch_metrics(service_port: int) -> tuple[float, float] | None:
     return (total, count) if total is not None and count is not None else None
 
 
-def throughput(bare_port: int, service_port: int, pids: dict[str, int], tmp: Path,
-               redis_url: str) -> dict[str, Any]:
-    targets = {
-        "bare": (f"http://{HOST}:{bare_port}/t", {"bare": pids["bare"], "redis": pids["redis"]}),
-        "service": (f"http://{HOST}:{service_port}/t", {"service": pids["service"], "redis": pids["redis"]}),
-    }
+def throughput(ports: dict[str, int], pids: dict[str, int], tmp: Path, redis_url: str) -> dict[str, Any]:
+    """wrk against the bare baseline, the pipeline reference and the service: ``ports``/``pids`` by name."""
+    targets = {name: (f"http://{HOST}:{port}/t", {name: pids[name], "redis": pids["redis"]})
+               for name, port in ports.items()}
+    service_port = ports["service"]
     smoke = http_status(targets["service"][0], timeout=2, headers=BEACON_HEADERS, data=orjson.dumps(
         {"vid": str(uuid.uuid4()), "sent_at": int(time.time() * 1000), "events": [_event(0, int(time.time() * 1000))]}))
     if smoke != 204:
         raise RuntimeError(f"POST /t to the service answered {smoke}, not 204; see {tmp / 'service.stderr'}")
     stored_before = _stored_bench_events(redis_url)
     batches_before = _batch_metrics(service_port)
-    runs: dict[str, list[WrkResult]] = {"bare": [], "service": []}
+    runs: dict[str, list[WrkResult]] = {name: [] for name in targets}
     service_2xx = 0
 
     def one(name: str, seconds: float, label: str) -> WrkResult:
@@ -324,12 +326,12 @@ def throughput(bare_port: int, service_port: int, pids: dict[str, int], tmp: Pat
              f"non-2xx {r.non_2xx}  cpu(cores) " + " ".join(f"{k}={v}" for k, v in r.cpu.items()))
         return r
 
-    for name in ("bare", "service"):
+    for name in targets:
         r = one(name, WARMUP_SECONDS, f"{name} warm-up")
         if name == "service":
             service_2xx += r.requests - r.non_2xx
     for i in (1, 2):
-        for name in ("bare", "service"):
+        for name in targets:
             r = one(name, RUN_SECONDS, f"{name} run {i}")
             runs[name].append(r)
             if name == "service":
@@ -342,6 +344,7 @@ def throughput(bare_port: int, service_port: int, pids: dict[str, int], tmp: Pat
                                       / (batches_after[1] - batches_before[1]), 1)
     best = {name: max(rs, key=lambda r: r.rps) for name, rs in runs.items()}
     ratio = best["service"].rps / best["bare"].rps if best["bare"].rps else float("nan")
+    pipeline_ratio = best["pipeline"].rps / best["bare"].rps if "pipeline" in best and best["bare"].rps else None
     p99 = best["service"].p99_ms
     non_2xx = sum(r.non_2xx for r in runs["service"])
     socket_errors = sum(sum(r.socket_errors.values()) for rs in runs.values() for r in rs)
@@ -361,7 +364,8 @@ def throughput(bare_port: int, service_port: int, pids: dict[str, int], tmp: Pat
         "cpu_ratio": round(bare_us / service_us, 3) if service_us else None,
         "wrk": {"threads": WRK_THREADS, "connections": WRK_CONNECTIONS, "seconds": RUN_SECONDS,
                 "warmup_seconds": WARMUP_SECONDS, "visitors": BENCH_VISITORS},
-        "bare": summary(best["bare"], "bare"), "service": summary(best["service"], "service"),
+        **{name: summary(r, name) for name, r in best.items()},
+        "pipeline_ratio": round(pipeline_ratio, 3) if pipeline_ratio is not None else None,
         "runs": {name: [summary(r, name) for r in rs] for name, rs in runs.items()},
         "ratio": round(ratio, 3), "target_ratio": TARGET_RATIO, "ratio_pass": ratio >= TARGET_RATIO,
         "p99_ms": p99, "target_p99_ms": TARGET_P99_MS, "p99_pass": p99 is not None and p99 < TARGET_P99_MS,
@@ -384,19 +388,17 @@ CONCERNS: list[tuple[str, Any]] = [
                                                                       "RequestHandler.data_received "))
      and not p.startswith("tracker/")),
     ("aiohttp: write the response (send)", lambda f, p: f.startswith("RequestHandler.finish_response ")),
-    ("edge_middleware (all of the handler)", lambda f, p: f.startswith("edge_middleware ")),
     ("beacon handler (routes.beacon)", lambda f, p: f.startswith("beacon ") and p.startswith("tracker/")),
     ("  parse_batch (validation, orjson)", lambda f, p: f.startswith("parse_batch ")),
     ("  is_bot", lambda f, p: f.startswith("is_bot ") or p.startswith("crawlerdetect/")),
     ("  EventLog.append (caller side)", lambda f, p: f.startswith("EventLog.append ")),
-    ("  asyncio.wait_for (a task per request)", lambda f, p: f.startswith("wait_for ")),
     ("  cookie + visitor header", lambda f, p: f.startswith("_set_visitor ")),
     ("  CORS headers", lambda f, p: f.startswith("_cors ")),
-    ("group-commit flush task", lambda f, p: p.startswith("tracker/groupcommit")),
+    ("  metrics + request line (account)", lambda f, p: f.startswith("account ")),
+    ("    request line (tracker.logs)", lambda f, p: p.startswith("tracker/logs")),
+    ("group-commit flush task", lambda f, p: p.startswith(("tracker/groupcommit", "tracker/resp"))),
     ("redis-py (pack, send, parse)", lambda f, p: p.startswith("redis/")),
-    ("structlog (one JSON line per request)", lambda f, p: p.startswith("structlog/")),
-    ("prometheus metrics", lambda f, p: p.startswith("prometheus_client/")),
-    ("request id (uuid4)", lambda f, p: p.startswith("uuid")),
+    ("structlog", lambda f, p: p.startswith("structlog/")),
     ("stitcher worker (idle polling)", lambda f, p: p.startswith(("stitcher/worker", "stitcher/stitch"))),
     ("SQL (sqlalchemy, aiosqlite)", lambda f, p: p.startswith(("sqlalchemy/", "aiosqlite/"))),
 ]
@@ -544,11 +546,18 @@ def report(results: dict[str, Any]) -> None:
              f"-d{w['seconds']}s, better of 2 alternating runs after a {w['warmup_seconds']} s warm-up")
         _say(f"  {'handler':<34}{'req/s':>9}{'p50':>10}{'p99':>10}{'non-2xx':>9}{'CPU µs/req':>12}"
              f"{'redis µs/req':>14}")
-        for name, label in (("bare", "bare aiohttp + orjson, 204"), ("service", "service POST /t (stores)")):
+        for name, label in (("bare", "bare aiohttp + orjson, 204"),
+                            ("pipeline", "bare + group-commit write"), ("service", "service POST /t (stores)")):
+            if name not in t:
+                continue
             r = t[name]
             _say(f"  {label:<34}{r['rps']:>9,.0f}{_fmt_ms(r['p50_ms']):>10}{_fmt_ms(r['p99_ms']):>10}"
                  f"{r['non_2xx']:>9}{r['cpu_us_per_request'] or 0:>12.0f}{r['redis_cpu_us_per_request'] or 0:>14.0f}")
         _say(f"  ratio service/bare: {t['ratio']:.2f} (target >= {TARGET_RATIO})  {_pf(t['ratio_pass'])}")
+        if t.get("pipeline_ratio") is not None:
+            _say(f"  ratio pipeline/bare: {t['pipeline_ratio']:.2f} — group commit alone (the issue's \"coalescing "
+                 "pipeline\" reference: parse, write through tracker.groupcommit, await, 204); the rest of the "
+                 "service's cost is validation, idempotent append script, visitor cookie, CORS, log line, metrics")
         if t.get("cpu_ratio"):
             _say(f"  CPU per request, bare/service: {t['cpu_ratio']:.2f} (the same ratio measured in CPU time, "
                  "less sensitive to other load on the machine)")
@@ -641,9 +650,13 @@ def main() -> dict[str, Any]:
                 results["throughput"] = {"status": "skipped: wrk not installed", "hint": WRK_INSTALL_HINT}
             else:
                 bare, bare_port = start_bare(children, tmp)
-                _say(f"   bare baseline on port {bare_port} (pid {bare.pid}); wrk runs:")
-                results["throughput"] = throughput(bare_port, service_port, {
-                    "bare": bare.pid, "service": service.pid, "redis": redis_child.pid}, tmp, redis_url)
+                pipeline, pipeline_port = start_bare(children, tmp, pipeline_redis_url=redis_url)
+                _say(f"   bare baseline on port {bare_port} (pid {bare.pid}), pipeline reference on port "
+                     f"{pipeline_port} (pid {pipeline.pid}); wrk runs:")
+                results["throughput"] = throughput(
+                    {"bare": bare_port, "pipeline": pipeline_port, "service": service_port},
+                    {"bare": bare.pid, "pipeline": pipeline.pid, "service": service.pid, "redis": redis_child.pid},
+                    tmp, redis_url)
                 if os.environ.get("BENCH_PROFILE", "") not in ("", "0"):
                     _say("   profiling the service under load with py-spy ...")
                     results["profile"] = profile(service, service_port, redis_child, tmp)
