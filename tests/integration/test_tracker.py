@@ -789,3 +789,45 @@ async def test_concurrent_beacons_share_pipelines_and_are_all_stored(
     assert metric(text, "stitcher_redis_write_batch_size_sum") == 200
     assert flushes - single >= 1, "no flush carried more than one command"
     assert flushes < 200
+
+
+# --- the beacon accounts for itself (it skips the generic edge middleware) ---------------------------------
+
+async def test_beacon_writes_one_request_line_and_echoes_the_request_id(client: Client) -> None:
+    """POST /t logs one canonical line with route, status and the request id it answered with."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        ok = await post(client, beacon(), **{"X-Request-Id": "req-beacon-1"})
+        bad = await post(client, b"{")
+    assert ok.status == 204 and ok.headers["X-Request-Id"] == "req-beacon-1"
+    assert bad.status == 400 and bad.headers["X-Request-Id"]
+    lines = [e for e in logs if e.get("event") == "request"]
+    assert [(e["route"], e["method"], e["status"], e["error"]) for e in lines] == [
+        ("/t", "POST", 204, None), ("/t", "POST", 400, "validation_failed")]
+    assert lines[0]["request_id"] == "req-beacon-1" and lines[1]["request_id"] == bad.headers["X-Request-Id"]
+
+
+async def test_an_unexpected_beacon_failure_is_a_json_500_the_browser_can_read(
+        make_client: MakeClient, tracker_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the beacon path answers 500 JSON with the request id and CORS headers, logs the traceback
+    and counts the request, like every other route."""
+    from structlog.testing import capture_logs
+
+    import tracker.routes
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(tracker.routes, "parse_batch", broken)
+    client = await make_client(dataclasses.replace(tracker_settings, allowed_origins=(SHOP,)))
+    with capture_logs() as logs:
+        r = await post(client, beacon(), Origin=SHOP)
+    assert r.status == 500
+    body = await r.json()
+    assert body["error"] == "internal_error" and body["requestId"] == r.headers["X-Request-Id"]
+    assert r.headers["Access-Control-Allow-Origin"] == SHOP
+    assert [e["event"] for e in logs] == ["unhandled error", "request"]
+    assert logs[0]["log_level"] == "error" and logs[1]["status"] == 500
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "stitcher_http_requests_total", route="/t", method="POST", status="500") == 1
