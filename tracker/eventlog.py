@@ -76,8 +76,7 @@ class EventLog:
         self.rejected_cap = rejected_cap
         self.committer = committer
         self._script_lock = asyncio.Lock()
-        # APPEND's ARGV[1..3] as RESP, encoded once
-        self._append_settings = resp.command(anon_ttl_seconds, history_cap, LINK_TTL_SECONDS).partition(b"\n")[2]
+        self._append_settings = (0, 0, b"")  # (anon_ttl, history_cap, APPEND's ARGV[1..3] as RESP)
 
     def keys(self, vid: str) -> keys.VisitorKeys:
         return keys.VisitorKeys(vid, self.partitions)
@@ -109,9 +108,13 @@ class EventLog:
         k = self.keys(vid)
         keys_ = [k.events, k.ids, k.link, k.linked_stream]
         argv: list[Any] = [self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid]
+        ttl, cap, settings = self._append_settings
+        if (ttl, cap) != (self.anon_ttl, self.history_cap):  # encoded once, again only if they change
+            settings = resp.command(*argv[:3]).partition(b"\n")[2]
+            self._append_settings = (self.anon_ttl, self.history_cap, settings)
         # the RESP frame of this EVALSHA, built from pre-encoded parts: the hottest few lines of the beacon
         frame = [f"*{len(keys_) + len(argv) + 3 + 2 * len(events)}\r\n{APPEND.resp_head}"
-                 f"{resp.ascii_bulks(str(len(keys_)), *keys_)}".encode(), self._append_settings,
+                 f"{resp.ascii_bulks(str(len(keys_)), *keys_)}".encode(), settings,
                  resp.ascii_bulks(vid).encode()]
         for event_id, body in events:
             token = dedupe_token(event_id)

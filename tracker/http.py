@@ -42,7 +42,11 @@ def new_request_id() -> str:
 
 def self_accounted(handler: Handler) -> Handler:
     """Mark a handler that binds no log context and itself answers errors as JSON, sets X-Request-Id and
-    calls ``account``: the edge middleware passes its requests straight through."""
+    calls ``account``: the edge middleware passes its requests straight through.
+
+    This relies on ``edge_middleware`` being the app's last (innermost) middleware, so aiohttp hands it the
+    route's own handler; a middleware added after it would make such requests counted and logged twice.
+    """
     _SELF_ACCOUNTED.add(handler)
     return handler
 

@@ -56,6 +56,16 @@ class _HotPath(Collector):
         self.events: dict[str, int] = {}
         self.batch_size = _Histogram(BATCH_BUCKETS)
 
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples, so the registry knows (and guards) their names."""
+        yield CounterMetricFamily("stitcher_http_requests", "HTTP requests answered",
+                                  labels=["route", "method", "status"])
+        yield HistogramMetricFamily("stitcher_http_request_duration_seconds", "HTTP request latency",
+                                    labels=["route"])
+        yield CounterMetricFamily("stitcher_tracker_events", "Beacon events by result", labels=["result"])
+        yield HistogramMetricFamily("stitcher_redis_write_batch_size",
+                                    "Commands per coalesced Redis pipeline (group commit)")
+
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("stitcher_http_requests", "HTTP requests answered",
                                        labels=["route", "method", "status"])

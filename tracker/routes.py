@@ -117,10 +117,11 @@ async def beacon(request: web.Request) -> web.StreamResponse:
         if isinstance(exc, request.app[UNAVAILABLE]):  # e.g. the client's connection broke mid-body
             response = error_response(503, "unavailable", "storage is unavailable, retry shortly")
             response.headers["Retry-After"] = "1"
+            error = type(exc).__name__
         else:
             log.exception("unhandled error", path=request.path, request_id=request_id)
             response = error_response(500, "internal_error", "internal error", requestId=request_id)
-        error = type(exc).__name__
+            error = "internal_error"  # as the edge middleware logs it for every other route
     _cors(request, response)
     response.headers["X-Request-Id"] = request_id
     account(request, "/t", response.status, started, request_id, error)

@@ -82,3 +82,7 @@ async def test_the_beacon_append_frame_is_the_plain_resp_encoding_of_its_evalsha
     for event_id, body in events:
         argv += [dedupe_token(event_id), body]
     assert recorder.frames == [resp.command(*APPEND.args([k.events, k.ids, k.link, k.linked_stream], argv))]
+    log.history_cap = 5  # settings changed after construction are what the next frame carries
+    await log.append(vid, events)
+    argv[1] = 5
+    assert recorder.frames[-1] == resp.command(*APPEND.args([k.events, k.ids, k.link, k.linked_stream], argv))

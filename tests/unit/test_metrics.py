@@ -39,3 +39,12 @@ def test_requests_latency_and_events_match_prometheus_client_objects() -> None:
     assert 'stitcher_http_requests_total{method="POST",route="/t",status="204"} 3.0' in got
     assert 'stitcher_http_request_duration_seconds_bucket{le="0.001",route="/t"} 2.0' in got
     assert 'stitcher_redis_write_batch_size_bucket{le="+Inf"} 5.0' in got
+
+
+def test_hot_path_metric_names_are_registered_and_guarded() -> None:
+    """The collector describes its families, so a second metric of the same name is refused."""
+    import pytest
+
+    metrics = Metrics()
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("stitcher_http_requests", "", registry=metrics.registry)
