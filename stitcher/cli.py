@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from tracker.embedded_redis import EmbeddedRedis
+from tracker.embedded_redis import AlreadyRunning, EmbeddedRedis
 from tracker.logs import configure_logging
 from tracker.settings import Settings
 
@@ -26,7 +26,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.var_dir / "redis", persistent=True)
-        settings = dataclasses.replace(settings, redis_url=embedded.start())
+        try:
+            settings = dataclasses.replace(settings, redis_url=embedded.start())
+        except AlreadyRunning as exc:
+            print(f"stitcher: {exc}", file=sys.stderr)
+            return 2
         log.info("embedded redis started", url=settings.redis_url)
     try:
         _upgrade(settings)

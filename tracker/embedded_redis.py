@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import signal
 import socket
@@ -41,8 +43,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class AlreadyRunning(RuntimeError):
+    """Another process already runs the embedded Redis of this directory."""
+
+
 class EmbeddedRedis:
-    """A private redis-server on a unix socket (or a TCP port), stopped with the service."""
+    """A private redis-server on a unix socket (or a TCP port), stopped with the service.
+
+    One process owns a directory's server (an exclusive lock on ``owner.lock``, released by the OS if the
+    process dies): a second ``stitcher serve`` on the same VAR_DIR would otherwise start a second server
+    on the same socket and append-only file, and the two processes would split the histories between them.
+    """
 
     def __init__(self, directory: Path, port: int = 0, persistent: bool = False) -> None:
         self.directory = directory.resolve()
@@ -54,13 +65,33 @@ class EmbeddedRedis:
         # visitor links survive a restart of ``make run``; tests use throw-away servers
         self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0" if self.port else f"unix://{self.socket}"
 
+    def _lock(self) -> None:
+        fd = os.open(self.directory / "owner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(
+                f"another process already runs the embedded Redis in {self.directory} (a second `stitcher "
+                "serve` with the same VAR_DIR?): to run several processes, give them all one REDIS_URL") from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
+
     def start(self, timeout: float = 10.0) -> str:
+        """Start the server and return its URL; raises AlreadyRunning if another process owns the directory."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._lock_fd is None:
+            self._lock()
         self.socket.unlink(missing_ok=True)
         args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "everysec",
@@ -79,6 +110,7 @@ class EmbeddedRedis:
                     return self.url
                 except redis.ConnectionError as exc:
                     if self.process.poll() is not None or time.monotonic() > deadline:
+                        self.stop()
                         raise RuntimeError(f"redis-server did not start; see {self.directory}/redis.log") from exc
                     time.sleep(0.02)
         finally:
@@ -93,3 +125,4 @@ class EmbeddedRedis:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+        self._unlock()

@@ -1,0 +1,51 @@
+"""The embedded Redis of ``make run``: one owner per directory, so two processes never split the histories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import free_port
+from tracker.embedded_redis import AlreadyRunning, EmbeddedRedis
+
+
+def test_a_second_server_on_the_same_directory_is_refused_until_the_first_stops(tmp_path: Path) -> None:
+    """A second embedded Redis on one directory would take over its socket and append-only file."""
+    first = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    second = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    url = first.start()
+    try:
+        client = redis.Redis.from_url(url)
+        client.set("k", "kept")
+        with pytest.raises(AlreadyRunning, match="REDIS_URL"):
+            second.start()
+        assert second.process is None
+        assert client.get("k") == b"kept"  # the first server was not disturbed
+        client.close()
+    finally:
+        first.stop()
+    try:
+        second.start()  # the directory is free again
+    finally:
+        second.stop()
+
+
+def test_stitcher_serve_on_a_taken_var_dir_exits_with_a_clear_message(tmp_path: Path) -> None:
+    """`stitcher serve --reuse-port` twice without REDIS_URL: the second one says what to do and exits 2."""
+    owner = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    owner.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+        env.update(VAR_DIR=str(tmp_path), HOST="127.0.0.1", PORT=str(free_port()))
+        proc = subprocess.run([str(Path(sys.executable).parent / "stitcher"), "serve", "--reuse-port"], env=env,
+                              capture_output=True, timeout=60)
+    finally:
+        owner.stop()
+    assert proc.returncode == 2, proc.stderr.decode()
+    assert b"another process already runs the embedded Redis" in proc.stderr
+    assert b"REDIS_URL" in proc.stderr
