@@ -14,7 +14,7 @@ from stitcher.domain.rules import Mode
 from stitcher.payload import parse_contact, parse_subscribe
 from stitcher.store.db import Database
 from tracker.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from tracker.http import json_response, read_body
+from tracker.http import REQUEST_ID, json_response, read_body
 
 DB = web.AppKey("db", Database)
 CONTACTS = web.AppKey("contacts", ContactService)
@@ -39,7 +39,8 @@ async def read_json(request: web.Request) -> Any:
 
 
 def _request_id(request: web.Request) -> str | None:
-    return request.headers.get("X-Request-Id")
+    """The id the edge middleware answers this request with (X-Request-Id), for the identity log."""
+    return request.get(REQUEST_ID)
 
 
 def _contact_id(request: web.Request) -> int:

@@ -23,6 +23,7 @@ from tracker.metrics import Metrics
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS = web.AppKey("metrics", Metrics)
 API_KEYS = web.AppKey("api_keys", tuple)
+REQUEST_ID = web.RequestKey("request_id", str)  # the id a request is answered and logged with
 # errors meaning "a backing store is down, slow or refusing": answered 503 + Retry-After, never 500; the
 # stitcher adds its SQL ones (the tracker itself never imports SQLAlchemy, DESIGN invariant 1)
 UNAVAILABLE = web.AppKey("unavailable_errors", tuple)
@@ -38,6 +39,15 @@ _SELF_ACCOUNTED: set[Handler] = set()
 
 def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+
+
+def request_id_of(request: web.Request) -> str:
+    """The caller's X-Request-Id if it is a sane one (1-128 printable ASCII characters), else a new id: it
+    is echoed in the response and written to every log line of the request."""
+    given = request.headers.get("X-Request-Id")
+    if given and len(given) <= 128 and given.isascii() and given.isprintable():
+        return given
+    return new_request_id()
 
 
 def self_accounted(handler: Handler) -> Handler:
@@ -96,7 +106,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if handler in _SELF_ACCOUNTED:
         return await handler(request)
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or new_request_id()
+    request_id = request[REQUEST_ID] = request_id_of(request)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     error: str | None = None

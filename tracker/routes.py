@@ -20,8 +20,8 @@ from tracker.http import (
     error_response,
     json_response,
     log,
-    new_request_id,
     read_body,
+    request_id_of,
     self_accounted,
 )
 from tracker.metrics import CONTENT_TYPE_LATEST
@@ -98,7 +98,7 @@ async def beacon(request: web.Request) -> web.StreamResponse:
     answered here (as JSON the browser can read: CORS), then one metrics update and one request line.
     """
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or new_request_id()
+    request_id = request_id_of(request)
     error = None
     response: web.StreamResponse
     try:

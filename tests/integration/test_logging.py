@@ -36,3 +36,20 @@ async def test_one_line_per_request_with_status_and_request_id(client):
     assert len(lines) == 1
     assert lines[0]["status"] == 404 and lines[0]["request_id"] == "req-abc"
     assert lines[0]["route"] == "/api/v1/contact/{contact_id}"
+
+
+async def test_the_identity_log_names_the_request_id_the_response_carried(client):
+    """With no X-Request-Id (or an unusable one) the service makes one up; the audit rows of that request
+    carry the same id, so support can go from a response to what it changed."""
+    for sent in ({}, {"X-Request-Id": "x" * 500}, {"X-Request-Id": "req-audit-1"}):
+        r = await client.post("/api/v1/contact", headers={**auth(), **sent},
+                              json={"externalCustomerId": f"C-AUDIT-{uuid.uuid4()}"})
+        assert r.status == 200, await r.text()
+        answered = r.headers["X-Request-Id"]
+        if sent.get("X-Request-Id") == "req-audit-1":
+            assert answered == "req-audit-1"  # a sane id of the caller's is kept
+        else:
+            assert 0 < len(answered) <= 128 and answered != sent.get("X-Request-Id")  # made up here
+        contact_id = (await r.json())["id"]
+        log = await (await client.get(f"/api/v1/contact/{contact_id}/identity-log", headers=auth())).json()
+        assert [e["requestId"] for e in log["entries"]] == [answered]
