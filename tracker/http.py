@@ -92,6 +92,27 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     return json_response({"error": code, "message": message, **extra}, status=status)
 
 
+def error_answer(request: web.Request, exc: Exception, request_id: str) -> tuple[web.Response, str]:
+    """The JSON answer to an exception a handler raised, and the error code for its request line.
+
+    Domain errors answer as themselves; a backing store down, slow or refusing becomes a 503 with
+    Retry-After (never a 500 or a hang); anything else is logged with its traceback and answers 500.
+    """
+    if isinstance(exc, DomainError):
+        response = json_response(exc.body(), status=exc.status)
+        if exc.status == 503:
+            response.headers["Retry-After"] = "1"
+        elif exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="stitcher"'
+        return response, exc.code
+    if isinstance(exc, request.app[UNAVAILABLE]):
+        response = error_response(503, "unavailable", "storage is unavailable, retry shortly")
+        response.headers["Retry-After"] = "1"
+        return response, type(exc).__name__
+    log.exception("unhandled error", path=request.path, request_id=request_id)
+    return error_response(500, "internal_error", "internal error", requestId=request_id), "internal_error"
+
+
 def _route(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
@@ -114,17 +135,6 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if request.path.startswith("/api/"):  # every /api route needs a key; tracking routes are public
             check_api_key(request)
         response = await handler(request)
-    except DomainError as exc:
-        response = json_response(exc.body(), status=exc.status)
-        error = exc.code
-        if exc.status == 503:
-            response.headers["Retry-After"] = "1"
-        elif exc.status == 401:
-            response.headers["WWW-Authenticate"] = 'Basic realm="stitcher"'
-    except request.app[UNAVAILABLE] as exc:
-        response = error_response(503, "unavailable", "storage is unavailable, retry shortly")
-        response.headers["Retry-After"] = "1"
-        error = type(exc).__name__
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             response = error_response(exc.status, exc.reason.lower().replace(" ", "_"),
@@ -134,10 +144,8 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                     response.headers[name] = exc.headers[name]
         else:
             raise
-    except Exception:
-        log.exception("unhandled error", path=request.path)
-        response = error_response(500, "internal_error", "internal error", requestId=request_id)
-        error = "internal_error"
+    except Exception as exc:
+        response, error = error_answer(request, exc, request_id)
     response.headers["X-Request-Id"] = request_id
     account(request, _route(request), response.status, started, request_id, error)
     return response

@@ -11,15 +11,13 @@ from redis.exceptions import RedisError
 
 from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
 from tracker.bots import is_bot
-from tracker.errors import DomainError, NotFound, PayloadTooLarge, Unavailable, ValidationFailed
+from tracker.errors import NotFound, PayloadTooLarge, Unavailable, ValidationFailed
 from tracker.eventlog import EventLog
 from tracker.http import (
     METRICS,
-    UNAVAILABLE,
     account,
-    error_response,
+    error_answer,
     json_response,
-    log,
     read_body,
     request_id_of,
     self_accounted,
@@ -108,20 +106,8 @@ async def beacon(request: web.Request) -> web.StreamResponse:
         vid = await _ingest(request, await read_body(request, limit))
         response = web.Response(status=204)
         _set_visitor(request, response, vid)
-    except DomainError as exc:
-        response = json_response(exc.body(), status=exc.status)
-        error = exc.code
-        if exc.status == 503:
-            response.headers["Retry-After"] = "1"
-    except Exception as exc:
-        if isinstance(exc, request.app[UNAVAILABLE]):  # e.g. the client's connection broke mid-body
-            response = error_response(503, "unavailable", "storage is unavailable, retry shortly")
-            response.headers["Retry-After"] = "1"
-            error = type(exc).__name__
-        else:
-            log.exception("unhandled error", path=request.path, request_id=request_id)
-            response = error_response(500, "internal_error", "internal error", requestId=request_id)
-            error = "internal_error"  # as the edge middleware logs it for every other route
+    except Exception as exc:  # answered here, not by the edge middleware, so that CORS lets the browser read it
+        response, error = error_answer(request, exc, request_id)
     _cors(request, response)
     response.headers["X-Request-Id"] = request_id
     account(request, "/t", response.status, started, request_id, error)
