@@ -56,35 +56,31 @@ class _HotPath(Collector):
         self.events: dict[str, int] = {}
         self.batch_size = _Histogram(BATCH_BUCKETS)
 
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily, CounterMetricFamily,
+                             HistogramMetricFamily]:
+        return (CounterMetricFamily("stitcher_http_requests", "HTTP requests answered",
+                                    labels=["route", "method", "status"]),
+                HistogramMetricFamily("stitcher_http_request_duration_seconds", "HTTP request latency",
+                                      labels=["route"]),
+                CounterMetricFamily("stitcher_tracker_events", "Beacon events by result", labels=["result"]),
+                HistogramMetricFamily("stitcher_redis_write_batch_size",
+                                      "Commands per coalesced Redis pipeline (group commit)"))
+
     def describe(self) -> Iterator[Metric]:
         """The families without samples, so the registry knows (and guards) their names."""
-        yield CounterMetricFamily("stitcher_http_requests", "HTTP requests answered",
-                                  labels=["route", "method", "status"])
-        yield HistogramMetricFamily("stitcher_http_request_duration_seconds", "HTTP request latency",
-                                    labels=["route"])
-        yield CounterMetricFamily("stitcher_tracker_events", "Beacon events by result", labels=["result"])
-        yield HistogramMetricFamily("stitcher_redis_write_batch_size",
-                                    "Commands per coalesced Redis pipeline (group commit)")
+        yield from self._families()
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("stitcher_http_requests", "HTTP requests answered",
-                                       labels=["route", "method", "status"])
+        requests, latency, events, batch = self._families()
         for (route, method, status), n in list(self.requests.items()):
             requests.add_metric([route, method, str(status)], n)
-        yield requests
-        latency = HistogramMetricFamily("stitcher_http_request_duration_seconds", "HTTP request latency",
-                                        labels=["route"])
         for route, h in list(self.latency.items()):
             latency.add_metric([route], h.buckets(), h.total)
-        yield latency
-        events = CounterMetricFamily("stitcher_tracker_events", "Beacon events by result", labels=["result"])
         for result, n in list(self.events.items()):
             events.add_metric([result], n)
-        yield events
-        batch = HistogramMetricFamily("stitcher_redis_write_batch_size",
-                                      "Commands per coalesced Redis pipeline (group commit)")
         batch.add_metric([], self.batch_size.buckets(), self.batch_size.total)
-        yield batch
+        yield from (requests, latency, events, batch)
 
 
 class Metrics:
