@@ -83,12 +83,11 @@ class EventLog:
 
     async def _eval(self, script: _Script, keys_: list[str], argv: list[Any], encoded: bytes | None = None) -> Any:
         """EVALSHA, through the group committer if there is one (``encoded``: the same call, RESP-encoded)."""
-        args = script.args(keys_, argv)
         for attempt in (1, 2):
             try:
                 if self.committer is not None:
-                    return await self.committer.submit(encoded or resp.command(*args))
-                return await self.redis.execute_command(*args)  # type: ignore[no-untyped-call]
+                    return await self.committer.submit(encoded or resp.command(*script.args(keys_, argv)))
+                return await self.redis.execute_command(*script.args(keys_, argv))  # type: ignore[no-untyped-call]
             except NoScriptError:
                 if attempt == 2:
                     raise
