@@ -13,7 +13,7 @@ from stitcher.domain.identifiers import Normaliser
 from stitcher.domain.rules import Mode
 from stitcher.payload import parse_contact, parse_subscribe
 from stitcher.store.db import Database
-from tracker.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from tracker.errors import UnsupportedMediaType, ValidationFailed
 from tracker.http import REQUEST_ID, json_response, read_body
 
 DB = web.AppKey("db", Database)
@@ -27,11 +27,7 @@ async def read_json(request: web.Request) -> Any:
     """The JSON body: 415 for another media type, 413 past 1 MiB, 400 naming the syntax error."""
     if request.content_type not in ("application/json", "text/plain", "application/octet-stream"):
         raise UnsupportedMediaType(f"expected application/json, got {request.content_type}")
-    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise PayloadTooLarge(f"body is larger than {MAX_JSON_BYTES} bytes")
     raw = await read_body(request, MAX_JSON_BYTES)
-    if len(raw) > MAX_JSON_BYTES:
-        raise PayloadTooLarge(f"body is larger than {MAX_JSON_BYTES} bytes")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

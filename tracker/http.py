@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from tracker.errors import DomainError
+from tracker.errors import DomainError, PayloadTooLarge
 from tracker.logs import log_request
 from tracker.metrics import Metrics
 
@@ -75,16 +75,21 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, or its first ``limit + 1`` bytes: ``read(n)`` returns what has arrived so far."""
+    """The whole body; PayloadTooLarge (413) if it declares or turns out to be longer than ``limit`` bytes,
+    read no further than that (``read(n)`` returns what has arrived so far)."""
+    expected = request.content_length
+    if expected is not None and expected > limit:
+        raise PayloadTooLarge(f"body is {expected} bytes, the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    expected = request.content_length
     while size <= limit and (expected is None or size < expected):
         chunk = await request.content.read(limit + 1 - size)
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
+    if size > limit:
+        raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes")
     return b"".join(chunks)
 
 

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
 from tracker.bots import is_bot
-from tracker.errors import NotFound, PayloadTooLarge, Unavailable, ValidationFailed
+from tracker.errors import NotFound, Unavailable, ValidationFailed
 from tracker.eventlog import EventLog
 from tracker.http import (
     METRICS,
@@ -100,10 +100,7 @@ async def beacon(request: web.Request) -> web.StreamResponse:
     error = None
     response: web.StreamResponse
     try:
-        limit = request.app[LIMITS].max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"body is {request.content_length} bytes, the limit is {limit}")
-        vid = await _ingest(request, await read_body(request, limit))
+        vid = await _ingest(request, await read_body(request, request.app[LIMITS].max_body_bytes))
         response = web.Response(status=204)
         _set_visitor(request, response, vid)
     except Exception as exc:  # answered here, not by the edge middleware, so that CORS lets the browser read it

@@ -341,3 +341,20 @@ async def test_every_api_route_requires_an_api_key(client):
             assert r.status == 401, (method, url, r.status)
             assert (await r.json())["error"] == "unauthorized"
             assert r.headers["WWW-Authenticate"].startswith("Basic")
+
+
+async def test_a_body_over_one_mib_is_413_and_changes_nothing(client: Any, database_url: str) -> None:
+    """Declared (Content-Length) or not (chunked), a contact body past 1 MiB is a 413 JSON error."""
+    before = await table_counts(database_url)
+    body = b'{"externalCustomerId": "C-BIG", "firstName": "' + b"x" * (1024 * 1024) + b'"}'
+
+    async def chunks() -> Any:
+        for start in range(0, len(body), 65536):
+            yield body[start:start + 65536]
+
+    for data in (body, chunks()):
+        r = await client.post("/api/v1/contact", data=data,
+                              headers={**auth(), "Content-Type": "application/json"})
+        assert r.status == 413, await r.text()
+        assert (await r.json())["error"] == "payload_too_large"
+    assert await table_counts(database_url) == before
