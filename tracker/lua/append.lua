@@ -8,10 +8,11 @@ local ttl, cap, link_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3
 local contact = redis.call('GET', KEYS[3])
 local stored, dupes, over = 0, 0, {}
 if contact then
-  -- Linked: new events go to the contact through the stream; retries of events already stored
-  -- anonymously are dropped here, anything else is deduplicated by the timeline's unique key.
+  -- Linked: new events go to the contact through the stream. The id set spans the visitor's whole life,
+  -- anonymous and linked, so a retry is dropped here whoever owns the browser now (a shared browser
+  -- re-linked between the first send and the retry must not put one event on two timelines).
   for i = 5, #ARGV, 2 do
-    if redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 1 then
+    if redis.call('SADD', KEYS[2], ARGV[i]) == 0 then
       dupes = dupes + 1
     else
       redis.call('XADD', KEYS[4], '*', 'c', contact, 'v', ARGV[4], 'e', ARGV[i + 1])
@@ -19,6 +20,7 @@ if contact then
     end
   end
   redis.call('EXPIRE', KEYS[3], link_ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
 else
   local room = cap - redis.call('LLEN', KEYS[1])
   for i = 5, #ARGV, 2 do
