@@ -31,7 +31,6 @@ __all__ = [
 LOOKUP_ORDER: tuple[IdentifierKind, ...] = (
     IdentifierKind.EMAIL, IdentifierKind.SMS, IdentifierKind.MOBILEPUSH, IdentifierKind.WEBPUSH,
 )
-_SUBSCRIBE_ORDER: tuple[IdentifierKind, ...] = (IdentifierKind.EMAIL, IdentifierKind.SMS)
 
 
 class Mode(StrEnum):
@@ -98,13 +97,12 @@ class Decision:
 def lookup_kinds(mode: Mode) -> tuple[IdentifierKind, ...]:
     """The channel kinds whose lookups can change a decision in ``mode``, highest priority first.
 
-    Subscribe finds by email and phone only (SPEC §3): its push tokens are stored but neither find nor merge
-    anyone. An update by contactId never looks at channels. The store may skip lookups of other kinds.
+    Subscribe finds like add/update (SPEC §3: external ID, email, phone, then the push token, so that a
+    repeated token-only subscribe finds its contact). An update by contactId never looks at channels. The
+    store may skip lookups of other kinds.
     """
     if mode is Mode.UPDATE:
         return ()
-    if mode is Mode.SUBSCRIBE:
-        return _SUBSCRIBE_ORDER
     return LOOKUP_ORDER
 
 

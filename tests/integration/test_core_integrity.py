@@ -65,3 +65,21 @@ async def test_one_event_id_twice_in_a_linked_visitors_batch_is_stored_once(clie
     await beacon(client, vid, [event, event])
     await drained(client, redis_client, settings, vid)
     assert await timeline_ids(client, ann["id"]) == [event["id"]]
+
+
+# --- subscribe is repeat-safe with a push token only (SPEC §3) ---------------------------------------
+
+
+async def test_repeating_a_token_only_subscribe_finds_its_contact(client):
+    """The same token-only subscribe twice is one contact; a later registration with an ID takes it over."""
+    body = {"contact": {"channels": [{"type": "mobilepush", "value": "app-token-77"}]}, "groups": ["app"]}
+    status, first = await call(client, "POST", "/api/v1/contact/subscribe", body)
+    assert status == 200 and first["status"] == "created", first
+    status, again = await call(client, "POST", "/api/v1/contact/subscribe", body)
+    assert status == 200 and again["id"] == first["id"] and again["status"] == "updated", again
+    status, found = await call(client, "GET", "/api/v1/contacts", params={"maxrows": "10"})
+    assert [c["id"] for c in found] == [first["id"]]
+    status, known = await call(client, "POST", "/api/v1/contact/subscribe", {"contact": {
+        "externalCustomerId": "APP-1", "channels": [{"type": "email", "value": "app@example.com"},
+                                                    {"type": "mobilepush", "value": "app-token-77"}]}})
+    assert status == 200 and known["id"] == first["id"] and known["externalCustomerId"] == "APP-1", known

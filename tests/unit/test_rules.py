@@ -86,9 +86,9 @@ def test_ranked_orders_best_first() -> None:
 
 
 def test_lookup_kinds_per_mode() -> None:
-    """Add/update finds by every channel, subscribe by email and phone only, PUT by none."""
+    """Add/update and subscribe find by every channel (email, phone, then tokens), PUT by none."""
     assert lookup_kinds(Mode.ADD_UPDATE) == (EMAIL, SMS, MOBILEPUSH, WEBPUSH)
-    assert lookup_kinds(Mode.SUBSCRIBE) == (EMAIL, SMS)
+    assert lookup_kinds(Mode.SUBSCRIBE) == (EMAIL, SMS, MOBILEPUSH, WEBPUSH)
     assert lookup_kinds(Mode.UPDATE) == ()
 
 
@@ -299,18 +299,23 @@ def test_deleted_channel_candidates_ignored() -> None:
 # --- subscribe ------------------------------------------------------------------------------------------
 
 
-def test_subscribe_ignores_push_tokens_for_lookup() -> None:
-    """Subscribe finds by external ID, email and phone only: a token contact neither decides nor merges."""
+def test_subscribe_falls_back_to_push_tokens() -> None:
+    """Subscribe finds by external ID, email and phone first, then by push token: a repeated token-only
+    subscribe finds its contact, and a token-only profile is given the ID (Example 1)."""
     found = lookup(mobilepush=[("tok-1", [contact(5)])], webpush=[("wp-1", [contact(6)])])
-    assert decide(Mode.SUBSCRIBE, ident(TOKEN, WEB, ext="C-1"), found) == Decision(Action.CREATE, None, "C-1")
-    assert decide(Mode.SUBSCRIBE, ident(TOKEN), found) == Decision(Action.CREATE, None)
+    assert decide(Mode.SUBSCRIBE, ident(TOKEN), found) == Decision(Action.UPDATE, 5, None, (), "mobilepush")
+    assert decide(Mode.SUBSCRIBE, ident(TOKEN, WEB, ext="C-1"), found) == Decision(
+        Action.UPDATE, 5, "C-1", (6,), "mobilepush")
+    identified = lookup(mobilepush=[("tok-1", [contact(5, "C-9")])])
+    assert decide(Mode.SUBSCRIBE, ident(TOKEN, ext="C-1"), identified) == Decision(Action.CREATE, None, "C-1")
 
 
-def test_subscribe_finds_by_email_then_phone() -> None:
-    """Subscribe updates the contact found by email, else by phone, giving it the ID."""
+def test_subscribe_finds_by_email_then_phone_before_tokens() -> None:
+    """Subscribe updates the contact found by email, else by phone, giving it the ID; an unidentified token
+    profile of the same request is folded into it."""
     found = lookup(sms=[("+380671234567", [contact(2)])], mobilepush=[("tok-1", [contact(5)])])
     decision = decide(Mode.SUBSCRIBE, ident(ANN, PHONE, TOKEN, ext="C-1"), found)
-    assert decision == Decision(Action.UPDATE, 2, "C-1", (), "sms")
+    assert decision == Decision(Action.UPDATE, 2, "C-1", (5,), "sms")
 
 
 def test_subscribe_by_external_id() -> None:
