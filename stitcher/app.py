@@ -13,7 +13,7 @@ from stitcher.api import CONTACTS, DB, NORMALISER, routes
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
 from stitcher.stitch import Stitcher
-from stitcher.store.db import Database
+from stitcher.store.db import Contention, Database
 from stitcher.worker import Worker
 from tracker.app import connect_redis
 from tracker.app import init_app as init_tracker
@@ -33,7 +33,7 @@ def init_app(settings: Settings) -> web.Application:
     """
     app = init_tracker(settings)
     app[NORMALISER] = Normaliser.from_settings(settings)
-    app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout)
+    app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention)
     app.cleanup_ctx.append(_stitcher_ctx)
     app.add_routes(routes)
     return app

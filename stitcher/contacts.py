@@ -11,7 +11,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy import delete, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from stitcher.domain.errors import ContactNotFound, DomainError
@@ -20,12 +21,11 @@ from stitcher.domain.rules import Action, Candidate, Decision, Lookup, Mode, dec
 from stitcher.payload import ContactRequest
 from stitcher.stitch import Stitcher
 from stitcher.store import repo
-from stitcher.store.db import Database
-from stitcher.store.models import Contact, IdentityLog, VisitorLink
+from stitcher.store.db import Contention, Database
+from stitcher.store.models import Contact, Identifier, IdentityLog, VisitorLink
 from tracker.eventlog import EventLog
 
 log = structlog.get_logger("contacts")
-ATTEMPTS = 5  # a unique-key race (two creators of one external ID) is retried, then finds the winner
 
 
 @dataclass
@@ -47,6 +47,15 @@ class Outcome:
 
 class _StaleDecision(Exception):
     """A contact the decision rests on changed after it was read (a concurrent request): decide again."""
+
+
+class _NeedKeys(Exception):
+    """The transaction found identity keys it had not locked (a merge loser's visitors, an erased person's
+    identifiers): it runs again with them in its first batch, keeping the one lock order (``lock_keys``)."""
+
+    def __init__(self, keys: set[str]) -> None:
+        super().__init__(f"{len(keys)} more identity keys to lock")
+        self.keys = keys
 
 
 class ConflictRetry(DomainError):
@@ -89,11 +98,35 @@ def _candidates(found: Lookup) -> list[Candidate]:
     return out
 
 
-def _retryable(exc: DBAPIError) -> bool:
-    if isinstance(exc, IntegrityError):
-        return True
-    text = str(exc.orig).lower()
-    return "deadlock" in text or "could not serialize" in text
+def _need(locked: set[str], keys: set[str]) -> None:
+    """Raise ``_NeedKeys`` when ``keys`` are not all among the keys this transaction locked."""
+    if not keys <= locked:
+        raise _NeedKeys(keys - locked)
+
+
+async def _contact_keys(s: AsyncSession, ids: Sequence[int]) -> set[str]:
+    """Every identity key through which a request can reach these contacts: ids, external IDs, channels
+    and visitors (the same key spellings as ``_lock_keys``)."""
+    keys = {f"id:{i}" for i in ids}
+    keys |= {f"ext:{e}" for e in (await s.execute(select(col(Contact.external_customer_id)).where(
+        col(Contact.id).in_(ids), col(Contact.external_customer_id).is_not(None)))).scalars()}
+    keys |= {f"{kind}:{value}" for kind, value in await s.execute(
+        select(col(Identifier.kind), col(Identifier.value)).where(col(Identifier.contact_id).in_(ids)))}
+    keys |= {f"vid:{v}" for v in (await s.execute(select(col(VisitorLink.visitor_id)).where(
+        col(VisitorLink.contact_id).in_(ids)))).scalars()}
+    return keys
+
+
+async def _person(s: AsyncSession, contact_id: int) -> tuple[list[int], set[str]]:
+    """A contact and every contact merged into it (the same person), with all their identity keys."""
+    ids: list[int] = [contact_id]
+    frontier = [contact_id]
+    while frontier:
+        merged = [i for i in (await s.execute(select(col(Contact.id)).where(
+            col(Contact.merged_into_id).in_(frontier)))).scalars() if i is not None]
+        ids += merged
+        frontier = merged
+    return ids, await _contact_keys(s, ids)
 
 
 def _lock_keys(identity: Identity, visitors: Sequence[str]) -> list[str]:
@@ -115,36 +148,47 @@ class ContactService:
                      form_type: str | None = None, request_id: str | None = None) -> Outcome:
         """Add/update (or subscribe) one contact and stitch the given visitors' history onto it.
 
-        When this returns, the anonymous history of ``request.visitor_ids`` is on the timeline.
+        When this returns, the anonymous history of ``request.visitor_ids`` is on the timeline. A decision
+        gone stale (409 after the retries), a unique-key race (two creators of one external ID: the retry
+        finds the winner), keys learnt late and collisions are retried; past the retries the last two are
+        ``Contention`` (503).
         """
-        for attempt in range(1, ATTEMPTS + 1):
+        extra: set[str] = set()
+
+        async def attempt() -> tuple[Outcome, list[tuple[str, int]]]:
             try:
-                outcome, to_stitch = await self._apply(mode, request, groups, form_type, request_id)
-                break
-            except _StaleDecision as exc:
-                if attempt == ATTEMPTS:
-                    raise ConflictRetry() from exc
-                log.info("decision went stale, retrying", attempt=attempt)
-            except (IntegrityError, OperationalError, DBAPIError) as exc:
-                # a unique-key race (two creators of one external ID) or a deadlock between a merge and
-                # another request about the same visitors: the retry sees the winner's committed state
-                if attempt == ATTEMPTS or not _retryable(exc):
-                    raise
-                log.info("identity race, retrying", attempt=attempt, error=type(exc.orig).__name__)
+                return await self._apply(mode, request, groups, form_type, request_id, extra)
+            except _NeedKeys as exc:
+                extra.update(exc.keys)
+                raise
+
+        try:
+            outcome, to_stitch = await self.db.retry(attempt, also=(_StaleDecision, _NeedKeys, IntegrityError))
+        except _StaleDecision as exc:
+            raise ConflictRetry() from exc
+        except (_NeedKeys, IntegrityError) as exc:
+            raise Contention(type(exc).__name__) from exc
         for vid, contact_id in to_stitch:
             stitched = await self.stitcher.stitch(vid, contact_id)
             if contact_id == outcome.id:
                 outcome.stitched += stitched
         return outcome
 
-    async def _apply(self, mode: Mode, request: ContactRequest, groups: Sequence[str],
-                     form_type: str | None, request_id: str | None) -> tuple[Outcome, list[tuple[str, int]]]:
-        """One transaction: decide, write the contact, merge, link visitors. Returns the stitches to run."""
+    async def _apply(self, mode: Mode, request: ContactRequest, groups: Sequence[str], form_type: str | None,
+                     request_id: str | None, extra: set[str]) -> tuple[Outcome, list[tuple[str, int]]]:
+        """One transaction: decide, write the contact, merge, link visitors. Returns the stitches to run.
+
+        ``extra`` are keys an earlier attempt found it needed (a merge loser's visitors): locked with the
+        request's own keys, in one batch.
+        """
         identity = request.identity
         async with self.db.transaction() as s:
-            await self.db.lock_keys(s, _lock_keys(identity, request.visitor_ids))
+            locked = {*_lock_keys(identity, request.visitor_ids), *extra}
+            await self.db.lock_keys(s, locked)
             found = await repo.lookup(s, identity, lookup_kinds(mode))
             decision = decide(mode, identity, found)
+            # a stitch onto a loser in flight must finish before its timeline moves: its visitors' keys
+            _need(locked, {f"vid:{v}" for loser in decision.merge for v in await repo.visitors_of(s, loser)})
             await _recheck(s, decision, found)
             contact = await self._target(s, decision, request, request_id)
             assert contact.id is not None
@@ -152,11 +196,17 @@ class ContactService:
             await repo.add_identifiers(self.db, s, cid, request.channels())
             to_stitch: list[tuple[str, int]] = []
             for loser in decision.merge:
-                # a stitch onto the loser in flight must finish before its timeline moves
-                await self.db.lock_keys(s, [f"vid:{v}" for v in await repo.visitors_of(s, loser)])
-                to_stitch += [(v, cid) for v in await repo.merge_into(self.db, s, loser, cid)]
-                repo.audit(s, cid, "merged", request_id, mergedContactId=loser)
-                repo.audit(s, loser, "merged_into", request_id, intoContactId=cid)
+                # under the row lock now: a visitor linked to the loser meanwhile needs its key too
+                _need(locked, {f"vid:{v}" for v in await repo.visitors_of(s, loser)})
+                moved = await repo.merge_into(self.db, s, loser, cid)
+                to_stitch += [(v, cid) for v in moved.visitors]
+                repo.audit(s, cid, "merged", request_id, mergedContactId=loser, **moved.detail())
+                repo.audit(s, loser, "merged_into", request_id, intoContactId=cid, **moved.detail())
+                for vid in moved.visitors:
+                    repo.audit(s, loser, "unlinked_visitor", request_id, visitorId=vid, toContactId=cid,
+                               reason="merge")
+                    repo.audit(s, cid, "linked_visitor", request_id, visitorId=vid, fromContactId=loser,
+                               reason="merge")
             to_stitch += await self._link_visitors(s, cid, request.visitor_ids, request_id)
             if groups:
                 await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, groups),
@@ -222,27 +272,51 @@ class ContactService:
         return stitches
 
     async def delete(self, contact_id: int, *, erase: bool, request_id: str | None) -> None:
-        """Soft delete (restorable by its external ID) or erase for good, Redis history included."""
+        """Soft delete (restorable by its external ID) or erase for good, Redis history included.
+
+        Both take the person's identity keys, then the contact rows, as every identity write does, and
+        re-read under them: a merge into the contact either finished before (its loser goes too) or starts
+        after and finds the contact gone.
+        """
+        extra: set[str] = set()
+
+        async def attempt() -> None:
+            try:
+                await self._delete_once(contact_id, erase, request_id, extra)
+            except _NeedKeys as exc:
+                extra.update(exc.keys)
+                raise
+
+        try:
+            await self.db.retry(attempt, also=(_NeedKeys,))
+        except _NeedKeys as exc:
+            raise Contention("the person kept changing during the erase") from exc
+
+    async def _delete_once(self, contact_id: int, erase: bool, request_id: str | None, extra: set[str]) -> None:
         async with self.db.transaction() as s:
-            contact = await s.get(Contact, contact_id)
+            ids, keys = await _person(s, contact_id) if erase else ([contact_id], await _contact_keys(s, [contact_id]))
+            locked = keys | extra
+            await self.db.lock_keys(s, locked)
+            rows = {c.id: c for c in (await s.execute(
+                select(Contact).where(col(Contact.id).in_(ids)).order_by(col(Contact.id))
+                .with_for_update().execution_options(populate_existing=True))).scalars()}
+            contact = rows.get(contact_id)
             if contact is None or contact.merged_into_id is not None:
                 raise ContactNotFound(contact_id)
             if not erase:
+                _need(locked, await _contact_keys(s, [contact_id]))
                 if contact.deleted_at is None:
                     contact.deleted_at = repo.now_ms()
                     repo.audit(s, contact_id, "deleted", request_id)
                 return
-            ids: list[int] = [contact_id]
-            frontier = [contact_id]
-            while frontier:  # contacts merged into this one are the same person
-                merged = [i for i in (await s.execute(select(col(Contact.id)).where(
-                    col(Contact.merged_into_id).in_(frontier)))).scalars() if i is not None]
-                ids += merged
-                frontier = merged
+            # under the locks: the person as it is now; anything new (a contact merged in, a visitor linked)
+            # means running again with its keys and rows locked first
+            now_ids, now_keys = await _person(s, contact_id)
+            _need(locked, now_keys)
+            if set(now_ids) - set(rows):
+                raise _NeedKeys(now_keys)
             links = list((await s.execute(select(VisitorLink).where(
                 col(VisitorLink.contact_id).in_(ids)))).scalars())
-            # a stitch of these visitors in flight finishes first; none can claim for the erased after this
-            await self.db.lock_keys(s, [f"vid:{link.visitor_id}" for link in links])
             # a visitor whose browser has passed to someone else stays theirs: only its claims go
             owned = {link.visitor_id for link in links if link.unlinked_at is None}
             others = {link.visitor_id for link in links} - owned
@@ -256,6 +330,7 @@ class ContactService:
                 await self.eventlog.forget(vid, ids)
             for vid in others:
                 await self.eventlog.drop_claims(vid, ids)
+            await self.eventlog.forget_rejected(owned)
 
     async def id_by_external_id(self, external_id: str) -> int:
         async with self.db.reader() as s:

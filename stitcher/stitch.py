@@ -85,13 +85,25 @@ class Stitcher:
         """Move ``vid``'s anonymous history onto ``contact_id``'s timeline; returns the events handed over.
 
         If the visitor has changed hands since, only what was already claimed for ``contact_id`` is moved.
+        A collision with another transaction is retried; past the retries it raises ``Contention`` (503).
         """
+        count = await self.db.retry(lambda: self._stitch_once(vid, contact_id))
+        await self.eventlog.release_claim(vid, contact_id)
+        if self.on_stitched is not None:
+            self.on_stitched(count)
+        return count
+
+    async def _stitch_once(self, vid: str, contact_id: int) -> int:
         async with self.db.transaction() as s:
             await self.db.lock_keys(s, [f"vid:{vid}"])
             holder = (await s.execute(select(col(VisitorLink.contact_id)).where(
                 col(VisitorLink.visitor_id) == vid, col(VisitorLink.unlinked_at).is_(None)))).scalar_one_or_none()
             if holder == contact_id:
                 await self.eventlog.claim(vid, contact_id)
+            else:
+                # an earlier owner's claim: each attempt keeps it alive, so a stitch that keeps failing
+                # (the sweeper retries it) never outlasts its claim
+                await self.eventlog.keep_claim(vid, contact_id)
             if self.pause_ms:
                 await asyncio.sleep(self.pause_ms / 1000)
             events = [orjson.loads(raw) for raw in await self.eventlog.read_claim(vid, contact_id)]
@@ -102,9 +114,6 @@ class Stitcher:
                 col(VisitorLink.visitor_id) == vid, col(VisitorLink.contact_id) == contact_id,
                 col(VisitorLink.stitched_at).is_(None),
             ).values(stitched_at=now_ms()))
-        await self.eventlog.release_claim(vid, contact_id)
-        if self.on_stitched is not None:
-            self.on_stitched(len(events))
         return len(events)
 
     async def finish_pending(self, older_than_ms: int = 0) -> int:

@@ -163,6 +163,10 @@ class EventLog:
         return [x if isinstance(x, bytes) else x.encode()
                 for x in await self.redis.lrange(self.keys(vid).claim(contact_id), 0, -1)]
 
+    async def keep_claim(self, vid: str, contact_id: int) -> None:
+        """Renew the TTL of a claim a stitch is about to read (a no-op when there is none)."""
+        await self.redis.expire(self.keys(vid).claim(contact_id), CLAIM_TTL_SECONDS)
+
     async def release_claim(self, vid: str, contact_id: int) -> None:
         """Drop the claim once its events are safely on the timeline."""
         await self.redis.delete(self.keys(vid).claim(contact_id))
@@ -195,6 +199,24 @@ class EventLog:
                           "event_id": record.get("id", ""), "event": record.get("event", "")}
                 pipe.xadd(keys.REJECTED, fields, maxlen=self.rejected_cap, approximate=True)
             await pipe.execute()
+
+    async def forget_rejected(self, vids: set[str], chunk: int = 1000) -> int:
+        """Delete the rejected events of these visitors (an erase); returns how many went.
+
+        The stream is capped (``rejected_cap``), so one pass over it is bounded.
+        """
+        if not vids:
+            return 0
+        wanted = {v.encode() for v in vids}
+        deleted, start = 0, "-"
+        while True:
+            entries = await self.redis.xrange(keys.REJECTED, min=start, count=chunk) or []
+            doomed = [_s(entry_id) for entry_id, fields in entries if (fields or {}).get(b"vid") in wanted]
+            if doomed:
+                deleted += int(await self.redis.xdel(keys.REJECTED, *doomed))
+            if len(entries) < chunk:
+                return deleted
+            start = "(" + _s(entries[-1][0])
 
     async def rejected(self, count: int = 100) -> list[dict[str, Any]]:
         """The most recent rejected events, newest first."""

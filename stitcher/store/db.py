@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+import structlog
 from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.dml import Insert
+
+T = TypeVar("T")
+ATTEMPTS = 5
+log = structlog.get_logger("db")
+# what the database says when two transactions collide rather than when a statement is wrong: retried
+_CONTENTION = ("deadlock detected", "could not serialize access", "database is locked", "database table is locked")
+
+
+class Contention(Exception):
+    """Deadlocks, serialization failures or a locked SQLite database that outlived their retries: the HTTP
+    edge answers 503 with Retry-After (never 500), and the caller's retry of the same request is safe."""
+
+
+def is_contention(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collision with another transaction, worth running the transaction again for."""
+    if isinstance(exc, Contention):
+        return True
+    text_ = str(getattr(exc, "orig", None) or exc).lower()
+    return any(marker in text_ for marker in _CONTENTION)
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -72,9 +93,18 @@ class Database:
             yield session
 
     async def lock_keys(self, session: AsyncSession, keys: Iterable[str]) -> None:
-        """Transaction-scoped advisory locks on the given identity keys (PostgreSQL; no-op on SQLite).
+        """Transaction-scoped advisory locks on identity keys (PostgreSQL; SQLite has its one writer).
 
-        Sorted, so two requests naming the same people always lock in the same order and cannot deadlock.
+        THE LOCK ORDER, for every writer that touches a person (contact API, merge, erase, stitch, worker;
+        later import, events, orders):
+          1. identity keys — ``ext:<id>``, ``id:<contactId>``, ``<kind>:<value>`` of channels and
+             ``vid:<visitor>`` — all of a transaction's keys in ONE call, which takes them sorted;
+          2. then contact rows, ``SELECT … FOR UPDATE`` of all of them in one statement ordered by id;
+          3. then any other row (an insert referencing a contact takes a KEY SHARE lock on its row).
+        Never a key after a row, and never a second batch of keys: a writer that learns of more keys after
+        locking (a merge loser's visitors, an erased person's identifiers) rolls back and runs again with
+        them in its first batch. A deadlock that slips through anyway is retried by ``retry`` and, past its
+        attempts, answered 503 (``Contention``).
         """
         if self.dialect != "postgresql":
             return
@@ -83,6 +113,29 @@ class Database:
         if digests:  # one round trip; unnest keeps the array's order, so the locks are taken in that order
             await session.execute(text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ks AS bigint[])) AS k"),
                                   {"ks": digests})
+
+    async def retry(self, work: Callable[[], Awaitable[T]], *, also: tuple[type[BaseException], ...] = (),
+                    attempts: int = ATTEMPTS) -> T:
+        """Run ``work`` (which opens its own transaction) again after a collision with another transaction,
+        or after one of ``also``, with a short random back-off.
+
+        A collision that outlives the attempts raises ``Contention`` (503); an ``also`` error is re-raised
+        as it is, for the caller to translate.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                return await work()
+            except Exception as exc:
+                contention = is_contention(exc)
+                if not (contention or isinstance(exc, also)):
+                    raise
+                if attempt == attempts:
+                    if contention:
+                        raise Contention(str(exc)) from exc
+                    raise
+                log.info("transaction collided, retrying", attempt=attempt, error=type(exc).__name__)
+                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
 
     def insert_ignore(self, table: Any, index_elements: Sequence[str]) -> Insert:
         """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for this dialect; pass rows at execute."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -131,34 +132,68 @@ def audit(session: AsyncSession, contact_id: int, action: str, request_id: str |
                             request_id=request_id))
 
 
-async def merge_into(db: Database, session: AsyncSession, loser_id: int, winner_id: int) -> list[str]:
+@dataclass
+class MergeRecord:
+    """What a merge moved from the loser to the winner, in the shape the audit log keeps for an undo.
+
+    ``identifiers`` are the loser's channels, each saying whether the winner already had it (an undo must
+    leave those); ``timeline_rows`` are the ids of the loser's timeline rows now on the winner (row ids do
+    not change); ``dropped_events`` the loser's event ids the winner already had, deleted as duplicates;
+    ``groups`` the loser's group ids, with those the winner was already in.
+    """
+
+    identifiers: list[dict[str, Any]] = field(default_factory=list)
+    visitors: list[str] = field(default_factory=list)
+    timeline_rows: list[int] = field(default_factory=list)
+    dropped_events: list[str] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+
+    def detail(self) -> dict[str, Any]:
+        return {"identifiers": self.identifiers, "visitorIds": self.visitors, "timelineRowIds": self.timeline_rows,
+                "droppedDuplicateEventIds": self.dropped_events, "groups": self.groups}
+
+
+async def merge_into(db: Database, session: AsyncSession, loser_id: int, winner_id: int) -> MergeRecord:
     """Fold an unidentified contact into the winner: identifiers, visitors, timeline, groups.
 
-    Returns the loser's open visitor ids, which the caller re-links to the winner in Redis.
+    Returns what moved; its ``visitors`` are the loser's open visitor ids, which the caller re-links to the
+    winner in Redis.
     """
     now = now_ms()
+    record = MergeRecord()
+    had = {(i.kind, i.value) for i in await channels_of(session, winner_id)}
     idents = await channels_of(session, loser_id)
+    record.identifiers = [{"kind": i.kind, "value": i.value, "device": i.device,
+                           "alreadyOnWinner": (i.kind, i.value) in had} for i in idents]
     await add_identifiers(db, session, winner_id,
                           [(IdentifierKind(i.kind), i.value, i.device) for i in idents])
     await session.execute(delete(Identifier).where(col(Identifier.contact_id) == loser_id))
-    visitors = await visitors_of(session, loser_id)
+    record.visitors = await visitors_of(session, loser_id)
     await session.execute(update(VisitorLink).where(
         col(VisitorLink.contact_id) == loser_id, col(VisitorLink.unlinked_at).is_(None)
     ).values(unlinked_at=now))
-    if visitors:
-        session.add_all([VisitorLink(visitor_id=v, contact_id=winner_id, linked_at=now) for v in visitors])
+    if record.visitors:
+        session.add_all([VisitorLink(visitor_id=v, contact_id=winner_id, linked_at=now) for v in record.visitors])
     # the same event on both timelines (a beacon retried across the merge) stays once, on the winner
     winner_events = select(col(TimelineEvent.event_id)).where(col(TimelineEvent.contact_id) == winner_id)
-    await session.execute(delete(TimelineEvent).where(
-        col(TimelineEvent.contact_id) == loser_id, col(TimelineEvent.event_id).in_(winner_events)))
-    await session.execute(update(TimelineEvent).where(col(TimelineEvent.contact_id) == loser_id)
-                          .values(contact_id=winner_id))
-    groups = (await session.execute(select(GroupMember).where(col(GroupMember.contact_id) == loser_id))).scalars()
-    await add_to_groups(db, session, winner_id, [g.group_id for g in groups], None)
+    duplicates = (col(TimelineEvent.contact_id) == loser_id, col(TimelineEvent.event_id).in_(winner_events))
+    record.dropped_events = list((await session.execute(
+        select(col(TimelineEvent.event_id)).where(*duplicates).order_by(col(TimelineEvent.id)))).scalars())
+    await session.execute(delete(TimelineEvent).where(*duplicates))
+    record.timeline_rows = [i for i in (await session.execute(
+        update(TimelineEvent).where(col(TimelineEvent.contact_id) == loser_id)
+        .values(contact_id=winner_id).returning(col(TimelineEvent.id)))).scalars() if i is not None]
+    record.timeline_rows.sort()
+    member_of = set((await session.execute(select(col(GroupMember.group_id)).where(
+        col(GroupMember.contact_id) == winner_id))).scalars())
+    groups = [g.group_id for g in (await session.execute(
+        select(GroupMember).where(col(GroupMember.contact_id) == loser_id))).scalars()]
+    record.groups = [{"id": g, "alreadyMember": g in member_of} for g in groups]
+    await add_to_groups(db, session, winner_id, groups, None)
     await session.execute(delete(GroupMember).where(col(GroupMember.contact_id) == loser_id))
     await session.execute(update(Contact).where(col(Contact.id) == loser_id)
                           .values(merged_into_id=winner_id, updated_at=now))
-    return visitors
+    return record
 
 
 async def resolve_merged(session: AsyncSession, contact_id: int) -> Contact | None:

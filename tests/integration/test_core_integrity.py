@@ -8,11 +8,22 @@ worker never dropping an event on a transient error, the unique external-ID inde
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections import Counter
 from typing import Any
 
-from tests.helpers import beacon, call, eventually, page_views
+import orjson
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import stitcher.app
+from stitcher.api import CONTACTS, DB
+from stitcher.app import WORKER
+from stitcher.store import repo
+from tests.helpers import beacon, call, eventually, page_views, sql_scalar
 from tracker.keys import VisitorKeys
 
 
@@ -83,3 +94,185 @@ async def test_repeating_a_token_only_subscribe_finds_its_contact(client):
         "externalCustomerId": "APP-1", "channels": [{"type": "email", "value": "app@example.com"},
                                                     {"type": "mobilepush", "value": "app-token-77"}]}})
     assert status == 200 and known["id"] == first["id"] and known["externalCustomerId"] == "APP-1", known
+
+
+# --- item 9: one lock order; a collision that outlives its retries is a 503 ----------------------------
+
+
+def deadlock() -> DBAPIError:
+    return DBAPIError("INSERT INTO timeline ...", {}, Exception("deadlock detected"))
+
+
+async def test_a_stitch_and_a_merge_of_its_contact_do_not_deadlock(aiohttp_client, settings, redis_client):
+    """A merge of a contact whose stitch is in flight waits for the stitch (visitor keys before contact
+    rows, everywhere): both calls answer 200 and the history ends on the winner."""
+    client = await aiohttp_client(stitcher.app.init_app(dataclasses.replace(settings, stitch_pause_ms=1500)))
+    vid = str(uuid.uuid4())
+    history = page_views(3, prefix="before")
+    await beacon(client, vid, history)
+    status, winner = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "DL-W"})
+    assert status == 200, winner
+    # the unidentified profile's stitch holds the visitor's history between claim and insert ...
+    first = asyncio.create_task(call(client, "POST", "/api/v1/contact", {
+        "channels": [{"type": "email", "value": "dl@example.com"}], "visitorIds": [vid]}))
+    claim = VisitorKeys(vid, settings.partitions).claim_pattern
+    assert await eventually(lambda: redis_client.keys(claim), bool, 10)
+    # ... while the identified person's call folds that profile in
+    second = asyncio.create_task(call(client, "POST", "/api/v1/contact", {
+        "externalCustomerId": "DL-W", "channels": [{"type": "email", "value": "dl@example.com"}]}))
+    (s1, profile), (s2, merged) = await asyncio.wait_for(asyncio.gather(first, second), 30)
+    assert (s1, s2) == (200, 200), (profile, merged)
+    assert profile["stitchedEvents"] == 3, profile
+    assert merged["id"] == winner["id"] and merged["mergedContactIds"] == [profile["id"]], merged
+    assert Counter(await timeline_ids(client, winner["id"])) == Counter(e["id"] for e in history)
+
+
+async def test_a_collision_that_outlives_its_retries_answers_503_and_a_retry_finishes(client, monkeypatch):
+    """A deadlock on every try of the stitch is a 503 with Retry-After, never a 500; the same call repeated
+    later finishes the job, once."""
+    service = client.app[CONTACTS]
+    vid = str(uuid.uuid4())
+    history = page_views(2, prefix="busy")
+    await beacon(client, vid, history)
+    real = service.stitcher._stitch_once
+    tries = 0
+
+    async def always_deadlocked(v: str, c: int) -> int:
+        nonlocal tries
+        tries += 1
+        raise deadlock()
+
+    monkeypatch.setattr(service.stitcher, "_stitch_once", always_deadlocked)
+    body = {"externalCustomerId": "BUSY-1", "visitorIds": [vid]}
+    r = await client.post("/api/v1/contact", json=body, headers=auth_headers())
+    answer = await r.json()
+    assert r.status == 503 and answer["error"] == "unavailable", answer
+    assert r.headers["Retry-After"] == "1"
+    assert tries == 5
+    monkeypatch.setattr(service.stitcher, "_stitch_once", real)
+    status, again = await call(client, "POST", "/api/v1/contact", body)
+    assert status == 200 and again["stitchedEvents"] == 2, again
+    assert Counter(await timeline_ids(client, again["id"])) == Counter(e["id"] for e in history)
+
+
+def auth_headers() -> dict[str, str]:
+    from tests.conftest import auth
+
+    return auth()
+
+
+# --- item 8: erase racing a merge into the same contact -------------------------------------------------
+
+
+async def person_rows(database_url: str, contact_ids: list[int]) -> dict[str, int]:
+    engine = create_async_engine(database_url)
+    out: dict[str, int] = {}
+    try:
+        async with engine.connect() as conn:
+            for table, column in (("contacts", "id"), ("identifiers", "contact_id"), ("timeline", "contact_id"),
+                                  ("visitor_links", "contact_id"), ("group_members", "contact_id")):
+                out[table] = (await conn.execute(text(f"SELECT count(*) FROM {table} WHERE {column} IN "
+                                                      f"({','.join(map(str, contact_ids))})"))).scalar_one()
+            out["audit"] = (await conn.execute(text(
+                "SELECT count(*) FROM identity_log WHERE action != 'erased' AND contact_id IN "
+                f"({','.join(map(str, contact_ids))})"))).scalar_one()
+    finally:
+        await engine.dispose()
+    return out
+
+
+@pytest.mark.parametrize("first", ["merge", "erase"])
+async def test_erase_racing_a_merge_into_the_contact_leaves_nothing_of_the_person(
+        client, database_url, redis_client, settings, monkeypatch, first):
+    """Erase and a merge into the same contact at once: whichever goes first, nothing of the person survives
+    the erase (no resurrected profile, no audit entries, no Redis link) and neither call answers 500."""
+    vid_a, vid_p = str(uuid.uuid4()), str(uuid.uuid4())
+    await beacon(client, vid_a, page_views(1, prefix="a"))
+    await beacon(client, vid_p, page_views(2, prefix="p"))
+    status, ann = await call(client, "POST", "/api/v1/contact", {
+        "externalCustomerId": "ER-A", "channels": [{"type": "email", "value": "er-a@example.com"}],
+        "visitorIds": [vid_a]})
+    assert status == 200, ann
+    status, profile = await call(client, "POST", "/api/v1/contact", {
+        "channels": [{"type": "sms", "value": "+380671110022"}], "visitorIds": [vid_p]})
+    assert status == 200 and profile["id"] != ann["id"], profile
+
+    held, release = asyncio.Event(), asyncio.Event()
+
+    def holding(real: Any) -> Any:
+        async def paused(*args: Any) -> Any:
+            held.set()
+            await release.wait()
+            return await real(*args)
+        return paused
+
+    def merge_call() -> Any:
+        return asyncio.create_task(call(client, "POST", "/api/v1/contact", {
+            "externalCustomerId": "ER-A", "channels": [{"type": "sms", "value": "+380671110022"}]}))
+
+    def erase_call() -> Any:
+        return asyncio.create_task(call(client, "DELETE", f"/api/v1/contact/{ann['id']}", params={"erase": "true"}))
+
+    # the first call pauses while it holds its locks (the merge between row locks and moving rows; the
+    # erase after deleting, before its commit); the second then runs into them
+    if first == "merge":
+        monkeypatch.setattr(repo, "merge_into", holding(repo.merge_into))
+        merge = merge_call()
+        await asyncio.wait_for(held.wait(), 10)
+        erase = erase_call()
+    else:
+        eventlog = client.app[CONTACTS].eventlog
+        monkeypatch.setattr(eventlog, "forget", holding(eventlog.forget))
+        erase = erase_call()
+        await asyncio.wait_for(held.wait(), 10)
+        merge = merge_call()
+    await asyncio.sleep(0.3)
+    release.set()
+    (merge_status, merged), (erase_status, erased) = await asyncio.wait_for(asyncio.gather(merge, erase), 30)
+    assert erase_status == 200, erased
+    assert merge_status == 200, merged
+
+    if first == "merge":
+        # the merge finished first: the profile was folded into Ann, so it went with her
+        assert merged["mergedContactIds"] == [profile["id"]], merged
+        gone = [ann["id"], profile["id"]]
+        assert merged["id"] == ann["id"]
+    else:
+        # the erase finished first: the same ID then names the unidentified profile, a new person
+        assert merged["id"] == profile["id"] and merged["status"] == "updated", merged
+        gone = [ann["id"]]
+    assert await person_rows(database_url, gone) == {"contacts": 0, "identifiers": 0, "timeline": 0,
+                                                     "visitor_links": 0, "group_members": 0, "audit": 0}
+    for cid in gone:
+        status, err = await call(client, "GET", f"/api/v1/contact/{cid}")
+        assert status == 404, err
+    dead = [vid_a, vid_p] if first == "merge" else [vid_a]
+    for vid in dead:
+        k = VisitorKeys(vid, settings.partitions)
+        assert not await redis_client.exists(k.link, k.events, k.ids), vid
+        assert not await redis_client.keys(k.claim_pattern)
+    # a later beacon of an erased person's browser is anonymous again, not silently dropped
+    later = page_views(1, start=50, prefix="later")
+    await beacon(client, vid_a, later)
+    status, history = await call(client, "GET", f"/api/v1/visitor/{vid_a}/events")
+    assert status == 200 and history["linkedContactId"] is None
+    assert [e["id"] for e in history["events"]] == [later[0]["id"]]
+
+
+async def test_erase_removes_the_persons_rejected_beacon_events(client):
+    """An erase also deletes the rejected beacon events of the person's browsers, and only theirs."""
+    vid, other = str(uuid.uuid4()), str(uuid.uuid4())
+    bad = {"id": "bad-1", "type": "", "ts": 1_800_000_000_000}
+    for v in (vid, other):
+        client.session.cookie_jar.clear()
+        r = await client.post("/t", data=orjson.dumps({"vid": v, "events": [bad, *page_views(1)]}),
+                              headers={"Content-Type": "text/plain"})
+        assert r.status == 204
+    status, rejected = await call(client, "GET", "/api/v1/tracker/rejected")
+    assert {e["vid"] for e in rejected["rejected"]} == {vid, other}, rejected
+    status, person = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "RJ-1",
+                                                                    "visitorIds": [vid]})
+    status, _ = await call(client, "DELETE", f"/api/v1/contact/{person['id']}", params={"erase": "true"})
+    assert status == 200
+    status, rejected = await call(client, "GET", "/api/v1/tracker/rejected")
+    assert [e["vid"] for e in rejected["rejected"]] == [other], rejected
