@@ -14,19 +14,18 @@ import socket
 import time
 from collections import defaultdict
 
+import orjson
 import structlog
-from redis.exceptions import RedisError
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DataError, DBAPIError, StatementError
 
 from stitcher.stitch import Stitcher, insert_timeline, web_rows
 from stitcher.store import repo
 from stitcher.store.db import Database
+from stitcher.store.models import VisitorLink
 from tracker.eventlog import EventLog, LinkedEvent
 from tracker.metrics import Metrics
 
 log = structlog.get_logger("worker")
-OUTAGE = (OperationalError, InterfaceError, PoolTimeout, OSError, RedisError)
 RECLAIM_IDLE_MS = 30_000
 HOUSEKEEPING_S = 10.0
 
@@ -80,8 +79,10 @@ class Worker:
     async def drain(self, events: list[LinkedEvent]) -> int:
         """Put a batch of linked events on their contacts' timelines, then acknowledge them.
 
-        If the batch fails, each event is tried alone; one that fails alone (a poison entry) is recorded in
-        the rejected-events stream with its reason and acknowledged, so it cannot stop the worker.
+        If the batch fails, each event is tried alone. Only an event that fails alone because of what it
+        holds (``is_poison``) is recorded in the rejected-events stream, with its JSON and reason, and
+        acknowledged, so it cannot stop the worker; any other error (an outage, a deadlock, a restart of
+        the database) leaves the whole batch pending for the next try — a transient error never drops one.
         """
         if not events:
             return 0
@@ -92,24 +93,26 @@ class Worker:
             for event in events:
                 try:
                     await self._insert([event])
-                except OUTAGE:
-                    raise  # the database is unreachable, not the event bad: keep it pending, retry later
                 except Exception as exc:
+                    if not is_poison(exc):
+                        raise  # not the event's fault: keep it pending, the loop retries it
                     log.error("linked event rejected", reason=type(exc).__name__, contact=event.contact_id)
                     await self.eventlog.record_rejected(event.vid, [{
-                        "id": str(event.event.get("id", ""))[:64], "reason": f"timeline insert failed: "
-                        f"{type(exc).__name__}", "event": ""}])
+                        "id": str(event.event.get("id", ""))[:64],
+                        "reason": f"timeline insert failed: {type(exc).__name__}",
+                        "event": orjson.dumps(event.event).decode()}])
         await self.eventlog.ack_linked(events)
         self.metrics.drained.inc(len(events))
         return len(events)
 
     async def _insert(self, events: list[LinkedEvent]) -> None:
-        by_contact: dict[int, list[LinkedEvent]] = defaultdict(list)
-        for e in events:
-            by_contact[e.contact_id].append(e)
         async with self.db.transaction() as s:
             # a merge of these visitors' contact waits for this insert (it locks the same keys)
             await self.db.lock_keys(s, [f"vid:{e.vid}" for e in events])
+            owners = await repo.open_links(s, {e.vid for e in events})
+            by_contact: dict[int, list[LinkedEvent]] = defaultdict(list)
+            for e in events:
+                by_contact[_owner(e, owners)].append(e)
             for contact_id, items in by_contact.items():
                 contact = await repo.resolve_merged(s, contact_id)
                 if contact is None or contact.id is None:
@@ -118,3 +121,28 @@ class Worker:
                 for item in items:
                     rows += web_rows(contact.id, item.vid, [item.event])
                 await insert_timeline(self.db, s, rows)
+
+
+def _owner(event: LinkedEvent, links: list[VisitorLink]) -> int:
+    """Whose timeline a linked event belongs on.
+
+    The stream entry names the contact Redis linked the visitor to when the beacon arrived. A re-link (a
+    shared browser changing hands) commits in SQL before its stitch moves the Redis link, so an event
+    received after the SQL link to someone else was made is theirs, even if Redis still named the earlier
+    owner: no beacon after a re-link reaches the previous person.
+    """
+    for link in links:
+        if link.visitor_id == event.vid and link.contact_id != event.contact_id \
+                and int(event.event.get("rt", 0)) >= link.linked_at:
+            return link.contact_id
+    return event.contact_id
+
+
+def is_poison(exc: BaseException) -> bool:
+    """Whether an event failed because of its own content (bad values), not because of the database's
+    state: only such an event may be set aside."""
+    if isinstance(exc, DBAPIError):
+        # SQLSTATE class 22 (data exception) or 54 (a value past a limit of the server): the row itself
+        state = str(getattr(exc.orig, "sqlstate", "") or "")
+        return isinstance(exc, DataError) or state[:2] in ("22", "54")
+    return isinstance(exc, KeyError | ValueError | TypeError | StatementError)

@@ -276,3 +276,155 @@ async def test_erase_removes_the_persons_rejected_beacon_events(client):
     assert status == 200
     status, rejected = await call(client, "GET", "/api/v1/tracker/rejected")
     assert [e["vid"] for e in rejected["rejected"]] == [other], rejected
+
+
+# --- the worker never drops an event on a transient error ----------------------------------------------
+
+
+async def test_the_worker_keeps_an_event_through_transient_errors(client, redis_client, settings, monkeypatch):
+    """A deadlock or a refused connection while draining leaves the event pending; it lands once the
+    database is back, and nothing is recorded as rejected."""
+    worker = client.app[WORKER]
+    real = worker._insert
+    failures = iter([deadlock(), deadlock(), DBAPIError("connect", {}, ConnectionRefusedError("refused")),
+                     deadlock()])
+
+    async def flaky(events: Any) -> None:
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        await real(events)
+
+    monkeypatch.setattr(worker, "_insert", flaky)
+    vid = str(uuid.uuid4())
+    status, person = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "WK-1",
+                                                                    "visitorIds": [vid]})
+    assert status == 200, person
+    later = page_views(1, prefix="later")
+    await beacon(client, vid, later)
+    ids = await eventually(lambda: timeline_ids(client, person["id"]), bool, 15)
+    assert ids == [later[0]["id"]]
+    status, rejected = await call(client, "GET", "/api/v1/tracker/rejected")
+    assert rejected["rejected"] == []
+
+
+async def test_an_event_the_database_refuses_is_rejected_with_its_json(client, redis_client, settings,
+                                                                       monkeypatch):
+    """An event that fails alone because of its own content is set aside with its JSON and reason, and the
+    rest of its batch lands."""
+    worker = client.app[WORKER]
+    real = worker._insert
+
+    async def picky(events: Any) -> None:
+        if any(e.event["id"].startswith("poison") for e in events):
+            raise ValueError("cannot store this value")
+        await real(events)
+
+    monkeypatch.setattr(worker, "_insert", picky)
+    vid = str(uuid.uuid4())
+    status, person = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "WK-2",
+                                                                    "visitorIds": [vid]})
+    good, poison = page_views(1, prefix="good"), page_views(1, start=3, prefix="poison")
+    await beacon(client, vid, [*good, *poison])
+    await drained(client, redis_client, settings, vid)
+    assert await timeline_ids(client, person["id"]) == [good[0]["id"]]
+    status, rejected = await call(client, "GET", "/api/v1/tracker/rejected")
+    (entry,) = rejected["rejected"]
+    assert entry["vid"] == vid and entry["event_id"] == poison[0]["id"] and "ValueError" in entry["reason"]
+    assert orjson.loads(entry["event"])["url"] == poison[0]["url"]
+
+
+# --- a re-link: no later beacon reaches the previous owner, their claim outlives failures -------------
+
+
+async def test_beacons_after_a_relink_reach_the_new_owner_even_before_its_stitch_runs(client, database_url,
+                                                                                     monkeypatch):
+    """Once a shared browser's re-link is committed, its beacons go to the new person, even while Redis
+    still names the earlier one (the re-link's stitch failed: 503); the earlier person keeps the past."""
+    vid = str(uuid.uuid4())
+    status, ann = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "RL-ANN",
+                                                                 "visitorIds": [vid]})
+    before = page_views(1, prefix="ann")
+    await beacon(client, vid, before)
+    await eventually(lambda: timeline_ids(client, ann["id"]), bool, 15)
+    service = client.app[CONTACTS]
+    real = service.stitcher._stitch_once
+
+    async def broken(v: str, c: int) -> int:
+        raise deadlock()
+
+    monkeypatch.setattr(service.stitcher, "_stitch_once", broken)
+    status, failed = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "RL-BOB",
+                                                                    "visitorIds": [vid]})
+    assert status == 503, failed
+    monkeypatch.setattr(service.stitcher, "_stitch_once", real)
+    bob_id = await sql_scalar(database_url, "SELECT id FROM contacts WHERE external_customer_id = 'RL-BOB'")
+    after = page_views(1, start=10, prefix="bob")
+    await beacon(client, vid, after)  # Redis still links the browser to Ann
+    assert await eventually(lambda: timeline_ids(client, bob_id), bool, 15) == [after[0]["id"]]
+    assert await timeline_ids(client, ann["id"]) == [before[0]["id"]]
+
+
+async def test_an_earlier_owners_unfinished_claim_is_kept_alive_by_each_try(client, redis_client, settings,
+                                                                           monkeypatch):
+    """Each try of the earlier owner's failing stitch renews its claim's TTL, so days of failures lose nothing."""
+    vid = str(uuid.uuid4())
+    service = client.app[CONTACTS]
+    status, ann = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "TTL-A"})
+    status, bob = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "TTL-B",
+                                                                 "visitorIds": [vid]})
+    k = VisitorKeys(vid, settings.partitions)
+    (event,) = page_views(1, prefix="claimed")
+    # what a re-link leaves when the earlier owner's stitch has not run: her claim, almost expired
+    await redis_client.rpush(k.claim(ann["id"]), orjson.dumps({**event, "t": event["ts"], "rt": event["ts"]}))
+    await redis_client.expire(k.claim(ann["id"]), 5)
+
+    async def down(*args: Any) -> None:
+        raise DBAPIError("INSERT", {}, Exception("could not serialize access due to concurrent update"))
+
+    monkeypatch.setattr("stitcher.stitch.insert_timeline", down)
+    with pytest.raises(Exception, match="serialize"):
+        await service.stitcher.stitch(vid, ann["id"])
+    assert await redis_client.ttl(k.claim(ann["id"])) > 6 * 86_400
+    monkeypatch.undo()
+    assert await service.stitcher.stitch(vid, ann["id"]) == 1
+    assert await timeline_ids(client, ann["id"]) == [event["id"]]
+    assert await timeline_ids(client, bob["id"]) == []
+
+
+async def test_a_crash_after_the_earlier_owners_claim_inside_a_relink_loses_nothing(client, monkeypatch):
+    """Invariant 5 across a re-link: a failure right after the earlier owner's history was claimed, before
+    the re-link commits, leaves a state the sweeper or the retried call finishes, every event once."""
+    vid = str(uuid.uuid4())
+    service = client.app[CONTACTS]
+    history = page_views(3, prefix="anon")
+    await beacon(client, vid, history)
+    # Ann's link commits, but her stitch never ran (a crash between the commit and the stitch)
+    monkeypatch.setattr(service.stitcher, "stitch", _never)
+    status, ann = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "CR-ANN",
+                                                                 "visitorIds": [vid]})
+    assert status == 503, ann
+    monkeypatch.undo()
+    real_audit = repo.audit
+
+    def crash_after_claim(s: Any, cid: int, action: str, *args: Any, **kw: Any) -> None:
+        if action == "unlinked_visitor":
+            raise ConnectionResetError("the process died here")
+        real_audit(s, cid, action, *args, **kw)
+
+    monkeypatch.setattr(repo, "audit", crash_after_claim)
+    status, failed = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "CR-BOB",
+                                                                    "visitorIds": [vid]})
+    assert status == 503, failed
+    monkeypatch.undo()
+    assert await service.stitcher.finish_pending() >= 1  # the sweeper
+    ann_id = (await call(client, "GET", "/api/v1/contacts", params={"externalCustomerId": "CR-ANN"}))[1][0]["id"]
+    assert Counter(await timeline_ids(client, ann_id)) == Counter(e["id"] for e in history)
+    status, bob = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "CR-BOB",
+                                                                 "visitorIds": [vid]})
+    assert status == 200 and bob["stitchedEvents"] == 0, bob
+    assert Counter(await timeline_ids(client, ann_id)) == Counter(e["id"] for e in history)
+
+
+async def _never(vid: str, contact_id: int) -> int:
+    raise ConnectionResetError("the process died before the stitch")
