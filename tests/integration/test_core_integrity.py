@@ -16,13 +16,14 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import stitcher.app
-from stitcher.api import CONTACTS, DB
+from stitcher.api import CONTACTS
 from stitcher.app import WORKER
 from stitcher.store import repo
+from tests.conftest import auth
 from tests.helpers import beacon, call, eventually, page_views, sql_scalar
 from tracker.keys import VisitorKeys
 
@@ -144,7 +145,7 @@ async def test_a_collision_that_outlives_its_retries_answers_503_and_a_retry_fin
 
     monkeypatch.setattr(service.stitcher, "_stitch_once", always_deadlocked)
     body = {"externalCustomerId": "BUSY-1", "visitorIds": [vid]}
-    r = await client.post("/api/v1/contact", json=body, headers=auth_headers())
+    r = await client.post("/api/v1/contact", json=body, headers=auth())
     answer = await r.json()
     assert r.status == 503 and answer["error"] == "unavailable", answer
     assert r.headers["Retry-After"] == "1"
@@ -153,12 +154,6 @@ async def test_a_collision_that_outlives_its_retries_answers_503_and_a_retry_fin
     status, again = await call(client, "POST", "/api/v1/contact", body)
     assert status == 200 and again["stitchedEvents"] == 2, again
     assert Counter(await timeline_ids(client, again["id"])) == Counter(e["id"] for e in history)
-
-
-def auth_headers() -> dict[str, str]:
-    from tests.conftest import auth
-
-    return auth()
 
 
 # --- item 8: erase racing a merge into the same contact -------------------------------------------------
@@ -329,6 +324,7 @@ async def test_an_event_the_database_refuses_is_rejected_with_its_json(client, r
     await drained(client, redis_client, settings, vid)
     assert await timeline_ids(client, person["id"]) == [good[0]["id"]]
     status, rejected = await call(client, "GET", "/api/v1/tracker/rejected")
+    assert status == 200
     (entry,) = rejected["rejected"]
     assert entry["vid"] == vid and entry["event_id"] == poison[0]["id"] and "ValueError" in entry["reason"]
     assert orjson.loads(entry["event"])["url"] == poison[0]["url"]
@@ -373,6 +369,7 @@ async def test_an_earlier_owners_unfinished_claim_is_kept_alive_by_each_try(clie
     status, ann = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "TTL-A"})
     status, bob = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "TTL-B",
                                                                  "visitorIds": [vid]})
+    assert status == 200, bob
     k = VisitorKeys(vid, settings.partitions)
     (event,) = page_views(1, prefix="claimed")
     # what a re-link leaves when the earlier owner's stitch has not run: her claim, almost expired
