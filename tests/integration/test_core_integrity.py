@@ -16,13 +16,14 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import stitcher.app
-from stitcher.api import CONTACTS
+from stitcher.api import CONTACTS, DB
 from stitcher.app import WORKER
 from stitcher.store import repo
+from stitcher.store.db import Database
 from tests.conftest import auth
 from tests.helpers import beacon, call, eventually, page_views, sql_scalar
 from tracker.keys import VisitorKeys
@@ -425,3 +426,98 @@ async def test_a_crash_after_the_earlier_owners_claim_inside_a_relink_loses_noth
 
 async def _never(vid: str, contact_id: int) -> int:
     raise ConnectionResetError("the process died before the stitch")
+
+
+# --- invariant 6: the unique index, written past the locks ----------------------------------------------
+
+
+async def test_the_database_refuses_a_second_live_contact_with_one_external_id(database_url):
+    """The unique index itself refuses two rows with one external ID, whatever the service's locks do."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO contacts (external_customer_id, created_at, updated_at) "
+                                    "VALUES ('U-1', 1, 1)"))
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(text("INSERT INTO contacts (external_customer_id, created_at, updated_at) "
+                                        "VALUES ('U-1', 2, 2)"))
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_creators_past_the_locks_still_make_one_contact(aiohttp_client, settings, database_url,
+                                                                         monkeypatch):
+    """With the identity locks switched off, and two service processes (two engines) writing at once, one
+    external ID still ends as one contact: the unique index refuses the second and the retry finds the first."""
+
+    async def no_locks(self: Any, session: Any, keys: Any) -> None:
+        return None
+
+    monkeypatch.setattr(Database, "lock_keys", no_locks)
+    clients = [await aiohttp_client(stitcher.app.init_app(settings)) for _ in range(2)]
+    for c in clients:
+        c.app[DB]._write_lock = None  # SQLite: no process-wide queue either, as with two processes
+    calls = [call(clients[i % 2], "POST", "/api/v1/contact", {
+        "externalCustomerId": "RACE-1", "channels": [{"type": "email", "value": f"r{i}@example.com"}]})
+        for i in range(16)]
+    answers = await asyncio.gather(*calls)
+    assert {status for status, _ in answers} == {200}, answers
+    assert len({body["id"] for _, body in answers}) == 1
+    assert await sql_scalar(database_url, "SELECT count(*) FROM contacts") == 1
+    assert await sql_scalar(database_url, "SELECT count(*) FROM identifiers") == 16
+
+
+# --- invariant 9: a merge says what moved, enough to undo it ---------------------------------------------
+
+
+async def test_a_merge_records_what_moved_in_the_identity_log(client, redis_client, settings):
+    """The winner's and the loser's logs name the identifiers, visitors, timeline rows and groups a merge
+    moved (and what the winner already had), and each moved visitor has its unlink and link entry."""
+    vid = str(uuid.uuid4())
+    history = page_views(2, prefix="p")
+    await beacon(client, vid, history)
+    status, profile = await call(client, "POST", "/api/v1/contact/subscribe", {"contact": {
+        "channels": [{"type": "email", "value": "m9@example.com"}, {"type": "mobilepush", "value": "tok-m9"}],
+        "visitorIds": [vid]}, "groups": ["news", "vip"]})
+    assert status == 200 and profile["stitchedEvents"] == 2, profile
+    status, winner = await call(client, "POST", "/api/v1/contact/subscribe", {"contact": {
+        "externalCustomerId": "M9", "channels": [{"type": "sms", "value": "+380671239999"}]}, "groups": ["vip"]})
+    before = {e["id"]: e for e in (await call(client, "GET", f"/api/v1/contact/{profile['id']}/events"))[1]["events"]}
+    status, merged = await call(client, "POST", "/api/v1/contact", {
+        "externalCustomerId": "M9", "channels": [{"type": "sms", "value": "+380671239999"},
+                                                 {"type": "email", "value": "m9@example.com"}]})
+    assert status == 200 and merged["id"] == winner["id"] and merged["mergedContactIds"] == [profile["id"]]
+
+    status, log = await call(client, "GET", f"/api/v1/contact/{winner['id']}/identity-log")
+    (entry,) = [e for e in log["entries"] if e["action"] == "merged"]
+    assert entry["mergedContactId"] == profile["id"]
+    assert entry["identifiers"] == [
+        {"kind": "email", "value": "m9@example.com", "device": None, "alreadyOnWinner": True},
+        {"kind": "mobilepush", "value": "tok-m9", "device": None, "alreadyOnWinner": False}]
+    assert entry["visitorIds"] == [vid]
+    rows = await sql_rows(settings.database_url or "", "SELECT id FROM timeline WHERE contact_id = :c ORDER BY id",
+                          c=winner["id"])
+    assert entry["timelineRowIds"] == rows and len(rows) == len(before)
+    assert entry["droppedDuplicateEventIds"] == []
+    groups = {g["name"]: g["id"] for g in (await call(client, "GET", f"/api/v1/contact/{winner['id']}"))[1]["groups"]}
+    assert sorted(entry["groups"], key=lambda g: g["id"]) == sorted(
+        [{"id": groups["news"], "alreadyMember": False}, {"id": groups["vip"], "alreadyMember": True}],
+        key=lambda g: g["id"])
+    links = [e for e in log["entries"] if e["action"] == "linked_visitor"]
+    assert links[-1] == {**links[-1], "visitorId": vid, "fromContactId": profile["id"], "reason": "merge"}
+
+    status, loser_log = await call(client, "GET", f"/api/v1/contact/{profile['id']}/identity-log")
+    actions = [e["action"] for e in loser_log["entries"]]
+    assert actions[-2:] == ["merged_into", "unlinked_visitor"], actions
+    assert loser_log["entries"][-1]["toContactId"] == winner["id"]
+    assert loser_log["entries"][-2]["timelineRowIds"] == rows
+
+
+async def sql_rows(database_url: str, query: str, **params: Any) -> list[Any]:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return [row[0] for row in await conn.execute(text(query), params)]
+    finally:
+        await engine.dispose()
