@@ -9,6 +9,7 @@ from aiohttp import web
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from stitcher import http_errors
 from stitcher.api import CONTACTS, DB, NORMALISER, routes
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
@@ -18,7 +19,7 @@ from stitcher.worker import Worker
 from tracker.app import connect_redis
 from tracker.app import init_app as init_tracker
 from tracker.eventlog import EventLog
-from tracker.http import METRICS, UNAVAILABLE
+from tracker.http import ERROR_STATUS, METRICS, UNAVAILABLE
 from tracker.routes import EVENTLOG, READY_CHECKS, SETTINGS
 from tracker.settings import Settings
 from tracker.tasks import stop_task
@@ -33,6 +34,8 @@ def init_app(settings: Settings) -> web.Application:
     """
     app = init_tracker(settings)
     app[NORMALISER] = Normaliser.from_settings(settings)
+    statuses: dict[type[Exception], int] = app[ERROR_STATUS]
+    app[ERROR_STATUS] = statuses | http_errors.STATUS
     app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention)
     app.cleanup_ctx.append(_stitcher_ctx)
     app.add_routes(routes)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from stitcher.domain.errors import ContactNotFound, DomainError
+from stitcher.domain.errors import ConcurrentUpdate, ContactNotFound
 from stitcher.domain.identifiers import Identity
 from stitcher.domain.rules import Action, Candidate, Decision, Lookup, Mode, decide, lookup_kinds
 from stitcher.payload import ContactRequest
@@ -56,14 +56,6 @@ class _NeedKeys(Exception):
     def __init__(self, keys: set[str]) -> None:
         super().__init__(f"{len(keys)} more identity keys to lock")
         self.keys = keys
-
-
-class ConflictRetry(DomainError):
-    status = 409
-    code = "concurrent_update"
-
-    def __init__(self) -> None:
-        super().__init__("the contacts this request names keep changing under concurrent requests; retry")
 
 
 async def _recheck(s: Any, decision: Decision, found: Lookup) -> None:
@@ -165,7 +157,7 @@ class ContactService:
         try:
             outcome, to_stitch = await self.db.retry(attempt, also=(_StaleDecision, _NeedKeys, IntegrityError))
         except _StaleDecision as exc:
-            raise ConflictRetry() from exc
+            raise ConcurrentUpdate() from exc
         except (_NeedKeys, IntegrityError) as exc:
             raise Contention(type(exc).__name__) from exc
         for vid, contact_id in to_stitch:

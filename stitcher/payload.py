@@ -6,9 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stitcher.domain.errors import InvalidIdentifier
+from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
 from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser, parse_identity
-from tracker.errors import ValidationFailed
 from tracker.visitor import parse_visitor_id
 
 _PROFILE = {"firstName": ("first_name", 256), "lastName": ("last_name", 256),

@@ -14,7 +14,7 @@ from redis.retry import Retry
 from tracker.beacon import Limits
 from tracker.eventlog import EventLog
 from tracker.groupcommit import GroupCommitter
-from tracker.http import API_KEYS, METRICS, TRACKER_UNAVAILABLE, UNAVAILABLE, edge_middleware
+from tracker.http import API_KEYS, ERROR_STATUS, METRICS, TRACKER_UNAVAILABLE, UNAVAILABLE, edge_middleware
 from tracker.logs import OUTPUT, flush_periodically
 from tracker.metrics import Metrics
 from tracker.resp import RespConnection
@@ -49,6 +49,7 @@ def init_app(settings: Settings, app: web.Application | None = None) -> web.Appl
     app[METRICS] = Metrics()
     app[API_KEYS] = settings.api_keys
     app[UNAVAILABLE] = TRACKER_UNAVAILABLE
+    app[ERROR_STATUS] = {}
     app[READY_CHECKS] = {}
     app[LIMITS] = Limits(settings.max_body_bytes, settings.max_events, settings.max_string_bytes,
                          settings.max_props_bytes)

@@ -28,6 +28,9 @@ REQUEST_ID = web.RequestKey("request_id", str)  # the id a request is answered a
 # stitcher adds its SQL ones (the tracker itself never imports SQLAlchemy, DESIGN invariant 1)
 UNAVAILABLE = web.AppKey("unavailable_errors", tuple)
 TRACKER_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, TimeoutError, ConnectionError, OSError)
+# the statuses of other layers' errors (exception class → HTTP status; each has ``code`` and ``body()``): the
+# stitcher registers its domain errors here, so that they need know nothing of HTTP
+ERROR_STATUS = web.AppKey("error_status", dict)
 log = structlog.get_logger("http")
 # request ids: unique per process start plus a counter — as unique as uuid4 here, at a fraction of its cost
 _ID_PREFIX = os.urandom(8).hex()
@@ -103,19 +106,27 @@ def error_answer(request: web.Request, exc: Exception, request_id: str) -> tuple
     Domain errors answer as themselves; a backing store down, slow or refusing becomes a 503 with
     Retry-After (never a 500 or a hang); anything else is logged with its traceback and answers 500.
     """
-    if isinstance(exc, DomainError):
-        response = json_response(exc.body(), status=exc.status)
-        if exc.status == 503:
+    status = exc.status if isinstance(exc, DomainError) else _registered_status(request.app, exc)
+    if status is not None:
+        response = json_response(exc.body(), status=status)  # type: ignore[attr-defined]
+        if status == 503:
             response.headers["Retry-After"] = "1"
-        elif exc.status == 401:
+        elif status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="stitcher"'
-        return response, exc.code
+        return response, str(exc.code)  # type: ignore[attr-defined]
     if isinstance(exc, request.app[UNAVAILABLE]):
         response = error_response(503, "unavailable", "storage is unavailable, retry shortly")
         response.headers["Retry-After"] = "1"
         return response, type(exc).__name__
     log.exception("unhandled error", path=request.path, request_id=request_id)
     return error_response(500, "internal_error", "internal error", requestId=request_id), "internal_error"
+
+
+def _registered_status(app: web.Application, exc: Exception) -> int | None:
+    for cls, status in app.get(ERROR_STATUS, {}).items():
+        if isinstance(exc, cls):
+            return int(status)
+    return None
 
 
 def _route(request: web.Request) -> str:

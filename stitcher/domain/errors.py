@@ -1,10 +1,40 @@
-"""Identity errors. They carry data; the HTTP edge turns them into JSON bodies."""
+"""Identity errors: plain data about what went wrong, no HTTP. ``stitcher.http_errors`` gives each its status.
+
+Every one carries a stable ``code`` and a human ``message``; ``body()`` is the JSON error body
+(``{"error", "message", ...}``) the API answers with.
+"""
 
 from __future__ import annotations
 
-from tracker.errors import DomainError, NotFound, ValidationFailed
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["ContactNotFound", "DomainError", "ExternalIdConflict", "InvalidIdentifier", "ValidationFailed"]
+__all__ = ["ConcurrentUpdate", "ContactNotFound", "DomainError", "ExternalIdConflict", "InvalidIdentifier",
+           "ValidationFailed"]
+
+
+class DomainError(Exception):
+    """Base of the identity errors."""
+
+    code = "domain_error"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra: Mapping[str, Any] = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class ValidationFailed(DomainError):
+    """One or more fields of a command are invalid; ``errors`` names each as ``{"field", "message"}``."""
+
+    code = "validation_failed"
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+        self.errors = errors
 
 
 class InvalidIdentifier(ValidationFailed):
@@ -15,7 +45,7 @@ class InvalidIdentifier(ValidationFailed):
         self.field = field
 
 
-class ContactNotFound(NotFound):
+class ContactNotFound(DomainError):
     code = "contact_not_found"
 
     def __init__(self, contact_id: int | None = None, **extra: object) -> None:
@@ -25,9 +55,8 @@ class ContactNotFound(NotFound):
 
 
 class ExternalIdConflict(DomainError):
-    """The external ID in the request belongs to another contact (409, nothing changes)."""
+    """The external ID in the request belongs to another contact (nothing changes)."""
 
-    status = 409
     code = "identity_conflict"
 
     def __init__(self, external_id: str, holder_id: int, target_id: int | None = None) -> None:
@@ -39,3 +68,12 @@ class ExternalIdConflict(DomainError):
         self.external_id = external_id
         self.holder_id = holder_id
         self.target_id = target_id
+
+
+class ConcurrentUpdate(DomainError):
+    """The contacts a request names kept changing under concurrent requests past the retries."""
+
+    code = "concurrent_update"
+
+    def __init__(self) -> None:
+        super().__init__("the contacts this request names keep changing under concurrent requests; retry")

@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 
-from stitcher.domain.errors import InvalidIdentifier
+from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
 from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser, parse_identity
-from tracker.errors import ValidationFailed
 from tracker.settings import DEFAULT_PLACEHOLDERS, Settings
 
 N = Normaliser()

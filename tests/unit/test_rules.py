@@ -367,7 +367,7 @@ def test_update_with_foreign_external_id_conflicts(holder: Candidate) -> None:
     with pytest.raises(ExternalIdConflict) as info:
         decide(Mode.UPDATE, ident(ext="C-1", contact_id=42), found)
     assert (info.value.external_id, info.value.holder_id, info.value.target_id) == ("C-1", 7, 42)
-    assert info.value.status == 409
+    assert info.value.code == "identity_conflict"
 
 
 @pytest.mark.parametrize("target", [None, contact(42, deleted=True)])
@@ -376,7 +376,7 @@ def test_update_of_unknown_or_deleted_contact_not_found(target: Candidate | None
     with pytest.raises(ContactNotFound) as info:
         decide(Mode.UPDATE, ident(ANN, contact_id=42), lookup(by_contact_id=target))
     assert info.value.contact_id == 42
-    assert info.value.status == 404
+    assert info.value.code == "contact_not_found"
 
 
 def test_update_without_contact_id_not_found() -> None:
