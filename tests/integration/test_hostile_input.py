@@ -1,0 +1,105 @@
+"""Hostile input on every public body and parameter: deep nesting, NUL, duplicate keys, numbers past 64 bits,
+oversized identifiers and request ids — always a 4xx JSON naming the field (SPEC §3), never a 500, and
+nothing already stored is lost. Runs on both backends (PostgreSQL refuses what SQLite silently keeps)."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+
+from stitcher.app import init_app
+from tests.conftest import auth
+from tests.helpers import call
+from tracker.limits import MAX_REQUEST_ID
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Any) -> Any:
+    """The whole service without its drain worker: nothing here needs it, and most of these tests end before
+    its first SQL query would, which on SQLite can outlive the test's event loop (a known shutdown race)."""
+    return await aiohttp_client(init_app(dataclasses.replace(settings, worker_enabled=False)))
+
+
+TOO_DEEP = 300  # past orjson's own encoder limit (~255), which used to surface as a 500
+
+
+def nested(levels: int, leaf: Any = "x") -> Any:
+    """``levels`` nested objects around ``leaf``: ``nested(2) == {"a": {"a": "x"}}``."""
+    value = leaf
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+DEEP = "@deep"  # stands for a value nested TOO_DEEP levels, which orjson itself cannot encode
+
+
+def dumps(body: Any) -> bytes:
+    """``body`` as JSON, each ``DEEP`` string replaced by objects nested ``TOO_DEEP`` levels."""
+    return orjson.dumps(body).replace(b'"@deep"', b'{"a":' * TOO_DEEP + b'"x"' + b"}" * TOO_DEEP)
+
+
+async def raw_call(client: Any, method: str, path: str, raw: bytes, **kw: Any) -> tuple[int, Any]:
+    """An authenticated call with a body sent byte for byte (duplicate keys, NaN...)."""
+    r = await client.request(method, path, data=raw, headers={**auth(), "Content-Type": "application/json"}, **kw)
+    return r.status, await r.json()
+
+
+def assert_bad(status: int, answer: Any, field: str) -> None:
+    """A 400 in the documented error shape that names ``field``."""
+    assert status == 400, answer
+    assert answer["error"] and answer["message"]
+    assert field in [e["field"] for e in answer["errors"]], answer
+
+
+def ext() -> str:
+    return f"H-{uuid.uuid4().hex[:10]}"
+
+
+async def post_beacon(client: Any, body: Any, pixel: bool = False) -> Any:
+    raw = dumps(body) if not isinstance(body, bytes) else body
+    client.session.cookie_jar.clear()
+    if pixel:
+        return await client.get("/t.gif", params={"d": base64.urlsafe_b64encode(raw).decode().rstrip("=")})
+    return await client.post("/t", data=raw, headers={"Content-Type": "text/plain"})
+
+
+async def rejected_reasons(client: Any) -> dict[str, str]:
+    status, body = await call(client, "GET", "/api/v1/tracker/rejected")
+    assert status == 200
+    return {r["event_id"]: r["reason"] for r in body["rejected"]}
+
+
+async def history_ids(client: Any, vid: str) -> list[str]:
+    status, history = await call(client, "GET", f"/api/v1/visitor/{vid}/events")
+    return [e["id"] for e in history["events"]] if status == 200 else []
+
+
+# --- request ids (the edge's limit is the column's) ------------------------------------------------------
+
+
+async def test_the_longest_accepted_request_id_reaches_the_identity_log(client: Any) -> None:
+    """An X-Request-Id of the longest length the edge accepts is echoed and stored with every identity change
+    (add/update, delete), not a failed write."""
+    rid = "r" * MAX_REQUEST_ID
+    headers = {**auth(), "X-Request-Id": rid}
+    x = ext()
+    r = await client.post("/api/v1/contact", json={"externalCustomerId": x}, headers=headers)
+    assert r.status == 200, await r.text()
+    assert r.headers["X-Request-Id"] == rid
+    contact_id = (await r.json())["id"]
+    r = await client.post("/api/v1/contact", json={"externalCustomerId": x, "visitorIds": [str(uuid.uuid4())]},
+                          headers=headers)
+    assert r.status == 200 and (await r.json())["status"] == "updated", await r.text()
+    r = await client.delete(f"/api/v1/contact/{contact_id}", headers=headers)
+    assert r.status == 200, await r.text()
+    _, log = await call(client, "GET", f"/api/v1/contact/{contact_id}/identity-log")
+    assert [(e["action"], e["requestId"]) for e in log["entries"]] == [
+        ("created", rid), ("linked_visitor", rid), ("deleted", rid)]
+    r = await client.get("/healthz", headers={"X-Request-Id": rid + "r"})
+    assert r.headers["X-Request-Id"] != rid + "r"
