@@ -88,9 +88,10 @@ async def get_contact(request: web.Request) -> web.StreamResponse:
 async def contact_events(request: web.Request) -> web.StreamResponse:
     """The stitched timeline, oldest first: ``?limit=`` (≤ 1000) and ``?after=`` the previous ``next``."""
     after = None
-    if request.query.get("after"):
-        t, _, row = request.query["after"].partition(".")
-        if not (t.isascii() and t.isdigit() and row.isascii() and row.isdigit() and len(t + row) < 36):
+    if cursor := request.query.get("after"):
+        t, _, row = cursor.partition(".")
+        if not all(part.isascii() and part.isdigit() and len(part) <= 19 and int(part) < 2**63
+                   for part in (t, row)):
             raise ValidationFailed([{"field": "after", "message": "must be the `next` of a previous page"}])
         after = (int(t), int(row))
     page = views.Page(limit=_int_param(request, "limit", 100, 1, 1000), after=after)

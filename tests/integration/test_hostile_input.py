@@ -103,3 +103,17 @@ async def test_the_longest_accepted_request_id_reaches_the_identity_log(client: 
         ("created", rid), ("linked_visitor", rid), ("deleted", rid)]
     r = await client.get("/healthz", headers={"X-Request-Id": rid + "r"})
     assert r.headers["X-Request-Id"] != rid + "r"
+
+
+# --- timeline cursor -------------------------------------------------------------------------------------
+
+
+async def test_a_cursor_past_64_bits_is_a_400(client: Any) -> None:
+    """An ``after`` cursor whose time or row does not fit in signed 64 bits is a 400 naming ``after``."""
+    _, first = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": ext()})
+    path = f"/api/v1/contact/{first['id']}/events"
+    for after in ("99999999999999999999999.1", "1.99999999999999999999999", "9223372036854775808.1"):
+        status, answer = await call(client, "GET", path, params={"after": after})
+        assert_bad(status, answer, "after")
+    status, page = await call(client, "GET", path, params={"after": "9223372036854775807.9223372036854775807"})
+    assert status == 200 and page["events"] == []
