@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import random
 import uuid
 from typing import Any
 
@@ -117,3 +118,26 @@ async def test_a_cursor_past_64_bits_is_a_400(client: Any) -> None:
         assert_bad(status, answer, "after")
     status, page = await call(client, "GET", path, params={"after": "9223372036854775807.9223372036854775807"})
     assert status == 200 and page["events"] == []
+
+
+# --- identifier sizes ------------------------------------------------------------------------------------
+
+
+async def test_identifiers_are_bounded_in_utf8_bytes(client: Any) -> None:
+    """A push token of 4-byte characters is bounded in bytes (the B-tree index row limit): 1024 bytes are
+    stored, more is a 400 naming the field; an external ID of 256 4-byte characters is stored."""
+    rng = random.Random(5)  # varied characters: PostgreSQL compresses a repeated one below its index row limit
+    too_long = {"type": "mobilepush", "value": "".join(chr(rng.randrange(0x20000, 0x2A6DF)) for _ in range(1024))}
+    status, answer = await call(client, "POST", "/api/v1/contact", {"channels": [too_long]})
+    assert_bad(status, answer, "channels[0].value")
+    status, answer = await call(client, "POST", "/api/v1/contact/subscribe", {"contact": {"channels": [too_long]}})
+    assert_bad(status, answer, "contact.channels[0].value")
+    token = "\U0001F600" * 256  # 1024 bytes
+    status, answer = await call(client, "POST", "/api/v1/contact", {"channels": [{"type": "webpush", "value": token}]})
+    assert status == 200, answer
+    external_id = "\U0001F600" * 256
+    status, answer = await call(client, "POST", "/api/v1/contact/subscribe", {
+        "contact": {"externalCustomerId": external_id}, "groups": ["\U0001F600" * 256]})
+    assert status == 200, answer
+    status, found = await call(client, "GET", "/api/v1/contacts", params={"externalCustomerId": external_id})
+    assert [c["id"] for c in found] == [answer["id"]]
