@@ -15,8 +15,8 @@ import pytest
 
 from stitcher.app import init_app
 from tests.conftest import auth
-from tests.helpers import call
-from tracker.limits import MAX_REQUEST_ID
+from tests.helpers import call, page_views
+from tracker.limits import MAX_JSON_DEPTH, MAX_REQUEST_ID
 
 
 @pytest.fixture
@@ -141,3 +141,54 @@ async def test_identifiers_are_bounded_in_utf8_bytes(client: Any) -> None:
     assert status == 200, answer
     status, found = await call(client, "GET", "/api/v1/contacts", params={"externalCustomerId": external_id})
     assert [c["id"] for c in found] == [answer["id"]]
+
+
+# --- beacon: nesting and duplicate keys ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pixel", [False, True])
+async def test_beacon_props_nested_too_deep_reject_that_event_only(client: Any, pixel: bool) -> None:
+    """An event whose props nest past the limit is rejected with its reason; the batch's other events land."""
+    vid = str(uuid.uuid4())
+    good = page_views(1)
+    deep = {"id": f"deep-{uuid.uuid4().hex[:8]}", "type": "e", "props": DEEP}
+    also_deep = {"id": f"deep2-{uuid.uuid4().hex[:8]}", "type": "e", "props": nested(MAX_JSON_DEPTH + 1)}
+    r = await post_beacon(client, {"vid": vid, "events": [*good, deep, also_deep]}, pixel)
+    assert r.status in (200, 204), await r.text()
+    assert await history_ids(client, vid) == [good[0]["id"]]
+    reasons = await rejected_reasons(client)
+    assert "nested deeper than" in reasons[deep["id"]] and reasons[deep["id"]].startswith("props")
+    assert "nested deeper than" in reasons[also_deep["id"]]
+
+
+async def test_beacon_props_at_the_nesting_limit_are_stored(client: Any) -> None:
+    """Props nesting exactly as deep as the documented limit are kept as sent."""
+    vid = str(uuid.uuid4())
+    ev = {"id": f"ok-{uuid.uuid4().hex[:8]}", "type": "e", "props": nested(MAX_JSON_DEPTH)}
+    r = await post_beacon(client, {"vid": vid, "events": [ev]})
+    assert r.status == 204, await r.text()
+    assert await history_ids(client, vid) == [ev["id"]]
+
+
+@pytest.mark.parametrize("pixel", [False, True])
+@pytest.mark.parametrize("shape", ["events_list", "event_field"])
+async def test_beacon_body_nested_too_deep_is_a_400(client: Any, pixel: bool, shape: str) -> None:
+    """A body whose own structure (the events list, an event's fields) nests past the limit is malformed:
+    400 naming the event, and nothing of it is stored."""
+    vid = str(uuid.uuid4())
+    good = page_views(1)
+    bad: Any = [DEEP] if shape == "events_list" else {"id": "x1", "type": "e", "url": DEEP}
+    r = await post_beacon(client, {"vid": vid, "events": [*good, bad]}, pixel)
+    assert_bad(r.status, await r.json(), "events[1]")
+    assert await history_ids(client, vid) == []
+
+
+async def test_beacon_duplicate_keys_keep_the_last_value(client: Any) -> None:
+    """The beacon (documented choice) keeps the hot path's parser: a repeated key counts with its last value."""
+    vid = str(uuid.uuid4())
+    raw = b'{"vid":"%s","events":[{"id":"d-1","type":"first","type":"second","props":{"k":1,"k":2}}]}' % vid.encode()
+    r = await post_beacon(client, raw)
+    assert r.status == 204, await r.text()
+    _, history = await call(client, "GET", f"/api/v1/visitor/{vid}/events")
+    [stored] = history["events"]
+    assert stored["type"] == "second" and stored["props"] == {"k": 2}
