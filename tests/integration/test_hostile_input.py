@@ -192,3 +192,159 @@ async def test_beacon_duplicate_keys_keep_the_last_value(client: Any) -> None:
     _, history = await call(client, "GET", f"/api/v1/visitor/{vid}/events")
     [stored] = history["events"]
     assert stored["type"] == "second" and stored["props"] == {"k": 2}
+
+
+# --- contacts API: nesting, NUL, duplicate keys, numbers, types (one strict reader) ----------------------
+
+
+async def test_contact_fields_nested_too_deep_are_a_400(client: Any) -> None:
+    """A contact whose address or fields nest past the limit is a 400 naming the field; nothing is stored."""
+    cases = [
+        ("/api/v1/contact", {"externalCustomerId": ext(), "address": DEEP}, "address"),
+        ("/api/v1/contact", {"externalCustomerId": ext(), "fields": [{"id": 1, "value": DEEP}]}, "fields[0].value"),
+        ("/api/v1/contact", {"externalCustomerId": ext(), "address": nested(MAX_JSON_DEPTH)}, "address"),
+        ("/api/v1/contact/subscribe", {"contact": {"externalCustomerId": ext(), "address": DEEP}}, "contact.address"),
+        ("/api/v1/contact/subscribe", {"contact": {"externalCustomerId": ext(), "fields": [DEEP]}}, "contact.fields"),
+    ]
+    for path, body, field in cases:
+        status, answer = await raw_call(client, "POST", path, dumps(body))
+        assert status == 400, (path, answer)
+        assert any(e["field"].startswith(field) for e in answer["errors"]), answer
+        assert "nested deeper than" in answer["message"]
+    status, found = await call(client, "GET", "/api/v1/contacts", params={"maxrows": "500"})
+    assert status == 200 and found == []
+
+
+async def test_contact_nested_at_the_limit_is_stored(client: Any) -> None:
+    """A body nesting exactly as deep as the limit is accepted and read back as sent."""
+    address = nested(MAX_JSON_DEPTH - 1)  # the body itself is the first level
+    status, answer = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": ext(), "address": address})
+    assert status == 200, answer
+    status, contact = await call(client, "GET", f"/api/v1/contact/{answer['id']}")
+    assert contact["address"] == address
+
+
+async def test_a_body_too_deep_for_the_parser_is_a_400(client: Any) -> None:
+    """Nesting deep enough to exhaust the JSON parser's recursion is a 400 naming the body, not a 500."""
+    depth = 200_000
+    status, answer = await raw_call(client, "POST", "/api/v1/contact", b"[" * depth + b"]" * depth)
+    assert_bad(status, answer, "body")
+    status, found = await call(client, "GET", "/api/v1/contacts", params={"maxrows": "500"})
+    assert status == 200 and found == []
+
+
+async def test_nul_in_any_contact_text_is_a_400_naming_where(client: Any) -> None:
+    """A NUL character anywhere in a contact body (names, address keys and values, fields, device, group
+    names, formType) is a 400 naming its place; the contact stored earlier is unchanged."""
+    x = ext()
+    status, first = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": x, "firstName": "Ann"})
+    assert status == 200
+    email = {"type": "email", "value": f"{uuid.uuid4().hex[:8]}@example.com"}
+    contact_cases = [
+        ({"firstName": "a\x00b"}, "firstName"),
+        ({"lastName": "\x00"}, "lastName"),
+        ({"languageCode": "u\x00k"}, "languageCode"),
+        ({"address": {"street": "Main\x00"}}, "address.street"),
+        ({"address": {"lines": ["ok", "b\x00d"]}}, "address.lines[1]"),
+        ({"address": {"str\x00eet": "Main"}}, "address"),
+        ({"fields": [{"id": 1, "value": "v\x00"}]}, "fields[0].value"),
+        ({"channels": [{**email, "device": "iPhone\x00"}]}, "channels[0].device"),
+    ]
+    for extra, field in contact_cases:
+        status, answer = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": x, **extra})
+        assert_bad(status, answer, field)
+        assert "NUL" in answer["message"]
+        status, answer = await call(client, "POST", "/api/v1/contact/subscribe",
+                                    {"contact": {"externalCustomerId": x, **extra}})
+        assert_bad(status, answer, f"contact.{field}")
+    for extra, field in (({"groups": ["news\x00"]}, "groups[0]"), ({"formType": "foot\x00er"}, "formType")):
+        status, answer = await call(client, "POST", "/api/v1/contact/subscribe",
+                                    {"contact": {"externalCustomerId": x}, **extra})
+        assert_bad(status, answer, field)
+    status, contact = await call(client, "GET", f"/api/v1/contact/{first['id']}")
+    assert contact["firstName"] == "Ann" and contact["address"] is None and contact["groups"] == []
+
+
+async def test_nul_in_query_parameters_is_a_400_naming_the_parameter(client: Any) -> None:
+    """Search and delete parameters holding a NUL character are a 400 naming the parameter."""
+    status, first = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": ext()})
+    assert status == 200
+    for name in ("firstname", "lastname", "email", "sms", "externalCustomerId"):
+        status, answer = await call(client, "GET", "/api/v1/contacts", params={name: "a\x00b"})
+        assert_bad(status, answer, name)
+    status, answer = await call(client, "DELETE", "/api/v1/contact", params={"externalCustomerId": "a\x00b"})
+    assert_bad(status, answer, "externalCustomerId")
+    status, answer = await call(client, "GET", f"/api/v1/contact/{first['id']}/events", params={"after": "1\x00.1"})
+    assert_bad(status, answer, "after")
+    status, _ = await call(client, "GET", f"/api/v1/contact/{first['id']}")
+    assert status == 200
+
+
+async def test_duplicate_keys_in_an_api_body_are_a_400_naming_the_key(client: Any) -> None:
+    """A JSON body repeating a key is a 400 naming the key and where it is; nothing is created."""
+    cases = [
+        ("/api/v1/contact", b'{"externalCustomerId":"A-1","externalCustomerId":"B-1"}', "externalCustomerId"),
+        ("/api/v1/contact/subscribe", b'{"contact":{"externalCustomerId":"A-1","externalCustomerId":"B-1"}}',
+         "contact.externalCustomerId"),
+        ("/api/v1/contact", b'{"externalCustomerId":"A-1","address":{"c":1,"c":2}}', "address.c"),
+        ("/api/v1/contact/subscribe", b'{"contact":{"externalCustomerId":"A-1"},"groups":[],"groups":["g"]}',
+         "groups"),
+    ]
+    for path, raw, field in cases:
+        status, answer = await raw_call(client, "POST", path, raw)
+        assert_bad(status, answer, field)
+        assert "more than once" in answer["message"]
+    for external_id in ("A-1", "B-1"):
+        status, found = await call(client, "GET", "/api/v1/contacts", params={"externalCustomerId": external_id})
+        assert found == []
+
+
+async def test_non_standard_numbers_in_an_api_body_are_a_400(client: Any) -> None:
+    """NaN, Infinity, 1e400 and integers past 64 bits are a 400 naming the field, never a 500 on the way out."""
+    cases = [
+        (b'{"externalCustomerId":"N-1","fields":[{"id":1,"value":NaN}]}', "fields[0].value"),
+        (b'{"externalCustomerId":"N-1","fields":[{"id":1,"value":-Infinity}]}', "fields[0].value"),
+        (b'{"externalCustomerId":"N-1","fields":[{"id":1,"value":1e400}]}', "fields[0].value"),
+        (b'{"externalCustomerId":"N-1","address":{"zip":%d}}' % 2**70, "address.zip"),
+        (b'{"externalCustomerId":%d}' % 2**70, "externalCustomerId"),
+        (b'{"externalCustomerId":"N-1","fields":[{"id":%s,"value":1}]}' % (b"9" * 5000), "fields[0].id"),
+    ]
+    for raw, field in cases:
+        status, answer = await raw_call(client, "POST", "/api/v1/contact", raw)
+        assert_bad(status, answer, field)
+    status, answer = await raw_call(client, "POST", "/api/v1/contact",
+                                    b'{"externalCustomerId":"N-1","fields":[{"id":1,"value":-9223372036854775808}]}')
+    assert status == 200, answer
+
+
+async def test_strings_that_are_not_unicode_text_are_a_400(client: Any) -> None:
+    """A lone surrogate escape or bytes that are not UTF-8 are a 400 (they cannot be stored or answered)."""
+    status, answer = await raw_call(client, "POST", "/api/v1/contact",
+                                    b'{"externalCustomerId":"S-1","firstName":"\\ud800"}')
+    assert_bad(status, answer, "firstName")
+    status, answer = await raw_call(client, "POST", "/api/v1/contact", b'{"externalCustomerId":"S-\xff"}')
+    assert_bad(status, answer, "body")
+
+
+async def test_wrong_types_in_contact_bodies_are_a_400(client: Any) -> None:
+    """Every field of the wrong JSON type is a 400 naming it."""
+    x = ext()
+    cases = [
+        ({"externalCustomerId": x, "firstName": 1}, "firstName"),
+        ({"externalCustomerId": x, "address": []}, "address"),
+        ({"externalCustomerId": x, "fields": {"a": 1}}, "fields"),
+        ({"externalCustomerId": x, "channels": {"type": "email"}}, "channels"),
+        ({"externalCustomerId": x, "channels": [{"type": "email", "value": 1}]}, "channels[0].value"),
+        ({"externalCustomerId": x, "visitorIds": "abc"}, "visitorIds"),
+        ({"externalCustomerId": [x]}, "externalCustomerId"),
+        ({"externalCustomerId": 1.5}, "externalCustomerId"),
+        ({"externalCustomerId": True}, "externalCustomerId"),
+    ]
+    for body, field in cases:
+        status, answer = await call(client, "POST", "/api/v1/contact", body)
+        assert_bad(status, answer, field)
+    for body, field in (({"contact": x}, "contact"), ({"contact": {"externalCustomerId": x}, "groups": "g"}, "groups"),
+                        ({"contact": {"externalCustomerId": x}, "groups": [1]}, "groups[0]"),
+                        ({"contact": {"externalCustomerId": x}, "formType": 1}, "formType")):
+        status, answer = await call(client, "POST", "/api/v1/contact/subscribe", body)
+        assert_bad(status, answer, field)
