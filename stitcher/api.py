@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
+from multidict import MultiMapping
 
-from stitcher import views
+from stitcher import jsonbody, views
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
 from stitcher.domain.rules import Mode
@@ -24,14 +24,20 @@ routes = web.RouteTableDef()
 
 
 async def read_json(request: web.Request) -> Any:
-    """The JSON body: 415 for another media type, 413 past 1 MiB, 400 naming the syntax error."""
+    """The JSON body: 415 for another media type, 413 past 1 MiB, 400 naming the syntax error or each place
+    ``jsonbody.loads`` refuses (duplicate keys, NUL, numbers past 64 bits, nesting past the limit)."""
     if request.content_type not in ("application/json", "text/plain", "application/octet-stream"):
         raise UnsupportedMediaType(f"expected application/json, got {request.content_type}")
-    raw = await read_body(request, MAX_JSON_BYTES)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationFailed([{"field": "body", "message": f"not valid JSON: {exc.msg}"}]) from exc
+    return jsonbody.loads(await read_body(request, MAX_JSON_BYTES))
+
+
+def _query(request: web.Request) -> MultiMapping[str]:
+    """The query parameters, each refused with a 400 naming it if its text cannot reach SQL (a NUL)."""
+    errors = [{"field": name, "message": why} for name, value in request.query.items()
+              if (why := jsonbody.text_problem(name) or jsonbody.text_problem(value)) is not None]
+    if errors:
+        raise ValidationFailed(errors)
+    return request.query
 
 
 def _request_id(request: web.Request) -> str | None:
@@ -47,7 +53,7 @@ def _contact_id(request: web.Request) -> int:
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
+    raw = _query(request).get(name)
     if raw is None:
         return default
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not lo <= int(raw) <= hi:
@@ -88,9 +94,10 @@ async def get_contact(request: web.Request) -> web.StreamResponse:
 async def contact_events(request: web.Request) -> web.StreamResponse:
     """The stitched timeline, oldest first: ``?limit=`` (≤ 1000) and ``?after=`` the previous ``next``."""
     after = None
-    if request.query.get("after"):
-        t, _, row = request.query["after"].partition(".")
-        if not (t.isascii() and t.isdigit() and row.isascii() and row.isdigit() and len(t + row) < 36):
+    if cursor := _query(request).get("after"):
+        t, _, row = cursor.partition(".")
+        if not all(part.isascii() and part.isdigit() and len(part) <= 19 and int(part) < 2**63
+                   for part in (t, row)):
             raise ValidationFailed([{"field": "after", "message": "must be the `next` of a previous page"}])
         after = (int(t), int(row))
     page = views.Page(limit=_int_param(request, "limit", 100, 1, 1000), after=after)
@@ -105,7 +112,7 @@ async def identity_log(request: web.Request) -> web.StreamResponse:
 
 
 def _erase(request: web.Request) -> bool:
-    value = request.query.get("erase", "false").lower()
+    value = _query(request).get("erase", "false").lower()
     if value not in ("true", "false", "1", "0"):
         raise ValidationFailed([{"field": "erase", "message": "must be true or false"}])
     return value in ("true", "1")
@@ -120,7 +127,7 @@ async def delete_contact(request: web.Request) -> web.StreamResponse:
 
 @routes.delete("/api/v1/contact")
 async def delete_by_external_id(request: web.Request) -> web.StreamResponse:
-    raw = request.query.get("externalCustomerId")
+    raw = _query(request).get("externalCustomerId")
     if raw is None:
         raise ValidationFailed([{"field": "externalCustomerId", "message": "is required"}])
     external_id = request.app[NORMALISER].external_id(raw)
@@ -136,7 +143,7 @@ _SEARCH = {"email", "sms", "firstname", "lastname"}
 @routes.get("/api/v1/contacts")
 async def search(request: web.Request) -> web.StreamResponse:
     """Search live contacts; ``externalCustomerId`` searches by that alone (combined with others: 400)."""
-    q = request.query
+    q = _query(request)
     normaliser = request.app[NORMALISER]
     given = _SEARCH & set(q)
     external_id = None

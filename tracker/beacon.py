@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from tracker.errors import PayloadTooLarge, ValidationFailed
+from tracker.limits import MAX_JSON_DEPTH, deeper_than
 from tracker.visitor import parse_visitor_id
 
 _EVENT_ID = re.compile(r"[A-Za-z0-9_\-:.]{1,64}")  # used with fullmatch: "$" would let a "\n" through
@@ -18,6 +19,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MIN_MS = 946_684_800_000  # 2000-01-01: anything earlier is a clock or unit bug
 _MAX_MS = 4_102_444_800_000  # 2100-01-01
 _TEXT_FIELDS = ("url", "ref", "title")
+_TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels"
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,11 @@ def parse_batch(raw: bytes, limits: Limits, received_at: int, bot: bool = False)
 
     A malformed body raises (400/413, nothing is stored). Otherwise each event is judged alone: good ones
     become compact JSON with ``rt`` (received_at) and ``t`` (the derived time that orders the history),
-    bad ones come back with their reason.
+    bad ones come back with their reason. Duplicate keys are not looked for (orjson keeps the last value).
+
+    Nesting: ``props`` deeper than ``MAX_JSON_DEPTH`` levels is a bad event; the body's own structure (the
+    events list, an event's other fields) nesting past it is a malformed body. That is only looked at for an
+    event already judged bad, since a good event's other fields are scalars (unknown fields are ignored).
     """
     if len(raw) > limits.max_body_bytes:
         raise PayloadTooLarge(f"body is {len(raw)} bytes, the limit is {limits.max_body_bytes}")
@@ -90,6 +96,8 @@ def parse_batch(raw: bytes, limits: Limits, received_at: int, bot: bool = False)
         try:
             event_id, stored = _event(event, limits, received_at, sent_at, bot)
         except ValueError as exc:
+            if _structure_too_deep(event):
+                raise ValidationFailed([{"field": f"events[{index}]", "message": _TOO_DEEP}]) from None
             batch.rejected.append(_rejection(index, event, str(exc)))
             continue
         if event_id not in seen:  # the same id twice in one batch is one event
@@ -133,7 +141,14 @@ def _event(event: object, limits: Limits, received_at: int, sent_at: Any, bot: b
         if not isinstance(props, dict):
             raise ValueError("props: must be a JSON object")
         if props:
-            size = len(orjson.dumps(props))
+            try:
+                encoded = orjson.dumps(props)
+            except orjson.JSONEncodeError:  # orjson encodes ~255 levels at most
+                raise ValueError(f"props: {_TOO_DEEP}") from None
+            size = len(encoded)
+            # nesting needs as many brackets as levels: counting them (in C) spares the usual props a walk
+            if encoded.count(b"{") + encoded.count(b"[") > MAX_JSON_DEPTH and deeper_than(props, MAX_JSON_DEPTH):
+                raise ValueError(f"props: {_TOO_DEEP}")
             if size > limits.max_props_bytes:
                 raise ValueError(f"props: larger than {limits.max_props_bytes} bytes")
             if size > max_string:  # else no value in it can be longer
@@ -182,10 +197,22 @@ def derived_time(received_at: int, sent_at: Any, ts: Any) -> int:
     return int(received_at - max(0, sent_at - ts))
 
 
+def _structure_too_deep(event: object) -> bool:
+    """Whether an event, its props left out (they are judged on their own), nests past the body's limit:
+    the event is the body's third level (body, events, event)."""
+    if isinstance(event, dict):
+        event = {k: v for k, v in event.items() if k != "props"}
+    return isinstance(event, dict | list) and deeper_than(event, MAX_JSON_DEPTH - 2)
+
+
 def _rejection(index: int, event: object, reason: str) -> dict[str, Any]:
     record: dict[str, Any] = {"index": index, "reason": reason}
-    if isinstance(event, dict) and isinstance(event.get("id"), str):
-        record["id"] = event["id"][:64]
+    if isinstance(event, dict):
+        if isinstance(event.get("id"), str):
+            record["id"] = event["id"][:64]
+        props = event.get("props")
+        if isinstance(props, dict | list) and deeper_than(props, MAX_JSON_DEPTH):
+            event = {**event, "props": f"({_TOO_DEEP})"}  # orjson may not encode them
     # keep what was sent, bounded, so an operator can see it
     record["event"] = orjson.dumps(event)[:4096].decode(errors="replace")
     return record

@@ -17,6 +17,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from tracker.errors import DomainError, PayloadTooLarge
+from tracker.limits import MAX_REQUEST_ID
 from tracker.logs import log_request
 from tracker.metrics import Metrics
 
@@ -45,10 +46,11 @@ def new_request_id() -> str:
 
 
 def request_id_of(request: web.Request) -> str:
-    """The caller's X-Request-Id if it is a sane one (1-128 printable ASCII characters), else a new id: it
-    is echoed in the response and written to every log line of the request."""
+    """The caller's X-Request-Id if it is a sane one (1-``MAX_REQUEST_ID`` printable ASCII characters), else
+    a new id: it is echoed in the response, written to every log line of the request and to its identity-log
+    entries (a column of the same width)."""
     given = request.headers.get("X-Request-Id")
-    if given and len(given) <= 128 and given.isascii() and given.isprintable():
+    if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable():
         return given
     return new_request_id()
 

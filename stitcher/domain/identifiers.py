@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 
 __all__ = ["IdentifierKind", "Identity", "Normaliser", "parse_identity"]
 
-MAX_EXTERNAL_ID = 256
-MAX_TOKEN = 1024  # fits the (kind, value) B-tree index on PostgreSQL
+# Identifier values sit in unique B-tree indexes, whose rows PostgreSQL caps at ~2700 bytes: bounds are in UTF-8
+# bytes where characters could exceed that (identifiers.value), in characters where they cannot (the external
+# ID's String(256): 256 characters of 4 bytes are 1 KiB).
+MAX_EXTERNAL_ID = 256  # characters (1 KiB at most)
+MAX_IDENTIFIER_BYTES = 1024  # UTF-8 bytes of any identifier value (a token may be 1024 ASCII characters)
 
 
 class IdentifierKind(StrEnum):
@@ -96,7 +99,7 @@ class Normaliser:
         return text
 
     def external_id(self, value: Any, field: str = "externalCustomerId") -> str:
-        """The customer's ID in the caller's system: trimmed text (ints accepted), 1..256 chars."""
+        """The customer's ID in the caller's system: trimmed text (ints accepted), 1..256 characters."""
         return self._opaque(value, field, MAX_EXTERNAL_ID, allow_int=True)
 
     def email(self, value: Any, field: str) -> str:
@@ -146,25 +149,33 @@ class Normaliser:
         raise InvalidIdentifier(field, reasons[0])
 
     def token(self, value: Any, field: str) -> str:
-        """A push token (mobile app or browser): opaque trimmed text, 1..1024 chars."""
-        return self._opaque(value, field, MAX_TOKEN, allow_int=False)
+        """A push token (mobile app or browser): opaque trimmed text, 1..1024 bytes of UTF-8."""
+        return self._opaque(value, field, MAX_IDENTIFIER_BYTES, allow_int=False)
 
-    def _opaque(self, value: Any, field: str, limit: int, *, allow_int: bool) -> str:
-        """Text compared as is: non-placeholder, at most ``limit`` characters, no control characters."""
+    def _opaque(self, value: Any, field: str, max_chars: int, *, allow_int: bool) -> str:
+        """Text compared as is: non-placeholder, no control characters, at most ``max_chars`` characters
+        and ``MAX_IDENTIFIER_BYTES`` bytes."""
         text = self._text(value, field, allow_int=allow_int)
-        if len(text) > limit:
-            raise InvalidIdentifier(field, f"must be at most {limit} characters")
+        if len(text) > max_chars:
+            raise InvalidIdentifier(field, f"must be at most {max_chars} characters")
         if _has_control(text):
             raise InvalidIdentifier(field, "must not contain control characters")
-        return text
+        return _bounded(text, field)
 
     def channel(self, kind: IdentifierKind, value: Any, field: str) -> str:
-        """Normalise a channel value by its kind."""
+        """Normalise a channel value by its kind; every kind is bounded to ``MAX_IDENTIFIER_BYTES``."""
         if kind is IdentifierKind.EMAIL:
-            return self.email(value, field)
+            return _bounded(self.email(value, field), field)
         if kind is IdentifierKind.SMS:
-            return self.phone(value, field)
+            return self.phone(value, field)  # E.164: at most 16 ASCII characters
         return self.token(value, field)
+
+
+def _bounded(text: str, field: str) -> str:
+    """``text`` if its UTF-8 form fits ``MAX_IDENTIFIER_BYTES`` (it fits when even 4 bytes a character do)."""
+    if len(text) * 4 > MAX_IDENTIFIER_BYTES and len(text.encode()) > MAX_IDENTIFIER_BYTES:
+        raise InvalidIdentifier(field, f"must be at most {MAX_IDENTIFIER_BYTES} bytes of UTF-8")
+    return text
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, Str
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
+from tracker.limits import MAX_REQUEST_ID
+
 # BIGINT primary keys autoincrement on PostgreSQL; SQLite only autoincrements "INTEGER PRIMARY KEY"
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
@@ -134,4 +136,4 @@ class IdentityLog(SQLModel, table=True):
     action: str = Field(max_length=32)
     detail: dict[str, Any] | None = Field(default=None, sa_type=Json)
     at: int = _ms()
-    request_id: str | None = Field(default=None, max_length=64)
+    request_id: str | None = Field(default=None, max_length=MAX_REQUEST_ID)  # the X-Request-Id the edge took

@@ -11,6 +11,7 @@ import pytest
 
 from tracker.beacon import Batch, Limits, decode_pixel, derived_time, parse_batch
 from tracker.errors import PayloadTooLarge, ValidationFailed
+from tracker.limits import MAX_JSON_DEPTH
 
 RECEIVED = 1_800_000_100_000
 SENT = 1_800_000_000_000
@@ -420,3 +421,79 @@ def test_a_literal_backslash_u0000_is_just_text() -> None:
     text = "C:\\u0000\\path"
     [stored_event] = stored(body(event(title=text, props={"k": text})))
     assert stored_event["title"] == text and stored_event["props"] == {"k": text}
+
+
+# --- nesting and duplicate keys -------------------------------------------------------------------------
+
+
+def nested(levels: int) -> dict[str, Any]:
+    """``levels`` nested objects: ``nested(2) == {"a": {"a": 1}}``."""
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return dict(value)
+
+
+def deep_json(levels: int) -> bytes:
+    """Objects nested ``levels`` deep, as JSON (orjson.dumps stops at ~255 levels)."""
+    return b'{"a":' * levels + b"1" + b"}" * levels
+
+
+def with_deep(raw: bytes, levels: int = 300) -> bytes:
+    return raw.replace(b'"@deep"', deep_json(levels))
+
+
+@pytest.mark.parametrize("levels", [MAX_JSON_DEPTH + 1, 100, 300])
+def test_props_nested_past_the_limit_reject_the_event(levels: int) -> None:
+    """Props nesting deeper than the limit (orjson's ~255 included) reject that event with its reason, and
+    the record kept for operators can still be encoded; the batch's other events are kept."""
+    batch = parse(with_deep(body(event("good"), event("deep", props="@deep")), levels))
+    assert [i for i, _ in batch.accepted] == ["good"]
+    [rejection] = batch.rejected
+    assert rejection["id"] == "deep" and rejection["reason"] == f"props: nested deeper than {MAX_JSON_DEPTH} levels"
+    assert orjson.loads(rejection["event"])["id"] == "deep"
+
+
+def test_props_nested_to_the_limit_are_kept() -> None:
+    """Props exactly as deep as the limit are stored as sent."""
+    [e] = stored(body(event(props=nested(MAX_JSON_DEPTH - 1))))  # props itself is the first level
+    assert e["props"] == nested(MAX_JSON_DEPTH - 1)
+
+
+def test_a_rejected_event_with_props_too_deep_to_encode_is_still_recorded() -> None:
+    """An event rejected for another field, whose props nest past what orjson encodes, is recorded without them."""
+    [rejection] = parse(with_deep(body(event("bad-ts", ts="x", props="@deep")))).rejected
+    assert rejection["reason"].startswith("ts:")
+    assert orjson.loads(rejection["event"])["props"] == f"(nested deeper than {MAX_JSON_DEPTH} levels)"
+
+
+@pytest.mark.parametrize("bad", [[["@deep"]], event("x", url="@deep"), event("x", url=[[["@deep"]]])])
+def test_a_body_whose_own_structure_nests_too_deep_is_malformed(bad: Any) -> None:
+    """Nesting past the limit outside props (the events list, an event's other fields) is a 400 naming the
+    event: the body is malformed, nothing of it is kept."""
+    with pytest.raises(ValidationFailed) as exc:
+        parse(with_deep(body(event("good"), bad), levels=MAX_JSON_DEPTH))
+    assert fields_of(exc) == ["events[1]"]
+
+
+def test_a_bad_event_nesting_within_the_limit_is_only_rejected() -> None:
+    """Below the limit, a wrongly nested field is an ordinary bad event."""
+    batch = parse(body(event("good"), event("x", url=nested(MAX_JSON_DEPTH - 4))))
+    assert [r["reason"] for r in batch.rejected] == ["url: must be a string"]
+
+
+def test_unknown_fields_are_ignored_however_deep() -> None:
+    """Fields the beacon does not model are neither read nor stored, so their nesting does not matter."""
+    raw = with_deep(body(event("good", extra="@deep"), extra="@deep"))
+    [e] = [orjson.loads(b) for _, b in parse(raw).accepted]
+    assert "extra" not in e
+
+
+def test_duplicate_keys_keep_the_last_value() -> None:
+    """Documented choice: the beacon does not look for repeated keys; the last value of a key counts."""
+    raw = b'{"vid":"%s","vid":"%s","events":[{"id":"a","id":"b","type":"x","props":{"k":1,"k":2}}]}' % (
+        b"not-a-vid", VID.encode())
+    batch = parse(raw)
+    assert batch.vid == VID
+    [(event_id, stored_event)] = batch.accepted
+    assert event_id == "b" and orjson.loads(stored_event)["props"] == {"k": 2}

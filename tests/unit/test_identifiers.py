@@ -263,6 +263,32 @@ def test_token_length_limits() -> None:
         N.token("  ", "f")
 
 
+def test_token_is_bounded_in_utf8_bytes() -> None:
+    """A token of 4-byte characters is bounded by its 1024 UTF-8 bytes (PostgreSQL's B-tree row limit), not by
+    its 1024 characters."""
+    assert N.token("\U0001F600" * 256, "f") == "\U0001F600" * 256
+    for kind in (MOBILEPUSH, WEBPUSH):
+        with pytest.raises(InvalidIdentifier, match="1024 bytes") as info:
+            N.channel(kind, "\U0001F600" * 257, "channels[0].value")
+        assert info.value.field == "channels[0].value"
+    with pytest.raises(InvalidIdentifier, match="1024 bytes"):
+        N.token("\U0001F600" * 1024, "f")
+
+
+def test_external_id_of_256_four_byte_characters_is_accepted() -> None:
+    """The external ID is bounded in characters (256 of them fit its unique index in any script)."""
+    assert N.external_id("\U0001F600" * 256) == "\U0001F600" * 256
+    with pytest.raises(InvalidIdentifier, match="256 characters"):
+        N.external_id("\U0001F600" * 257)
+
+
+def test_emails_are_bounded_far_below_the_identifier_bound() -> None:
+    """email-validator refuses an address past 254 bytes of UTF-8, so no email can reach the 1024-byte bound."""
+    assert len(N.email("\U0001F600" * 50 + "@example.com", "f").encode()) == 212
+    with pytest.raises(InvalidIdentifier, match="too long"):
+        N.email("\U0001F600" * 64 + "@example.com", "f")
+
+
 def test_token_non_string_rejected() -> None:
     """A token must be text."""
     with pytest.raises(InvalidIdentifier, match="string"):
