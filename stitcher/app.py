@@ -33,13 +33,20 @@ def init_app(settings: Settings) -> web.Application:
     The schema must be current (``stitcher db upgrade``; ``serve`` runs it first).
     """
     app = init_tracker(settings)
-    app[NORMALISER] = Normaliser.from_settings(settings)
+    app[NORMALISER] = normaliser(settings)
     statuses: dict[type[Exception], int] = app[ERROR_STATUS]
     app[ERROR_STATUS] = statuses | http_errors.STATUS
     app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention)
     app.cleanup_ctx.append(_stitcher_ctx)
     app.add_routes(routes)
     return app
+
+
+def normaliser(settings: Settings) -> Normaliser:
+    """The identifier normaliser with the configured placeholders and phone region, handed in as values."""
+    if settings.placeholders is None:
+        return Normaliser(default_region=settings.default_phone_region)
+    return Normaliser(placeholders=frozenset(settings.placeholders), default_region=settings.default_phone_region)
 
 
 async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:

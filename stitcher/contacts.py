@@ -15,10 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from stitcher.domain.commands import ContactCommand
 from stitcher.domain.errors import ConcurrentUpdate, ContactNotFound
 from stitcher.domain.identifiers import Identity
 from stitcher.domain.rules import Action, Candidate, Decision, Lookup, Mode, decide, lookup_kinds
-from stitcher.payload import ContactRequest
 from stitcher.stitch import Stitcher
 from stitcher.store import repo
 from stitcher.store.db import Contention, Database
@@ -136,11 +136,11 @@ class ContactService:
         self.eventlog = eventlog
         self.stitcher = stitcher
 
-    async def upsert(self, mode: Mode, request: ContactRequest, *, groups: Sequence[str] = (),
+    async def upsert(self, mode: Mode, command: ContactCommand, *, groups: Sequence[str] = (),
                      form_type: str | None = None, request_id: str | None = None) -> Outcome:
         """Add/update (or subscribe) one contact and stitch the given visitors' history onto it.
 
-        When this returns, the anonymous history of ``request.visitor_ids`` is on the timeline. A decision
+        When this returns, the anonymous history of ``command.visitor_ids`` is on the timeline. A decision
         gone stale (409 after the retries), a unique-key race (two creators of one external ID: the retry
         finds the winner), keys learnt late and collisions are retried; past the retries the last two are
         ``Contention`` (503).
@@ -149,7 +149,7 @@ class ContactService:
 
         async def attempt() -> tuple[Outcome, list[tuple[str, int]]]:
             try:
-                return await self._apply(mode, request, groups, form_type, request_id, extra)
+                return await self._apply(mode, command, groups, form_type, request_id, extra)
             except _NeedKeys as exc:
                 extra.update(exc.keys)
                 raise
@@ -166,26 +166,26 @@ class ContactService:
                 outcome.stitched += stitched
         return outcome
 
-    async def _apply(self, mode: Mode, request: ContactRequest, groups: Sequence[str], form_type: str | None,
+    async def _apply(self, mode: Mode, command: ContactCommand, groups: Sequence[str], form_type: str | None,
                      request_id: str | None, extra: set[str]) -> tuple[Outcome, list[tuple[str, int]]]:
         """One transaction: decide, write the contact, merge, link visitors. Returns the stitches to run.
 
         ``extra`` are keys an earlier attempt found it needed (a merge loser's visitors): locked with the
         request's own keys, in one batch.
         """
-        identity = request.identity
+        identity = command.identity
         async with self.db.transaction() as s:
-            locked = {*_lock_keys(identity, request.visitor_ids), *extra}
+            locked = {*_lock_keys(identity, command.visitor_ids), *extra}
             await self.db.lock_keys(s, locked)
             found = await repo.lookup(s, identity, lookup_kinds(mode))
             decision = decide(mode, identity, found)
             # a stitch onto a loser in flight must finish before its timeline moves: its visitors' keys
             _need(locked, {f"vid:{v}" for loser in decision.merge for v in await repo.visitors_of(s, loser)})
             await _recheck(s, decision, found)
-            contact = await self._target(s, decision, request, request_id)
+            contact = await self._target(s, decision, command, request_id)
             assert contact.id is not None
             cid = contact.id
-            await repo.add_identifiers(self.db, s, cid, request.channels())
+            await repo.add_identifiers(self.db, s, cid, command.channels())
             to_stitch: list[tuple[str, int]] = []
             for loser in decision.merge:
                 # under the row lock now: a visitor linked to the loser meanwhile needs its key too
@@ -199,21 +199,21 @@ class ContactService:
                                reason="merge")
                     repo.audit(s, cid, "linked_visitor", request_id, visitorId=vid, fromContactId=loser,
                                reason="merge")
-            to_stitch += await self._link_visitors(s, cid, request.visitor_ids, request_id)
+            to_stitch += await self._link_visitors(s, cid, command.visitor_ids, request_id)
             if groups:
                 await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, groups),
                                          form_type)
             status = "merged" if decision.merged else decision.action.value
             outcome = Outcome(cid, status, contact.external_customer_id, list(decision.merge),
-                              list(request.visitor_ids))
+                              list(command.visitor_ids))
         return outcome, list(dict.fromkeys(to_stitch))
 
-    async def _target(self, s: Any, decision: Decision, request: ContactRequest,
+    async def _target(self, s: Any, decision: Decision, command: ContactCommand,
                       request_id: str | None) -> Contact:
         now = repo.now_ms()
         if decision.action is Action.CREATE:
             contact = Contact(external_customer_id=decision.set_external_id, created_at=now, updated_at=now,
-                              **request.profile)
+                              **command.profile)
             s.add(contact)
             await s.flush()
             assert contact.id is not None
@@ -221,7 +221,7 @@ class ContactService:
             return contact
         assert decision.target is not None
         contact = await s.get_one(Contact, decision.target)
-        for attr, value in request.profile.items():
+        for attr, value in command.profile.items():
             setattr(contact, attr, value)
         if decision.action is Action.RESTORE:
             contact.deleted_at = None

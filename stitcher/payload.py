@@ -1,4 +1,4 @@
-"""Parsing of contact API bodies into typed requests; every bad field is named in one 400."""
+"""Parsing of contact API bodies into the domain's commands; every bad field is named in one 400."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stitcher.domain.commands import ContactCommand, SubscribeCommand
 from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
 from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser, parse_identity
 from tracker.visitor import parse_visitor_id
@@ -14,26 +15,6 @@ _PROFILE = {"firstName": ("first_name", 256), "lastName": ("last_name", 256),
             "languageCode": ("language_code", 16)}
 MAX_VISITORS = 100
 MAX_GROUPS = 100
-
-
-@dataclass(frozen=True)
-class ContactRequest:
-    """One contact of an add/update/subscribe call, validated and normalised."""
-
-    identity: Identity
-    devices: Mapping[tuple[IdentifierKind, str], str | None]
-    profile: Mapping[str, Any]  # Contact attributes to set (only those present in the payload)
-    visitor_ids: tuple[str, ...] = ()
-
-    def channels(self) -> list[tuple[IdentifierKind, str, str | None]]:
-        return [(k, v, self.devices.get((k, v))) for k, v in self.identity.channels]
-
-
-@dataclass(frozen=True)
-class SubscribeRequest:
-    contact: ContactRequest
-    groups: tuple[str, ...] = ()
-    form_type: str | None = None
 
 
 @dataclass
@@ -49,7 +30,7 @@ class _Errors:
 
 
 def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | None = None,
-                  prefix: str = "") -> ContactRequest:
+                  prefix: str = "") -> ContactCommand:
     """Validate an eSputnik contact payload plus Stitcher's ``visitorIds``."""
     errors = _Errors()
     if not isinstance(payload, Mapping):
@@ -93,7 +74,7 @@ def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | Non
             and identity.contact_id is None:
         errors.add(prefix + "channels", "a contact needs an externalCustomerId or at least one channel")
     errors.raise_if_any()
-    return ContactRequest(identity, devices, profile, visitor_ids)
+    return ContactCommand(identity, devices, profile, visitor_ids)
 
 
 def _visitor_ids(raw: Any, prefix: str, errors: _Errors) -> tuple[str, ...]:
@@ -112,12 +93,12 @@ def _visitor_ids(raw: Any, prefix: str, errors: _Errors) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def parse_subscribe(payload: Any, normaliser: Normaliser) -> SubscribeRequest:
+def parse_subscribe(payload: Any, normaliser: Normaliser) -> SubscribeCommand:
     """``{contact: {...}, groups: [...], formType}``; groups and formType are optional."""
     if not isinstance(payload, Mapping):
         raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
     errors = _Errors()
-    contact: ContactRequest | None = None
+    contact: ContactCommand | None = None
     try:
         contact = parse_contact(payload.get("contact"), normaliser, prefix="contact.")
     except ValidationFailed as exc:
@@ -138,4 +119,4 @@ def parse_subscribe(payload: Any, normaliser: Normaliser) -> SubscribeRequest:
         errors.add("formType", "must be a string of at most 128 characters")
     errors.raise_if_any()
     assert contact is not None
-    return SubscribeRequest(contact, tuple(dict.fromkeys(groups)), form_type)
+    return SubscribeCommand(contact, tuple(dict.fromkeys(groups)), form_type)

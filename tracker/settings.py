@@ -7,9 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_PLACEHOLDERS = (
-    "null", "undefined", "none", "nan", "anonymous", "guest", "0", "-1", "[object object]",
-)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -39,7 +36,7 @@ class Settings:
     rejected_cap: int = 100_000  # entries kept in the rejected-events stream
     partitions: int = 1024  # visitor partitions = Redis hash tags (DESIGN invariant 7)
     redis_timeout: float = 1.0  # seconds before a beacon gives up and answers 503
-    placeholders: tuple[str, ...] = DEFAULT_PLACEHOLDERS
+    placeholders: tuple[str, ...] | None = None  # None: the identity rules' own list (SPEC §1)
     default_phone_region: str | None = None
     worker_enabled: bool = True
     log_json: bool | None = None  # None: JSON when stderr is not a terminal

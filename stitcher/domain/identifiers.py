@@ -10,19 +10,20 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
 
 from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
-from tracker.settings import DEFAULT_PLACEHOLDERS
 
-if TYPE_CHECKING:
-    from tracker.settings import Settings
+__all__ = ["DEFAULT_PLACEHOLDERS", "IdentifierKind", "Identity", "Normaliser", "parse_identity"]
 
-__all__ = ["IdentifierKind", "Identity", "Normaliser", "parse_identity"]
+# SPEC §1: values integrations send for "no value"; the service may configure another list (PLACEHOLDERS)
+DEFAULT_PLACEHOLDERS = frozenset({
+    "null", "undefined", "none", "nan", "anonymous", "guest", "0", "-1", "[object object]",
+})
 
 # Identifier values sit in unique B-tree indexes, whose rows PostgreSQL caps at ~2700 bytes: bounds are in UTF-8
 # bytes where characters could exceed that (identifiers.value), in characters where they cannot (the external
@@ -69,19 +70,12 @@ class Normaliser:
     Stored forms are what lookups compare, so two spellings of one address must normalise to one string.
     """
 
-    placeholders: frozenset[str] = frozenset(DEFAULT_PLACEHOLDERS)
+    placeholders: frozenset[str] = DEFAULT_PLACEHOLDERS
     default_region: str | None = None
 
     def __post_init__(self) -> None:
         # Matching is case-insensitive on trimmed values; normalise a hand-written list the same way.
         object.__setattr__(self, "placeholders", frozenset(p.strip().lower() for p in self.placeholders))
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Normaliser:
-        """Build the normaliser the service uses from its configured placeholders and phone region."""
-        return cls(
-            placeholders=frozenset(settings.placeholders), default_region=settings.default_phone_region,
-        )
 
     def _text(self, value: Any, field: str, *, allow_int: bool) -> str:
         """Trimmed, non-empty, non-placeholder text; the checks every kind shares."""

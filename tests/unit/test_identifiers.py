@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 
 from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
-from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser, parse_identity
-from tracker.settings import DEFAULT_PLACEHOLDERS, Settings
+from stitcher.domain.identifiers import DEFAULT_PLACEHOLDERS, IdentifierKind, Identity, Normaliser, parse_identity
 
 N = Normaliser()
 EMAIL, SMS, MOBILEPUSH, WEBPUSH = (
@@ -92,14 +91,6 @@ def test_configured_placeholders_are_matched_case_insensitively_even_if_given_in
     with pytest.raises(InvalidIdentifier, match="placeholder"):
         normaliser.external_id("UNKNOWN")
     assert normaliser.external_id("null") == "null"  # not in this configured list
-
-
-def test_from_settings_uses_configured_placeholders_and_region() -> None:
-    """The normaliser built from settings honours their placeholders and default phone region."""
-    normaliser = Normaliser.from_settings(Settings(placeholders=("nobody",), default_phone_region="UA"))
-    with pytest.raises(InvalidIdentifier, match="placeholder"):
-        normaliser.external_id("Nobody")
-    assert normaliser.phone("067 123 45 67", "f") == "+380671234567"
 
 
 # --- external ID ----------------------------------------------------------------------------------------

@@ -1,0 +1,39 @@
+"""The service hands configured values to the pure identity rules (they read no settings themselves)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stitcher.app import normaliser
+from stitcher.domain.errors import InvalidIdentifier
+from stitcher.domain.identifiers import DEFAULT_PLACEHOLDERS
+from tracker.settings import Settings
+
+
+def test_the_normaliser_gets_the_configured_placeholders_and_region() -> None:
+    """PLACEHOLDERS and DEFAULT_PHONE_REGION reach the normaliser; unset, the SPEC's own list applies."""
+    configured = normaliser(Settings(placeholders=("nobody",), default_phone_region="UA"))
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        configured.external_id("Nobody")
+    assert configured.external_id("guest") == "guest"
+    assert configured.phone("067 123 45 67", "f") == "+380671234567"
+    assert normaliser(Settings()).placeholders == DEFAULT_PLACEHOLDERS
+    with pytest.raises(InvalidIdentifier, match="placeholder"):
+        normaliser(Settings()).external_id("guest")
+
+
+def test_the_domain_imports_nothing_from_the_edge_or_the_store() -> None:
+    """stitcher/domain is pure: no tracker, aiohttp, SQL or settings imports (DESIGN invariant 8)."""
+    import ast
+    from pathlib import Path
+
+    domain = Path(__file__).resolve().parents[2] / "stitcher" / "domain"
+    for path in domain.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith(("tracker", "aiohttp", "sqlalchemy", "sqlmodel", "redis",
+                                            "stitcher.store", "stitcher.api", "stitcher.payload")), \
+                    f"{path.name} imports {name}"
