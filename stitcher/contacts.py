@@ -12,17 +12,16 @@ from typing import Any
 import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from stitcher.domain.commands import ContactCommand
 from stitcher.domain.errors import ConcurrentUpdate, ContactNotFound
-from stitcher.domain.identifiers import Identity
 from stitcher.domain.rules import Action, Candidate, Decision, Lookup, Mode, decide, lookup_kinds
 from stitcher.stitch import Stitcher
-from stitcher.store import repo
+from stitcher.store import identity_keys, repo
 from stitcher.store.db import Contention, Database
-from stitcher.store.models import Contact, Identifier, IdentityLog, VisitorLink
+from stitcher.store.identity_keys import NeedKeys
+from stitcher.store.models import Contact, IdentityLog, VisitorLink
 from tracker.eventlog import EventLog
 
 log = structlog.get_logger("contacts")
@@ -47,15 +46,6 @@ class Outcome:
 
 class _StaleDecision(Exception):
     """A contact the decision rests on changed after it was read (a concurrent request): decide again."""
-
-
-class _NeedKeys(Exception):
-    """The transaction found identity keys it had not locked (a merge loser's visitors, an erased person's
-    identifiers): it runs again with them in its first batch, keeping the one lock order (``lock_keys``)."""
-
-    def __init__(self, keys: set[str]) -> None:
-        super().__init__(f"{len(keys)} more identity keys to lock")
-        self.keys = keys
 
 
 async def _recheck(s: Any, decision: Decision, found: Lookup) -> None:
@@ -90,46 +80,6 @@ def _candidates(found: Lookup) -> list[Candidate]:
     return out
 
 
-def _need(locked: set[str], keys: set[str]) -> None:
-    """Raise ``_NeedKeys`` when ``keys`` are not all among the keys this transaction locked."""
-    if not keys <= locked:
-        raise _NeedKeys(keys - locked)
-
-
-async def _contact_keys(s: AsyncSession, ids: Sequence[int]) -> set[str]:
-    """Every identity key through which a request can reach these contacts: ids, external IDs, channels
-    and visitors (the same key spellings as ``_lock_keys``)."""
-    keys = {f"id:{i}" for i in ids}
-    keys |= {f"ext:{e}" for e in (await s.execute(select(col(Contact.external_customer_id)).where(
-        col(Contact.id).in_(ids), col(Contact.external_customer_id).is_not(None)))).scalars()}
-    keys |= {f"{kind}:{value}" for kind, value in await s.execute(
-        select(col(Identifier.kind), col(Identifier.value)).where(col(Identifier.contact_id).in_(ids)))}
-    keys |= {f"vid:{v}" for v in (await s.execute(select(col(VisitorLink.visitor_id)).where(
-        col(VisitorLink.contact_id).in_(ids)))).scalars()}
-    return keys
-
-
-async def _person(s: AsyncSession, contact_id: int) -> tuple[list[int], set[str]]:
-    """A contact and every contact merged into it (the same person), with all their identity keys."""
-    ids: list[int] = [contact_id]
-    frontier = [contact_id]
-    while frontier:
-        merged = [i for i in (await s.execute(select(col(Contact.id)).where(
-            col(Contact.merged_into_id).in_(frontier)))).scalars() if i is not None]
-        ids += merged
-        frontier = merged
-    return ids, await _contact_keys(s, ids)
-
-
-def _lock_keys(identity: Identity, visitors: Sequence[str]) -> list[str]:
-    keys = [f"{k.value}:{v}" for k, v in identity.channels] + [f"vid:{v}" for v in visitors]
-    if identity.external_id is not None:
-        keys.append(f"ext:{identity.external_id}")
-    if identity.contact_id is not None:
-        keys.append(f"id:{identity.contact_id}")
-    return keys
-
-
 class ContactService:
     def __init__(self, db: Database, eventlog: EventLog, stitcher: Stitcher) -> None:
         self.db = db
@@ -150,15 +100,15 @@ class ContactService:
         async def attempt() -> tuple[Outcome, list[tuple[str, int]]]:
             try:
                 return await self._apply(mode, command, groups, form_type, request_id, extra)
-            except _NeedKeys as exc:
+            except NeedKeys as exc:
                 extra.update(exc.keys)
                 raise
 
         try:
-            outcome, to_stitch = await self.db.retry(attempt, also=(_StaleDecision, _NeedKeys, IntegrityError))
+            outcome, to_stitch = await self.db.retry(attempt, also=(_StaleDecision, NeedKeys, IntegrityError))
         except _StaleDecision as exc:
             raise ConcurrentUpdate() from exc
-        except (_NeedKeys, IntegrityError) as exc:
+        except (NeedKeys, IntegrityError) as exc:
             raise Contention(type(exc).__name__) from exc
         for vid, contact_id in to_stitch:
             stitched = await self.stitcher.stitch(vid, contact_id)
@@ -175,12 +125,13 @@ class ContactService:
         """
         identity = command.identity
         async with self.db.transaction() as s:
-            locked = {*_lock_keys(identity, command.visitor_ids), *extra}
+            locked = {*identity_keys.of_request(identity, command.visitor_ids), *extra}
             await self.db.lock_keys(s, locked)
             found = await repo.lookup(s, identity, lookup_kinds(mode))
             decision = decide(mode, identity, found)
             # a stitch onto a loser in flight must finish before its timeline moves: its visitors' keys
-            _need(locked, {f"vid:{v}" for loser in decision.merge for v in await repo.visitors_of(s, loser)})
+            losers_visitors = [v for loser in decision.merge for v in await repo.visitors_of(s, loser)]
+            identity_keys.require(locked, {identity_keys.visitor(v) for v in losers_visitors})
             await _recheck(s, decision, found)
             contact = await self._target(s, decision, command, request_id)
             assert contact.id is not None
@@ -189,7 +140,7 @@ class ContactService:
             to_stitch: list[tuple[str, int]] = []
             for loser in decision.merge:
                 # under the row lock now: a visitor linked to the loser meanwhile needs its key too
-                _need(locked, {f"vid:{v}" for v in await repo.visitors_of(s, loser)})
+                identity_keys.require(locked, {identity_keys.visitor(v) for v in await repo.visitors_of(s, loser)})
                 moved = await repo.merge_into(self.db, s, loser, cid)
                 to_stitch += [(v, cid) for v in moved.visitors]
                 repo.audit(s, cid, "merged", request_id, mergedContactId=loser, **moved.detail())
@@ -275,18 +226,21 @@ class ContactService:
         async def attempt() -> None:
             try:
                 await self._delete_once(contact_id, erase, request_id, extra)
-            except _NeedKeys as exc:
+            except NeedKeys as exc:
                 extra.update(exc.keys)
                 raise
 
         try:
-            await self.db.retry(attempt, also=(_NeedKeys,))
-        except _NeedKeys as exc:
+            await self.db.retry(attempt, also=(NeedKeys,))
+        except NeedKeys as exc:
             raise Contention("the person kept changing during the erase") from exc
 
     async def _delete_once(self, contact_id: int, erase: bool, request_id: str | None, extra: set[str]) -> None:
         async with self.db.transaction() as s:
-            ids, keys = await _person(s, contact_id) if erase else ([contact_id], await _contact_keys(s, [contact_id]))
+            if erase:
+                ids, keys = await identity_keys.of_person(s, contact_id)
+            else:
+                ids, keys = [contact_id], await identity_keys.of_contacts(s, [contact_id])
             locked = keys | extra
             await self.db.lock_keys(s, locked)
             rows = {c.id: c for c in (await s.execute(
@@ -296,17 +250,17 @@ class ContactService:
             if contact is None or contact.merged_into_id is not None:
                 raise ContactNotFound(contact_id)
             if not erase:
-                _need(locked, await _contact_keys(s, [contact_id]))
+                identity_keys.require(locked, await identity_keys.of_contacts(s, [contact_id]))
                 if contact.deleted_at is None:
                     contact.deleted_at = repo.now_ms()
                     repo.audit(s, contact_id, "deleted", request_id)
                 return
             # under the locks: the person as it is now; anything new (a contact merged in, a visitor linked)
             # means running again with its keys and rows locked first
-            now_ids, now_keys = await _person(s, contact_id)
-            _need(locked, now_keys)
+            now_ids, now_keys = await identity_keys.of_person(s, contact_id)
+            identity_keys.require(locked, now_keys)
             if set(now_ids) - set(rows):
-                raise _NeedKeys(now_keys)
+                raise NeedKeys(now_keys)
             links = list((await s.execute(select(VisitorLink).where(
                 col(VisitorLink.contact_id).in_(ids)))).scalars())
             # a visitor whose browser has passed to someone else stays theirs: only its claims go

@@ -23,7 +23,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from stitcher.store import repo
+from stitcher.store import identity_keys, repo
 from stitcher.store.db import Database
 from stitcher.store.models import TimelineEvent, VisitorLink
 from stitcher.store.repo import now_ms
@@ -95,7 +95,7 @@ class Stitcher:
 
     async def _stitch_once(self, vid: str, contact_id: int) -> int:
         async with self.db.transaction() as s:
-            await self.db.lock_keys(s, [f"vid:{vid}"])
+            await self.db.lock_keys(s, [identity_keys.visitor(vid)])
             holder = (await s.execute(select(col(VisitorLink.contact_id)).where(
                 col(VisitorLink.visitor_id) == vid, col(VisitorLink.unlinked_at).is_(None)))).scalar_one_or_none()
             if holder == contact_id:

@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy.exc import DataError, DBAPIError, StatementError
 
 from stitcher.stitch import Stitcher, insert_timeline, web_rows
-from stitcher.store import repo
+from stitcher.store import identity_keys, repo
 from stitcher.store.db import Database
 from stitcher.store.models import VisitorLink
 from tracker.eventlog import EventLog, LinkedEvent
@@ -108,7 +108,7 @@ class Worker:
     async def _insert(self, events: list[LinkedEvent]) -> None:
         async with self.db.transaction() as s:
             # a merge of these visitors' contact waits for this insert (it locks the same keys)
-            await self.db.lock_keys(s, [f"vid:{e.vid}" for e in events])
+            await self.db.lock_keys(s, [identity_keys.visitor(e.vid) for e in events])
             owners = await repo.open_links(s, {e.vid for e in events})
             by_contact: dict[int, list[LinkedEvent]] = defaultdict(list)
             for e in events:
