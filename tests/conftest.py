@@ -6,8 +6,12 @@ By default each test session starts its own redis-server and uses SQLite files; 
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from tracker.embedded_redis import EmbeddedRedis
 from tracker.settings import Settings
 
 API_KEY = "test-key"
+SQLITE_THREADS_S = 10.0  # a bound against a hang: an aiosqlite thread ends within milliseconds of its last call
 
 
 def free_port() -> int:
@@ -143,3 +148,32 @@ async def client(aiohttp_client, settings: Settings):  # type: ignore[no-untyped
     from stitcher.app import init_app
 
     return await aiohttp_client(init_app(settings))
+
+
+def _sqlite_threads() -> list[threading.Thread]:
+    """The live threads of aiosqlite connections (each connection runs its calls on a thread of its own)."""
+    return [t for t in threading.enumerate() if t.name.endswith("(_connection_worker_thread)")]
+
+
+@pytest.fixture
+async def sqlite_threads_finished() -> AsyncIterator[None]:
+    """Keep the test's event loop open until the aiosqlite connections the test opened have ended.
+
+    Cancelling a task that awaits aiosqlite (the app's shutdown cancels its worker, which may be opening a
+    connection or running a query at that moment) does not stop the call on the connection's thread: when
+    the call ends, the thread hands its result to the loop that made the call. Once pytest has closed that
+    loop, this raises "Event loop is closed" in the thread, which pytest reports as an error of whichever
+    test runs next. Requested (autouse) before any other fixture, this is torn down after the app's
+    cleanup and before the loop closes; it waits, bounded, for those threads to finish their last call
+    (a cancelled connect stops its connection; a connection the cancel left unreturned is stopped when it
+    is garbage-collected). The PostgreSQL driver runs no threads, so there it returns at once.
+    """
+    before = set(_sqlite_threads())
+    yield
+    deadline = time.monotonic() + SQLITE_THREADS_S
+    collected = False
+    while [t for t in _sqlite_threads() if t not in before] and time.monotonic() < deadline:
+        if not collected:
+            gc.collect()  # an abandoned connection is stopped by its finaliser
+            collected = True
+        await asyncio.sleep(0.01)
