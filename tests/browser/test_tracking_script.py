@@ -13,7 +13,7 @@ import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import BrowserContext, Page, Request, Route
 
-from tests.conftest import free_port
+from tests.browser.conftest import bound_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -332,9 +332,8 @@ async def site(service: str) -> AsyncIterator[str]:
     app.router.add_get("/{tail:.*}", page_handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{bound_port(runner)}"
     await runner.cleanup()
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from stitcher.api import CONTACTS
-from tests.conftest import API_KEY, auth, free_port
+from tests.conftest import API_KEY, auth, reserved_port
 from tests.helpers import eventually, now_ms, recent_page_views, sql_scalar
 from tracker.keys import VisitorKeys
 from tracker.settings import Settings
@@ -57,10 +57,13 @@ def _log_file(path: Path) -> IO[bytes]:
 
 
 class Service:
-    """A real ``stitcher serve`` process in its own process group, reached over HTTP on 127.0.0.1."""
+    """A real ``stitcher serve`` process in its own process group, reached over HTTP on 127.0.0.1.
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+    Its port is held (``reserved_port``) until the process is gone; it binds it with ``--reuse-port``.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int) -> None:
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.log_path = log_path
@@ -71,8 +74,8 @@ class Service:
         log = _log_file(self.log_path)
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                str(STITCHER), "serve", "--port", str(self.port), env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=log, start_new_session=True)
+                str(STITCHER), "serve", "--port", str(self.port), "--reuse-port", env=self.env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         finally:
             log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -100,12 +103,13 @@ class Service:
 
 @contextlib.asynccontextmanager
 async def service(env: dict[str, str], log_path: Path) -> AsyncIterator[Service]:
-    server = Service(env, log_path)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.kill()
+    with reserved_port() as port:
+        server = Service(env, log_path, port)
+        try:
+            await server.start()
+            yield server
+        finally:
+            await server.kill()
 
 
 def service_env(redis_url: str, database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
