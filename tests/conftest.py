@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import redis
@@ -49,7 +49,7 @@ R = TypeVar("R", bound=EmbeddedRedis)
 
 
 @contextlib.contextmanager
-def private_redis(kind: type[R] = EmbeddedRedis, **kwargs: Any) -> Iterator[R]:  # type: ignore[assignment]
+def private_redis(kind: type[R]) -> Iterator[R]:
     """A stopped redis-server (an EmbeddedRedis ``kind``) of the caller's own on a unix socket in a fresh
     short directory; stopped and removed at the end.
 
@@ -58,7 +58,7 @@ def private_redis(kind: type[R] = EmbeddedRedis, **kwargs: Any) -> Iterator[R]: 
     the socket's path is not. /tmp keeps the path under the ~107-byte limit of unix socket paths.
     """
     directory = Path(tempfile.mkdtemp(prefix="st-redis-", dir="/tmp"))
-    server = kind(directory, **kwargs)
+    server = kind(directory)
     assert not server.port, f"{server.socket} is too long for a unix socket"
     try:
         yield server
@@ -75,7 +75,7 @@ def redis_url() -> Iterator[str]:
     if url:
         yield url
         return
-    with private_redis() as server:
+    with private_redis(EmbeddedRedis) as server:
         yield server.start()
 
 

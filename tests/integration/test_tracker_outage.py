@@ -34,7 +34,7 @@ SHOP = "https://shop.example"
 def own_redis() -> Iterator[EmbeddedRedis]:
     """A redis-server of this test's own, on a unix socket so it can be stopped and started again at the same
     address (no other process can take that address while it is down, as one could take a TCP port)."""
-    with private_redis() as server:
+    with private_redis(EmbeddedRedis) as server:
         server.start()
         yield server
 
