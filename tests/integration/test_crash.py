@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from stitcher.api import CONTACTS
+from stitcher.app import init_app
 from tests.conftest import API_KEY, auth, reserved_port
 from tests.helpers import eventually, now_ms, recent_page_views, sql_scalar
 from tracker.keys import VisitorKeys
@@ -276,8 +278,17 @@ async def test_rerunning_a_stitch_whose_claim_was_not_released_duplicates_nothin
     assert int(await redis_client.get(keys.link)) == cid
 
 
-async def test_sweeper_reruns_a_stitch_that_crashed_after_its_insert(client, redis_client, database_url):
+@pytest.fixture
+async def client_without_worker(aiohttp_client, settings):  # type: ignore[no-untyped-def]
+    """The whole service with its worker off, for a test that runs the sweeper itself: a worker's first sweep
+    finishes every unfinished stitch, and if it came late (a loaded machine) it could take the test's own."""
+    return await aiohttp_client(init_app(dataclasses.replace(settings, worker_enabled=False)))
+
+
+async def test_sweeper_reruns_a_stitch_that_crashed_after_its_insert(client_without_worker, redis_client,
+                                                                     database_url):
     """The sweeper finishes a stitch left unmarked with its claim in Redis, without doubling the timeline."""
+    client = client_without_worker
     vid, cid, ids, raw = await _stitched_visitor(client, redis_client, 20)
     keys = VisitorKeys(vid, Settings.partitions)
     await redis_client.rpush(keys.claim(cid), *raw)
