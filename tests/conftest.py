@@ -183,6 +183,13 @@ async def client(aiohttp_client, settings: Settings):  # type: ignore[no-untyped
     return await aiohttp_client(init_app(settings))
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """pytest-randomly shuffles the tests; its seed is in the header, which ``-q`` (make test) hides."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"random test order (pytest-randomly): rerun it with --randomly-seed={seed}")
+
+
 def _sqlite_threads() -> list[threading.Thread]:
     """The live threads of aiosqlite connections (each connection runs its calls on a thread of its own)."""
     return [t for t in threading.enumerate() if t.name.endswith("(_connection_worker_thread)")]
