@@ -6,10 +6,18 @@ By default each test session starts its own redis-server and uses SQLite files; 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import os
+import shutil
 import socket
+import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -19,24 +27,56 @@ from tracker.embedded_redis import EmbeddedRedis
 from tracker.settings import Settings
 
 API_KEY = "test-key"
+SQLITE_THREADS_S = 10.0  # a bound against a hang: an aiosqlite thread ends within milliseconds of its last call
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def reserved_port() -> Iterator[int]:
+    """A local port held for as long as the block runs, for a server that binds it with SO_REUSEPORT
+    (``stitcher serve --reuse-port``) whenever it gets round to it.
+
+    The held socket is bound but never listens: connections go to the server alone (or are refused while
+    there is none), and no other process can be handed the port meanwhile, as it could be if the port were
+    picked, released and bound by a subprocess seconds later. (A server in this process binds port 0.)
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
+
+
+R = TypeVar("R", bound=EmbeddedRedis)
+
+
+@contextlib.contextmanager
+def private_redis(kind: type[R]) -> Iterator[R]:
+    """A stopped redis-server (an EmbeddedRedis ``kind``) of the caller's own on a unix socket in a fresh
+    short directory; stopped and removed at the end.
+
+    A test that stops its Redis and starts it again needs it back at the same address. A TCP port is free
+    for anyone while the server is down, and another process (other tests on the machine) may be handed it;
+    the socket's path is not. /tmp keeps the path under the ~107-byte limit of unix socket paths.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="st-redis-", dir="/tmp"))
+    server = kind(directory)
+    assert not server.port, f"{server.socket} is too long for a unix socket"
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis for the session: the one named by TEST_REDIS_URL, else a private redis-server."""
+def redis_url() -> Iterator[str]:
+    """A real Redis for the session: the one named by TEST_REDIS_URL, else a private redis-server on a unix
+    socket, as the service's embedded default has it."""
     url = os.environ.get("TEST_REDIS_URL")
     if url:
         yield url
         return
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), port=free_port())
-    yield server.start()
-    server.stop()
+    with private_redis(EmbeddedRedis) as server:
+        yield server.start()
 
 
 @pytest.fixture
@@ -106,8 +146,6 @@ def _reset_postgres(url: str) -> None:
 def database_url(migrated_database: str, tmp_path: Path) -> str:
     """An empty, migrated database for this test."""
     if migrated_database.startswith("sqlite"):
-        import shutil
-
         template = Path(migrated_database.removeprefix("sqlite+aiosqlite:///"))
         target = tmp_path / "stitcher.db"
         shutil.copy(template, target)
@@ -143,3 +181,39 @@ async def client(aiohttp_client, settings: Settings):  # type: ignore[no-untyped
     from stitcher.app import init_app
 
     return await aiohttp_client(init_app(settings))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """pytest-randomly shuffles the tests; its seed is in the header, which ``-q`` (make test) hides."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"random test order (pytest-randomly): rerun it with --randomly-seed={seed}")
+
+
+def _sqlite_threads() -> list[threading.Thread]:
+    """The live threads of aiosqlite connections (each connection runs its calls on a thread of its own)."""
+    return [t for t in threading.enumerate() if t.name.endswith("(_connection_worker_thread)")]
+
+
+@pytest.fixture
+async def sqlite_threads_finished() -> AsyncIterator[None]:
+    """Keep the test's event loop open until the aiosqlite connections the test opened have ended.
+
+    Cancelling a task that awaits aiosqlite (the app's shutdown cancels its worker, which may be opening a
+    connection or running a query at that moment) does not stop the call on the connection's thread: when
+    the call ends, the thread hands its result to the loop that made the call. Once pytest has closed that
+    loop, this raises "Event loop is closed" in the thread, which pytest reports as an error of whichever
+    test runs next. Requested (autouse) before any other fixture, this is torn down after the app's
+    cleanup and before the loop closes; it waits, bounded, for those threads to finish their last call
+    (a cancelled connect stops its connection; a connection the cancel left unreturned is stopped when it
+    is garbage-collected). The PostgreSQL driver runs no threads, so there it returns at once.
+    """
+    before = set(_sqlite_threads())
+    yield
+    deadline = time.monotonic() + SQLITE_THREADS_S
+    collected = False
+    while [t for t in _sqlite_threads() if t not in before] and time.monotonic() < deadline:
+        if not collected:
+            gc.collect()  # an abandoned connection is stopped by its finaliser
+            collected = True
+        await asyncio.sleep(0.01)

@@ -1,7 +1,8 @@
 """Browser-test fixtures: a private Redis, the real tracker service in-process, headless Chromium.
 
-The Redis server belongs to this module's tests alone and listens on a fixed TCP port, so a test can stop it
-(the collector then answers 503) and start it again where the service's client will find it.
+The Redis server belongs to this module's tests alone and listens on a unix socket of its own, so a test can
+stop it (the collector then answers 503) and start it again where the service's client will find it (a TCP
+port could be handed to another process while the server is down).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import redis
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from tests.conftest import free_port
+from tests.conftest import private_redis
 from tracker.app import init_app
 from tracker.embedded_redis import EmbeddedRedis
 from tracker.settings import Settings
@@ -31,10 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 class RedisProcess(EmbeddedRedis):
-    """The service's own embedded redis-server on a fixed TCP port: stop() and start() keep that port."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(directory, port=free_port())
+    """The service's own embedded redis-server on a unix socket: stop() and start() keep that address."""
 
     @property
     def running(self) -> bool:
@@ -49,11 +47,10 @@ class RedisProcess(EmbeddedRedis):
 
 
 @pytest.fixture(scope="module")
-def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    server = RedisProcess(tmp_path_factory.mktemp("browser-redis"))
-    server.start()
-    yield server
-    server.stop()
+def module_redis() -> Iterator[RedisProcess]:
+    with private_redis(RedisProcess) as server:
+        server.start()
+        yield server
 
 
 @pytest.fixture
@@ -77,11 +74,15 @@ async def service(redis_server: RedisProcess, tmp_path: Path) -> AsyncIterator[s
                         var_dir=tmp_path)
     runner = web.AppRunner(init_app(settings))
     await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    yield f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()  # the port the OS picks as it binds: no race for it
+    yield f"http://127.0.0.1:{bound_port(runner)}"
     await runner.cleanup()
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port of a runner's one TCP site, started on port 0."""
+    (address,) = runner.addresses
+    return int(address[1])
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope=LOOP)

@@ -13,7 +13,7 @@ import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import BrowserContext, Page, Request, Route
 
-from tests.conftest import free_port
+from tests.browser.conftest import bound_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -57,10 +57,17 @@ async def stored_queue(page: Page) -> list[dict[str, Any]]:
 
 
 async def first_page_view(page: Page, context: BrowserContext, api: Events, base: str) -> str:
-    """Open the demo, wait until its page_view is stored and return the visitor id."""
+    """Open the demo, wait until its page_view is stored and the script has taken the answer; return the
+    visitor id.
+
+    The collector stores the event (and the browser holds the cookie) before the script's fetch resolves;
+    only then does the script drop the batch from its queue and keep the echoed id, in one step. Until it
+    has, the page_view is still queued and in flight, which the next step of a test must not see.
+    """
     await page.goto(f"{base}/demo/")
     vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
     await eventually(lambda: api(vid), what="the first page_view")
+    await eventually(lambda: _stored_vid_is(page, vid), what="the script to take the answer")
     return vid
 
 
@@ -250,7 +257,8 @@ async def test_consent_required_sends_and_stores_nothing_until_granted(
     vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
     events = await eventually(lambda: _types_at_least(api, vid, 2), what="the held events")
     assert [e["type"] for e in events] == ["page_view", "signup_click"]
-    assert await page.evaluate("localStorage.getItem('stitcher.vid')") == vid
+    # stored and answered before the script's fetch resolves and it keeps the echoed id
+    await eventually(lambda: _stored_vid_is(page, vid), what="the vid in localStorage")
 
 
 async def test_consent_withdrawn_drops_queue_and_stops_sending(
@@ -332,9 +340,8 @@ async def site(service: str) -> AsyncIterator[str]:
     app.router.add_get("/{tail:.*}", page_handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{bound_port(runner)}"
     await runner.cleanup()
 
 
@@ -391,6 +398,8 @@ async def test_429_is_retried_no_sooner_than_retry_after(page: Page, context: Br
     events = await api(vid)
     assert [e["type"] for e in events] == ["page_view"]
     assert attempts[1] - attempts[0] >= 1.9
+    # the cookie arrives with the answer, before the script's fetch resolves and it drops the batch
+    await eventually(lambda: _stored_vid_is(page, vid), what="the script to take the answer")
     assert await stored_queue(page) == []
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -26,7 +27,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from stitcher.api import CONTACTS
-from tests.conftest import API_KEY, auth, free_port
+from stitcher.app import init_app
+from tests.conftest import API_KEY, auth, reserved_port
 from tests.helpers import eventually, now_ms, recent_page_views, sql_scalar
 from tracker.keys import VisitorKeys
 from tracker.settings import Settings
@@ -57,10 +59,13 @@ def _log_file(path: Path) -> IO[bytes]:
 
 
 class Service:
-    """A real ``stitcher serve`` process in its own process group, reached over HTTP on 127.0.0.1."""
+    """A real ``stitcher serve`` process in its own process group, reached over HTTP on 127.0.0.1.
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+    Its port is held (``reserved_port``) until the process is gone; it binds it with ``--reuse-port``.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int) -> None:
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
         self.log_path = log_path
@@ -71,8 +76,8 @@ class Service:
         log = _log_file(self.log_path)
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                str(STITCHER), "serve", "--port", str(self.port), env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log, stderr=log, start_new_session=True)
+                str(STITCHER), "serve", "--port", str(self.port), "--reuse-port", env=self.env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         finally:
             log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -100,12 +105,13 @@ class Service:
 
 @contextlib.asynccontextmanager
 async def service(env: dict[str, str], log_path: Path) -> AsyncIterator[Service]:
-    server = Service(env, log_path)
-    try:
-        await server.start()
-        yield server
-    finally:
-        await server.kill()
+    with reserved_port() as port:
+        server = Service(env, log_path, port)
+        try:
+            await server.start()
+            yield server
+        finally:
+            await server.kill()
 
 
 def service_env(redis_url: str, database_url: str, var_dir: Path, **extra: str) -> dict[str, str]:
@@ -272,8 +278,17 @@ async def test_rerunning_a_stitch_whose_claim_was_not_released_duplicates_nothin
     assert int(await redis_client.get(keys.link)) == cid
 
 
-async def test_sweeper_reruns_a_stitch_that_crashed_after_its_insert(client, redis_client, database_url):
+@pytest.fixture
+async def client_without_worker(aiohttp_client, settings):  # type: ignore[no-untyped-def]
+    """The whole service with its worker off, for a test that runs the sweeper itself: a worker's first sweep
+    finishes every unfinished stitch, and if it came late (a loaded machine) it could take the test's own."""
+    return await aiohttp_client(init_app(dataclasses.replace(settings, worker_enabled=False)))
+
+
+async def test_sweeper_reruns_a_stitch_that_crashed_after_its_insert(client_without_worker, redis_client,
+                                                                     database_url):
     """The sweeper finishes a stitch left unmarked with its claim in Redis, without doubling the timeline."""
+    client = client_without_worker
     vid, cid, ids, raw = await _stitched_visitor(client, redis_client, 20)
     keys = VisitorKeys(vid, Settings.partitions)
     await redis_client.rpush(keys.claim(cid), *raw)

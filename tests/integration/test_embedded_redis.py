@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import free_port
+from tests.conftest import reserved_port
 from tracker.embedded_redis import AlreadyRunning, EmbeddedRedis
 
 
 def test_a_second_server_on_the_same_directory_is_refused_until_the_first_stops(tmp_path: Path) -> None:
     """A second embedded Redis on one directory would take over its socket and append-only file."""
-    first = EmbeddedRedis(tmp_path / "redis", port=free_port())
-    second = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    # on the directory's unix socket, as `make run` has it (a TCP port chosen now could be taken by the time the
+    # second server starts)
+    first = EmbeddedRedis(tmp_path / "redis")
+    second = EmbeddedRedis(tmp_path / "redis")
     url = first.start()
     try:
         client = redis.Redis.from_url(url)
@@ -37,13 +39,14 @@ def test_a_second_server_on_the_same_directory_is_refused_until_the_first_stops(
 
 def test_stitcher_serve_on_a_taken_var_dir_exits_with_a_clear_message(tmp_path: Path) -> None:
     """`stitcher serve --reuse-port` twice without REDIS_URL: the second one says what to do and exits 2."""
-    owner = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    owner = EmbeddedRedis(tmp_path / "redis")
     owner.start()
     try:
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-        env.update(VAR_DIR=str(tmp_path), HOST="127.0.0.1", PORT=str(free_port()))
-        proc = subprocess.run([str(Path(sys.executable).parent / "stitcher"), "serve", "--reuse-port"], env=env,
-                              capture_output=True, timeout=60)
+        with reserved_port() as port:
+            env.update(VAR_DIR=str(tmp_path), HOST="127.0.0.1", PORT=str(port))
+            proc = subprocess.run([str(Path(sys.executable).parent / "stitcher"), "serve", "--reuse-port"],
+                                  env=env, capture_output=True, timeout=60)
     finally:
         owner.stop()
     assert proc.returncode == 2, proc.stderr.decode()

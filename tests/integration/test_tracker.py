@@ -145,7 +145,10 @@ async def test_history_is_oldest_first_by_derived_time(client: Client) -> None:
     vid = str(uuid.uuid4())
     sent = now_ms()
     # one batch, events listed out of order
-    raw = beacon(ev("second", ts=sent - 20_000), ev("first", ts=sent - 40_000), ev("third", ts=sent - 1), vid=vid)
+    # sent_at is the clock reading the ts values are relative to: a fresh one read a moment later (as the
+    # default is) would add the delay between the two readings, on a loaded machine more than 1 ms
+    raw = beacon(ev("second", ts=sent - 20_000), ev("first", ts=sent - 40_000), ev("third", ts=sent - 1), vid=vid,
+                 sent_at=sent)
     assert (await post(client, raw)).status == 204
     # a later batch of events queued offline an hour ago goes before all of them
     sent2 = now_ms()

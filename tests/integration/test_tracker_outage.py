@@ -17,7 +17,7 @@ from aiohttp import ClientResponse, DummyCookieJar, web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from tests.conftest import API_KEY, free_port
+from tests.conftest import API_KEY, private_redis
 from tracker.app import init_app
 from tracker.embedded_redis import EmbeddedRedis
 from tracker.keys import VisitorKeys
@@ -31,14 +31,12 @@ SHOP = "https://shop.example"
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A redis-server of this test's own, on a fixed port so it can be stopped and started again."""
-    server = EmbeddedRedis(tmp_path / "redis", port=free_port())
-    server.start()
-    try:
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server of this test's own, on a unix socket so it can be stopped and started again at the same
+    address (no other process can take that address while it is down, as one could take a TCP port)."""
+    with private_redis(EmbeddedRedis) as server:
+        server.start()
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -122,7 +120,7 @@ async def test_redis_down_is_a_quick_503_and_recovery_needs_no_restart(
     assert data["checks"]["redis"] is False
     assert (await client.get("/healthz")).status == 200  # the process itself is alive
 
-    own_redis.start()  # same port, empty, no Lua scripts loaded (NOSCRIPT must be handled)
+    own_redis.start()  # same address, empty, no Lua scripts loaded (NOSCRIPT must be handled)
     statuses = await post_with_retries(client, beacon(vid, "after"))
     assert statuses[-1] == 204, statuses
     assert set(statuses) <= {204, 503}

@@ -25,7 +25,7 @@ from stitcher.replay import (
     replay,
     replay_file_cli,
 )
-from tests.conftest import API_KEY, free_port
+from tests.conftest import API_KEY, reserved_port
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.jsonl"))
@@ -143,7 +143,8 @@ def test_cli_exit_codes_without_a_server(tmp_path: Path, capsys: pytest.CaptureF
     assert "bad.jsonl:1:" in capsys.readouterr().err
     good = tmp_path / "one.jsonl"
     good.write_text('{"expect": {"call": "GET /healthz"}}\n')
-    assert replay_file_cli(str(good), f"http://127.0.0.1:{free_port()}", API_KEY) == 1
+    with reserved_port() as port:  # held, never listening: refused, and no other process can be given it
+        assert replay_file_cli(str(good), f"http://127.0.0.1:{port}", API_KEY) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{good}:1: GET /healthz: no response: ")
     assert out[-1] == "replay: 1 steps, 1 expectations, 1 failed"
@@ -151,35 +152,38 @@ def test_cli_exit_codes_without_a_server(tmp_path: Path, capsys: pytest.CaptureF
 
 @pytest.fixture
 def server(clean_redis: str, database_url: str, tmp_path: Path) -> Iterator[str]:
-    """A real ``stitcher serve`` process on a free port; yields its base URL and is killed afterwards."""
-    port = free_port()
-    env = {**os.environ, "REDIS_URL": clean_redis, "DATABASE_URL": database_url, "API_KEYS": API_KEY,
-           "HOST": "127.0.0.1", "PORT": str(port), "VAR_DIR": str(tmp_path), "LOG_JSON": "1"}
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "stitcher"), "serve"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, "stitcher serve did not answer /healthz in time"
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
+    """A real ``stitcher serve`` process on a free port; yields its base URL and is killed afterwards.
+
+    The port is held (``reserved_port``) until the process is gone; the process binds it with --reuse-port.
+    """
+    with reserved_port() as port:
+        env = {**os.environ, "REDIS_URL": clean_redis, "DATABASE_URL": database_url, "API_KEYS": API_KEY,
+               "HOST": "127.0.0.1", "PORT": str(port), "VAR_DIR": str(tmp_path), "LOG_JSON": "1"}
+        log = (tmp_path / "serve.log").open("wb")
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "stitcher"), "serve", "--reuse-port"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+            deadline = time.monotonic() + SERVER_START_S
+            while True:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                try:
+                    with urllib.request.urlopen(f"{url}/healthz", timeout=1) as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                assert time.monotonic() < deadline, "stitcher serve did not answer /healthz in time"
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            log.close()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
