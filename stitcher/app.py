@@ -25,6 +25,7 @@ from tracker.settings import Settings
 from tracker.tasks import stop_task
 
 WORKER = web.AppKey("worker", Worker)
+STOP_GRACE_S = 5.0
 
 
 def init_app(settings: Settings) -> web.Application:
@@ -67,6 +68,9 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     worker.stopping.set()
     if task is not None:
+        # let the worker finish the batch it is writing (a cancel would leave its query running on a thread
+        # of the SQLite driver after the loop closes); cancel only what outlives the grace
+        await asyncio.wait({task}, timeout=STOP_GRACE_S)
         await stop_task(task)
     await worker_redis.aclose()
     await db.close()

@@ -13,6 +13,8 @@ import os
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -26,8 +28,13 @@ from tracker.eventlog import EventLog, LinkedEvent
 from tracker.metrics import Metrics
 
 log = structlog.get_logger("worker")
+T = TypeVar("T")
 RECLAIM_IDLE_MS = 30_000
 HOUSEKEEPING_S = 10.0
+
+
+class _Stopped(Exception):
+    """The worker was asked to stop while it waited on Redis."""
 
 
 class Worker:
@@ -51,16 +58,19 @@ class Worker:
                 raise asyncio.CancelledError
             try:
                 if not started:
-                    await self.eventlog.ensure_group()
+                    await self._redis(self.eventlog.ensure_group())
                     started = True
                 if time.monotonic() >= next_housekeeping:
                     first = next_housekeeping == 0.0
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_S  # a failing one must not starve draining
                     await self.housekeeping(first=first)
                 if own_pending:
-                    await self.drain(await self.eventlog.read_linked(self.consumer, block_ms=None, pending=True))
+                    await self.drain(await self._redis(
+                        self.eventlog.read_linked(self.consumer, block_ms=None, pending=True)))
                     own_pending = False
-                await self.drain(await self.eventlog.read_linked(self.consumer, block_ms=500))
+                await self.drain(await self._redis(self.eventlog.read_linked(self.consumer, block_ms=500)))
+            except _Stopped:
+                return
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -69,12 +79,29 @@ class Worker:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 1.0)
 
+    async def _redis(self, call: Coroutine[Any, Any, T]) -> T:
+        """Await a Redis call, unless the worker is asked to stop first: then the call is abandoned (its
+        connection dropped) and ``_Stopped`` raised. SQL work is never cut off like this, so a stop waits for
+        the current batch to commit instead of leaving a query running after the loop has closed."""
+        calling = asyncio.ensure_future(call)
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({calling, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not calling.done():
+                calling.cancel()
+                await asyncio.wait({calling})
+        if calling.cancelled():
+            raise _Stopped
+        return calling.result()
+
     async def housekeeping(self, first: bool = False) -> None:
         """Finish interrupted stitches and take over a dead worker's unacknowledged entries."""
         finished = await self.stitcher.finish_pending(older_than_ms=0 if first else RECLAIM_IDLE_MS)
         if finished:
             log.info("finished interrupted stitches", count=finished)
-        await self.drain(await self.eventlog.reclaim_linked(self.consumer, RECLAIM_IDLE_MS))
+        await self.drain(await self._redis(self.eventlog.reclaim_linked(self.consumer, RECLAIM_IDLE_MS)))
 
     async def drain(self, events: list[LinkedEvent]) -> int:
         """Put a batch of linked events on their contacts' timelines, then acknowledge them.

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import stitcher.app
 from stitcher.api import CONTACTS, DB
 from stitcher.app import WORKER
+from stitcher.stitch import Stitcher
 from stitcher.store import repo
 from stitcher.store.db import Database
 from tests.conftest import auth
@@ -521,3 +522,26 @@ async def sql_rows(database_url: str, query: str, **params: Any) -> list[Any]:
             return [row[0] for row in await conn.execute(text(query), params)]
     finally:
         await engine.dispose()
+
+
+# --- a stop waits for the worker's database work ----------------------------------------------------------
+
+
+async def test_stopping_the_service_lets_the_workers_database_work_finish(aiohttp_client, settings, monkeypatch):
+    """The service's shutdown waits for the worker's current SQL work (a query cut off by a cancel would
+    go on running on the SQLite driver's thread after the loop has closed); only its Redis wait is abandoned."""
+    entered, finished = asyncio.Event(), []
+    real = Stitcher.finish_pending
+
+    async def slow_sweep(self: Stitcher, older_than_ms: int = 0) -> int:
+        entered.set()
+        await asyncio.sleep(0.3)  # a slow query
+        n = await real(self, older_than_ms)
+        finished.append(n)
+        return n
+
+    monkeypatch.setattr(Stitcher, "finish_pending", slow_sweep)
+    client = await aiohttp_client(stitcher.app.init_app(settings))
+    await asyncio.wait_for(entered.wait(), 10)
+    await client.close()
+    assert finished == [0]
