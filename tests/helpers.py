@@ -82,3 +82,24 @@ async def sql_scalar(database_url: str, query: str, **params: Any) -> Any:
             return (await conn.execute(statement, params)).scalar_one()
     finally:
         await engine.dispose()
+
+
+async def identity_lock_waiters(db: Any, database_url: str, expected: int) -> None:
+    """Wait (bounded) until ``expected`` transactions queue on identity locks: on PostgreSQL, advisory locks of
+    this database not yet granted; on SQLite, calls waiting for the service's in-process write lock (an
+    asyncio.Lock, granted first come, first served; read through private attributes, as nothing else shows
+    it). A fixed sleep instead would let a slow first call queue after the second one on a loaded machine."""
+    if not database_url.startswith("postgresql"):
+        lock = db._write_lock
+        assert lock is not None
+
+        async def queued() -> int:
+            return len(lock._waiters or ())  # type: ignore[attr-defined]
+
+        waiting = await eventually(queued, lambda n: n >= expected, 10)
+        assert waiting == expected
+        return
+    query = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    waiting = await eventually(lambda: sql_scalar(database_url, query), lambda n: n >= expected, 10)
+    assert waiting == expected

@@ -26,7 +26,7 @@ from stitcher.stitch import Stitcher
 from stitcher.store import repo
 from stitcher.store.db import Database
 from tests.conftest import auth
-from tests.helpers import beacon, call, eventually, page_views, sql_scalar
+from tests.helpers import beacon, call, eventually, identity_lock_waiters, page_views, sql_scalar
 from tracker.keys import VisitorKeys
 
 
@@ -223,7 +223,7 @@ async def test_erase_racing_a_merge_into_the_contact_leaves_nothing_of_the_perso
         erase = erase_call()
         await asyncio.wait_for(held.wait(), 10)
         merge = merge_call()
-    await asyncio.sleep(0.3)
+    await identity_lock_waiters(client.app[DB], database_url, 1)  # the second call queues on the first's locks
     release.set()
     (merge_status, merged), (erase_status, erased) = await asyncio.wait_for(asyncio.gather(merge, erase), 30)
     assert erase_status == 200, erased

@@ -22,9 +22,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import stitcher.app
 from stitcher.api import CONTACTS, DB
-from stitcher.store.db import Database
 from tests.conftest import auth
-from tests.helpers import eventually, now_ms, recent_page_views, sql_scalar
+from tests.helpers import eventually, identity_lock_waiters, now_ms, recent_page_views, sql_scalar
 from tracker.keys import VisitorKeys
 from tracker.settings import Settings
 
@@ -301,27 +300,6 @@ async def test_sweeper_does_not_take_back_a_visitor_that_changed_hands(aiohttp_c
     assert not {e["id"] for e in later} & {e["id"] for e in await timeline(client, first_owner)}
 
 
-async def _identity_lock_waiters(db: Database, database_url: str, expected: int) -> None:
-    """Wait (bounded) until ``expected`` transactions queue on identity locks: on PostgreSQL, advisory locks of
-    this database not yet granted; on SQLite, calls waiting for the service's in-process write lock (an
-    asyncio.Lock, granted first come, first served; read through private attributes, as nothing else shows
-    it). A fixed sleep instead would let a slow first call queue after the second one on a loaded machine."""
-    if not database_url.startswith("postgresql"):
-        lock = db._write_lock
-        assert lock is not None
-
-        async def queued() -> int:
-            return len(lock._waiters or ())  # type: ignore[attr-defined]
-
-        waiting = await eventually(queued, lambda n: n >= expected, 10)
-        assert waiting == expected
-        return
-    query = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
-    waiting = await eventually(lambda: sql_scalar(database_url, query), lambda n: n >= expected, 10)
-    assert waiting == expected
-
-
 @pytest.mark.parametrize("order", ["relink_before_first_stitch", "relink_during_first_stitch"])
 async def test_two_people_subscribing_at_once_on_one_browser_keep_its_history_with_the_first(
         aiohttp_client, settings, redis_client, database_url, monkeypatch, order):
@@ -376,11 +354,11 @@ async def test_two_people_subscribing_at_once_on_one_browser_keep_its_history_wi
         await asyncio.wait_for(held.wait(), 10)
         ann = asyncio.create_task(subscribe_then_read("C-ann"))
         tasks.append(ann)
-        await _identity_lock_waiters(db, database_url, 1)
+        await identity_lock_waiters(db, database_url, 1)
         if order == "relink_before_first_stitch":
             bob = asyncio.create_task(subscribe_then_read("C-bob"))
             tasks.append(bob)
-            await _identity_lock_waiters(db, database_url, 2)
+            await identity_lock_waiters(db, database_url, 2)
             service.stitcher.pause_ms = 0
             release.set()
         else:
@@ -388,7 +366,7 @@ async def test_two_people_subscribing_at_once_on_one_browser_keep_its_history_wi
             assert await eventually(lambda: redis_client.keys(keys.claim_pattern), bool, 10)
             bob = asyncio.create_task(subscribe_then_read("C-bob"))
             tasks.append(bob)
-            await _identity_lock_waiters(db, database_url, 1)
+            await identity_lock_waiters(db, database_url, 1)
             assert await redis_client.keys(keys.claim_pattern), "Ann's stitch ended before Bob's call queued"
             service.stitcher.pause_ms = 0  # Bob's stitches run unpaused once Ann's ends
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
