@@ -106,7 +106,10 @@ class EmbeddedRedis:
         try:
             while True:
                 try:
-                    client.ping()
+                    # the server answering must be ours: on a TCP port another process may have taken
+                    # the port between choosing it and redis-server binding it
+                    if int(client.info("server")["process_id"]) != self.process.pid:
+                        raise redis.ConnectionError("another server answers on this address")
                     return self.url
                 except redis.ConnectionError as exc:
                     if self.process.poll() is not None or time.monotonic() > deadline:

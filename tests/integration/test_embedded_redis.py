@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.conftest import reserved_port
-from tracker.embedded_redis import AlreadyRunning, EmbeddedRedis
+from tracker.embedded_redis import AlreadyRunning, EmbeddedRedis, _free_port
 
 
 def test_a_second_server_on_the_same_directory_is_refused_until_the_first_stops(tmp_path: Path) -> None:
@@ -52,3 +52,29 @@ def test_stitcher_serve_on_a_taken_var_dir_exits_with_a_clear_message(tmp_path: 
     assert proc.returncode == 2, proc.stderr.decode()
     assert b"another process already runs the embedded Redis" in proc.stderr
     assert b"REDIS_URL" in proc.stderr
+
+
+def test_a_server_that_is_not_ours_on_the_chosen_port_is_never_used(tmp_path: Path) -> None:
+    """If another process holds the TCP port the embedded Redis chose, start fails rather than handing the
+    service someone else's Redis."""
+    other = _server_on_some_port(tmp_path / "other")
+    try:
+        clash = EmbeddedRedis(tmp_path / "clash", port=other.port)
+        with pytest.raises(RuntimeError, match="did not start"):
+            clash.start(timeout=2)
+        assert clash.process is None
+        assert redis.Redis.from_url(other.url).ping()  # the other server was left alone
+    finally:
+        other.stop()
+
+
+def _server_on_some_port(directory: Path) -> EmbeddedRedis:
+    """A redis-server on a TCP port (a free port can be taken by the time it binds: try a few)."""
+    for attempt in range(5):
+        server = EmbeddedRedis(directory / str(attempt), port=_free_port())
+        try:
+            server.start()
+            return server
+        except RuntimeError:
+            continue
+    raise AssertionError("no free TCP port for a redis-server")
