@@ -15,11 +15,16 @@ Script tag attributes:
   data-endpoint            where to POST batches; default: the script's origin + "/t"
   data-consent-required    store and send nothing until stitcher('consent', true); events wait in memory
 
-Delivery: events go to a queue in localStorage (memory when that is unavailable) and stay there until a 2xx
-answers for them, so a reload or a later visit resends what an outage kept back; every event has a UUID and
-the collector stores an id once, so a resend is harmless. Batches leave ~1 s after the first event, at once
-when 10 wait, and by sendBeacon when the page is hidden or unloaded. 5xx, 429 and network errors are retried
-with exponential backoff and jitter, never sooner than Retry-After; any other 4xx drops the batch for good.
+Delivery: each event is one localStorage key ("stitcher.e.<uuid>"; memory when storage is unavailable), so
+the tabs of a site share the queue and no tab's write can erase another's; an event stays until a 2xx
+answers for it, so a reload or a later visit resends what an outage kept back. One tab sends at a time (a
+Web Lock, else a lease in localStorage), whatever every tab queued. The visitor id is made (UUID) by the
+first tab that sends and shared by all; the collector keeps its cookie's id first and echoes it back.
+Every event has a UUID and the collector stores an id once, so a resend is harmless. Batches leave ~1 s
+after the first event, at once when 10 wait, and by sendBeacon when the page is hidden or unloaded. 5xx,
+429, network errors and timeouts (5 s) are retried with exponential backoff and jitter, never sooner than
+Retry-After (seconds or HTTP date; kept in localStorage, so it holds across navigations and tabs); any
+other 4xx drops the batch for good.
 */
 (function (w, d, L) {
   'use strict';
@@ -48,20 +53,16 @@ with exponential backoff and jitter, never sooner than Retry-After; any other 4x
   let ok = get('c');
   ok = ok == 1 ? 1 : ok == 0 ? 0 : CR ? null : 1;
   let pend = []; // events waiting for consent
-  let rs = get('rs'); // a reset is pending: the next batch asks the collector for a new visitor
-  let gen = 0; // bumped by reset/withdrawal, so a late answer cannot restore the old visitor id
 
-  // the persistent queue, read and written whole each time so tabs of one site share it
+  // the persistent queue: one key per event ("stitcher.e.<id>"), so a tab only ever adds or removes whole
+  // keys and never rewrites what another tab wrote; oldest first, events older than 7 days are dropped
   const rq = () => {
-    try { const q = JSON.parse(get('q')); return Array.isArray(q) ? q : [] } catch (e) { return [] }
-  };
-  // bounds: 7 days, 500 events, ~256 KB; the oldest go first
-  const wq = q => {
-    const old = now() - 6048e5;
-    q = q.filter(e => e.ts > old).slice(-500);
-    let s = JSON.stringify(q);
-    while (s.length > 256e3) s = JSON.stringify(q = q.slice(q.length / 10 + 1 | 0));
-    set('q', q.length ? s : null);
+    const q = [];
+    new Set([...Object.keys(M), ...L ? Object.keys(L).map(k => k.slice(9)) : []]).forEach(k => {
+      if (k.indexOf('e.')) return;
+      try { const e = JSON.parse(get(k)); e.ts > now() - 6048e5 ? q.push(e) : set(k) } catch (x) {}
+    });
+    return q.sort((a, b) => a.ts - b.ts);
   };
 
   const uuid = () => {
@@ -73,11 +74,13 @@ with exponential backoff and jitter, never sooner than Retry-After; any other 4x
     return [].map.call(b, x => (x + 256).toString(16).slice(1)).join('')
       .replace(/(.{8})(.{4})(.{4})(.{4})/, '$1-$2-$3-$4-');
   };
+  const T = uuid(); // this tab
 
   // the collector rejects strings over 2 KiB: cut URLs (ASCII) and titles (≤ 3 bytes per UTF-16 unit)
+  let lt = 0; // the last ts of this tab: strictly increasing, so the queue keeps this tab's order
   const ev = (t, p, r) => {
     const e = {
-      id: uuid(), type: ('' + t).slice(0, 128), ts: now(), url: location.href.slice(0, 2e3),
+      id: uuid(), type: ('' + t).slice(0, 128), ts: lt = Math.max(now(), lt + 1), url: location.href.slice(0, 2e3),
       // a snapshot: later changes by the caller do not leak in, and a cycle throws here, not in a flush
       props: p && typeof p == 'object' && !Array.isArray(p) ? JSON.parse(JSON.stringify(p)) : {}
     };
@@ -88,25 +91,42 @@ with exponential backoff and jitter, never sooner than Retry-After; any other 4x
   const add = e => {
     // over the collector's 64 KiB body limit on its own: it could never be delivered
     if (size(e) > 6e4) return;
-    if (ok) { const q = rq(); q.push(e); wq(q); kick() }
-    else if (ok == null && pend.length < 500) pend.push(e);
+    if (ok) {
+      set('e.' + e.id, JSON.stringify(e));
+      // bounds: 500 events, ~256 KB; the oldest go first
+      let n = 0;
+      rq().reverse().forEach((e, i) => (n += JSON.stringify(e).length) > 256e3 || i > 499 ? set('e.' + e.id) : 0);
+      kick();
+    } else if (ok == null && pend.length < 500) pend.push(e);
   };
 
   // --- sending ---
   let tm = 0, due = 0; // the flush timer and when it fires
-  let wait = 0; // backoff: no automatic send before this time
   let fails = 0; // consecutive failures, for the backoff
-  const inf = new Set(); // ids in flight in this tab (one request at a time)
+  const wait = () => +get('w') || 0; // no automatic send before this time (shared by the tabs, kept)
+  const inf = new Set(); // ids in flight from this tab
   const bc = new Set(); // ids sent by beacon from this page; resent by fetch only, to learn they landed
 
   const later = ms => {
-    const t = Math.max(now() + ms, wait);
+    const t = Math.max(now() + ms, wait());
     if (tm && due <= t) return;
     clearTimeout(tm);
     due = t;
-    tm = setTimeout(() => { tm = 0; now() < wait ? later(0) : flush() }, t - now());
+    tm = setTimeout(() => { tm = 0; now() < wait() ? later(0) : flush() }, t - now());
   };
   const kick = () => { const n = rq().length; n && later(n < 10 ? 1e3 : 0) };
+
+  // one tab sends at a time: a Web Lock where there is one, else a lease in localStorage (taken over once
+  // it has expired); another tab waiting to send tries again in a second
+  const lock = f => {
+    const N = navigator.locks;
+    if (N) return N.request('stitcher', { ifAvailable: true }, l => l ? f() : later(1e3));
+    let l = [];
+    try { l = JSON.parse(get('l')) || l } catch (e) {}
+    if (l[0] != T && l[1] > now()) return later(1e3);
+    set('l', JSON.stringify([T, now() + 1e4]));
+    return f().finally(() => set('l'));
+  };
 
   // oldest events first, ≤ 100 and ≤ 60000 bytes of events per request (the collector takes 64 KiB)
   const batch = skip => {
@@ -121,54 +141,56 @@ with exponential backoff and jitter, never sooner than Retry-After; any other 4x
     }
     return b;
   };
-  const body = (b, r) => JSON.stringify({ vid: get('vid') || undefined, reset: r ? true : undefined, sent_at: now(), events: b });
-  const drop = b => { const ids = new Set(b.map(e => e.id)); wq(rq().filter(e => !ids.has(e.id))) };
+  // the visitor id: the first tab that needs one makes it, every tab uses it
+  const vid = () => get('vid') || (set('vid', uuid()), get('vid'));
+  const body = (b, v, r) => JSON.stringify({ vid: v, reset: r ? true : undefined, sent_at: now(), events: b });
 
-  const flush = async () => {
-    if (ok != 1 || inf.size) return;
+  const flush = () => ok == 1 && !inf.size && lock(send);
+  const send = async () => {
     const b = batch(inf);
-    if (!b.length) return;
-    const g = gen, r = rs;
+    if (ok != 1 || !b.length) return;
+    const v = vid(), r = get('rs');
     b.forEach(e => inf.add(e.id));
     let delay = 0;
     try {
       const x = await fetch(EP, {
-        method: 'POST', body: body(b, r), headers: { 'Content-Type': 'text/plain' },
-        keepalive: true, credentials: 'include'
+        method: 'POST', body: body(b, v, r), headers: { 'Content-Type': 'text/plain' },
+        keepalive: true, credentials: 'include', signal: AbortSignal.timeout && AbortSignal.timeout(5e3)
       });
       const s = x.status;
       if (s < 300 || s < 500 && s != 429) {
         // delivered, or refused for good (a 4xx would fail the same way forever)
-        drop(b);
+        b.forEach(e => set('e.' + e.id));
         fails = 0;
-        const v = x.headers.get('X-Stitcher-Visitor');
-        if (s < 300 && g == gen) {
-          if (v) set('vid', v);
-          if (r) set('rs', rs = null);
+        set('w');
+        const h = x.headers.get('X-Stitcher-Visitor');
+        // unless a reset or a withdrawal (in any tab) changed the id meanwhile, take the collector's
+        if (s < 300 && h && get('vid') == v) {
+          set('vid', h);
+          if (r) set('rs');
         }
-      } else delay = x.headers.get('Retry-After') * 1e3 || 1;
+      } else {
+        const a = x.headers.get('Retry-After');
+        delay = a * 1e3 || Date.parse(a) - now() || 1;
+      }
     } catch (e) { delay = 1 }
     inf.clear();
     if (delay) {
       // exponential backoff with jitter (0.5-1 × 1 s, 2 s, 4 s ... 60 s), never sooner than Retry-After
       delay = Math.max(delay, Math.min(6e4, 1e3 * 2 ** fails) * (1 + Math.random()) / 2);
       fails++;
-      wait = now() + delay;
+      if (ok == 1) set('w', now() + delay);
       later(0);
     } else kick();
   };
 
   // the page is going away (or may be discarded while hidden): hand what is queued to the browser
   const beacon = () => {
-    // while the first request of a new visitor is in flight, a second one would be given a second id
-    if (ok != 1 || now() < wait || inf.size && (rs || !get('vid'))) return;
+    if (ok != 1 || now() < wait()) return;
     let b;
     while ((b = batch(new Set([...inf, ...bc]))).length) {
-      const r = rs;
-      if (!navigator.sendBeacon(EP, new Blob([body(b, r)], { type: 'text/plain' }))) break;
+      if (!navigator.sendBeacon(EP, new Blob([body(b, vid(), get('rs'))], { type: 'text/plain' }))) break;
       b.forEach(e => bc.add(e.id));
-      // one reset request only; its answer sets the new cookie that the next page sends
-      if (r) { set('rs', rs = null); break }
     }
   };
 
@@ -194,31 +216,36 @@ with exponential backoff and jitter, never sooner than Retry-After; any other 4x
   const C = {
     event: (n, p) => n && ev(n, p),
     page: pv,
-    flush: () => { wait = fails = 0; flush() },
+    flush: () => { set('w'); fails = 0; flush() },
     reset: () => {
-      gen++;
       pend = [];
-      set('q');
+      rq().forEach(e => set('e.' + e.id));
       set('vid');
-      rs = 1;
       if (ok) set('rs', 1);
     },
-    consent: y => {
+    // h: heard from another tab, which has already told the others and the collector
+    consent: (y, h) => {
       if (y) {
-        if (ok === 0) rs = 1; // granted again after a withdrawal: start a new visitor
+        if (ok === 0) set('rs', 1); // granted again after a withdrawal: start a new visitor
         ok = 1;
         set('c', 1);
-        if (rs) set('rs', 1);
         pend.forEach(add);
       } else {
-        gen++;
         ok = 0;
-        ['q', 'vid', 'rs'].forEach(k => set(k));
+        rq().forEach(e => set('e.' + e.id));
+        ['vid', 'rs', 'w'].forEach(k => set(k));
         set('c', 0);
+        // ask the collector to expire its HttpOnly visitor cookie
+        h || fetch(EP + '/forget', { method: 'POST', credentials: 'include', keepalive: true }).catch(() => 0);
       }
       pend = [];
+      h || B && B.postMessage(y);
     }
   };
+  // consent withdrawn or granted in another tab applies here at once
+  const B = w.BroadcastChannel && new BroadcastChannel('stitcher');
+  if (B) B.onmessage = m => C.consent(m.data, 1);
+  w.addEventListener('storage', e => e.key == 'stitcher.c' && ok !== +e.newValue && e.newValue && C.consent(+e.newValue, 1));
   const q = w.stitcher && w.stitcher.q || [];
   const S = w.stitcher = function (c) {
     // the host page never sees an exception from the tracker

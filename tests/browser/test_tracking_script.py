@@ -51,9 +51,13 @@ async def cookie_vid(context: BrowserContext) -> str | None:
 
 
 async def stored_queue(page: Page) -> list[dict[str, Any]]:
-    """The script's persistent retry queue in localStorage."""
-    raw = await page.evaluate("localStorage.getItem('stitcher.q')")
-    return json.loads(raw) if raw else []
+    """The script's persistent retry queue in localStorage (one key per event, shared by the tabs), oldest
+    first."""
+    return list(await page.evaluate(QUEUE_JS))
+
+
+QUEUE_JS = """Object.keys(localStorage).filter(k => k.startsWith('stitcher.e.'))
+    .map(k => JSON.parse(localStorage.getItem(k))).sort((a, b) => a.ts - b.ts)"""
 
 
 async def first_page_view(page: Page, context: BrowserContext, api: Events, base: str) -> str:
@@ -111,7 +115,7 @@ async def test_demo_page_view_is_recorded_under_cookie_visitor(page: Page, conte
     assert await eventually(lambda: _text_is(page, "#vid", vid), what="the vid on the page")
     first = await body_with(sent, "page_view")
     assert first["events"][0]["id"] == event["id"]
-    assert "vid" not in first  # a first visit has no id yet: the collector issues it
+    assert first["vid"] == vid  # the script made the id before its first send; the collector took it
     assert await stored_queue(page) == []
 
 
@@ -229,9 +233,8 @@ async def test_pagehide_flush_arrives(page: Page, context: BrowserContext, api: 
                                       leave: str) -> None:
     """An event fired just before the page goes away is delivered by the pagehide beacon."""
     vid = await first_page_view(page, context, api, service)
-    ids = await page.evaluate(
-        "stitcher('event', 'goodbye', {via: 'beacon'});"
-        "JSON.parse(localStorage.getItem('stitcher.q')).map(e => e.id)")
+    await page.evaluate("stitcher('event', 'goodbye', {via: 'beacon'})")
+    ids = [e["id"] for e in await stored_queue(page)]
     assert len(ids) == 1  # still queued: the batching delay has not passed
     if leave == "close":
         await page.close(run_before_unload=True)
@@ -289,7 +292,7 @@ async def test_reset_starts_a_new_visitor(page: Page, context: BrowserContext, a
     assert [e["type"] for e in await eventually(lambda: api(new), what="the new history")] == ["after_reset"]
     assert [e["type"] for e in await api(old)] == ["page_view"]
     first = await body_with(sent, "after_reset")
-    assert first.get("reset") is True and "vid" not in first
+    assert first.get("reset") is True
     assert sum(1 for b in sent if b.get("reset")) == 1
     # later batches are plain again and name the new visitor
     await page.click("#signup")

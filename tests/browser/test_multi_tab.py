@@ -1,0 +1,134 @@
+"""static/t.js across several tabs of one browser (SPEC §2): one visitor id, every event stored once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import BrowserContext, Page
+
+from tests.browser.test_tracking_script import Events, RedisProcess, cookie_vid, eventually, stored_queue
+
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+Tabs = Callable[[int], Awaitable[list[Page]]]
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def tabs(context: BrowserContext) -> AsyncIterator[Tabs]:
+    """``await tabs(n)``: n new pages of the test's browser context; an uncaught script error in any fails
+    the test."""
+    errors: list[str] = []
+
+    async def open_tabs(n: int) -> list[Page]:
+        pages = [await context.new_page() for _ in range(n)]
+        for p in pages:
+            p.on("pageerror", lambda exc: errors.append(str(exc)))
+        return pages
+
+    yield open_tabs
+    assert not errors, f"uncaught errors in the pages: {errors}"
+
+
+# each tab records n events, one every few milliseconds, all tabs at the same time
+BURST = """([tab, n]) => new Promise(done => {
+  let i = 0;
+  const fire = () => { stitcher('event', 'burst', {tab, i}); ++i < n ? setTimeout(fire, 3) : done() };
+  fire();
+})"""
+
+
+async def burst(pages: list[Page], n: int) -> set[tuple[int, int]]:
+    await asyncio.gather(*(p.evaluate(BURST, [k, n]) for k, p in enumerate(pages)))
+    return {(k, i) for k in range(len(pages)) for i in range(n)}
+
+
+async def landed(api: Events, vid: str, n: int) -> list[dict[str, Any]] | None:
+    events = await api(vid)
+    return events if len(events) >= n else None
+
+
+def assert_once(events: list[dict[str, Any]], bursts: set[tuple[int, int]], page_views: int) -> None:
+    ids = [e["id"] for e in events]
+    assert len(ids) == len(set(ids))
+    assert sum(e["type"] == "page_view" for e in events) == page_views
+    got = [(e["props"]["tab"], e["props"]["i"]) for e in events if e["type"] == "burst"]
+    assert sorted(got) == sorted(bursts)
+
+
+async def open_all(pages: list[Page], url: str) -> None:
+    await asyncio.gather(*(p.goto(url) for p in pages))
+
+
+async def known_visitor(pages: list[Page], context: BrowserContext, api: Events, url: str) -> str:
+    """Open ``url`` in the first tab, wait until its visitor is known, then in the others; return the id."""
+    await pages[0].goto(url)
+    vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
+    await eventually(lambda: landed(api, vid, 1), what="the first page_view")
+    await open_all(pages[1:], url)
+    await eventually(lambda: landed(api, vid, len(pages)), what="the page_views")
+    return vid
+
+
+async def all_vids(pages: list[Page]) -> set[str]:
+    return {await p.evaluate("localStorage.getItem('stitcher.vid')") for p in pages}
+
+
+async def one_vid_in_every_tab(pages: list[Page], vid: str) -> bool:
+    return await all_vids(pages) == {vid}
+
+
+async def queues_empty(pages: list[Page]) -> bool:
+    return all([await stored_queue(p) == [] for p in pages])
+
+
+async def test_four_tabs_loading_at_once_make_one_visitor(tabs: Tabs, context: BrowserContext, api: Events,
+                                                          service: str) -> None:
+    """A first visit in four tabs at once: one visitor id, shared by every tab, with all four page_views."""
+    pages = await tabs(4)
+    await open_all(pages, f"{service}/demo/")
+    vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
+    events = await eventually(lambda: landed(api, vid, 4), what="four page_views under one visitor")
+    assert_once(events, set(), 4)
+    await eventually(lambda: one_vid_in_every_tab(pages, vid), what="the same vid in every tab")
+    assert await cookie_vid(context) == vid
+
+
+async def test_tabs_recording_at_once_lose_nothing(tabs: Tabs, context: BrowserContext, api: Events,
+                                                   service: str) -> None:
+    """Four tabs recording events at nearly the same time: each event is stored exactly once."""
+    pages = await tabs(4)
+    vid = await known_visitor(pages, context, api, f"{service}/demo/")
+    fired = await burst(pages, 30)
+    await pages[0].evaluate("stitcher('flush')")
+    events = await eventually(lambda: landed(api, vid, 4 + len(fired)), what="every event", within=20)
+    assert_once(events, fired, 4)
+    await eventually(lambda: queues_empty(pages), what="the queue to drain")
+    assert_once(await api(vid), fired, 4)
+
+
+async def test_tabs_wait_out_an_outage_together(tabs: Tabs, context: BrowserContext, api: Events, service: str,
+                                                redis_server: RedisProcess) -> None:
+    """With the collector down, events of three tabs wait in the shared queue and land exactly once after."""
+    pages = await tabs(3)
+    vid = await known_visitor(pages, context, api, f"{service}/demo/")
+    statuses: list[int] = []
+    for p in pages:
+        p.on("response", lambda r: statuses.append(r.status) if r.url.endswith("/t") else None)
+    await asyncio.to_thread(redis_server.stop)
+    fired = await burst(pages, 10)
+    await pages[1].evaluate("stitcher('flush')")
+    await eventually(lambda: _has(statuses, 503), what="a 503")
+    assert len(await stored_queue(pages[2])) == len(fired)
+    await asyncio.to_thread(redis_server.start)  # empty again
+    events = await eventually(lambda: landed(api, vid, len(fired)), what="every event", within=20)
+    await eventually(lambda: queues_empty(pages), what="the queue to drain")
+    assert_once(await api(vid), fired, 0)
+    assert len(events) == len(fired)
+
+
+async def _has(items: list[int], value: int) -> bool:
+    return value in items
