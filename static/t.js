@@ -7,7 +7,9 @@ Async loader snippet; calls made before the script has loaded are queued in stit
 API:
   stitcher('event', name, props)   record a custom event (props: a plain object)
   stitcher('page')                 record a page_view now (also automatic on load and SPA navigation)
-  stitcher('consent', true|false)  grant / withdraw consent (see data-consent-required)
+  stitcher('consent', true|false)  grant / withdraw consent (see data-consent-required); every open tab
+                                   follows at once, and a withdrawal asks the collector (POST <endpoint>/forget)
+                                   to expire its visitor cookie
   stitcher('reset')                forget the visitor: the next batch starts a new one (e.g. on logout)
   stitcher('flush')                send queued events now, ignoring any retry backoff
 

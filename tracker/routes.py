@@ -111,6 +111,22 @@ async def beacon(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@routes.post("/t/forget")
+async def forget(request: web.Request) -> web.StreamResponse:
+    """Consent withdrawn (``stitcher('consent', false)``): expire the HttpOnly visitor cookie, 204.
+
+    The anonymous history is left to expire (``ANON_TTL_DAYS``): the cookie proves only that this browser
+    carried the id, and a copied or guessed cookie must not let anyone erase another visitor's history.
+    """
+    response = web.Response(status=204)
+    secure = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
+    response.headers["Set-Cookie"] = (f"{COOKIE}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; "
+                                      f"HttpOnly; SameSite=Lax{'; Secure' if secure else ''}")
+    response.headers["Cache-Control"] = "no-store"
+    _cors(request, response)
+    return response
+
+
 @routes.options("/t")
 async def beacon_preflight(request: web.Request) -> web.StreamResponse:
     response = web.Response(status=204)

@@ -132,3 +132,32 @@ async def test_tabs_wait_out_an_outage_together(tabs: Tabs, context: BrowserCont
 
 async def _has(items: list[int], value: int) -> bool:
     return value in items
+
+
+async def stitcher_keys(page: Page) -> list[str]:
+    return list(await page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('stitcher.')).sort()"))
+
+
+async def test_consent_withdrawn_in_one_tab_stops_every_tab(tabs: Tabs, context: BrowserContext, api: Events,
+                                                            service: str) -> None:
+    """consent(false) in one tab: every open tab stops at once, what the script stored is gone, and the
+    collector expires the HttpOnly visitor cookie."""
+    a, b = pages = await tabs(2)
+    vid = await known_visitor(pages, context, api, f"{service}/demo/")
+    # the other tab hears of it through the same channel the script listens on
+    await b.evaluate("window.heard = 0; new BroadcastChannel('stitcher').onmessage = () => window.heard = 1")
+    await b.evaluate("stitcher('event', 'queued_before')")
+    await a.evaluate("stitcher('consent', false)")
+    await eventually(lambda: b.evaluate("window.heard"), what="the other tab to hear")
+    await b.evaluate("stitcher('event', 'after'); stitcher('page'); stitcher('flush')")
+    await b.click("#spa-nav")
+    assert await stitcher_keys(b) == ["stitcher.c"]  # an event recorded in b would be a key of its own
+    assert await b.evaluate("localStorage.getItem('stitcher.c')") == "0"
+    await eventually(lambda: _no_cookie(context), what="the collector to expire the cookie")
+    await b.reload()
+    assert await stitcher_keys(b) == ["stitcher.c"]
+    assert [e["type"] for e in await api(vid)] == ["page_view", "page_view"]
+
+
+async def _no_cookie(context: BrowserContext) -> bool:
+    return await cookie_vid(context) is None

@@ -521,6 +521,23 @@ async def test_allowed_origin_is_echoed_with_credentials(make_client: MakeClient
     assert "Origin" in r.headers["Vary"]
 
 
+async def test_forget_expires_the_visitor_cookie_and_keeps_the_history(make_client: MakeClient,
+                                                                         tracker_settings: Settings) -> None:
+    """POST /t/forget (consent withdrawn) answers 204 with an expired HttpOnly cookie, readable cross-origin
+    (CORS like /t); the anonymous history is not erased on the cookie's word alone."""
+    client = await make_client(dataclasses.replace(tracker_settings, allowed_origins=(SHOP,)))
+    vid = str(uuid.uuid4())
+    assert (await post(client, beacon(ev("e1"), vid=vid))).status == 204
+    r = await client.post("/t/forget", headers={"Origin": SHOP, "Cookie": f"{COOKIE}={vid}"})
+    assert r.status == 204
+    cookie = r.headers["Set-Cookie"]
+    assert cookie.startswith(f"{COOKIE}=;") and "Max-Age=0" in cookie and "HttpOnly" in cookie
+    assert "Path=/" in cookie
+    assert r.headers["Access-Control-Allow-Origin"] == SHOP
+    assert r.headers["Access-Control-Allow-Credentials"] == "true"
+    assert [e["id"] for e in await history(client, vid)] == ["e1"]
+
+
 async def test_other_origins_get_no_cors_headers(make_client: MakeClient, tracker_settings: Settings) -> None:
     """When ALLOWED_ORIGINS is a list, another site's origin is not granted access."""
     client = await make_client(dataclasses.replace(tracker_settings, allowed_origins=(SHOP,)))
