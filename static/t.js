@@ -64,7 +64,8 @@ other 4xx drops the batch for good.
       if (k.indexOf('e.')) return;
       try { const e = JSON.parse(get(k)); e.ts > now() - 6048e5 ? q.push(e) : set(k) } catch (x) {}
     });
-    return q.sort((a, b) => a.ts - b.ts);
+    // events that failed without an answer go behind the others
+    return q.sort((a, b) => (a.n | 0) - (b.n | 0) || a.ts - b.ts);
   };
 
   const uuid = () => {
@@ -137,7 +138,8 @@ other 4xx drops the batch for good.
     for (const e of rq()) {
       if (skip.has(e.id)) continue;
       const l = size(e) + 1;
-      if (b.length > 99 || b.length && n + l > 6e4) break;
+      // a batch that failed without an answer is retried one event at a time, so one bad event costs no other
+      if (b.length > 99 || b.length && (n + l > 6e4 || b[0].n)) break;
       b.push(e);
       n += l;
     }
@@ -175,7 +177,11 @@ other 4xx drops the batch for good.
         const a = x.headers.get('Retry-After');
         delay = a * 1e3 || Date.parse(a) - now() || 1;
       }
-    } catch (e) { delay = 1 }
+    } catch (e) {
+      // no readable answer (network error, timeout, a refusal without CORS headers): 5 tries while online
+      delay = 1;
+      if (navigator.onLine !== false) b.forEach(e => get('e.' + e.id) && set('e.' + e.id, (e.n = (e.n | 0) + 1) > 4 ? null : JSON.stringify(e)));
+    }
     inf.clear();
     if (delay) {
       // exponential backoff with jitter (0.5-1 × 1 s, 2 s, 4 s ... 60 s), never sooner than Retry-After

@@ -1,0 +1,120 @@
+"""static/t.js against a collector that fails: timeouts, Retry-After, answers the script cannot read."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from typing import Any
+
+import pytest
+from playwright.async_api import BrowserContext, Page, Route
+
+from tests.browser.test_tracking_script import (
+    Events,
+    _types_at_least,
+    cookie_vid,
+    eventually,
+    first_page_view,
+    stored_queue,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
+
+
+def types_in(route: Route) -> list[str]:
+    return [e["type"] for e in json.loads(route.request.post_data or "{}").get("events", [])]
+
+
+async def _empty(page: Page) -> bool:
+    return await stored_queue(page) == []
+
+
+async def test_a_request_that_hangs_times_out_and_is_retried(page: Page, context: BrowserContext, api: Events,
+                                                            service: str) -> None:
+    """A request the collector never answers is abandoned after a few seconds and its batch sent again."""
+    loop = asyncio.get_running_loop()
+    attempts: list[float] = []
+    never = asyncio.Event()
+
+    async def hang_first(route: Route) -> None:
+        attempts.append(loop.time())
+        if len(attempts) == 1:
+            await never.wait()  # released at the end; the browser has given up on it by then
+        await route.continue_()
+
+    await page.route("**/t", hang_first)
+    await page.goto(f"{service}/demo/")
+    vid = await eventually(lambda: cookie_vid(context), within=15, what="the retried request")
+    assert [e["type"] for e in await eventually(lambda: api(vid), what="the page_view")] == ["page_view"]
+    assert 4 < attempts[1] - attempts[0] < 8
+    await eventually(lambda: _empty(page), what="the queue to drain")
+    never.set()
+
+
+async def test_retry_after_as_a_date_holds_across_a_navigation(page: Page, context: BrowserContext,
+                                                               api: Events, service: str) -> None:
+    """A 503 with Retry-After as an HTTP date: the next page of the site waits for it too, then all lands."""
+    loop = asyncio.get_running_loop()
+    attempts: list[float] = []
+
+    async def unavailable_first(route: Route) -> None:
+        attempts.append(loop.time())
+        if len(attempts) == 1:
+            when = email.utils.formatdate(time.time() + 3.5, usegmt=True)  # whole seconds: ≥ 2.5 s from now
+            await route.fulfill(status=503, headers={"Retry-After": when}, body="")
+        else:
+            await route.continue_()
+
+    await page.route("**/t", unavailable_first)
+    await page.goto(f"{service}/demo/")
+    await eventually(lambda: _at_least(attempts, 1), what="the first attempt")
+    await eventually(lambda: page.evaluate("!!localStorage.getItem('stitcher.w')"), what="the retry time")
+    await page.goto(f"{service}/demo/pricing")  # a new page, whose own page_view waits as well
+    vid = await eventually(lambda: cookie_vid(context), within=15, what="the retried request")
+    events = await eventually(lambda: _types_at_least(api, vid, 2), what="both page_views")
+    assert sorted(e["url"] for e in events) == [f"{service}/demo/", f"{service}/demo/pricing"]
+    assert attempts[1] - attempts[0] >= 2.4
+
+
+async def _at_least(items: list[Any], n: int) -> bool:
+    return len(items) >= n
+
+
+async def test_a_batch_failing_without_an_answer_is_bounded_and_blocks_nothing(
+        page: Page, context: BrowserContext, api: Events, service: str) -> None:
+    """A request that always fails as a network error (e.g. a 403 without CORS headers) is retried a few
+    times only, and the events recorded with or after it are delivered meanwhile."""
+    vid = await first_page_view(page, context, api, service)
+    poisoned: list[list[str]] = []
+
+    async def refuse_poison(route: Route) -> None:
+        if "poison" in types_in(route):
+            poisoned.append(types_in(route))
+            await route.abort("connectionrefused")
+        else:
+            await route.continue_()
+
+    await page.route("**/t", refuse_poison)
+    # in one batch with good events, then more good ones behind it
+    await page.evaluate("stitcher('event', 'good', {n: 0}); stitcher('event', 'poison');"
+                        "stitcher('event', 'good', {n: 1}); stitcher('flush')")
+    await eventually(lambda: _at_least(poisoned, 1), what="the first failure")
+    await page.evaluate("stitcher('event', 'good', {n: 2})")
+    for _ in range(8):  # flush skips the backoff; more attempts than the bound allows
+        if await _empty(page):
+            break
+        n = len(poisoned)
+        await page.evaluate("stitcher('flush')")
+        await eventually(lambda n=n: _sent_or_empty(page, poisoned, n), what="another attempt")
+    await eventually(lambda: _empty(page), what="the poison to be given up")
+    events = await api(vid)
+    assert sorted(e["props"]["n"] for e in events if e["type"] == "good") == [0, 1, 2]
+    assert "poison" not in [e["type"] for e in events]
+    assert 2 <= len(poisoned) <= 6
+    assert poisoned[-1] == ["poison"]  # alone once it had failed
+
+
+async def _sent_or_empty(page: Page, poisoned: list[list[str]], n: int) -> bool:
+    return len(poisoned) > n or await _empty(page)
