@@ -80,14 +80,18 @@ other 4xx drops the batch for good.
   const T = uuid(); // this tab
 
   // the collector rejects strings over 2 KiB: cut URLs (ASCII) and titles (≤ 3 bytes per UTF-16 unit)
+  // well-formed text: a cut never splits a surrogate pair and a lone surrogate becomes U+FFFD (the collector
+  // refuses a body that is not valid UTF-8)
+  const str = (s, n) => ((s += '').length > n ? s.slice(0, n).replace(/[\ud800-\udbff]$/, '') : s)
+    .replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
   let lt = 0; // the last ts of this tab: strictly increasing, so the queue keeps this tab's order
   const ev = (t, p, r) => {
     const e = {
-      id: uuid(), type: ('' + t).slice(0, 128), ts: lt = Math.max(now(), lt + 1), url: location.href.slice(0, 2e3),
+      id: uuid(), type: str(t, 128), ts: lt = Math.max(now(), lt + 1), url: str(location.href, 2e3),
       // a snapshot: later changes by the caller do not leak in, and a cycle throws here, not in a flush
-      props: p && typeof p == 'object' && !Array.isArray(p) ? JSON.parse(JSON.stringify(p)) : {}
+      props: p && typeof p == 'object' && !Array.isArray(p) ? JSON.parse(JSON.stringify(p, (k, v) => typeof v == 'string' ? str(v) : v)) : {}
     };
-    if (r != null) { e.ref = r.slice(0, 2e3); e.title = d.title.slice(0, 680) }
+    if (r != null) { e.ref = str(r, 2e3); e.title = str(d.title, 680) }
     add(e);
   };
 

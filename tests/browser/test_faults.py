@@ -118,3 +118,22 @@ async def test_a_batch_failing_without_an_answer_is_bounded_and_blocks_nothing(
 
 async def _sent_or_empty(page: Page, poisoned: list[list[str]], n: int) -> bool:
     return len(poisoned) > n or await _empty(page)
+
+
+async def test_malformed_strings_are_made_well_formed(page: Page, context: BrowserContext, api: Events,
+                                                     service: str) -> None:
+    """A lone surrogate from the page becomes U+FFFD and a cut title keeps its surrogate pairs whole, so the
+    batch (and the good events in it) is stored rather than refused as invalid UTF-8."""
+    vid = await first_page_view(page, context, api, service)
+    await page.evaluate("""() => {
+      stitcher('event', 'before');
+      stitcher('event', 'lone\\ud800', {s: 'x\\udc00y\\ud83d', ok: 'ok\\ud83d\\ude00'});
+      document.title = 'a'.repeat(679) + '\\ud83d\\ude00';
+      history.pushState({}, '', '/demo/long');
+      setTimeout(() => { stitcher('event', 'after'); stitcher('flush') }, 10);
+    }""")
+    events = await eventually(lambda: _types_at_least(api, vid, 5), what="every event")
+    by_type = {e["type"]: e for e in events}
+    assert [e["type"] for e in events] == ["page_view", "before", "lone\ufffd", "page_view", "after"]
+    assert by_type["lone\ufffd"]["props"] == {"s": "x\ufffdy\ufffd", "ok": "ok\U0001f600"}
+    assert events[3]["title"] == "a" * 679  # the pair that did not fit is left out whole
