@@ -143,7 +143,8 @@ other 4xx drops the batch for good.
       if (skip.has(e.id)) continue;
       const l = size(e) + 1;
       // a batch that failed without an answer is retried one event at a time, so one bad event costs no other
-      if (b.length > 99 || b.length && (n + l > 6e4 || b[0].n)) break;
+      // and one request carries one visitor's events (those recorded before a reset go first, under the old id)
+      if (b.length > 99 || b.length && (n + l > 6e4 || b[0].n || e.v != b[0].v)) break;
       b.push(e);
       n += l;
     }
@@ -151,13 +152,19 @@ other 4xx drops the batch for good.
   };
   // the visitor id: the first tab that needs one makes it, every tab uses it
   const vid = () => get('vid') || (set('vid', uuid()), get('vid'));
+  // a reset: "rs" is 1 until the collector has taken the new id, then the time it did; requests say "reset"
+  // (with the new id) for 30 s more, so a late answer to an older request cannot restore the old cookie
+  const rsv = b => {
+    const r = get('rs');
+    return b[0].v ? [b[0].v] : [vid(), r == 1 || r > now() - 3e4 ? r : 0];
+  };
   const body = (b, v, r) => JSON.stringify({ vid: v, reset: r ? true : undefined, sent_at: now(), events: b });
 
   const flush = () => ok == 1 && !inf.size && lock(send);
   const send = async () => {
     const b = batch(inf);
     if (ok != 1 || !b.length) return;
-    const v = vid(), r = get('rs');
+    const [v, r] = rsv(b);
     b.forEach(e => inf.add(e.id));
     let delay = 0;
     try {
@@ -173,10 +180,7 @@ other 4xx drops the batch for good.
         set('w');
         const h = x.headers.get('X-Stitcher-Visitor');
         // unless a reset or a withdrawal (in any tab) changed the id meanwhile, take the collector's
-        if (s < 300 && h && get('vid') == v) {
-          set('vid', h);
-          if (r) set('rs');
-        }
+        if (s < 300 && h && get('vid') == v) r ? r == 1 && h == v && set('rs', now()) : set('vid', h);
       } else {
         const a = x.headers.get('Retry-After');
         delay = a * 1e3 || Date.parse(a) - now() || 1;
@@ -201,7 +205,7 @@ other 4xx drops the batch for good.
     if (ok != 1 || now() < wait()) return;
     let b;
     while ((b = batch(new Set([...inf, ...bc]))).length) {
-      if (!navigator.sendBeacon(EP, new Blob([body(b, vid(), get('rs'))], { type: 'text/plain' }))) break;
+      if (!navigator.sendBeacon(EP, new Blob([body(b, ...rsv(b))], { type: 'text/plain' }))) break;
       b.forEach(e => bc.add(e.id));
     }
   };
@@ -230,8 +234,9 @@ other 4xx drops the batch for good.
     page: pv,
     flush: () => { set('w'); fails = 0; flush() },
     reset: () => {
-      pend = [];
-      rq().forEach(e => set('e.' + e.id));
+      // what is queued still belongs to the old visitor: it is sent first, under the old id
+      const o = get('vid');
+      o && rq().forEach(e => e.v || set('e.' + e.id, JSON.stringify((e.v = o, e))));
       set('vid');
       if (ok) set('rs', 1);
     },

@@ -29,11 +29,15 @@ def parse_visitor_id(value: object) -> str | None:
 def choose_visitor_id(cookie: str | None, body_vid: str | None, reset: bool = False) -> tuple[str, bool]:
     """The visitor id for a request and whether it is new: server cookie > body ``vid`` > a new id.
 
-    ``reset`` (the script's ``stitcher('reset')``) ignores both, so the browser starts a new visitor.
+    ``reset`` (the script's ``stitcher('reset')``) ignores the cookie: the browser starts a new visitor, the
+    body's ``vid`` (the new id the script made) if it has one, else a new id. The script keeps sending
+    ``reset`` with its new id for a while after the first answer, so a late answer to an older request, which
+    sets the cookie back to the old id, cannot win: the newest id does.
     """
-    if not reset:
-        for candidate in (cookie, body_vid):
-            vid = parse_visitor_id(candidate)
-            if vid:
-                return vid, False
+    if reset:
+        return parse_visitor_id(body_vid) or new_visitor_id(), True
+    for candidate in (cookie, body_vid):
+        vid = parse_visitor_id(candidate)
+        if vid:
+            return vid, False
     return new_visitor_id(), True

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import BrowserContext, Page
+from playwright.async_api import BrowserContext, Page, Route
 
 from tests.browser.test_tracking_script import Events, RedisProcess, cookie_vid, eventually, stored_queue
 
@@ -161,3 +161,45 @@ async def test_consent_withdrawn_in_one_tab_stops_every_tab(tabs: Tabs, context:
 
 async def _no_cookie(context: BrowserContext) -> bool:
     return await cookie_vid(context) is None
+
+
+async def test_reset_in_one_tab_applies_to_every_tab(tabs: Tabs, context: BrowserContext, api: Events,
+                                                     service: str) -> None:
+    """After reset in one tab, an event of another tab goes to the new visitor, not the old one."""
+    a, b = pages = await tabs(2)
+    old = await known_visitor(pages, context, api, f"{service}/demo/")
+    await a.evaluate("stitcher('reset')")
+    await b.evaluate("stitcher('event', 'in_b'); stitcher('flush')")
+    new = await eventually(lambda: _new_cookie(context, old), what="a new visitor cookie")
+    assert [e["type"] for e in await eventually(lambda: api(new), what="in_b")] == ["in_b"]
+    await eventually(lambda: one_vid_in_every_tab(pages, new), what="the new vid in every tab")
+    assert [e["type"] for e in await api(old)] == ["page_view", "page_view"]
+
+
+async def _new_cookie(context: BrowserContext, old: str) -> str | None:
+    vid = await cookie_vid(context)
+    return vid if vid and vid != old else None
+
+
+async def test_retry_after_holds_for_every_tab(tabs: Tabs, context: BrowserContext, api: Events,
+                                               service: str) -> None:
+    """A Retry-After answered to one tab holds the other tabs back as well."""
+    a, b = pages = await tabs(2)
+    vid = await known_visitor(pages, context, api, f"{service}/demo/")
+    loop = asyncio.get_running_loop()
+    attempts: list[float] = []
+
+    async def throttle_first(route: Route) -> None:
+        attempts.append(loop.time())
+        if len(attempts) == 1:
+            await route.fulfill(status=429, headers={"Retry-After": "3"}, body="")
+        else:
+            await route.continue_()
+
+    await context.route("**/t", throttle_first)
+    await a.evaluate("stitcher('event', 'in_a'); stitcher('flush')")
+    await eventually(lambda: a.evaluate("!!localStorage.getItem('stitcher.w')"), what="the retry time")
+    await b.evaluate("stitcher('event', 'in_b')")  # no flush: its timer must wait as well
+    events = await eventually(lambda: landed(api, vid, 4), what="both events")
+    assert sorted(e["type"] for e in events[2:]) == ["in_a", "in_b"]
+    assert attempts[1] - attempts[0] >= 2.9

@@ -283,22 +283,30 @@ async def test_consent_withdrawn_drops_queue_and_stops_sending(
 
 async def test_reset_starts_a_new_visitor(page: Page, context: BrowserContext, api: Events,
                                           service: str) -> None:
-    """After reset the next batch gets a new visitor id (cookie and localStorage); old history stays put."""
+    """After reset the next batch gets a new visitor id (cookie and localStorage); old history stays put, and
+    what was recorded before the reset is sent first, under the old id."""
     old = await first_page_view(page, context, api, service)
     sent = beacons(page)
-    await page.evaluate("stitcher('reset'); stitcher('event', 'after_reset'); stitcher('flush')")
+    await page.evaluate("stitcher('event', 'before_reset'); stitcher('reset'); stitcher('event', 'after_reset');"
+                        "stitcher('flush')")
     new = await eventually(lambda: _new_cookie(context, old), what="a new stitcher_vid cookie")
     await eventually(lambda: _stored_vid_is(page, new), what="the new vid in localStorage")
     assert [e["type"] for e in await eventually(lambda: api(new), what="the new history")] == ["after_reset"]
-    assert [e["type"] for e in await api(old)] == ["page_view"]
+    assert [e["type"] for e in await api(old)] == ["page_view", "before_reset"]
+    before = await body_with(sent, "before_reset")
+    assert before["vid"] == old and "reset" not in before and len(before["events"]) == 1
     first = await body_with(sent, "after_reset")
-    assert first.get("reset") is True
-    assert sum(1 for b in sent if b.get("reset")) == 1
-    # later batches are plain again and name the new visitor
+    assert first.get("reset") is True and first["vid"] == new
+    assert sent.index(before) < sent.index(first)
+    # a late answer to a request sent before the reset puts the old cookie back: the new id still wins
+    await context.add_cookies([{"name": "stitcher_vid", "value": old, "url": service}])
     await page.click("#signup")
     await eventually(lambda: _types_at_least(api, new, 2), what="signup_click under the new visitor")
     later = await body_with(sent, "signup_click")
-    assert "reset" not in later and later["vid"] == new
+    assert later["vid"] == new
+    assert await cookie_vid(context) == new
+    assert await page.evaluate("localStorage.getItem('stitcher.vid')") == new
+    assert [e["type"] for e in await api(old)] == ["page_view", "before_reset"]
 
 
 async def _new_cookie(context: BrowserContext, old: str) -> str | None:

@@ -485,16 +485,24 @@ async def test_invalid_cookie_is_ignored(client: Client) -> None:
 
 
 async def test_reset_issues_a_new_visitor(client: Client) -> None:
-    """``"reset": true`` (stitcher('reset') on sign-out) starts a new visitor despite cookie and body vid."""
-    old = str(uuid.uuid4())
+    """``"reset": true`` (stitcher('reset') on sign-out) starts a new visitor despite the cookie: the body's
+    vid (the id the script made) or, without one, a new id; the newest id wins over a restored old cookie."""
+    old, mine = str(uuid.uuid4()), str(uuid.uuid4())
     assert (await post(client, beacon(ev("before"), vid=old))).status == 204
-    r = await post(client, beacon(ev("after"), vid=old, reset=True), Cookie=f"{COOKIE}={old}")
+    r = await post(client, beacon(ev("after"), vid=mine, reset=True), Cookie=f"{COOKIE}={old}")
     assert r.status == 204
+    assert r.headers["X-Stitcher-Visitor"] == mine
+    assert r.cookies[COOKIE].value == mine
+    # a late answer to an older request put the old cookie back: the reset, still sent, wins again
+    r = await post(client, beacon(ev("later"), vid=mine, reset=True), Cookie=f"{COOKIE}={old}")
+    assert r.cookies[COOKIE].value == mine
+    r = await post(client, beacon(ev("anon"), reset=True), Cookie=f"{COOKIE}={old}")
     new = r.headers["X-Stitcher-Visitor"]
-    assert new != old and parse_visitor_id(new) == new
+    assert new not in (old, mine) and parse_visitor_id(new) == new
     assert r.cookies[COOKIE].value == new
-    assert [e["id"] for e in await history(client, new)] == ["after"]
+    assert [e["id"] for e in await history(client, mine)] == ["after", "later"]
     assert [e["id"] for e in await history(client, old)] == ["before"]
+    assert [e["id"] for e in await history(client, new)] == ["anon"]
 
 
 # --- content types and CORS -----------------------------------------------------------------------------

@@ -84,12 +84,14 @@ def test_new_visitor_when_nothing_valid(cookie: str | None, body: str | None) ->
 
 
 def test_reset_starts_a_new_visitor() -> None:
-    """``reset`` ignores both the cookie and the body vid and issues a new id."""
-    vid, is_new = choose_visitor_id(A, B, reset=True)
+    """``reset`` ignores the cookie: the body's vid (the script's new id) wins, else a new id is issued."""
+    assert choose_visitor_id(A, B, reset=True) == (B, True)
+    assert choose_visitor_id(A, B.upper(), reset=True) == (B, True)
+    vid, is_new = choose_visitor_id(A, None, reset=True)
     assert is_new is True
-    assert vid not in (A, B)
+    assert vid != A
     assert parse_visitor_id(vid) == vid
-    assert choose_visitor_id(A, B, reset=True)[0] != vid
+    assert choose_visitor_id(A, "tampered", reset=True)[0] not in (A, vid)
 
 
 def test_cookie_name_and_lifetime() -> None:
