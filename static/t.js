@@ -38,11 +38,19 @@ other 4xx drops the batch for good.
   const EP = cs && cs.getAttribute('data-endpoint') || (cs.src ? new URL(cs.src).origin : '') + '/t';
   const CR = cs && cs.hasAttribute('data-consent-required');
   const now = Date.now;
-  const size = x => new Blob([JSON.stringify(x)]).size; // UTF-8 bytes
+  // JSON that a page's Array.prototype.toJSON (Prototype.js) cannot turn into strings
+  const J = (...a) => {
+    const A = Array.prototype, t = A.toJSON;
+    if (t) delete A.toJSON;
+    try { return JSON.stringify(...a) } finally { if (t) A.toJSON = t }
+  };
+  // UTF-8 bytes of the JSON, counted without Blob or TextEncoder, which a page may have replaced (the text is
+  // well-formed: a surrogate pair is 4 bytes, 2 per unit)
+  const size = x => (x = J(x)).length + x.replace(/[\0-\x7f]/g, '').length + x.replace(/[\0-\u07ff\ud800-\udfff]/g, '').length;
 
   // storage: localStorage under "stitcher.*"; a key that cannot be written there lives in M instead
   // (private mode, quota exceeded, storage disabled)
-  const M = {};
+  const M = Object.create(null); // a polluted Object.prototype cannot show through
   try { L = w.localStorage; L.getItem('stitcher.') } catch (e) { L = 0 }
   const get = k => k in M ? M[k] : L ? L.getItem('stitcher.' + k) : null;
   const set = (k, v) => {
@@ -89,7 +97,7 @@ other 4xx drops the batch for good.
     const e = {
       id: uuid(), type: str(t, 128), ts: lt = Math.max(now(), lt + 1), url: str(location.href, 2e3),
       // a snapshot: later changes by the caller do not leak in, and a cycle throws here, not in a flush
-      props: p && typeof p == 'object' && !Array.isArray(p) ? JSON.parse(JSON.stringify(p, (k, v) => typeof v == 'string' ? str(v) : v)) : {}
+      props: p && typeof p == 'object' && !Array.isArray(p) ? JSON.parse(J(p, (k, v) => typeof v == 'string' ? str(v) : v)) : {}
     };
     if (r != null) { e.ref = str(r, 2e3); e.title = str(d.title, 680) }
     add(e);
@@ -99,10 +107,10 @@ other 4xx drops the batch for good.
     // over the collector's 64 KiB body limit on its own: it could never be delivered
     if (size(e) > 6e4) return;
     if (ok) {
-      set('e.' + e.id, JSON.stringify(e));
+      set('e.' + e.id, J(e));
       // bounds: 500 events, ~256 KB; the oldest go first
       let n = 0;
-      rq().reverse().forEach((e, i) => (n += JSON.stringify(e).length) > 256e3 || i > 499 ? set('e.' + e.id) : 0);
+      rq().reverse().forEach((e, i) => (n += J(e).length) > 256e3 || i > 499 ? set('e.' + e.id) : 0);
       kick();
     } else if (ok == null && pend.length < 500) pend.push(e);
   };
@@ -131,7 +139,7 @@ other 4xx drops the batch for good.
     let l = [];
     try { l = JSON.parse(get('l')) || l } catch (e) {}
     if (l[0] != T && l[1] > now()) return later(1e3);
-    set('l', JSON.stringify([T, now() + 1e4]));
+    set('l', J([T, now() + 1e4]));
     return f().finally(() => set('l'));
   };
 
@@ -158,7 +166,7 @@ other 4xx drops the batch for good.
     const r = get('rs');
     return b[0].v ? [b[0].v] : [vid(), r == 1 || r > now() - 3e4 ? r : 0];
   };
-  const body = (b, v, r) => JSON.stringify({ vid: v, reset: r ? true : undefined, sent_at: now(), events: b });
+  const body = (b, v, r) => J({ vid: v, reset: r ? true : undefined, sent_at: now(), events: b });
 
   const flush = () => ok == 1 && !inf.size && lock(send);
   const send = async () => {
@@ -188,7 +196,7 @@ other 4xx drops the batch for good.
     } catch (e) {
       // no readable answer (network error, timeout, a refusal without CORS headers): 5 tries while online
       delay = 1;
-      if (navigator.onLine !== false) b.forEach(e => get('e.' + e.id) && set('e.' + e.id, (e.n = (e.n | 0) + 1) > 4 ? null : JSON.stringify(e)));
+      if (navigator.onLine !== false) b.forEach(e => get('e.' + e.id) && set('e.' + e.id, (e.n = (e.n | 0) + 1) > 4 ? null : J(e)));
     }
     inf.clear();
     if (delay) {
@@ -201,28 +209,35 @@ other 4xx drops the batch for good.
   };
 
   // the page is going away (or may be discarded while hidden): hand what is queued to the browser
+  // (a string body goes as text/plain; sendBeacon missing or throwing leaves the events queued)
   const beacon = () => {
-    if (ok != 1 || now() < wait()) return;
-    let b;
-    while ((b = batch(new Set([...inf, ...bc]))).length) {
-      if (!navigator.sendBeacon(EP, new Blob([body(b, ...rsv(b))], { type: 'text/plain' }))) break;
-      b.forEach(e => bc.add(e.id));
-    }
+    try {
+      if (ok != 1 || now() < wait()) return;
+      let b;
+      while ((b = batch(new Set([...inf, ...bc]))).length && navigator.sendBeacon(EP, body(b, ...rsv(b))))
+        b.forEach(e => bc.add(e.id));
+    } catch (e) {}
   };
 
   // --- page views ---
-  let lu; // URL of the last page_view, without the fragment: anchor jumps are not page views
-  const pv = () => {
-    const u = location.href.replace(/#.*/, '');
-    if (u == lu) return;
+  // URL of the last page_view; a fragment counts only as a hash route ("#/pricing", "#!/pricing"), an anchor
+  // jump is not a page view
+  let lu;
+  const Q = u => u.replace(/\?[^#]*/, '');
+  // m: the history method that navigated; f: stitcher('page'), which always records one
+  const pv = (m, f) => {
+    const u = location.href.replace(/#(?![/!]).*/, '');
+    // the same URL, or a replaceState that only changes the query (e.g. strips utm_ parameters): same page
+    if (!f && (u == lu || m == 'replaceState' && lu && Q(u) == Q(lu))) return lu = u;
     const r = lu ? lu : d.referrer; // after an SPA navigation the referrer is the previous route
     lu = u;
     ev('page_view', 0, r);
   };
-  const nav = () => setTimeout(pv); // let the router set the new title first
+  const nav = m => setTimeout(() => pv(m)); // let the router set the new title first
   ['pushState', 'replaceState'].forEach(m => {
     const o = history[m];
-    history[m] = function () { const x = o.apply(this, arguments); nav(); return x };
+    // a frozen history: only popstate is seen
+    try { history[m] = function () { const x = o.apply(this, arguments); nav(m); return x } } catch (e) {}
   });
   w.addEventListener('popstate', nav);
   w.addEventListener('pagehide', beacon);
@@ -231,12 +246,12 @@ other 4xx drops the batch for good.
   // --- the public function ---
   const C = {
     event: (n, p) => n && ev(n, p),
-    page: pv,
+    page: () => pv(0, 1),
     flush: () => { set('w'); fails = 0; flush() },
     reset: () => {
       // what is queued still belongs to the old visitor: it is sent first, under the old id
       const o = get('vid');
-      o && rq().forEach(e => e.v || set('e.' + e.id, JSON.stringify((e.v = o, e))));
+      o && rq().forEach(e => e.v || set('e.' + e.id, J((e.v = o, e))));
       set('vid');
       if (ok) set('rs', 1);
     },
