@@ -97,10 +97,16 @@ async def test_four_tabs_loading_at_once_make_one_visitor(tabs: Tabs, context: B
     assert await cookie_vid(context) == vid
 
 
+@pytest.mark.parametrize("locks", ["web_locks", "lease"])
 async def test_tabs_recording_at_once_lose_nothing(tabs: Tabs, context: BrowserContext, api: Events,
-                                                   service: str) -> None:
-    """Four tabs recording events at nearly the same time: each event is stored exactly once."""
+                                                   service: str, locks: str) -> None:
+    """Four tabs recording events at nearly the same time: each event is stored exactly once, with Web Locks
+    or, where there are none (insecure contexts, old browsers), the lease in localStorage."""
+    if locks == "lease":
+        await context.add_init_script("delete Navigator.prototype.locks")
     pages = await tabs(4)
+    if locks == "lease":
+        assert await pages[0].evaluate("navigator.locks") is None
     vid = await known_visitor(pages, context, api, f"{service}/demo/")
     fired = await burst(pages, 30)
     await pages[0].evaluate("stitcher('flush')")
@@ -138,14 +144,19 @@ async def stitcher_keys(page: Page) -> list[str]:
     return list(await page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('stitcher.')).sort()"))
 
 
+@pytest.mark.parametrize("channel", ["broadcast", "storage_event"])
 async def test_consent_withdrawn_in_one_tab_stops_every_tab(tabs: Tabs, context: BrowserContext, api: Events,
-                                                            service: str) -> None:
-    """consent(false) in one tab: every open tab stops at once, what the script stored is gone, and the
-    collector expires the HttpOnly visitor cookie."""
+                                                            service: str, channel: str) -> None:
+    """consent(false) in one tab: every open tab stops at once (BroadcastChannel, else the storage event),
+    what the script stored is gone, and the collector expires the HttpOnly visitor cookie."""
+    if channel == "storage_event":
+        await context.add_init_script("window.Channel = window.BroadcastChannel; delete window.BroadcastChannel")
     a, b = pages = await tabs(2)
     vid = await known_visitor(pages, context, api, f"{service}/demo/")
     # the other tab hears of it through the same channel the script listens on
-    await b.evaluate("window.heard = 0; new BroadcastChannel('stitcher').onmessage = () => window.heard = 1")
+    await b.evaluate("window.heard = 0; if (window.Channel)"
+                     " addEventListener('storage', e => window.heard = +(e.key == 'stitcher.c'));"
+                     "else new BroadcastChannel('stitcher').onmessage = () => window.heard = 1")
     await b.evaluate("stitcher('event', 'queued_before')")
     await a.evaluate("stitcher('consent', false)")
     await eventually(lambda: b.evaluate("window.heard"), what="the other tab to hear")
