@@ -16,6 +16,7 @@ API:
 Script tag attributes:
   data-endpoint            where to POST batches; default: the script's origin + "/t"
   data-consent-required    store and send nothing until stitcher('consent', true); events wait in memory
+                           (the newest 500)
 
 Delivery: each event is one localStorage key ("stitcher.e.<uuid>"; memory when storage is unavailable), so
 the tabs of a site share the queue and no tab's write can erase another's; an event stays until a 2xx
@@ -52,7 +53,8 @@ other 4xx drops the batch for good.
   // (private mode, quota exceeded, storage disabled)
   const M = Object.create(null); // a polluted Object.prototype cannot show through
   try { L = w.localStorage; L.getItem('stitcher.') } catch (e) { L = 0 }
-  const get = k => k in M ? M[k] : L ? L.getItem('stitcher.' + k) : null;
+  // a storage that starts throwing after load (quota, privacy mode): memory from then on
+  const get = k => { try { return k in M ? M[k] : L ? L.getItem('stitcher.' + k) : null } catch (e) { L = 0; return null } };
   const set = (k, v) => {
     delete M[k];
     try { v == null ? L.removeItem('stitcher.' + k) : L.setItem('stitcher.' + k, v) }
@@ -108,11 +110,11 @@ other 4xx drops the batch for good.
     if (size(e) > 6e4) return;
     if (ok) {
       set('e.' + e.id, J(e));
-      // bounds: 500 events, ~256 KB; the oldest go first
+      // bounds: 500 events, ~256 KB (UTF-8); the oldest go first
       let n = 0;
-      rq().reverse().forEach((e, i) => (n += J(e).length) > 256e3 || i > 499 ? set('e.' + e.id) : 0);
+      rq().reverse().forEach((e, i) => (n += size(e)) > 256e3 || i > 499 ? set('e.' + e.id) : 0);
       kick();
-    } else if (ok == null && pend.length < 500) pend.push(e);
+    } else if (ok == null && pend.push(e) > 500) pend.shift(); // the newest 500, as in the queue
   };
 
   // --- sending ---
