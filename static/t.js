@@ -152,9 +152,10 @@ other 4xx drops the batch for good.
     for (const e of rq()) {
       if (skip.has(e.id)) continue;
       const l = size(e) + 1;
-      // a batch that failed without an answer is retried one event at a time, so one bad event costs no other
-      // and one request carries one visitor's events (those recorded before a reset go first, under the old id)
-      if (b.length > 99 || b.length && (n + l > 6e4 || b[0].n || e.v != b[0].v)) break;
+      // an event that failed without an answer is retried alone (never with fresh events), so one bad event
+      // costs no other; one request carries one visitor's events (those recorded before a reset go first,
+      // under the old id)
+      if (b.length > 99 || b.length && (n + l > 6e4 || b[0].n || e.n || e.v != b[0].v)) break;
       b.push(e);
       n += l;
     }

@@ -6,13 +6,17 @@ import asyncio
 import email.utils
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import BrowserContext, Page, Route
 
+from tests.browser.fault_proxy import FaultProxy, fault_proxy
 from tests.browser.test_tracking_script import (
     Events,
+    _stored_vid_is,
     _types_at_least,
     cookie_vid,
     eventually,
@@ -31,26 +35,28 @@ async def _empty(page: Page) -> bool:
     return await stored_queue(page) == []
 
 
+@pytest_asyncio.fixture(loop_scope="module")
+async def proxy(service: str) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of the collector, and a page on a third origin posting through it."""
+    async with fault_proxy(service) as p:
+        yield p
+
+
 async def test_a_request_that_hangs_times_out_and_is_retried(page: Page, context: BrowserContext, api: Events,
-                                                            service: str) -> None:
-    """A request the collector never answers is abandoned after a few seconds and its batch sent again."""
-    loop = asyncio.get_running_loop()
-    attempts: list[float] = []
-    never = asyncio.Event()
-
-    async def hang_first(route: Route) -> None:
-        attempts.append(loop.time())
-        if len(attempts) == 1:
-            await never.wait()  # released at the end; the browser has given up on it by then
-        await route.continue_()
-
-    await page.route("**/t", hang_first)
-    await page.goto(f"{service}/demo/")
+                                                            proxy: FaultProxy) -> None:
+    """A request the collector never answers (a real one, held open by the proxy) is abandoned after a few
+    seconds and its batch sent again; the collector stores the page_view once."""
+    proxy.rule = lambda body: "hang" if len(proxy.batches()) == 0 else None
+    await page.goto(f"{proxy.site}/landing")
     vid = await eventually(lambda: cookie_vid(context), within=15, what="the retried request")
-    assert [e["type"] for e in await eventually(lambda: api(vid), what="the page_view")] == ["page_view"]
-    assert 4 < attempts[1] - attempts[0] < 8
+    events = await eventually(lambda: api(vid), what="the page_view")
+    assert [(e["type"], e["url"]) for e in events] == [("page_view", f"{proxy.site}/landing")]
+    first, second = proxy.batches()[:2]
+    assert first.fault == "hang" and second.fault is None
+    assert [e["id"] for e in first.body["events"]] == [e["id"] for e in second.body["events"]]
+    assert 4 < second.at - first.at < 8
     await eventually(lambda: _empty(page), what="the queue to drain")
-    never.set()
+    assert len(proxy.batches()) == 2
 
 
 async def test_retry_after_as_a_date_holds_across_a_navigation(page: Page, context: BrowserContext,
@@ -82,38 +88,37 @@ async def _at_least(items: list[Any], n: int) -> bool:
     return len(items) >= n
 
 
-async def test_a_batch_failing_without_an_answer_is_bounded_and_blocks_nothing(
-        page: Page, context: BrowserContext, api: Events, service: str) -> None:
-    """A request that always fails as a network error (e.g. a 403 without CORS headers) is retried a few
-    times only, and the events recorded with or after it are delivered meanwhile."""
-    vid = await first_page_view(page, context, api, service)
-    poisoned: list[list[str]] = []
+async def test_a_403_without_cors_headers_is_bounded_and_blocks_nothing(
+        page: Page, context: BrowserContext, api: Events, proxy: FaultProxy) -> None:
+    """A real 403 answered without CORS headers (the browser rejects the fetch: no readable answer) for any
+    batch holding a "poison" event: it is retried a few times only, alone once it has failed, and the events
+    recorded with or after it are stored meanwhile."""
+    proxy.rule = lambda body: 403 if any(e.get("type") == "poison" for e in body.get("events", [])) else None
+    await page.goto(f"{proxy.site}/landing")
+    vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
+    await eventually(lambda: api(vid), what="the page_view")
+    await eventually(lambda: _stored_vid_is(page, vid), what="the script to take the answer")
 
-    async def refuse_poison(route: Route) -> None:
-        if "poison" in types_in(route):
-            poisoned.append(types_in(route))
-            await route.abort("connectionrefused")
-        else:
-            await route.continue_()
+    def poisoned() -> list[list[str]]:
+        return [x.types for x in proxy.batches() if x.fault == 403]
 
-    await page.route("**/t", refuse_poison)
     # in one batch with good events, then more good ones behind it
     await page.evaluate("stitcher('event', 'good', {n: 0}); stitcher('event', 'poison');"
                         "stitcher('event', 'good', {n: 1}); stitcher('flush')")
-    await eventually(lambda: _at_least(poisoned, 1), what="the first failure")
+    await eventually(lambda: _at_least(poisoned(), 1), what="the first refusal")
     await page.evaluate("stitcher('event', 'good', {n: 2})")
     for _ in range(8):  # flush skips the backoff; more attempts than the bound allows
         if await _empty(page):
             break
-        n = len(poisoned)
+        n = len(poisoned())
         await page.evaluate("stitcher('flush')")
-        await eventually(lambda n=n: _sent_or_empty(page, poisoned, n), what="another attempt")
+        await eventually(lambda n=n: _sent_or_empty(page, poisoned(), n), what="another attempt")
     await eventually(lambda: _empty(page), what="the poison to be given up")
     events = await api(vid)
     assert sorted(e["props"]["n"] for e in events if e["type"] == "good") == [0, 1, 2]
     assert "poison" not in [e["type"] for e in events]
-    assert 2 <= len(poisoned) <= 6
-    assert poisoned[-1] == ["poison"]  # alone once it had failed
+    assert poisoned()[0] == ["good", "poison", "good"]
+    assert poisoned()[1:] == [["poison"]] * 4  # alone once it had failed; 5 failures in all
 
 
 async def _sent_or_empty(page: Page, poisoned: list[list[str]], n: int) -> bool:

@@ -36,7 +36,8 @@ async def test_events_waiting_for_consent_keep_the_newest_500(page: Page, contex
 
 
 # 4 props of 600 "€": 2400 UTF-16 units but 7200 UTF-8 bytes per event
-BIG = "i => stitcher('event', 'big', {i, a: '€'.repeat(600), b: '€'.repeat(600), c: '€'.repeat(600), d: '€'.repeat(600)})"
+BIG = ("i => stitcher('event', 'big',"
+       " {i, a: '€'.repeat(600), b: '€'.repeat(600), c: '€'.repeat(600), d: '€'.repeat(600)})")
 
 
 async def test_the_queue_bound_counts_utf8_bytes(page: Page, context: BrowserContext, api: Events,
