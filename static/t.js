@@ -24,7 +24,8 @@ answers for it, so a reload or a later visit resends what an outage kept back. O
 Web Lock, else a lease in localStorage), whatever every tab queued. The visitor id is made (UUID) by the
 first tab that sends and shared by all; the collector keeps its cookie's id first and echoes it back.
 Every event has a UUID and the collector stores an id once, so a resend is harmless. Batches leave ~1 s
-after the first event, at once when 10 wait, and by sendBeacon when the page is hidden or unloaded. 5xx,
+after the first event, at once when 10 wait, and by sendBeacon (without it, a keepalive fetch) when the page
+is hidden or unloaded. 5xx,
 429, network errors and timeouts (5 s) are retried with exponential backoff and jitter, never sooner than
 Retry-After (seconds or HTTP date; kept in localStorage, so it holds across navigations and tabs); any
 other 4xx drops the batch for good.
@@ -171,6 +172,9 @@ other 4xx drops the batch for good.
   };
   const body = (b, v, r) => J({ vid: v, reset: r ? true : undefined, sent_at: now(), events: b });
 
+  const post = (x, s) => fetch(EP, {
+    method: 'POST', body: x, headers: { 'Content-Type': 'text/plain' }, keepalive: true, credentials: 'include', signal: s
+  });
   const flush = () => ok == 1 && !inf.size && lock(send);
   const send = async () => {
     const b = batch(inf);
@@ -179,10 +183,7 @@ other 4xx drops the batch for good.
     b.forEach(e => inf.add(e.id));
     let delay = 0;
     try {
-      const x = await fetch(EP, {
-        method: 'POST', body: body(b, v, r), headers: { 'Content-Type': 'text/plain' },
-        keepalive: true, credentials: 'include', signal: AbortSignal.timeout && AbortSignal.timeout(5e3)
-      });
+      const x = await post(body(b, v, r), AbortSignal.timeout && AbortSignal.timeout(5e3));
       const s = x.status;
       if (s < 300 || s < 500 && s != 429) {
         // delivered, or refused for good (a 4xx would fail the same way forever)
@@ -212,12 +213,15 @@ other 4xx drops the batch for good.
   };
 
   // the page is going away (or may be discarded while hidden): hand what is queued to the browser
-  // (a string body goes as text/plain; sendBeacon missing or throwing leaves the events queued)
+  // (a string body goes as text/plain; without sendBeacon, a keepalive fetch, which outlives the page too;
+  // a throwing sendBeacon leaves the events queued)
   const beacon = () => {
     try {
       if (ok != 1 || now() < wait()) return;
-      let b;
-      while ((b = batch(new Set([...inf, ...bc]))).length && navigator.sendBeacon(EP, body(b, ...rsv(b))))
+      const N = navigator;
+      let b, x;
+      while ((b = batch(new Set([...inf, ...bc]))).length &&
+        (x = body(b, ...rsv(b)), N.sendBeacon ? N.sendBeacon(EP, x) : post(x).catch(() => 0)))
         b.forEach(e => bc.add(e.id));
     } catch (e) {}
   };

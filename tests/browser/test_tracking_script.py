@@ -245,6 +245,22 @@ async def test_pagehide_flush_arrives(page: Page, context: BrowserContext, api: 
     assert events[1]["props"] == {"via": "beacon"}
 
 
+async def test_pagehide_without_send_beacon_uses_a_keepalive_fetch(page: Page, context: BrowserContext,
+                                                                    api: Events, service: str) -> None:
+    """Where navigator.sendBeacon is missing, the pagehide flush goes by fetch(keepalive), which outlives the
+    page as a beacon does."""
+    await page.add_init_script("delete Navigator.prototype.sendBeacon; delete navigator.sendBeacon")
+    vid = await first_page_view(page, context, api, service)
+    assert await page.evaluate("!navigator.sendBeacon")
+    await page.evaluate("stitcher('event', 'goodbye', {via: 'keepalive'})")
+    ids = [e["id"] for e in await stored_queue(page)]
+    assert len(ids) == 1  # still queued: the batching delay has not passed
+    await page.goto("about:blank")  # a page without the script: only the pagehide request can deliver it
+    events = await eventually(lambda: _types_at_least(api, vid, 2), what="the keepalive fetch")
+    assert [e["id"] for e in events][1:] == ids
+    assert events[1]["props"] == {"via": "keepalive"}
+
+
 async def test_consent_required_sends_and_stores_nothing_until_granted(
         page: Page, context: BrowserContext, api: Events, service: str) -> None:
     """With data-consent-required nothing is sent or stored until consent(true); then the held events go."""
