@@ -58,6 +58,7 @@ other 4xx drops the batch for good.
   const get = k => { try { return k in M ? M[k] : L ? L.getItem('stitcher.' + k) : null } catch (e) { L = 0; return null } };
   const set = (k, v) => {
     delete M[k];
+    get(k); // a throwing getItem turns to memory before the write, or the value would be out of reach
     try { v == null ? L.removeItem('stitcher.' + k) : L.setItem('stitcher.' + k, v) }
     catch (e) { if (v != null) M[k] = '' + v }
   };

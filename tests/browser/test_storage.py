@@ -56,18 +56,19 @@ async def test_the_queue_bound_counts_utf8_bytes(page: Page, context: BrowserCon
     assert sorted(e["props"]["i"] for e in events) == kept
 
 
+@pytest.mark.parametrize("methods", [["getItem", "setItem"], ["getItem"], ["setItem"], ["setItem", "removeItem"]])
 async def test_storage_that_starts_throwing_falls_back_to_memory(page: Page, context: BrowserContext,
-                                                                 api: Events, service: str) -> None:
-    """localStorage.getItem and setItem throwing after load (quota, privacy mode): the script keeps its
-    queue in memory and keeps sending."""
+                                                                 api: Events, service: str,
+                                                                 methods: list[str]) -> None:
+    """localStorage methods throwing after load (quota, privacy mode): the script keeps its queue in memory
+    and keeps sending."""
     vid = await first_page_view(page, context, api, service)
-    await page.evaluate("""() => {
+    await page.evaluate("""methods => {
       const no = () => { throw new DOMException('full', 'QuotaExceededError') };
-      Storage.prototype.getItem = no;
-      Storage.prototype.setItem = no;
+      for (const m of methods) Storage.prototype[m] = no;
       stitcher('event', 'after', {n: 0});
       stitcher('flush');
-    }""")
+    }""", methods)
     await eventually(lambda: _with_type(api, vid, "after", 1), what="the first event after the failure")
     await page.evaluate("stitcher('event', 'after', {n: 1}); stitcher('flush')")
     events = await eventually(lambda: _with_type(api, vid, "after", 2), what="the second event")
