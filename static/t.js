@@ -95,7 +95,7 @@ other 4xx drops the batch for good.
   // well-formed text: a cut never splits a surrogate pair and a lone surrogate becomes U+FFFD (the collector
   // refuses a body that is not valid UTF-8)
   const str = (s, n) => ((s += '').length > n ? s.slice(0, n).replace(/[\ud800-\udbff]$/, '') : s)
-    .replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
+    .replace(/[\ud800-\udbff][\udc00-\udfff]|[\ud800-\udfff]/g, m => m[1] ? m : '\ufffd'); // no lookbehind: Safari < 16.4 cannot parse one
   let lt = 0; // the last ts of this tab: strictly increasing, so the queue keeps this tab's order
   const ev = (t, p, r) => {
     const e = {
