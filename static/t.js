@@ -184,7 +184,10 @@ other 4xx drops the batch for good.
     b.forEach(e => inf.add(e.id));
     let delay = 0;
     try {
-      const x = await post(body(b, v, r), AbortSignal.timeout && AbortSignal.timeout(5e3));
+      // a timeout of our own: AbortSignal.timeout is missing before Safari 16 / Chrome 103
+      const c = new AbortController();
+      setTimeout(() => c.abort(), 5e3);
+      const x = await post(body(b, v, r), c.signal);
       const s = x.status;
       if (s < 300 || s < 500 && s != 429) {
         // delivered, or refused for good (a 4xx would fail the same way forever)
