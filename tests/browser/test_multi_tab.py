@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import BrowserContext, Page, Route
+from playwright.async_api import BrowserContext, Page
 
-from tests.browser.test_tracking_script import Events, RedisProcess, cookie_vid, eventually, stored_queue
+from tests.browser.test_tracking_script import (
+    Events,
+    RedisProcess,
+    cookie_vid,
+    eventually,
+    stored_queue,
+    throttle_first,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
@@ -197,17 +204,8 @@ async def test_retry_after_holds_for_every_tab(tabs: Tabs, context: BrowserConte
     """A Retry-After answered to one tab holds the other tabs back as well."""
     a, b = pages = await tabs(2)
     vid = await known_visitor(pages, context, api, f"{service}/demo/")
-    loop = asyncio.get_running_loop()
-    attempts: list[float] = []
-
-    async def throttle_first(route: Route) -> None:
-        attempts.append(loop.time())
-        if len(attempts) == 1:
-            await route.fulfill(status=429, headers={"Retry-After": "3"}, body="")
-        else:
-            await route.continue_()
-
-    await context.route("**/t", throttle_first)
+    attempts, handler = throttle_first("3")
+    await context.route("**/t", handler)
     await a.evaluate("stitcher('event', 'in_a'); stitcher('flush')")
     await eventually(lambda: a.evaluate("!!localStorage.getItem('stitcher.w')"), what="the retry time")
     await b.evaluate("stitcher('event', 'in_b')")  # no flush: its timer must wait as well

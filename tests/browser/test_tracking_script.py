@@ -100,6 +100,21 @@ async def body_with(sent: list[dict[str, Any]], event_type: str) -> dict[str, An
     return await eventually(find, what=f"a request carrying {event_type}")
 
 
+def throttle_first(retry_after: str) -> tuple[list[float], Callable[[Route], Awaitable[None]]]:
+    """A route handler that answers the first beacon 429 with ``Retry-After`` and passes the others on, and
+    the loop time of every attempt it saw."""
+    loop = asyncio.get_running_loop()
+    attempts: list[float] = []
+
+    async def handler(route: Route) -> None:
+        attempts.append(loop.time())
+        if len(attempts) == 1:
+            await route.fulfill(status=429, headers={"Retry-After": retry_after}, body="")
+        else:
+            await route.continue_()
+
+    return attempts, handler
+
 async def test_demo_page_view_is_recorded_under_cookie_visitor(page: Page, context: BrowserContext,
                                                                api: Events, service: str) -> None:
     """Loading the demo records a page_view under the visitor id of the stitcher_vid cookie."""
@@ -409,17 +424,8 @@ async def test_cross_origin_page_can_read_a_503(page: Page, context: BrowserCont
 async def test_429_is_retried_no_sooner_than_retry_after(page: Page, context: BrowserContext, api: Events,
                                                           service: str) -> None:
     """A 429 keeps the batch and the retry waits for Retry-After; the retried batch then lands once."""
-    attempts: list[float] = []
-    loop = asyncio.get_running_loop()
-
-    async def throttle_first(route: Route) -> None:
-        attempts.append(loop.time())
-        if len(attempts) == 1:
-            await route.fulfill(status=429, headers={"Retry-After": "2"}, body="")
-        else:
-            await route.continue_()
-
-    await page.route("**/t", throttle_first)
+    attempts, handler = throttle_first("2")
+    await page.route("**/t", handler)
     await page.goto(f"{service}/demo/")
     vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
     events = await api(vid)
