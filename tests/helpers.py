@@ -103,3 +103,11 @@ async def identity_lock_waiters(db: Any, database_url: str, expected: int) -> No
              "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
     waiting = await eventually(lambda: sql_scalar(database_url, query), lambda n: n >= expected, 10)
     assert waiting == expected
+
+
+async def timeline_ids(client: Any, contact_id: int) -> list[str]:
+    """The event ids on a contact's timeline (one page of up to 1000, which must be the whole of it)."""
+    status, page = await call(client, "GET", f"/api/v1/contact/{contact_id}/events", params={"limit": "1000"})
+    assert status == 200, page
+    assert page["next"] is None
+    return [e["id"] for e in page["events"]]

@@ -26,14 +26,16 @@ from stitcher.stitch import Stitcher
 from stitcher.store import repo
 from stitcher.store.db import Database
 from tests.conftest import auth
-from tests.helpers import beacon, call, eventually, identity_lock_waiters, page_views, sql_scalar
+from tests.helpers import (
+    beacon,
+    call,
+    eventually,
+    identity_lock_waiters,
+    page_views,
+    sql_scalar,
+    timeline_ids,
+)
 from tracker.keys import VisitorKeys
-
-
-async def timeline_ids(client: Any, contact_id: int) -> list[str]:
-    status, page = await call(client, "GET", f"/api/v1/contact/{contact_id}/events", params={"limit": "1000"})
-    assert status == 200, page
-    return [e["id"] for e in page["events"]]
 
 
 async def drained(client: Any, redis_client: Any, settings: Any, vid: str) -> None:

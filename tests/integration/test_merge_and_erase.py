@@ -15,19 +15,12 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.helpers import SENT_AT_MS, beacon, call, page_views, search_total
+from tests.helpers import SENT_AT_MS, beacon, call, page_views, search_total, timeline_ids
 from tracker.keys import VisitorKeys
 
 WORKER_DEADLINE_S = 2.0
 PERSON_TABLES = ("identifiers", "timeline", "group_members", "visitor_links")
 
-
-
-async def timeline_ids(client: Any, contact_id: int) -> list[str]:
-    status, page = await call(client, "GET", f"/api/v1/contact/{contact_id}/events", params={"limit": "1000"})
-    assert status == 200, page
-    assert page["next"] is None
-    return [e["id"] for e in page["events"]]
 
 
 async def wait_for_timeline(client: Any, contact_id: int, event_ids: list[str]) -> list[str]:
