@@ -13,6 +13,8 @@ from stitcher import http_errors
 from stitcher.api import CONTACTS, DB, NORMALISER, routes
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
+from stitcher.events import handlers as events
+from stitcher.events.service import EventService
 from stitcher.stitch import Stitcher
 from stitcher.store.db import Contention, Database
 from stitcher.worker import Worker
@@ -40,6 +42,7 @@ def init_app(settings: Settings) -> web.Application:
     app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention)
     app.cleanup_ctx.append(_stitcher_ctx)
     app.add_routes(routes)
+    app.add_routes(events.routes)
     return app
 
 
@@ -57,6 +60,7 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
                         on_stitched=app[METRICS].stitched.inc)
     app[DB] = db
     app[CONTACTS] = ContactService(db, app[EVENTLOG], stitcher)
+    app[events.EVENTS] = EventService(db, hold_ms=settings.held_event_ttl_ms)
     app[READY_CHECKS]["sql"] = db.ping
     # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block
     worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)

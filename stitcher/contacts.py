@@ -18,7 +18,7 @@ from stitcher.domain.commands import ContactCommand
 from stitcher.domain.errors import ConcurrentUpdate, ContactNotFound
 from stitcher.domain.rules import Action, Candidate, Decision, Lookup, Mode, decide, lookup_kinds
 from stitcher.stitch import Stitcher
-from stitcher.store import identity_keys, repo
+from stitcher.store import held_events, identity_keys, repo
 from stitcher.store.db import Contention, Database
 from stitcher.store.identity_keys import NeedKeys
 from stitcher.store.models import Contact, IdentityLog, VisitorLink
@@ -137,6 +137,8 @@ class ContactService:
             assert contact.id is not None
             cid = contact.id
             await repo.add_identifiers(self.db, s, cid, command.channels())
+            # events held for this person's identifiers (all locked above) join its timeline now
+            await held_events.attach(self.db, s, {cid: identity_keys.of_request(identity, ())})
             to_stitch: list[tuple[str, int]] = []
             for loser in decision.merge:
                 # under the row lock now: a visitor linked to the loser meanwhile needs its key too

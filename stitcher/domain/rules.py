@@ -7,24 +7,28 @@ rule of SPEC §1/§3 and of the DESIGN merge policy lives here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-from stitcher.domain.errors import ContactNotFound, ExternalIdConflict
-from stitcher.domain.identifiers import IdentifierKind, Identity
+from stitcher.domain.errors import ContactNotFound, ExternalIdConflict, InvalidIdentifier, ValidationFailed
+from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser
 
 __all__ = [
     "LOOKUP_ORDER",
     "Action",
     "Candidate",
     "Decision",
+    "EventRoute",
     "Lookup",
     "Mode",
     "choose",
     "decide",
+    "event_identity",
     "lookup_kinds",
     "ranked",
+    "route_event",
 ]
 
 # SPEC §1: contactId > externalCustomerId > email > sms > mobilepush > webpush.
@@ -193,3 +197,129 @@ def _decision(action: Action, target: Candidate, ext: str | None, probes: _Probe
         merge=tuple(merge),
         found_by=found_by,
     )
+
+
+# --- API events (SPEC §3, POST /api/v2/event): who an event is about, and where it goes -------------------
+
+# The params that name the person, as the platform's clients spell them (compared case-insensitively):
+# contactId > externalCustomerId > email > phone > pushToken. A push token may be a mobile or a web one.
+EVENT_IDENTIFIER_PARAMS: Mapping[str, str] = {
+    "contactid": "contactId", "externalcustomerid": "externalCustomerId",
+    "email": "email", "emailaddress": "email",
+    "phone": "phone", "phonenumber": "phone", "sms": "phone",
+    "pushtoken": "pushToken",
+}
+
+
+def event_identity(params: Sequence[tuple[str, Any]], key_value: Any, normaliser: Normaliser) -> Identity:
+    """The identifiers an event names, from its params ``(name, value)`` (in body order), else its keyValue.
+
+    Params named as in ``EVENT_IDENTIFIER_PARAMS`` are read; a blank or placeholder value is ignored (as if
+    absent), a malformed one is a 400 naming ``params[i].value``. Only when no param names anyone is the
+    ``keyValue`` read, by its shape (it is one string, so its kind is guessed the same way every time):
+    with an ``@`` it is an email; starting with ``+`` or ``00`` it is a phone number; anything else is an
+    external customer ID. It is never read as a contactId (a small number keyed on by a client is far
+    more likely its own customer number) nor as a push token (indistinguishable from an external ID).
+    Raises ``ValidationFailed`` when nothing names a person.
+    """
+    errors: list[dict[str, str]] = []
+    contact_id: int | None = None
+    external_id: str | None = None
+    by_kind: dict[IdentifierKind, list[str]] = {k: [] for k in LOOKUP_ORDER}
+    for i, (name, value) in enumerate(params):
+        what = EVENT_IDENTIFIER_PARAMS.get(name.strip().lower())
+        if what is None or _blank(value, normaliser):
+            continue
+        where = f"params[{i}].value"
+        try:
+            if what == "contactId":
+                contact_id = contact_id or _contact_id(value, where)
+            elif what == "externalCustomerId":
+                external_id = external_id or normaliser.external_id(value, where)
+            elif what == "email":
+                by_kind[IdentifierKind.EMAIL].append(normaliser.email(value, where))
+            elif what == "phone":
+                by_kind[IdentifierKind.SMS].append(normaliser.phone(value, where))
+            else:
+                token = normaliser.token(value, where)
+                by_kind[IdentifierKind.MOBILEPUSH].append(token)
+                by_kind[IdentifierKind.WEBPUSH].append(token)
+        except ValidationFailed as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ValidationFailed(errors)
+    channels = tuple(dict.fromkeys((k, v) for k in LOOKUP_ORDER for v in by_kind[k]))
+    identity = Identity(contact_id=contact_id, external_id=external_id, channels=channels)
+    if contact_id is None and external_id is None and not channels and not _blank(key_value, normaliser):
+        identity = _read_key_value(key_value, normaliser)
+    if identity.contact_id is None and identity.external_id is None and not identity.channels:
+        names = "contactId, externalCustomerId, email, phone or pushToken"
+        raise ValidationFailed([{"field": "keyValue",
+                                 "message": f"names no contact: give a keyValue or a param {names}"}])
+    return identity
+
+
+def _blank(value: Any, normaliser: Normaliser) -> bool:
+    """Absent, blank or a placeholder: treated as if not given."""
+    if value is None:
+        return True
+    text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else None
+    return text is not None and (not text or text.lower() in normaliser.placeholders)
+
+
+def _contact_id(value: Any, where: str) -> int:
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 20:
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise InvalidIdentifier(where, "must be a positive integer below 2^63")
+    return value
+
+
+def _read_key_value(value: Any, normaliser: Normaliser) -> Identity:
+    if isinstance(value, str) and "@" in value:
+        return Identity(channels=((IdentifierKind.EMAIL, normaliser.email(value, "keyValue")),))
+    if isinstance(value, str) and value.strip().startswith(("+", "00")):
+        return Identity(channels=((IdentifierKind.SMS, normaliser.phone(value, "keyValue")),))
+    return Identity(external_id=normaliser.external_id(value, "keyValue"))
+
+
+@dataclass(frozen=True)
+class EventRoute:
+    """Where ``route_event`` sends an event: onto ``contact_id``'s timeline, or, when nobody it names is
+    known, held under the one identifier ``hold`` (an ``Identity`` with only that identifier)."""
+
+    contact_id: int | None
+    found_by: str | None = None
+    hold: Identity | None = None
+
+
+def route_event(identity: Identity, found: Lookup) -> EventRoute:
+    """The contact an event belongs to. An event never creates a contact.
+
+    Its identifiers are tried in priority order (contactId > externalCustomerId > email > phone > push
+    token); the first that finds a contact decides. contactId and externalCustomerId find their contact
+    even when soft-deleted (so a restore loses nothing, as with beacons); a channel shared by several live
+    contacts means the one ``choose`` picks, among those not holding another external ID than the event's
+    (an event about customer X never lands on customer Y's timeline). When nothing is found, the event is
+    held under its highest-priority identifier other than contactId — external ID, else email, else phone,
+    else push token (held as ``mobilepush``; a web push token claims it as well) — and joins the timeline of
+    the first contact that gets that identifier. An unknown contactId alone raises ``ContactNotFound``: no
+    contact will ever get that id.
+    """
+    by_id = found.by_contact_id
+    if identity.contact_id is not None and by_id is not None and by_id.id == identity.contact_id:
+        return EventRoute(by_id.id, "contactId")
+    ext = identity.external_id
+    if ext is not None and found.by_external_id is not None:
+        return EventRoute(found.by_external_id.id, "externalCustomerId")
+    for kind in LOOKUP_ORDER:
+        for value in identity.values(kind):
+            candidates = found.by_channel.get((kind, value), ())
+            best = choose(c for c in candidates if c.external_id is None or ext is None or c.external_id == ext)
+            if best is not None:
+                return EventRoute(best.id, kind.value)
+    if ext is not None:
+        return EventRoute(None, hold=Identity(external_id=ext))
+    for kind, value in identity.channels:
+        return EventRoute(None, hold=Identity(channels=((kind, value),)))
+    raise ContactNotFound(identity.contact_id)

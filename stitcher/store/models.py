@@ -137,3 +137,26 @@ class IdentityLog(SQLModel, table=True):
     detail: dict[str, Any] | None = Field(default=None, sa_type=Json)
     at: int = _ms()
     request_id: str | None = Field(default=None, max_length=MAX_REQUEST_ID)  # the X-Request-Id the edge took
+
+
+class ApiEvent(SQLModel, table=True):
+    """An event posted to the events API (``stitcher.events``): its idempotency record, and — while nobody
+    it names is known yet — the held event itself.
+
+    ``held_key`` is the identity key it waits under (``identity_keys`` spelling); ``attach`` moves it onto a
+    timeline when a contact gets that identifier, sets ``contact_id`` and clears ``held_key`` and ``data``.
+    Every row goes at ``expires_at``: a held event unclaimed by then, a receipt once its resend window ends.
+    ``contact_id`` is not a foreign key: a receipt outlives an erased contact (it holds no personal data).
+    """
+
+    __tablename__ = "api_events"
+    __table_args__ = (SQLITE_AUTOINCREMENT,)
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    event_id: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    held_key: str | None = Field(default=None, max_length=1100, index=True)
+    contact_id: int | None = Field(default=None, sa_type=BigInteger)
+    type: str = Field(max_length=128)
+    data: dict[str, Any] | None = Field(default=None, sa_type=Json)
+    occurred_at: int = _ms()
+    received_at: int = _ms()
+    expires_at: int = Field(sa_type=BigInteger, index=True)

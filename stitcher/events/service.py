@@ -1,0 +1,108 @@
+"""The events service: an API event onto its contact's timeline, or held until that contact appears.
+
+One transaction per event, in THE LOCK ORDER (``Database.lock_keys``): the identity keys of every identifier
+the event names, then the contact row it lands on (``FOR SHARE``: a merge of that contact waits, or has
+committed and the event follows it to the winner), then the event's own rows. A contact writer giving
+someone one of those identifiers takes the same key lock and calls ``held_events.attach``, so an event
+arriving while its contact is being created is either held and attached by that writer, or finds the
+contact — never lost, never twice. The event's id is its idempotency key: a resend finds its receipt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
+
+from stitcher.domain.rules import LOOKUP_ORDER, route_event
+from stitcher.events.payload import EventCommand
+from stitcher.stitch import insert_timeline
+from stitcher.store import identity_keys, repo
+from stitcher.store.db import Contention, Database
+from stitcher.store.held_events import timeline_row
+from stitcher.store.models import ApiEvent, Contact
+
+log = structlog.get_logger("events")
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    event_id: str
+    status: str  # stored | held
+    contact_id: int | None
+    duplicate: bool = False
+
+    def body(self) -> dict[str, Any]:
+        return {"id": self.event_id, "status": self.status, "contactId": self.contact_id,
+                "duplicate": self.duplicate}
+
+
+class _ContactGone(Exception):
+    """The contact the event was routed to was erased before its row could be locked: route again."""
+
+
+class EventService:
+    def __init__(self, db: Database, hold_ms: int) -> None:
+        self.db = db
+        self.hold_ms = hold_ms
+
+    async def post(self, command: EventCommand) -> EventOutcome:
+        """Store or hold one event; a resend (same event id) changes nothing and answers what became of it.
+
+        Two copies racing with different identifiers meet on the event id's unique index: the loser's
+        transaction rolls back and its retry finds the receipt.
+        """
+        try:
+            outcome = await self.db.retry(lambda: self._post_once(command), also=(IntegrityError, _ContactGone))
+        except (IntegrityError, _ContactGone) as exc:
+            raise Contention(type(exc).__name__) from exc
+        log.info("api event", status=outcome.status, contact=outcome.contact_id, duplicate=outcome.duplicate)
+        return outcome
+
+    async def _post_once(self, command: EventCommand) -> EventOutcome:
+        identity = command.identity
+        async with self.db.transaction() as s:
+            await self.db.lock_keys(s, identity_keys.of_request(identity, ()))
+            seen = (await s.execute(select(ApiEvent).where(col(ApiEvent.event_id) == command.event_id))).scalar()
+            if seen is not None:
+                return await _resent(s, seen)
+            route = route_event(identity, await repo.lookup(s, identity, LOOKUP_ORDER))
+            now = repo.now_ms()
+            event = ApiEvent(event_id=command.event_id, type=command.type, data=command.data, occurred_at=now,
+                             received_at=now, expires_at=now + self.hold_ms)
+            if route.contact_id is None:
+                assert route.hold is not None
+                [event.held_key] = identity_keys.of_request(route.hold, ())
+                s.add(event)
+                await s.flush()
+                return EventOutcome(command.event_id, "held", None)
+            contact_id = await _lock_contact(s, route.contact_id)
+            await insert_timeline(self.db, s, [timeline_row(contact_id, event)])
+            event.contact_id, event.data = contact_id, None
+            s.add(event)
+            await s.flush()
+            return EventOutcome(command.event_id, "stored", contact_id)
+
+
+async def _lock_contact(s: Any, contact_id: int) -> int:
+    """Share-lock the contact row (a merge of it waits for this event, or finished first) and return the
+    live contact the event belongs to: the contact itself or the one it was merged into."""
+    row = (await s.execute(select(Contact).where(col(Contact.id) == contact_id).with_for_update(read=True)
+                           .execution_options(populate_existing=True))).scalar()
+    if row is not None and row.merged_into_id is not None:
+        row = await repo.resolve_merged(s, contact_id)
+    if row is None or row.id is None:
+        raise _ContactGone(contact_id)
+    return int(row.id)
+
+
+async def _resent(s: Any, seen: ApiEvent) -> EventOutcome:
+    """What became of an event sent before: still held, or on a timeline (followed through merges)."""
+    if seen.held_key is not None:
+        return EventOutcome(seen.event_id, "held", None, duplicate=True)
+    contact = await repo.resolve_merged(s, seen.contact_id) if seen.contact_id is not None else None
+    return EventOutcome(seen.event_id, "stored", contact.id if contact is not None else None, duplicate=True)
