@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
@@ -25,8 +24,6 @@ from stitcher.store import identity_keys, repo
 from stitcher.store.db import Contention, Database
 from stitcher.store.held_events import timeline_row
 from stitcher.store.models import ApiEvent, Contact
-
-log = structlog.get_logger("events")
 
 
 @dataclass(frozen=True)
@@ -60,16 +57,16 @@ class EventService:
             outcome = await self.db.retry(lambda: self._post_once(command), also=(IntegrityError, _ContactGone))
         except (IntegrityError, _ContactGone) as exc:
             raise Contention(type(exc).__name__) from exc
-        log.info("api event", status=outcome.status, contact=outcome.contact_id, duplicate=outcome.duplicate)
         return outcome
 
     async def _post_once(self, command: EventCommand) -> EventOutcome:
         identity = command.identity
         async with self.db.transaction() as s:
             await self.db.lock_keys(s, identity_keys.of_request(identity, ()))
-            seen = (await s.execute(select(ApiEvent).where(col(ApiEvent.event_id) == command.event_id))).scalar()
+            seen = (await s.execute(select(col(ApiEvent.held_key), col(ApiEvent.contact_id)).where(
+                col(ApiEvent.event_id) == command.event_id))).one_or_none()
             if seen is not None:
-                return await _resent(s, seen)
+                return await _resent(s, command.event_id, seen.held_key, seen.contact_id)
             route = route_event(identity, await repo.lookup(s, identity, LOOKUP_ORDER))
             now = repo.now_ms()
             event = ApiEvent(event_id=command.event_id, type=command.type, data=command.data, occurred_at=now,
@@ -77,32 +74,36 @@ class EventService:
             if route.contact_id is None:
                 assert route.hold is not None
                 [event.held_key] = identity_keys.of_request(route.hold, ())
-                s.add(event)
-                await s.flush()
-                return EventOutcome(command.event_id, "held", None)
-            contact_id = await _lock_contact(s, route.contact_id)
-            await insert_timeline(self.db, s, [timeline_row(contact_id, event)])
-            event.contact_id, event.data = contact_id, None
-            s.add(event)
-            await s.flush()
-            return EventOutcome(command.event_id, "stored", contact_id)
+                outcome = EventOutcome(command.event_id, "held", None)
+            else:
+                event.contact_id = await _lock_contact(s, route.contact_id)
+                await insert_timeline(self.db, s, [timeline_row(event.contact_id, event)])
+                event.data = None
+                outcome = EventOutcome(command.event_id, "stored", event.contact_id)
+            # a racing copy with other identifiers (other locks) fails here on the unique event id: retried
+            await s.execute(insert(ApiEvent).values(**event.model_dump(exclude={"id"})))
+            return outcome
 
 
 async def _lock_contact(s: Any, contact_id: int) -> int:
     """Share-lock the contact row (a merge of it waits for this event, or finished first) and return the
     live contact the event belongs to: the contact itself or the one it was merged into."""
-    row = (await s.execute(select(Contact).where(col(Contact.id) == contact_id).with_for_update(read=True)
-                           .execution_options(populate_existing=True))).scalar()
-    if row is not None and row.merged_into_id is not None:
-        row = await repo.resolve_merged(s, contact_id)
-    if row is None or row.id is None:
+    row = (await s.execute(select(col(Contact.id), col(Contact.merged_into_id)).where(
+        col(Contact.id) == contact_id).with_for_update(read=True))).one_or_none()
+    live: int | None = None
+    if row is not None and row.merged_into_id is None:
+        live = contact_id
+    elif row is not None:
+        winner = await repo.resolve_merged(s, contact_id)
+        live = winner.id if winner is not None else None
+    if live is None:
         raise _ContactGone(contact_id)
-    return int(row.id)
+    return live
 
 
-async def _resent(s: Any, seen: ApiEvent) -> EventOutcome:
+async def _resent(s: Any, event_id: str, held_key: str | None, contact_id: int | None) -> EventOutcome:
     """What became of an event sent before: still held, or on a timeline (followed through merges)."""
-    if seen.held_key is not None:
-        return EventOutcome(seen.event_id, "held", None, duplicate=True)
-    contact = await repo.resolve_merged(s, seen.contact_id) if seen.contact_id is not None else None
-    return EventOutcome(seen.event_id, "stored", contact.id if contact is not None else None, duplicate=True)
+    if held_key is not None:
+        return EventOutcome(event_id, "held", None, duplicate=True)
+    contact = await repo.resolve_merged(s, contact_id) if contact_id is not None else None
+    return EventOutcome(event_id, "stored", contact.id if contact is not None else None, duplicate=True)
