@@ -285,3 +285,38 @@ async def test_event_ids_are_unique_without_a_key(client: Any) -> None:
     ids = await timeline_ids(client, cid)
     assert len(set(ids)) == 3 and all(i.startswith("api:") for i in ids)
     assert uuid.UUID(hex=ids[0].removeprefix("api:"))
+
+
+async def test_event_logs_hold_no_identifiers(client: Any) -> None:
+    """Stored, held, resent, refused and expired events log one request line each, without their identifiers."""
+    from structlog.testing import capture_logs
+
+    secrets = ["ev.secret@example.com", "+380671112299", "tok-SECRET-9", "C-SECRET-1"]
+    await add(client, channels=email(secrets[0]))
+    with capture_logs() as logs:
+        await post(client, event(email=secrets[0]))
+        await post(client, event(phone=secrets[1]), key="log-1")
+        await post(client, event(phone=secrets[1]), key="log-1")
+        await post(client, event(pushToken=secrets[2]))
+        await post(client, event("t", secrets[3]))
+        await post(client, event(email=secrets[0] + ".invalid@"), expect=400)
+        await held(client)
+        await client.app[WORKER].housekeeping()
+    assert len([e for e in logs if e.get("event") == "request"]) == 7
+    text = repr(logs)
+    for secret in secrets:
+        assert secret not in text
+
+
+async def test_an_event_follows_its_contact_through_a_merge(client: Any) -> None:
+    by_email = await add(client, channels=email("m@example.com"))
+    by_phone = await add(client, channels=[{"type": "sms", "value": "+380679998877"}])
+    first = await post(client, event(phone="+380679998877"), key="merge-1")
+    assert first["contactId"] == by_phone
+    status, merged = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "M-1", "channels": [
+        {"type": "email", "value": "m@example.com"}, {"type": "sms", "value": "+380679998877"}]})
+    assert status == 200 and merged["id"] == by_email and merged["mergedContactIds"] == [by_phone]
+    assert (await post(client, event(phone="+380679998877"), key="merge-1"))["contactId"] == by_email
+    later = await post(client, event(phone="+380679998877"))
+    assert later["contactId"] == by_email
+    assert await timeline_ids(client, by_email) == [first["id"], later["id"]]
