@@ -20,7 +20,8 @@ from tests.helpers import call, sql_scalar, timeline_ids
 
 
 def event(type_: str = "orderPaid", key_value: Any = None, **params: Any) -> dict[str, Any]:
-    return {"eventTypeKey": type_, "keyValue": key_value, "params": [{"name": k, "value": v} for k, v in params.items()]}
+    return {"eventTypeKey": type_, "keyValue": key_value,
+            "params": [{"name": k, "value": v} for k, v in params.items()]}
 
 
 async def post(client: Any, body: Any, *, path: str = "/api/v2/event", key: str | None = None,
