@@ -13,17 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.rules import LOOKUP_ORDER, route_event
 from stitcher.events.payload import EventCommand
 from stitcher.stitch import insert_timeline
-from stitcher.store import identity_keys, repo
+from stitcher.store import held_events, identity_keys, repo
 from stitcher.store.db import Contention, Database
-from stitcher.store.held_events import timeline_row
-from stitcher.store.models import ApiEvent, Contact
+from stitcher.store.models import ApiEvent
 
 
 @dataclass(frozen=True)
@@ -63,10 +61,9 @@ class EventService:
         identity = command.identity
         async with self.db.transaction() as s:
             await self.db.lock_keys(s, identity_keys.of_request(identity, ()))
-            seen = (await s.execute(select(col(ApiEvent.held_key), col(ApiEvent.contact_id)).where(
-                col(ApiEvent.event_id) == command.event_id))).one_or_none()
+            seen = await held_events.receipt(s, command.event_id)
             if seen is not None:
-                return await _resent(s, command.event_id, seen.held_key, seen.contact_id)
+                return await _resent(s, command.event_id, *seen)
             route = route_event(identity, await repo.lookup(s, identity, LOOKUP_ORDER))
             now = repo.now_ms()
             event = ApiEvent(event_id=command.event_id, type=command.type, data=command.data, occurred_at=now,
@@ -76,32 +73,18 @@ class EventService:
                 [event.held_key] = identity_keys.of_request(route.hold, ())
                 outcome = EventOutcome(command.event_id, "held", None)
             else:
-                event.contact_id = await _lock_contact(s, route.contact_id)
-                await insert_timeline(self.db, s, [timeline_row(event.contact_id, event)])
+                event.contact_id = await held_events.lock_live_contact(s, route.contact_id)
+                if event.contact_id is None:
+                    raise _ContactGone(route.contact_id)
+                await insert_timeline(self.db, s, [held_events.timeline_row(event.contact_id, event)])
                 event.data = None
                 outcome = EventOutcome(command.event_id, "stored", event.contact_id)
             # a racing copy with other identifiers (other locks) fails here on the unique event id: retried
-            await s.execute(insert(ApiEvent).values(**event.model_dump(exclude={"id"})))
+            await held_events.record(s, event)
             return outcome
 
 
-async def _lock_contact(s: Any, contact_id: int) -> int:
-    """Share-lock the contact row (a merge of it waits for this event, or finished first) and return the
-    live contact the event belongs to: the contact itself or the one it was merged into."""
-    row = (await s.execute(select(col(Contact.id), col(Contact.merged_into_id)).where(
-        col(Contact.id) == contact_id).with_for_update(read=True))).one_or_none()
-    live: int | None = None
-    if row is not None and row.merged_into_id is None:
-        live = contact_id
-    elif row is not None:
-        winner = await repo.resolve_merged(s, contact_id)
-        live = winner.id if winner is not None else None
-    if live is None:
-        raise _ContactGone(contact_id)
-    return live
-
-
-async def _resent(s: Any, event_id: str, held_key: str | None, contact_id: int | None) -> EventOutcome:
+async def _resent(s: AsyncSession, event_id: str, held_key: str | None, contact_id: int | None) -> EventOutcome:
     """What became of an event sent before: still held, or on a timeline (followed through merges)."""
     if held_key is not None:
         return EventOutcome(event_id, "held", None, duplicate=True)

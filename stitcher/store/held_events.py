@@ -1,4 +1,5 @@
-"""Held API events: events posted for a person not yet known, waiting under an identity key.
+"""API events' rows (``api_events``): each event's receipt (its idempotency record) and held events — events
+posted for a person not yet known, waiting under an identity key.
 
 Every writer that creates a contact or gives one a new identifier (add/update, PUT, subscribe, import,
 orders) calls ``attach`` inside its transaction, after the identifiers are written and while it still holds
@@ -14,14 +15,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from stitcher.stitch import insert_timeline
 from stitcher.store.db import Database
-from stitcher.store.models import ApiEvent
-from stitcher.store.repo import now_ms
+from stitcher.store.models import ApiEvent, Contact
+from stitcher.store.repo import now_ms, resolve_merged
 
 # the kinds of key an event can be held under; a web push token claims what a push token left (held as mobilepush)
 HOLDABLE = ("ext:", "email:", "sms:", "mobilepush:")
@@ -33,6 +34,33 @@ def timeline_row(contact_id: int, event: ApiEvent) -> dict[str, Any]:
     return {"contact_id": contact_id, "event_id": event.event_id, "source": "api", "type": event.type,
             "occurred_at": event.occurred_at, "received_at": event.received_at, "visitor_id": None,
             "data": event.data}
+
+
+async def receipt(session: AsyncSession, event_id: str) -> tuple[str | None, int | None] | None:
+    """``(held_key, contact_id)`` of an event received before under this id, None if it is new."""
+    row = (await session.execute(select(col(ApiEvent.held_key), col(ApiEvent.contact_id)).where(
+        col(ApiEvent.event_id) == event_id))).one_or_none()
+    return None if row is None else (row.held_key, row.contact_id)
+
+
+async def record(session: AsyncSession, event: ApiEvent) -> None:
+    """Insert an event's row (held, or the receipt of a stored one); a second row of one event id is an
+    ``IntegrityError`` (two copies racing)."""
+    await session.execute(insert(ApiEvent).values(**event.model_dump(exclude={"id"})))
+
+
+async def lock_live_contact(session: AsyncSession, contact_id: int) -> int | None:
+    """Share-lock a contact row an event goes to (step 2 of the lock order: a merge of it waits for the
+    event, or finished first) and return the live contact it is — itself or the one it was merged into —
+    or None if it was erased."""
+    row = (await session.execute(select(col(Contact.id), col(Contact.merged_into_id)).where(
+        col(Contact.id) == contact_id).with_for_update(read=True))).one_or_none()
+    if row is None:
+        return None
+    if row.merged_into_id is None:
+        return contact_id
+    winner = await resolve_merged(session, contact_id)
+    return winner.id if winner is not None else None
 
 
 async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[int, Iterable[str]]) -> int:
