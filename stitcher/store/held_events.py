@@ -103,8 +103,14 @@ async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[i
 async def expire(db: Database, now: int | None = None) -> int:
     """Delete every record past its ``expires_at``: held events nobody claimed in time and the receipts of
     stored ones whose resend window ended. Returns how many went."""
+    cutoff = now or now_ms()
+    async with db.reader() as session:  # most sweeps find nothing: no write transaction (SQLite's one writer)
+        due = (await session.execute(select(col(ApiEvent.id)).where(col(ApiEvent.expires_at) <= cutoff)
+                                     .limit(1))).first()
+    if due is None:
+        return 0
     async with db.transaction() as session:
-        result = await session.execute(delete(ApiEvent).where(col(ApiEvent.expires_at) <= (now or now_ms())))
+        result = await session.execute(delete(ApiEvent).where(col(ApiEvent.expires_at) <= cutoff))
     return int(getattr(result, "rowcount", 0) or 0)
 
 
