@@ -76,3 +76,27 @@ async def test_two_writers_reaching_one_held_event_by_different_keys_attach_it_o
             add(client, {"externalCustomerId": f"W-{token}", "channels": [{"type": "webpush", "value": token}]}))
         both = await timeline_ids(client, a) + await timeline_ids(client, b)
         assert both == [answer["id"]], (i, both)
+
+
+async def test_event_racing_a_merge_of_its_contact_follows_it_to_the_winner(client: Any) -> None:
+    """An event reaching a contact by an identifier the merging request does not name (no common identity
+    lock) while that contact is merged away: the event's share lock on the row orders the two, so the event
+    ends on the winner's timeline — never on the merged-away contact, never lost."""
+    run = f"{random.getrandbits(32):08x}"
+
+    async def one(i: int) -> None:
+        winner = await add(client, {"externalCustomerId": f"W-{run}-{i}"})
+        loser = await add(client, {"channels": [{"type": "email", "value": f"l-{run}-{i}@example.com"},
+                                                {"type": "sms", "value": f"+38050{3000000 + i:07d}"}]})
+        merge = add(client, {"externalCustomerId": f"W-{run}-{i}",
+                             "channels": [{"type": "sms", "value": f"+38050{3000000 + i:07d}"}]})
+        calls = [post_event(client, {"email": f"l-{run}-{i}@example.com"}, f"m-{run}-{i}"), merge]
+        if i % 2:
+            calls.reverse()
+        results = await asyncio.gather(*calls)
+        answer = next(r for r in results if isinstance(r, dict))
+        assert next(r for r in results if isinstance(r, int)) == winner
+        assert answer["contactId"] in (winner, loser)
+        assert await timeline_ids(client, winner) == [answer["id"]], (i, answer)
+
+    await asyncio.gather(*[one(i) for i in range(PAIRS // 2)])
