@@ -29,6 +29,7 @@ class EventCommand:
     type: str
     identity: Identity
     data: dict[str, Any]  # {"keyValue", "params"}: what goes on the timeline as the event's data
+    keyed: bool = False  # an Idempotency-Key or eventId was given: a resend may come
 
 
 def event_id(key: str | None) -> str:
@@ -94,4 +95,4 @@ def parse_event(payload: Any, normaliser: Normaliser, idempotency_key: str | Non
         raise ValidationFailed(errors)
     data = {"keyValue": key_value, "params": [dict(item) for item in raw_params]}
     assert isinstance(type_key, str)
-    return EventCommand(event_id(key), type_key.strip(), identity, data)
+    return EventCommand(event_id(key), type_key.strip(), identity, data, keyed=key is not None)

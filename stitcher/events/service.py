@@ -61,7 +61,7 @@ class EventService:
         identity = command.identity
         async with self.db.transaction() as s:
             await self.db.lock_keys(s, identity_keys.of_request(identity, ()))
-            seen = await held_events.receipt(s, command.event_id)
+            seen = await held_events.receipt(s, command.event_id) if command.keyed else None
             if seen is not None:
                 return await _resent(s, command.event_id, *seen)
             route = route_event(identity, await repo.lookup(s, identity, LOOKUP_ORDER))
@@ -79,8 +79,11 @@ class EventService:
                 await insert_timeline(self.db, s, [held_events.timeline_row(event.contact_id, event)])
                 event.data = None
                 outcome = EventOutcome(command.event_id, "stored", event.contact_id)
-            # a racing copy with other identifiers (other locks) fails here on the unique event id: retried
-            await held_events.record(s, event)
+            # the row of a held event; for a stored one, the receipt a resend finds — only worth writing when a
+            # resend can come (an event without a key has a fresh random id). A racing copy with other
+            # identifiers (other locks) fails here on the unique event id, and its retry finds this row.
+            if event.held_key is not None or command.keyed:
+                await held_events.record(s, event)
             return outcome
 
 

@@ -279,13 +279,15 @@ async def test_params_as_one_object_and_blank_identifiers_are_read_as_clients_me
     assert (await post(client, body))["contactId"] == cid
 
 
-async def test_event_ids_are_unique_without_a_key(client: Any) -> None:
+async def test_event_ids_are_unique_without_a_key(client: Any, database_url: str) -> None:
     cid = await add(client, channels=email("ann@example.com"))
     for _ in range(3):
         await post(client, event(email="ann@example.com"))
     ids = await timeline_ids(client, cid)
     assert len(set(ids)) == 3 and all(i.startswith("api:") for i in ids)
     assert uuid.UUID(hex=ids[0].removeprefix("api:"))
+    # no resend can name a random id: a stored event without a key leaves no receipt behind
+    assert await rows(database_url, "api_events") == 0
 
 
 async def test_event_logs_hold_no_identifiers(client: Any) -> None:
