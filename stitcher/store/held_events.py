@@ -1,5 +1,5 @@
-"""API events' rows (``api_events``): each event's receipt (its idempotency record) and held events — events
-posted for a person not yet known, waiting under an identity key.
+"""API events' rows (``api_events``): the receipt (idempotency record) of each event sent with a key, and held
+events — events posted for a person not yet known, waiting under an identity key.
 
 Every writer that creates a contact or gives one a new identifier (add/update, PUT, subscribe, import,
 orders) calls ``attach`` inside its transaction, after the identifiers are written and while it still holds

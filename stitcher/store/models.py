@@ -140,8 +140,8 @@ class IdentityLog(SQLModel, table=True):
 
 
 class ApiEvent(SQLModel, table=True):
-    """An event posted to the events API (``stitcher.events``): its idempotency record, and — while nobody
-    it names is known yet — the held event itself.
+    """An event posted to the events API (``stitcher.events``): its idempotency record (when sent with a
+    key), and — while nobody it names is known yet — the held event itself.
 
     ``held_key`` is the identity key it waits under (``identity_keys`` spelling); ``attach`` moves it onto a
     timeline when a contact gets that identifier, sets ``contact_id`` and clears ``held_key`` and ``data``.
