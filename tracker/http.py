@@ -133,7 +133,8 @@ def _registered_status(app: web.Application, exc: Exception) -> int | None:
 
 def _route(request: web.Request) -> str:
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    # a path's trailing-slash twin (tracker.routing) is logged and counted as the path itself
+    return (resource.canonical.rstrip("/") or "/") if resource is not None else "unmatched"
 
 
 @web.middleware
