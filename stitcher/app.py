@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from stitcher import http_errors
+from stitcher import account, http_errors
 from stitcher.api import CONTACTS, DB, NORMALISER, routes
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
@@ -40,6 +40,7 @@ def init_app(settings: Settings) -> web.Application:
     app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention)
     app.cleanup_ctx.append(_stitcher_ctx)
     app.add_routes(routes)
+    app.add_routes(account.routes)
     return app
 
 

@@ -40,6 +40,10 @@ class Settings:
     default_phone_region: str | None = None
     worker_enabled: bool = True
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
+    # what GET /api/v1/account/info answers (plugins call it to check an API key)
+    organisation_name: str = "Stitcher"
+    user_email: str | None = None
+    org_id: int = 1
     stitch_pause_ms: int = 0  # test hook: pause between claim and insert (crash tests)
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -72,12 +76,16 @@ class Settings:
             kw["host"] = env["HOST"]
         if env.get("VAR_DIR"):
             kw["var_dir"] = Path(env["VAR_DIR"])
+        if env.get("ORGANISATION_NAME"):
+            kw["organisation_name"] = env["ORGANISATION_NAME"]
+        if env.get("USER_EMAIL"):
+            kw["user_email"] = env["USER_EMAIL"]
         if env.get("DEFAULT_PHONE_REGION"):
             kw["default_phone_region"] = env["DEFAULT_PHONE_REGION"]
         for name, attr in (
             ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("HISTORY_CAP", "history_cap"),
             ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
-            ("STITCH_PAUSE_MS", "stitch_pause_ms"),
+            ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"),
         ):
             if env.get(name):
                 kw[attr] = int(env[name])
