@@ -65,7 +65,7 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
 async def add_update(request: web.Request) -> web.StreamResponse:
     contact = parse_contact(await read_json(request), request.app[NORMALISER])
     outcome = await request.app[CONTACTS].upsert(Mode.ADD_UPDATE, contact, request_id=_request_id(request))
-    return json_response(outcome.body())
+    return json_response({**outcome.body(), "ignored": list(contact.ignored)})
 
 
 @routes.put("/api/v1/contact/{contact_id}")
@@ -73,7 +73,7 @@ async def update(request: web.Request) -> web.StreamResponse:
     contact_id = _contact_id(request)
     contact = parse_contact(await read_json(request), request.app[NORMALISER], contact_id=contact_id)
     outcome = await request.app[CONTACTS].upsert(Mode.UPDATE, contact, request_id=_request_id(request))
-    return json_response(outcome.body())
+    return json_response({**outcome.body(), "ignored": list(contact.ignored)})
 
 
 @routes.post("/api/v1/contact/subscribe")
@@ -81,7 +81,8 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     sub = parse_subscribe(await read_json(request), request.app[NORMALISER])
     outcome = await request.app[CONTACTS].upsert(Mode.SUBSCRIBE, sub.contact, groups=sub.groups,
                                                  form_type=sub.form_type, request_id=_request_id(request))
-    return json_response({**outcome.body(), "groups": list(sub.groups)})
+    groups = list(dict.fromkeys((*sub.contact.groups, *sub.groups)))
+    return json_response({**outcome.body(), "groups": groups, "ignored": list(sub.contact.ignored)})
 
 
 @routes.get("/api/v1/contact/{contact_id}")

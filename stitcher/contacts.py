@@ -18,7 +18,7 @@ from stitcher.domain.commands import ContactCommand
 from stitcher.domain.errors import ConcurrentUpdate, ContactNotFound
 from stitcher.domain.rules import Action, Candidate, Decision, Lookup, Mode, decide, lookup_kinds
 from stitcher.stitch import Stitcher
-from stitcher.store import identity_keys, repo
+from stitcher.store import held_events, identity_keys, repo
 from stitcher.store.db import Contention, Database
 from stitcher.store.identity_keys import NeedKeys
 from stitcher.store.models import Contact, IdentityLog, VisitorLink
@@ -90,6 +90,8 @@ class ContactService:
                      form_type: str | None = None, request_id: str | None = None) -> Outcome:
         """Add/update (or subscribe) one contact and stitch the given visitors' history onto it.
 
+        The contact joins ``command.groups`` and ``groups`` (subscribe's top-level list), created when missing.
+
         When this returns, the anonymous history of ``command.visitor_ids`` is on the timeline. A decision
         gone stale (409 after the retries), a unique-key race (two creators of one external ID: the retry
         finds the winner), keys learnt late and collisions are retried; past the retries the last two are
@@ -151,9 +153,12 @@ class ContactService:
                     repo.audit(s, cid, "linked_visitor", request_id, visitorId=vid, fromContactId=loser,
                                reason="merge")
             to_stitch += await self._link_visitors(s, cid, command.visitor_ids, request_id)
-            if groups:
-                await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, groups),
-                                         form_type)
+            # the contact's own groups (add/update, PUT, subscribe) and subscribe's top-level ones
+            if names := tuple(dict.fromkeys((*command.groups, *groups))):
+                await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, names), form_type)
+            # events held for this person's identifiers join its timeline now, under the same locks
+            await held_events.attach(self.db, s, {cid: [
+                k for k in identity_keys.of_request(identity, ()) if not k.startswith("id:")]})
             status = "merged" if decision.merged else decision.action.value
             outcome = Outcome(cid, status, contact.external_customer_id, list(decision.merge),
                               list(command.visitor_ids))

@@ -333,7 +333,7 @@ async def test_wrong_types_in_contact_bodies_are_a_400(client: Any) -> None:
         ({"externalCustomerId": x, "firstName": 1}, "firstName"),
         ({"externalCustomerId": x, "address": []}, "address"),
         ({"externalCustomerId": x, "fields": {"a": 1}}, "fields"),
-        ({"externalCustomerId": x, "channels": {"type": "email"}}, "channels"),
+        ({"externalCustomerId": x, "channels": "email"}, "channels"),  # (a single object is a list of one)
         ({"externalCustomerId": x, "channels": [{"type": "email", "value": 1}]}, "channels[0].value"),
         ({"externalCustomerId": x, "visitorIds": "abc"}, "visitorIds"),
         ({"externalCustomerId": [x]}, "externalCustomerId"),

@@ -20,6 +20,7 @@ def test_the_normaliser_gets_the_configured_placeholders_and_region() -> None:
     assert normaliser(Settings()).placeholders == DEFAULT_PLACEHOLDERS
     with pytest.raises(InvalidIdentifier, match="placeholder"):
         normaliser(Settings()).external_id("guest")
+    assert configured.absence(" Nobody ") == "placeholder" and configured.absence("guest") is None
 
 
 def test_account_info_settings_come_from_the_environment() -> None:
