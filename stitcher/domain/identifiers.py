@@ -195,6 +195,8 @@ class Normaliser:
             return _bounded(self.email(value, field), field)
         if kind is IdentifierKind.SMS:
             return self.phone(value, field)  # E.164: at most 16 ASCII characters
+        if kind in STORED_ONLY:  # a Viber number or a Telegram chat id, which clients send as a JSON number
+            return self._opaque(value, field, MAX_IDENTIFIER_BYTES, allow_int=True)
         return self.token(value, field)
 
 
