@@ -314,3 +314,24 @@ async def test_a_route_added_after_init_app_answers_with_a_trailing_slash_too(ai
         status, body = await send(client, "POST", path, {"orders": []})
         assert status == 200, body
         assert body == {"method": "POST", "body": {"orders": []}}
+
+
+async def test_concurrent_shoppers_with_blank_phones_into_one_new_group(client: Any) -> None:
+    """16 different shoppers at once, each with sms ``' '`` and the same new group object: 16 contacts
+    (the blank phone locks and finds no one), one group holding all of them."""
+    import asyncio
+
+    async def one(i: int) -> tuple[int, Any]:
+        body = {**woo_contact(1000 + i, f"shopper{i}@example.com"), "groups": [{"name": "Checkout", "type": "Static"}]}
+        return await send(client, "POST", "/api/v1/contact/", body)
+
+    results = await asyncio.gather(*(one(i) for i in range(16)))
+    assert all(status == 200 for status, _ in results), results
+    ids = {body["id"] for _, body in results}
+    assert len(ids) == 16
+    group_ids = set()
+    for cid in ids:
+        status, contact = await send(client, "GET", f"/api/v1/contact/{cid}/")
+        assert status == 200 and [g["name"] for g in contact["groups"]] == ["Checkout"]
+        group_ids.add(contact["groups"][0]["id"])
+    assert len(group_ids) == 1
