@@ -4,6 +4,9 @@ Clients written for the platform whose API we follow call ``/api/v1/contact/`` a
 a redirect would not do (a client following a 301 turns a POST into a GET). So once every route is
 registered — at start-up, just before aiohttp freezes the router — each ``/api/`` route gets a twin at its
 path plus ``/`` with the same handler; a route added by any package, before start-up, gets one too.
+
+A twin is built from the route's canonical path, in which a variable's custom pattern (``{id:[0-9]+}``) reads
+as the plain ``{id}``: the handler must check such a value itself, as every handler here does.
 """
 
 from __future__ import annotations
