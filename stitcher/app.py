@@ -61,7 +61,7 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DB] = db
     app[CONTACTS] = ContactService(db, app[EVENTLOG], stitcher)
     app[READY_CHECKS]["sql"] = db.ping
-    importer = ImportRunner(db, app[NORMALISER])
+    importer = ImportRunner(db, app[NORMALISER], chunk_rows=settings.import_chunk_rows)
     app[imports.IMPORTS] = importer
     await importer.resume()
     # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block

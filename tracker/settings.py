@@ -41,6 +41,7 @@ class Settings:
     worker_enabled: bool = True
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
     stitch_pause_ms: int = 0  # test hook: pause between claim and insert (crash tests)
+    import_chunk_rows: int = 1000  # rows of a bulk import per transaction
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -77,7 +78,7 @@ class Settings:
         for name, attr in (
             ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("HISTORY_CAP", "history_cap"),
             ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
-            ("STITCH_PAUSE_MS", "stitch_pause_ms"),
+            ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("IMPORT_CHUNK_ROWS", "import_chunk_rows"),
         ):
             if env.get(name):
                 kw[attr] = int(env[name])

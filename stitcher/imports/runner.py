@@ -38,7 +38,7 @@ class ImportRunner:
                  concurrency: int = CONCURRENT_IMPORTS) -> None:
         self.db = db
         self.normaliser = normaliser
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = max(1, chunk_rows)
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
