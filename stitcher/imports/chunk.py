@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.commands import ContactCommand
@@ -110,17 +110,17 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, star
         targets = _targets(parsed, decisions, {i: c for i, (c, _) in locked.items()}, request)
         new = sorted((t for t in targets if t < 0), reverse=True)  # -1, -2, …: in the order rows made them
         ids = dict(zip(new, await bulk.insert_contacts(
-            s, [(targets[t].attrs.pop("external_customer_id", None), targets[t].attrs) for t in new], now),
+            db, s, [(targets[t].attrs.pop("external_customer_id", None), targets[t].attrs) for t in new], now),
             strict=True))
-        await bulk.update_contacts(s, {t: v.attrs for t, v in targets.items() if t > 0}, now)
+        await bulk.update_contacts(db, s, {t: v.attrs for t, v in targets.items() if t > 0}, now)
         real = {t: ids.get(t, t) for t in targets}
         await bulk.add_identifiers(db, s, [(real[t], k, v, d) for t, v_ in targets.items()
                                            for (k, v), d in v_.channels.items()], now)
         await bulk.add_memberships(db, s, [(real[t], g) for t in targets for g in group_ids], None, now)
-        await bulk.add_audit(s, [(real[t], action, detail) for t, v in targets.items() for action, detail in v.audit],
-                             request_id, now)
+        await bulk.add_audit(db, s, [(real[t], action, detail) for t, v in targets.items()
+                                     for action, detail in v.audit], request_id, now)
         await held_events.attach(db, s, {real[t]: v.keys for t, v in targets.items()})
-        await _record(s, import_id, end, parsed, decisions, real, now)
+        await _record(db, s, import_id, end, parsed, decisions, real, now)
     return True
 
 
@@ -159,8 +159,8 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
     return targets
 
 
-async def _record(s: AsyncSession, import_id: str, end: int, parsed: Parsed, decisions: Sequence[RowDecision],
-                  real: Mapping[int, int], now: int) -> None:
+async def _record(db: Database, s: AsyncSession, import_id: str, end: int, parsed: Parsed,
+                  decisions: Sequence[RowDecision], real: Mapping[int, int], now: int) -> None:
     """The chunk's per-row results and the import's progress, in the chunk's transaction."""
     results: list[dict[str, Any]] = [{"import_id": import_id, "idx": i, "contact_id": None, "action": "failed",
                                       "error": error} for i, error in parsed.bad]
@@ -172,8 +172,7 @@ async def _record(s: AsyncSession, import_id: str, end: int, parsed: Parsed, dec
         target = real.get(d.target, d.target) if d.target is not None else None
         results.append({"import_id": import_id, "idx": index, "contact_id": target, "action": action,
                         "error": d.reason})
-    if results:
-        await s.execute(insert(ROWS), results)
+    await bulk.insert_many(db, s, ROWS, results)
     await s.execute(update(IMPORTS).where(IMPORTS.c.id == import_id).values(
         next_row=end, status="IMPORTING", updated_at=now,
         **{name: getattr(IMPORTS.c, name) + n for name, n in counts.items()}))

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, insert, or_, select, text, update
+import orjson
+from sqlalchemy import JSON, Integer, Table, and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind
@@ -24,6 +25,7 @@ from stitcher.store.models import Contact, GroupMember, Identifier, IdentityLog
 CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
 IDENTIFIERS: Table = Identifier.__table__  # type: ignore[attr-defined]
 AUDIT: Table = IdentityLog.__table__  # type: ignore[attr-defined]
+MEMBERS: Table = GroupMember.__table__  # type: ignore[attr-defined]
 # profile attributes (``ContactCommand.profile``) whose column is named otherwise
 _COLUMN = {"custom_fields": "fields"}
 _PROFILE_COLUMNS = ("first_name", "last_name", "language_code", "address", "fields")
@@ -116,50 +118,112 @@ def _columns(profile: Mapping[str, Any]) -> dict[str, Any]:
     return {_COLUMN.get(attr, attr): value for attr, value in profile.items()}
 
 
-async def insert_contacts(session: AsyncSession, contacts: Sequence[tuple[str | None, Mapping[str, Any]]],
-                          now: int) -> list[int]:
+def _pg_type(table: Table, column: str) -> str:
+    """The PostgreSQL array element type a column's values travel as (JSON travels as text, cast after)."""
+    kind = table.c[column].type
+    if isinstance(kind, JSON):
+        return "jsonb"
+    return "bigint" if isinstance(kind, Integer) else "text"  # BigInteger is an Integer
+
+
+def _pg_arrays(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """One parameter per column: the column's values of every row (JSON encoded to text)."""
+    params: dict[str, list[Any]] = {}
+    for i, c in enumerate(columns):
+        values = [row[c] for row in rows]
+        if _pg_type(table, c) == "jsonb":
+            values = [None if v is None else orjson.dumps(v).decode() for v in values]
+        params[f"p{i}"] = values
+    return params
+
+
+def _pg_unnest(table: Table, columns: Sequence[str]) -> str:
+    """``unnest(…) AS u(c0, c1, …)`` over one array parameter per column."""
+    arrays = ", ".join(f"CAST(:p{i} AS {'text' if _pg_type(table, c) == 'jsonb' else _pg_type(table, c)}[])"
+                       for i, c in enumerate(columns))
+    return f"unnest({arrays}) AS u({', '.join(f'c{i}' for i in range(len(columns)))})"
+
+
+def _pg_value(table: Table, column: str, i: int) -> str:
+    return f"u.c{i}::jsonb" if _pg_type(table, column) == "jsonb" else f"u.c{i}"
+
+
+async def insert_many(db: Database, session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]],
+                      *, ignore: Sequence[str] | None = None) -> None:
+    """Insert rows (dicts with the same keys) in one statement: ``unnest`` over one array per column on
+    PostgreSQL (one round trip, one plan, no bind-parameter limit), a Core executemany on SQLite.
+    ``ignore`` names the unique columns whose conflicts are skipped (``ON CONFLICT … DO NOTHING``)."""
+    if not rows:
+        return
+    if db.dialect != "postgresql":
+        statement = db.insert_ignore(table, ignore) if ignore else insert(table)
+        await session.execute(statement, list(rows))
+        return
+    columns = list(rows[0])
+    values = ", ".join(_pg_value(table, c, i) for i, c in enumerate(columns))
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {values} FROM {_pg_unnest(table, columns)}"
+    if ignore:
+        sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
+    await session.execute(text(sql), _pg_arrays(table, columns, rows))
+
+
+async def insert_contacts(db: Database, session: AsyncSession,
+                          contacts: Sequence[tuple[str | None, Mapping[str, Any]]], now: int) -> list[int]:
     """Insert contacts given as (external ID, profile attributes); their ids, in the given order."""
     if not contacts:
         return []
     rows = [{**dict.fromkeys(_PROFILE_COLUMNS), **_columns(profile), "external_customer_id": ext,
              "created_at": now, "updated_at": now} for ext, profile in contacts]
-    result = await session.execute(insert(CONTACTS).returning(CONTACTS.c.id, sort_by_parameter_order=True), rows)
-    return [int(i) for i in result.scalars()]
+    if db.dialect != "postgresql":
+        result = await session.execute(insert(CONTACTS).returning(CONTACTS.c.id, sort_by_parameter_order=True), rows)
+        return [int(i) for i in result.scalars()]
+    # ids drawn from the sequence first, so each row's id is known without relying on RETURNING's order
+    ids = [int(i) for i in (await session.execute(text(
+        "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) FROM generate_series(1, :n)"),
+        {"n": len(rows)})).scalars()]
+    await insert_many(db, session, CONTACTS, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
+    return ids
 
 
-async def update_contacts(session: AsyncSession, changes: Mapping[int, Mapping[str, Any]], now: int) -> None:
+async def update_contacts(db: Database, session: AsyncSession, changes: Mapping[int, Mapping[str, Any]],
+                          now: int) -> None:
     """Set these attributes (profile attributes, ``external_customer_id``, ``deleted_at``) on these contacts,
-    and ``updated_at``: one executemany per distinct set of attributes."""
+    and ``updated_at``: one statement per distinct set of attributes."""
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for cid, attrs in changes.items():
         cols = _columns(attrs)
-        by_columns[tuple(sorted(cols))].append({"b_id": cid, "b_updated_at": now,
-                                                **{f"b_{c}": v for c, v in cols.items()}})
-    for names, params in by_columns.items():
+        by_columns[tuple(sorted(cols))].append({"id": cid, **cols})
+    for names, rows in by_columns.items():
+        if db.dialect == "postgresql":
+            columns = ["id", *names]
+            sets = ", ".join(["updated_at = :now", *(f"{c} = {_pg_value(CONTACTS, c, i + 1)}"
+                                                     for i, c in enumerate(names))])
+            await session.execute(text(f"UPDATE contacts SET {sets} FROM {_pg_unnest(CONTACTS, columns)} "
+                                       "WHERE contacts.id = u.c0"),
+                                  {"now": now, **_pg_arrays(CONTACTS, columns, rows)})
+            continue
         statement = (update(CONTACTS).where(CONTACTS.c.id == bindparam("b_id"))
                      .values({"updated_at": bindparam("b_updated_at"), **{c: bindparam(f"b_{c}") for c in names}}))
-        await session.execute(statement, params)
+        await session.execute(statement, [{"b_updated_at": now, **{f"b_{k}": v for k, v in row.items()}}
+                                          for row in rows])
 
 
 async def add_identifiers(db: Database, session: AsyncSession,
                           rows: Iterable[tuple[int, IdentifierKind, str, str | None]], now: int) -> None:
     """Give contacts these channels (contact id, kind, value, device); ones a contact has stay as they are."""
     params = [{"contact_id": cid, "kind": k.value, "value": v, "device": d, "created_at": now} for cid, k, v, d in rows]
-    if params:
-        await session.execute(db.insert_ignore(Identifier, ["contact_id", "kind", "value"]), params)
+    await insert_many(db, session, IDENTIFIERS, params, ignore=("contact_id", "kind", "value"))
 
 
 async def add_memberships(db: Database, session: AsyncSession, rows: Iterable[tuple[int, int]],
                           form_type: str | None, now: int) -> None:
     """Put contacts in groups, given as (contact id, group id); existing memberships stay as they are."""
     params = [{"contact_id": c, "group_id": g, "form_type": form_type, "added_at": now} for c, g in rows]
-    if params:
-        await session.execute(db.insert_ignore(GroupMember, ["group_id", "contact_id"]), params)
+    await insert_many(db, session, MEMBERS, params, ignore=("group_id", "contact_id"))
 
 
-async def add_audit(session: AsyncSession, rows: Iterable[tuple[int, str, dict[str, Any] | None]],
+async def add_audit(db: Database, session: AsyncSession, rows: Iterable[tuple[int, str, dict[str, Any] | None]],
                     request_id: str | None, now: int) -> None:
     """Identity-log rows given as (contact id, action, detail)."""
     params = [{"contact_id": c, "action": a, "detail": d, "at": now, "request_id": request_id} for c, a, d in rows]
-    if params:
-        await session.execute(insert(AUDIT), params)
+    await insert_many(db, session, AUDIT, params)
