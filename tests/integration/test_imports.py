@@ -301,3 +301,48 @@ async def test_unfinished_import_resumes_on_start(aiohttp_client: Any, settings:
     report = await eventually(lambda: call(second, "GET", f"/api/v1/importstatus/{session_id}"),
                               lambda r: r[1]["status"] == "FINISHED", 30)
     assert report[1]["created"] == 250 and len(report[1]["mapping"]) == 250
+
+
+async def test_held_events_seam_gets_every_landed_contact_with_its_keys(client: Any, monkeypatch: Any) -> None:
+    """Each chunk hands every created or updated contact, with its identity keys, to held_events.attach."""
+    from stitcher.imports import chunk
+
+    calls: list[dict[int, set[str]]] = []
+
+    async def attach(db: Any, session: Any, keys_by_contact: Any) -> int:
+        assert session.in_transaction()
+        calls.append({cid: set(keys) for cid, keys in keys_by_contact.items()})
+        return 0
+
+    monkeypatch.setattr(chunk.held_events, "attach", attach)
+    report = await run(client, [email("held@example.com", externalCustomerId="H1"), email("bad"),
+                                {"channels": [{"type": "email", "value": "held2@example.com"},
+                                              {"type": "sms", "value": "+380671234567"}]}])
+    first, second = ids(report)
+    assert calls == [{first: {"ext:H1", "email:held@example.com"},
+                      second: {"email:held2@example.com", "sms:+380671234567"}}]
+
+
+async def test_a_failing_chunk_ends_the_import_in_error_naming_the_applied_rows(client: Any, monkeypatch: Any,
+                                                                             database_url: str) -> None:
+    """An unexpected failure in a later chunk: ERROR says exactly which rows were applied; those are whole."""
+    from stitcher.imports import chunk
+
+    client.app[IMPORTS].chunk_rows = 100
+    original = chunk.plan_import
+    calls = 0
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("boom")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(chunk, "plan_import", failing)
+    report = await run(client, [email(f"e{i}@example.com") for i in range(250)])
+    assert report["status"] == "ERROR"
+    assert report["description"] == "rows 0-99 applied (see mapping); rows 100-249 not applied: RuntimeError"
+    assert [m["index"] for m in report["mapping"]] == list(range(100)) and report["processed"] == 100
+    assert await sql_scalar(database_url, "SELECT count(*) FROM contacts") == 100
+    assert await sql_scalar(database_url, "SELECT count(*) FROM identifiers") == 100
