@@ -14,7 +14,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Integer, Table, and_, bindparam, insert, or_, select, text, update
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Table,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind
@@ -45,13 +61,22 @@ class Found:
         return sorted({*self.by_external_id.values(), *(i for ids in self.by_key.values() for i in ids)})
 
 
+def _one_of(session: AsyncSession, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter however many values (a long IN
+    list costs SQLAlchemy a bind parameter, and its rendering, per value)."""
+    if session.get_bind().dialect.name == "postgresql":
+        element = BigInteger() if isinstance(column.type, Integer) else Text()
+        return column == any_(bindparam(None, list(values), type_=ARRAY(element)))
+    return column.in_(values)
+
+
 async def find(session: AsyncSession, external_ids: Iterable[str], keys: Iterable[str]) -> Found:
     """The contacts behind these external IDs and keys, in at most four queries (no locks taken)."""
     by_ext: dict[str, int] = {}
     exts = sorted(set(external_ids))
     if exts:
         rows = await session.execute(select(CONTACTS.c.external_customer_id, CONTACTS.c.id)
-                                     .where(CONTACTS.c.external_customer_id.in_(exts)))
+                                     .where(_one_of(session, CONTACTS.c.external_customer_id, exts)))
         by_ext = {e: i for e, i in rows}
     wanted = sorted(set(keys))
     by_key: dict[str, list[int]] = {k: [] for k in wanted}
@@ -72,12 +97,13 @@ async def find(session: AsyncSession, external_ids: Iterable[str], keys: Iterabl
         matches = await session.execute(
             select(IDENTIFIERS.c.kind, IDENTIFIERS.c.value, IDENTIFIERS.c.contact_id)
             .join(CONTACTS, CONTACTS.c.id == IDENTIFIERS.c.contact_id)
-            .where(or_(*[and_(IDENTIFIERS.c.kind == k, IDENTIFIERS.c.value.in_(v)) for k, v in channels.items()]))
+            .where(or_(*[and_(IDENTIFIERS.c.kind == k, _one_of(session, IDENTIFIERS.c.value, v))
+                         for k, v in channels.items()]))
             .where(live).order_by(IDENTIFIERS.c.contact_id))
         for kind, value, cid in matches:
             by_key[f"{kind}:{value}"].append(cid)
     if ids:
-        for (cid,) in await session.execute(select(CONTACTS.c.id).where(CONTACTS.c.id.in_(ids), live)):
+        for (cid,) in await session.execute(select(CONTACTS.c.id).where(_one_of(session, CONTACTS.c.id, ids), live)):
             by_key[f"id:{cid}"].append(cid)
     for field_id, values in fields.items():
         for cid, value in await _by_field(session, field_id, values):
@@ -109,7 +135,7 @@ async def lock_contacts(session: AsyncSession, ids: Sequence[int]) -> dict[int, 
     rows = await session.execute(
         select(CONTACTS.c.id, CONTACTS.c.external_customer_id, CONTACTS.c.deleted_at, CONTACTS.c.updated_at,
                CONTACTS.c.merged_into_id)
-        .where(CONTACTS.c.id.in_(sorted(set(ids)))).order_by(CONTACTS.c.id).with_for_update())
+        .where(_one_of(session, CONTACTS.c.id, sorted(set(ids)))).order_by(CONTACTS.c.id).with_for_update())
     return {cid: (Candidate(cid, ext, deleted is not None, updated / 1000), merged is not None)
             for cid, ext, deleted, updated, merged in rows}
 
