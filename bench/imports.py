@@ -6,8 +6,9 @@ private redis-server and a real ``stitcher serve`` (worker off, JSON logs to a f
 1. Seed ``SEEDED`` existing contacts with an email each (a third of them with an external ID) by COPY.
 2. Import ``ROWS`` rows in ``REQUESTS`` requests, ``dedupeOn=email``: half the rows name a seeded email
    (a third of those with the seeded contact's external ID, a third with a new one, so a seeded
-   unidentified contact is given it), half are new people (a quarter of them with an external ID). Timed from
-   the first request to the last ``FINISHED`` status (the oldest unfinished one polled every 50 ms): contacts/s, with the service's CPU.
+   unidentified contact is given it), half are new people (a quarter of them with an external ID). Timed
+   from the first request to the last ``FINISHED`` status (the oldest unfinished import polled every
+   50 ms): contacts/s, with the service's CPU.
 3. Raw: the same number of rows as new contacts and their email identifiers, COPY into the same tables (ids
    reserved from the sequence), in one transaction: the floor of "write 100,000 contacts". Ratio = import
    rate / raw rate. Targets: >= 20,000 contacts/s and >= 0.25 of raw.
