@@ -8,11 +8,11 @@ statements (``stitcher.store.bulk``).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.commands import ContactCommand
@@ -21,14 +21,9 @@ from stitcher.domain.identifiers import IdentifierKind, Normaliser
 from stitcher.domain.rules import Action, DedupeOn, ImportLookup, ImportRow, RowDecision, dedupe_keys, plan_import
 from stitcher.imports.request import ImportRequest
 from stitcher.payload import parse_contact
-from stitcher.store import bulk, held_events, identity_keys
+from stitcher.store import bulk, held_events, identity_keys, import_sessions
 from stitcher.store.db import Database
-from stitcher.store.models import ImportRow as ImportRowModel
-from stitcher.store.models import ImportSession
 from stitcher.store.repo import now_ms
-
-IMPORTS = ImportSession.__table__  # type: ignore[attr-defined]
-ROWS = ImportRowModel.__table__  # type: ignore[attr-defined]
 
 
 class StaleCandidates(Exception):
@@ -94,8 +89,7 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, star
     now = now_ms()
     async with db.transaction() as s:
         await db.lock_keys(s, parsed.lock_keys(import_id))
-        done = (await s.execute(select(IMPORTS.c.next_row).where(IMPORTS.c.id == import_id))).scalar_one()
-        if done != start:
+        if await import_sessions.next_row(s, import_id) != start:
             return False
         rows = [row for _, _, row in parsed.good]
         found = await bulk.find(s, [r.identity.external_id for r in rows if r.identity.external_id is not None],
@@ -162,17 +156,11 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
 async def _record(db: Database, s: AsyncSession, import_id: str, end: int, parsed: Parsed,
                   decisions: Sequence[RowDecision], real: Mapping[int, int], now: int) -> None:
     """The chunk's per-row results and the import's progress, in the chunk's transaction."""
-    results: list[dict[str, Any]] = [{"import_id": import_id, "idx": i, "contact_id": None, "action": "failed",
-                                      "error": error} for i, error in parsed.bad]
-    counts = dict.fromkeys(("created", "updated", "restored", "skipped", "failed"), 0)
-    counts["failed"] = len(parsed.bad)
+    results: list[dict[str, Any]] = [{"idx": i, "contact_id": None, "action": "failed", "error": error}
+                                     for i, error in parsed.bad]
     for (index, _, _), d in zip(parsed.good, decisions, strict=True):
-        action = d.action.value if d.action is not None else "failed"
-        counts[action] += 1
         target = real.get(d.target, d.target) if d.target is not None else None
-        results.append({"import_id": import_id, "idx": index, "contact_id": target, "action": action,
+        results.append({"idx": index, "contact_id": target, "action": d.action.value if d.action else "failed",
                         "error": d.reason})
-    await bulk.insert_many(db, s, ROWS, results)
-    await s.execute(update(IMPORTS).where(IMPORTS.c.id == import_id).values(
-        next_row=end, status="IMPORTING", updated_at=now,
-        **{name: getattr(IMPORTS.c, name) + n for name, n in counts.items()}))
+    counts = Counter(r["action"] for r in results)
+    await import_sessions.record_chunk(db, s, import_id, end, results, counts, now)

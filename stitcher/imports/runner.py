@@ -14,14 +14,13 @@ import uuid
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from stitcher.domain.errors import ImportNotFound
 from stitcher.domain.identifiers import Normaliser
-from stitcher.imports.chunk import IMPORTS, ROWS, StaleCandidates, apply_chunk, parse_rows
+from stitcher.imports.chunk import StaleCandidates, apply_chunk, parse_rows
 from stitcher.imports.request import ImportRequest
-from stitcher.store import repo
+from stitcher.store import import_sessions, repo
 from stitcher.store.db import Database
 from stitcher.store.repo import now_ms
 from tracker.tasks import stop_task
@@ -47,18 +46,14 @@ class ImportRunner:
         import_id = str(uuid.uuid4())
         now = now_ms()
         async with self.db.transaction() as s:
-            await s.execute(insert(IMPORTS).values(
-                id=import_id, status="STARTED", total=len(request.contacts), next_row=0, created=0, updated=0,
-                restored=0, skipped=0, failed=0, request=request.stored(), request_id=request_id,
-                created_at=now, updated_at=now))
+            await import_sessions.create(s, import_id, len(request.contacts), request.stored(), request_id, now)
         self._start(import_id)
         return import_id
 
     async def resume(self) -> int:
         """Start every import a previous process left unfinished; returns how many."""
         async with self.db.reader() as s:
-            ids = list((await s.execute(select(IMPORTS.c.id).where(IMPORTS.c.status.in_(("STARTED", "IMPORTING")))
-                                        .order_by(IMPORTS.c.created_at))).scalars())
+            ids = await import_sessions.unfinished(s)
         for import_id in ids:
             self._start(import_id)
         if ids:
@@ -83,11 +78,9 @@ class ImportRunner:
     async def _run(self, import_id: str) -> None:
         async with self._slots:
             async with self.db.reader() as s:
-                row = (await s.execute(select(IMPORTS.c.request, IMPORTS.c.next_row, IMPORTS.c.total,
-                                              IMPORTS.c.request_id, IMPORTS.c.status)
-                                       .where(IMPORTS.c.id == import_id))).one()
-            if row.status not in ("STARTED", "IMPORTING"):
-                return
+                row = await import_sessions.load(s, import_id)
+            if row is None or row.status not in import_sessions.RUNNING:
+                return  # ended meanwhile (another process), or gone with its database
             request = ImportRequest.from_stored(row.request)
             start = row.next_row
             try:
@@ -118,18 +111,16 @@ class ImportRunner:
     async def _end(self, import_id: str, status: str, description: str) -> None:
         async def end() -> None:
             async with self.db.transaction() as s:
-                await s.execute(update(IMPORTS).where(IMPORTS.c.id == import_id).values(
-                    status=status, description=description, request=None, updated_at=now_ms()))
+                await import_sessions.end(s, import_id, status, description, now_ms())
         await self.db.retry(end)
 
     async def status(self, import_id: str) -> dict[str, Any]:
         """The platform's import status, with the mapping of applied rows to contacts."""
         async with self.db.reader() as s:
-            imp = (await s.execute(select(IMPORTS).where(IMPORTS.c.id == import_id))).one_or_none()
-            if imp is None:
-                raise ImportNotFound(import_id)
-            rows = (await s.execute(select(ROWS.c.idx, ROWS.c.contact_id, ROWS.c.action, ROWS.c.error)
-                                    .where(ROWS.c.import_id == import_id).order_by(ROWS.c.idx))).all()
+            found = await import_sessions.report(s, import_id)
+        if found is None:
+            raise ImportNotFound(import_id)
+        imp, rows = found
         return {
             "asyncSessionId": import_id, "status": imp.status, "description": imp.description, "total": imp.total,
             "processed": imp.next_row, "created": imp.created, "updated": imp.updated, "restored": imp.restored,
