@@ -32,8 +32,10 @@ class StaleCandidates(Exception):
 
 @dataclass
 class Parsed:
-    """A chunk's rows after parsing: the good ones (index, command, row) and the bad ones (index, error)."""
+    """Rows ``[start, end)`` after parsing: the good ones (index, command, row) and the bad ones (index, error)."""
 
+    start: int
+    end: int
     good: list[tuple[int, ContactCommand, ImportRow]] = field(default_factory=list)
     bad: list[tuple[int, str]] = field(default_factory=list)
 
@@ -41,14 +43,39 @@ class Parsed:
         """Every identity key the chunk touches, and the import's own key (one runner per chunk)."""
         keys = {f"import:{import_id}"}
         for _, command, row in self.good:
-            keys.update(identity_keys.of_request(command.identity, ()))
-            keys.update(row.keys)
+            keys.update(_row_keys(command, row))
         return keys
+
+    def split(self, max_keys: int) -> list[Parsed]:
+        """Consecutive parts, each locking at most ``max_keys`` identity keys (a row with more is a part of
+        its own): PostgreSQL keeps every lock of every transaction in one shared table of fixed size
+        (``max_locks_per_transaction`` times connections, 6,400 by default)."""
+        parts = [Parsed(self.start, self.start)]
+        keys = 0
+        bad = dict(self.bad)
+        good = {index: (index, command, row) for index, command, row in self.good}
+        for index in range(self.start, self.end):
+            n = len(_row_keys(good[index][1], good[index][2])) if index in good else 0
+            if keys + n > max_keys and keys:
+                parts.append(Parsed(index, index))
+                keys = 0
+            part = parts[-1]
+            part.end = index + 1
+            keys += n
+            if index in good:
+                part.good.append(good[index])
+            else:
+                part.bad.append((index, bad[index]))
+        return parts
+
+
+def _row_keys(command: ContactCommand, row: ImportRow) -> set[str]:
+    return {*identity_keys.of_request(command.identity, ()), *row.keys}
 
 
 def parse_rows(request: ImportRequest, start: int, end: int, normaliser: Normaliser) -> Parsed:
     """Parse rows ``[start, end)`` with the contact API's own parser; a bad row is kept with its error."""
-    out = Parsed()
+    out = Parsed(start, end)
     for index in range(start, end):
         raw = request.contacts[index]
         try:
@@ -83,13 +110,13 @@ class _Target:
     audit: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
 
 
-async def apply_chunk(db: Database, import_id: str, request: ImportRequest, start: int, end: int,
-                      parsed: Parsed, group_ids: Sequence[int], request_id: str | None) -> bool:
-    """Apply rows ``[start, end)``; False if they were already applied (another runner of this import)."""
+async def apply_chunk(db: Database, import_id: str, request: ImportRequest, parsed: Parsed,
+                      group_ids: Sequence[int], request_id: str | None) -> bool:
+    """Apply the parsed rows; False if they were already applied (another runner of this import)."""
     now = now_ms()
     async with db.transaction() as s:
         await db.lock_keys(s, parsed.lock_keys(import_id))
-        if await import_sessions.next_row(s, import_id) != start:
+        if await import_sessions.next_row(s, import_id) != parsed.start:
             return False
         rows = [row for _, _, row in parsed.good]
         found = await bulk.find(s, [r.identity.external_id for r in rows if r.identity.external_id is not None],
@@ -114,7 +141,7 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, star
         await bulk.add_audit(db, s, [(real[t], action, detail) for t, v in targets.items()
                                      for action, detail in v.audit], request_id, now)
         await held_events.attach(db, s, {real[t]: v.keys for t, v in targets.items()})
-        await _record(db, s, import_id, end, parsed, decisions, real, now)
+        await _record(db, s, import_id, parsed, decisions, real, now)
     return True
 
 
@@ -153,7 +180,7 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
     return targets
 
 
-async def _record(db: Database, s: AsyncSession, import_id: str, end: int, parsed: Parsed,
+async def _record(db: Database, s: AsyncSession, import_id: str, parsed: Parsed,
                   decisions: Sequence[RowDecision], real: Mapping[int, int], now: int) -> None:
     """The chunk's per-row results and the import's progress, in the chunk's transaction."""
     results: list[dict[str, Any]] = [{"idx": i, "contact_id": None, "action": "failed", "error": error}
@@ -163,4 +190,4 @@ async def _record(db: Database, s: AsyncSession, import_id: str, end: int, parse
         results.append({"idx": index, "contact_id": target, "action": d.action.value if d.action else "failed",
                         "error": d.reason})
     counts = Counter(r["action"] for r in results)
-    await import_sessions.record_chunk(db, s, import_id, end, results, counts, now)
+    await import_sessions.record_chunk(db, s, import_id, parsed.end, results, counts, now)

@@ -27,6 +27,9 @@ from tracker.tasks import stop_task
 
 log = structlog.get_logger("imports")
 CHUNK_ROWS = 1000
+# identity keys a chunk's transaction may lock: two imports at a time stay well inside PostgreSQL's default
+# shared lock table (6,400), beside the API's transactions
+MAX_CHUNK_KEYS = 2000
 CONCURRENT_IMPORTS = 2  # two overlap one's SQL round trips with the other's parsing; more only queue on locks
 
 
@@ -91,10 +94,11 @@ class ImportRunner:
                     end = min(start + self.chunk_rows, row.total)
                     parsed = parse_rows(request, start, end, self.normaliser)
                     await asyncio.sleep(0)  # parsing a chunk is CPU work: let requests in between
-                    await self.db.retry(functools.partial(
-                        apply_chunk, self.db, import_id, request, start, end, parsed, group_ids, row.request_id),
-                        also=(StaleCandidates, IntegrityError))
-                    start = end
+                    for part in parsed.split(MAX_CHUNK_KEYS):
+                        await self.db.retry(functools.partial(
+                            apply_chunk, self.db, import_id, request, part, group_ids, row.request_id),
+                            also=(StaleCandidates, IntegrityError))
+                        start = part.end
                 await self._end(import_id, "FINISHED", f"{row.total} rows processed")
             except asyncio.CancelledError:
                 raise

@@ -346,3 +346,29 @@ async def test_a_failing_chunk_ends_the_import_in_error_naming_the_applied_rows(
     assert [m["index"] for m in report["mapping"]] == list(range(100)) and report["processed"] == 100
     assert await sql_scalar(database_url, "SELECT count(*) FROM contacts") == 100
     assert await sql_scalar(database_url, "SELECT count(*) FROM identifiers") == 100
+
+
+async def test_rows_with_many_identifiers_fit_the_lock_table(client: Any) -> None:
+    """3000 rows of four identifiers each in one chunk still land: a transaction locks at most a bounded
+    number of identity keys (PostgreSQL's shared lock table is 6,400 locks by default)."""
+    client.app[IMPORTS].chunk_rows = 3000
+    rows = [{"externalCustomerId": f"M{i}", "channels": [
+        {"type": "email", "value": f"m{i}@example.com"}, {"type": "sms", "value": f"+38067{1000000 + i}"},
+        {"type": "mobilepush", "value": f"tok-{i}"}]} for i in range(3000)]
+    report = await run(client, rows)
+    assert report["status"] == "FINISHED", report["description"]
+    assert report["created"] == 3000
+
+
+async def test_a_chunk_splits_by_lock_keys_in_row_order() -> None:
+    """A parsed chunk splits into consecutive parts of at most the key budget, bad rows kept in place."""
+    from stitcher.app import normaliser
+    from stitcher.imports.chunk import parse_rows
+    from stitcher.imports.request import parse_import
+    from tracker.settings import Settings
+
+    request = parse_import({"contacts": [email(f"s{i}@example.com", externalCustomerId=f"S{i}") if i != 3
+                                         else "bad" for i in range(10)], "dedupeOn": "email"})
+    parts = parse_rows(request, 0, 10, normaliser(Settings())).split(4)
+    assert [(p.start, p.end) for p in parts] == [(0, 2), (2, 5), (5, 7), (7, 9), (9, 10)]
+    assert parts[1].bad == [(3, parts[1].bad[0][1])] and [g[0] for g in parts[1].good] == [2, 4]
