@@ -63,7 +63,7 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[READY_CHECKS]["sql"] = db.ping
     importer = ImportRunner(db, app[NORMALISER], chunk_rows=settings.import_chunk_rows)
     app[imports.IMPORTS] = importer
-    await importer.resume()
+    importer.start_resuming()
     # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block
     worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)
     worker_log = EventLog(worker_redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -30,11 +31,12 @@ CHUNK_ROWS = 1000
 # identity keys a chunk's transaction may lock: two imports at a time stay well inside PostgreSQL's default
 # shared lock table (6,400), beside the API's transactions
 MAX_CHUNK_KEYS = 2000
+RESUME_RETRY_S = 5.0
 CONCURRENT_IMPORTS = 2  # two overlap one's SQL round trips with the other's parsing; more only queue on locks
 
 
 class ImportRunner:
-    """Starts, runs and reports imports; ``resume`` picks up the unfinished ones at start-up."""
+    """Starts, runs and reports imports; ``start_resuming`` picks up the unfinished ones at start-up."""
 
     def __init__(self, db: Database, normaliser: Normaliser, *, chunk_rows: int = CHUNK_ROWS,
                  concurrency: int = CONCURRENT_IMPORTS) -> None:
@@ -53,18 +55,30 @@ class ImportRunner:
         self._start(import_id)
         return import_id
 
-    async def resume(self) -> int:
-        """Start every import a previous process left unfinished; returns how many."""
-        async with self.db.reader() as s:
-            ids = await import_sessions.unfinished(s)
+    def start_resuming(self) -> None:
+        """Resume in the background every import a previous process left unfinished, once the database
+        answers: the service starts (and answers 503) while it does not."""
+        self._spawn(self._resume_when_reachable(), "import-resume")
+
+    async def _resume_when_reachable(self) -> None:
+        while True:
+            try:
+                async with self.db.reader() as s:
+                    ids = await import_sessions.unfinished(s)
+                break
+            except Exception as exc:  # unreachable or failing database: try again, as the API's 503 says
+                log.warning("cannot read unfinished imports yet", error=type(exc).__name__)
+                await asyncio.sleep(RESUME_RETRY_S)
         for import_id in ids:
             self._start(import_id)
         if ids:
             log.info("resuming unfinished imports", count=len(ids))
-        return len(ids)
 
     def _start(self, import_id: str) -> None:
-        task = asyncio.create_task(self._run(import_id), name=f"import-{import_id}")
+        self._spawn(self._run(import_id), f"import-{import_id}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
