@@ -372,3 +372,32 @@ async def test_a_chunk_splits_by_lock_keys_in_row_order() -> None:
     parts = parse_rows(request, 0, 10, normaliser(Settings())).split(4)
     assert [(p.start, p.end) for p in parts] == [(0, 2), (2, 5), (5, 7), (7, 9), (9, 10)]
     assert parts[1].bad == [(3, parts[1].bad[0][1])] and [g[0] for g in parts[1].good] == [2, 4]
+
+
+async def test_subscribe_waits_for_the_import_chunk_holding_its_email(client: Any, database_url: str,
+                                                                      monkeypatch: Any) -> None:
+    """A subscribe for an email an import chunk has locked waits for the chunk, then finds its contact."""
+    from stitcher.api import DB
+    from stitcher.store import bulk
+    from tests.helpers import identity_lock_waiters
+
+    entered, gate = asyncio.Event(), asyncio.Event()
+    original = bulk.find
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()  # the chunk holds its identity locks now
+        await gate.wait()
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(bulk, "find", held)
+    session_id = await start(client, {"contacts": [email("held-race@example.com", firstName="Imp")],
+                                      "dedupeOn": "email"})
+    await asyncio.wait_for(entered.wait(), 10)
+    subscribe = asyncio.create_task(call(client, "POST", "/api/v1/contact/subscribe",
+                                         {"contact": email("held-race@example.com")}))
+    await identity_lock_waiters(client.app[DB], database_url, 1)
+    gate.set()
+    status, sub = await subscribe
+    report = await finished(client, session_id)
+    assert status == 200 and sub["status"] == "updated"
+    assert report["mapping"] == [{"index": 0, "contactId": sub["id"], "action": "created"}]
