@@ -45,6 +45,7 @@ class Settings:
     user_email: str | None = None
     org_id: int = 1
     stitch_pause_ms: int = 0  # test hook: pause between claim and insert (crash tests)
+    import_chunk_rows: int = 1000  # rows of a bulk import per transaction
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -85,7 +86,7 @@ class Settings:
         for name, attr in (
             ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("HISTORY_CAP", "history_cap"),
             ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
-            ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"),
+            ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"), ("IMPORT_CHUNK_ROWS", "import_chunk_rows"),
         ):
             if env.get(name):
                 kw[attr] = int(env[name])
