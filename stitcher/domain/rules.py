@@ -21,8 +21,10 @@ __all__ = [
     "Decision",
     "Lookup",
     "Mode",
+    "OrderOwner",
     "choose",
     "decide",
+    "decide_order_owner",
     "lookup_kinds",
     "ranked",
 ]
@@ -39,6 +41,7 @@ class Mode(StrEnum):
     ADD_UPDATE = "add_update"  # POST /api/v1/contact
     UPDATE = "update"  # PUT /api/v1/contact/{id}
     SUBSCRIBE = "subscribe"  # POST /api/v1/contact/subscribe
+    ORDER = "order"  # POST /api/v1/orders: finds the buyer, creates one if none, never changes a contact
 
 
 class Action(StrEnum):
@@ -103,6 +106,8 @@ def lookup_kinds(mode: Mode) -> tuple[IdentifierKind, ...]:
     """
     if mode is Mode.UPDATE:
         return ()
+    if mode is Mode.ORDER:  # SPEC §3: an order finds its contact by externalCustomerId > email > phone
+        return (IdentifierKind.EMAIL, IdentifierKind.SMS)
     return LOOKUP_ORDER
 
 
@@ -193,3 +198,25 @@ def _decision(action: Action, target: Candidate, ext: str | None, probes: _Probe
         merge=tuple(merge),
         found_by=found_by,
     )
+
+
+@dataclass(frozen=True)
+class OrderOwner:
+    """The contact an order belongs to: ``contact_id``, or a new contact when it is None (holding the order's
+    external ID, if it has one). ``found_by`` names the identifier that decided."""
+
+    contact_id: int | None
+    found_by: str | None = None
+
+
+def decide_order_owner(identity: Identity, found: Lookup) -> OrderOwner:
+    """Which contact an order is about: the add/update decision (``decide``) on the order's external ID,
+    email and phone, read without its writes.
+
+    An order never changes a contact (SPEC §3): the contact the rules pick gets the order but not the
+    order's external ID (an email match without an ID stays without one), nothing is merged into it, and a
+    soft-deleted holder of the external ID gets the order while staying deleted. Only when the rules would
+    create a contact does the order create one.
+    """
+    decision = decide(Mode.ORDER, identity, found)
+    return OrderOwner(decision.target, decision.found_by)
