@@ -13,6 +13,9 @@ from stitcher import http_errors
 from stitcher.api import CONTACTS, DB, NORMALISER, routes
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
+from stitcher.orders.api import ORDERS
+from stitcher.orders.api import routes as order_routes
+from stitcher.orders.service import OrderService
 from stitcher.stitch import Stitcher
 from stitcher.store.db import Contention, Database
 from stitcher.worker import Worker
@@ -40,6 +43,7 @@ def init_app(settings: Settings) -> web.Application:
     app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention)
     app.cleanup_ctx.append(_stitcher_ctx)
     app.add_routes(routes)
+    app.add_routes(order_routes)
     return app
 
 
@@ -57,6 +61,7 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
                         on_stitched=app[METRICS].stitched.inc)
     app[DB] = db
     app[CONTACTS] = ContactService(db, app[EVENTLOG], stitcher)
+    app[ORDERS] = OrderService(db)
     app[READY_CHECKS]["sql"] = db.ping
     # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block
     worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)
