@@ -20,7 +20,7 @@ from stitcher.domain.rules import Candidate, decide_order_owner
 from stitcher.store import held_events, identity_keys, repo
 from stitcher.store import orders as store
 from stitcher.store.db import Contention, Database
-from stitcher.store.models import Order
+from stitcher.store.models import Contact, Order
 
 
 @dataclass(frozen=True)
@@ -122,14 +122,15 @@ class OrderService:
     async def _create_contacts(self, s: Any, new: list[OrderCommand], now: int,
                                request_id: str | None) -> list[int]:
         """The buyers no contact matched: created with the order's names and identifiers, in one statement."""
-        ids = await store.create_contacts(s, [
+        ids = await store.insert_many(self.db, s, Contact, [
             {"external_customer_id": o.identity.external_id, "first_name": o.first_name, "last_name": o.last_name,
              "created_at": now, "updated_at": now} for o in new])
         await store.add_identifiers(self.db, s, [
             (cid, kind, value) for cid, o in zip(ids, new, strict=True) for kind, value in o.identity.channels])
-        for cid, o in zip(ids, new, strict=True):
-            repo.audit(s, cid, "created", request_id, externalCustomerId=o.identity.external_id,
-                       source="order", externalOrderId=o.external_order_id)
+        await store.audit_many(s, [
+            {"contact_id": cid, "action": "created", "request_id": request_id,
+             "detail": {"externalCustomerId": o.identity.external_id, "source": "order",
+                        "externalOrderId": o.external_order_id}} for cid, o in zip(ids, new, strict=True)])
         if ids:
             await held_events.attach(self.db, s, {
                 cid: identity_keys.of_request(o.identity, ()) for cid, o in zip(ids, new, strict=True)})
@@ -139,7 +140,7 @@ class OrderService:
                             plans: dict[str, OrderPlan], now: int) -> dict[str, int]:
         """Insert the new orders and rewrite the changed ones; the order id of every external order id."""
         created = [ext for ext, p in plans.items() if p.outcome is OrderOutcome.CREATED]
-        ids = await store.insert_orders(s, [
+        ids = await store.insert_many(self.db, s, Order, [
             {"external_order_id": ext, "contact_id": owners[ext], "status": plans[ext].final.status.value,
              "ordered_at": plans[ext].final.ordered_at, "data": dict(plans[ext].final.data),
              "created_at": now, "updated_at": now} for ext in created])

@@ -13,7 +13,7 @@ from sqlmodel import col
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
 from stitcher.store.db import Database
-from stitcher.store.models import Contact, Identifier, Order, TimelineEvent
+from stitcher.store.models import Contact, Identifier, IdentityLog, Order, TimelineEvent
 from stitcher.store.repo import candidate, now_ms
 
 
@@ -96,13 +96,27 @@ async def lock_contacts(s: AsyncSession, ids: Iterable[int]) -> dict[int, Contac
     return {c.id: c for c in rows.scalars() if c.id is not None}
 
 
-async def create_contacts(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert contacts in one multi-row statement; their ids, in the order of ``rows``."""
+async def insert_many(db: Database, s: AsyncSession, model: type[Contact] | type[Order],
+                      rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Insert rows of a table with an autoincrement id in one or two multi-row statements; their ids, in the
+    order of ``rows``.
+
+    PostgreSQL returns the ids of a multi-row INSERT in parameter order. SQLite cannot promise an order for
+    RETURNING (SQLAlchemy then falls back to one INSERT a row), so there the first row is inserted alone and
+    the others are given the ids that follow it: its write lock, taken by that first insert, keeps every
+    other writer out until the commit, and AUTOINCREMENT never hands out an id at or below one it gave.
+    """
     if not rows:
         return []
-    result = await s.execute(insert(Contact).returning(col(Contact.id), sort_by_parameter_order=True),
-                             list(rows))
-    return [i for i in result.scalars() if i is not None]
+    table: Any = getattr(model, "__table__", model)
+    if db.dialect == "postgresql":
+        result = await s.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows))
+        return [int(i) for i in result.scalars()]
+    first = int((await s.execute(insert(table).returning(table.c.id), [rows[0]])).scalar_one())
+    ids = list(range(first, first + len(rows)))
+    if len(rows) > 1:
+        await s.execute(insert(table), [{**row, "id": i} for row, i in zip(rows[1:], ids[1:], strict=True)])
+    return ids
 
 
 async def add_identifiers(db: Database, s: AsyncSession,
@@ -114,18 +128,17 @@ async def add_identifiers(db: Database, s: AsyncSession,
         await s.execute(db.insert_ignore(Identifier, ["contact_id", "kind", "value"]), values)
 
 
-async def insert_orders(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert orders in one multi-row statement; their ids, in the order of ``rows``."""
-    if not rows:
-        return []
-    result = await s.execute(insert(Order).returning(col(Order.id), sort_by_parameter_order=True), list(rows))
-    return [i for i in result.scalars() if i is not None]
-
-
 async def update_orders(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Rewrite changed orders (``id``, ``status``, ``ordered_at``, ``data``, ``updated_at``), one executemany."""
     if rows:
         await s.execute(update(Order), list(rows))  # ORM bulk UPDATE by primary key
+
+
+async def audit_many(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Identity-log entries (``contact_id``, ``action``, ``detail``, ``request_id``) in one statement."""
+    if rows:
+        now = now_ms()
+        await s.execute(insert(getattr(IdentityLog, "__table__", IdentityLog)), [{"at": now, **row} for row in rows])
 
 
 async def add_timeline(db: Database, s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:

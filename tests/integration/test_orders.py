@@ -8,8 +8,12 @@ and the races of two requests about one order or one new customer.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
+from sqlalchemy import event
+
+from stitcher.api import DB
 from tests.conftest import auth
 from tests.helpers import call, sql_scalar, timeline_ids
 
@@ -130,8 +134,20 @@ async def test_a_thousand_orders_land_in_one_request(client, database_url):
     """1000 orders (500 buyers, two orders each) land at once: 500 contacts, 1000 orders, 1000 timeline entries."""
     orders = [order(f"K-{i}", externalCustomerId=f"C-K{i // 2}", email=f"k{i // 2}@bulk.example", phone=None,
                     date=f"2026-11-{1 + i % 28:02d}T10:00:00Z") for i in range(1000)]
-    body = await post(client, *orders)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = client.server.app[DB].engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        body = await post(client, *orders)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
     assert body["created"] == 1000 and body["failed"] == [] and len(body["orders"]) == 1000
+    # set-based: a few statements for the whole request, not one per order
+    assert len(statements) < 40, Counter(s[:80] for s in statements).most_common(3)
     assert [o["index"] for o in body["orders"]] == list(range(1000))
     assert sum(o["contactStatus"] == "created" for o in body["orders"]) == 500
     assert body["orders"][0]["contactId"] == body["orders"][1]["contactId"]
