@@ -23,7 +23,7 @@ routes = web.RouteTableDef()
 @routes.post("/api/v1/orders")
 async def post_orders(request: web.Request) -> web.StreamResponse:
     """Upsert 1 to 1000 orders; each bad order fails alone (``failed``), the rest land (``orders``)."""
-    parsed = parse_orders(await read_json(request, MAX_ORDERS_BYTES), request.app[NORMALISER])
+    parsed = parse_orders(await read_json(request, MAX_ORDERS_BYTES, judged=False), request.app[NORMALISER])
     if not parsed.orders:
         raise OrdersRejected(parsed.rejected)
     landed = await request.app[ORDERS].post(parsed.orders, _request_id(request))

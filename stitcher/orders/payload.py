@@ -7,18 +7,22 @@ alone (``Rejected``, naming each field as ``orders[i].field``) and the others go
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from stitcher import jsonbody
 from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
 from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser
 from stitcher.domain.orders import OrderCommand, OrderStatus
 
 MAX_ORDERS = 1000
 MAX_ITEMS = 1000
+MAX_ERRORS = 20  # refused places named per order (and outside the orders)
+_ORDER_PLACE = re.compile(r"orders\[(\d+)\]")
 MAX_AMOUNT = Decimal(10) ** 15
 MIN_YEAR, MAX_YEAR = 1970, 2200
 # free text the platform names, with the longest value each may hold (characters)
@@ -61,7 +65,10 @@ class Parsed:
 
 
 def parse_orders(payload: Any, normaliser: Normaliser) -> Parsed:
-    """Read ``{"orders": [...]}``; raises ``ValidationFailed`` (400) only for the body's own shape."""
+    """Read a ``jsonbody.decode``d ``{"orders": [...]}``; raises ``ValidationFailed`` (400) only for the
+    body's own shape or a refused place outside the orders. An order holding a refused place (a NUL, a
+    key given twice, a number past 64 bits, nesting past the limit) fails alone, naming it."""
+    refused = _refused_by_order(payload)
     if not isinstance(payload, Mapping):
         raise ValidationFailed([{"field": "body", "message": "must be a JSON object with `orders`"}])
     orders = payload.get("orders")
@@ -70,6 +77,11 @@ def parse_orders(payload: Any, normaliser: Normaliser) -> Parsed:
     parsed = Parsed()
     for i, raw in enumerate(orders):
         reader = _OrderReader(i, normaliser)
+        if i in refused:  # not read: what it holds cannot be stored
+            external_id = raw.get("externalOrderId") if isinstance(raw, Mapping) else None
+            parsed.rejected.append(Rejected(i, external_id if isinstance(external_id, str) and
+                                            jsonbody.text_problem(external_id) is None else None, refused[i]))
+            continue
         command = reader.read(raw)
         if command is None:
             parsed.rejected.append(Rejected(i, reader.external_order_id, reader.errors))
@@ -78,6 +90,23 @@ def parse_orders(payload: Any, normaliser: Normaliser) -> Parsed:
             if reader.ignored:
                 parsed.ignored[i] = reader.ignored
     return parsed
+
+
+def _refused_by_order(payload: Any) -> dict[int, list[dict[str, str]]]:
+    """``jsonbody.problems`` of the body, by order index; a refused place outside the orders is a 400."""
+    by_order: dict[int, list[dict[str, str]]] = {}
+    outside: list[dict[str, str]] = []
+    for where, message in jsonbody.problems(payload):
+        match = _ORDER_PLACE.match(where)
+        if match is None:
+            outside.append({"field": where or "body", "message": message})
+            if len(outside) == MAX_ERRORS:
+                break
+        elif len(errors := by_order.setdefault(int(match[1]), [])) < MAX_ERRORS:
+            errors.append({"field": where, "message": message})
+    if outside:
+        raise ValidationFailed(outside)
+    return by_order
 
 
 class _OrderReader:

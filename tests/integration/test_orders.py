@@ -11,6 +11,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 
 from stitcher.api import DB
@@ -200,7 +201,8 @@ async def test_blank_identifiers_are_ignored_and_named(client):
 
 
 async def test_hostile_orders_get_a_4xx_never_a_500(client, database_url):
-    """Wrong types, huge values, deep nesting, NUL and duplicate keys: a 4xx naming the place, nothing stored."""
+    """Wrong types, huge values, deep nesting, NUL, lone surrogates and duplicate keys: the order holding them
+    fails alone, naming the place (the body's own structure: a 400); never a 500."""
     deep: Any = "x"
     for _ in range(40):
         deep = [deep]
@@ -213,21 +215,36 @@ async def test_hostile_orders_get_a_4xx_never_a_500(client, database_url):
     ]
     body = await post(client, *bad_orders, status=400)
     assert sorted(f["index"] for f in body["failed"]) == list(range(len(bad_orders)))
-    for raw in (b'{"orders": [' + b"[" * 40 + b"]" * 40 + b"]}",
-                b'{"orders": [{"externalOrderId": "a\\u0000b"}]}',
-                b'{"orders": [], "orders": []}',
-                b'{"orders": [{"totalCost": 1e400}]}',
-                b"not json"):
+    for raw in (b'{"orders": [], "orders": []}', b'{"orders": [{}], "x\\u0000": 1}', b"[" * 100_000, b"not json"):
         r = await client.post("/api/v1/orders", data=raw, headers={**auth(), "Content-Type": "application/json"})
         assert r.status == 400, (raw, await r.text())
         assert (await r.json())["errors"]
+    good = orjson.dumps(order("H-OK")).decode()
+    raw_orders = [good,
+                  '{"externalOrderId": "H-NUL", "firstName": "a\\u0000b"}',
+                  '{"externalOrderId": "H-TWICE", "status": "DELIVERED", "status": "CANCELLED"}',
+                  '{"externalOrderId": "H-BIG", "totalCost": 1e400, "taxes": 99999999999999999999}',
+                  '{"externalOrderId": "H-DEEP", "items": [' + "[" * 40 + "]" * 40 + "]}",
+                  '{"externalOrderId": "H-SURROGATE", "lastName": "\\ud800"}']
+    r = await client.post("/api/v1/orders", data=f'{{"orders": [{", ".join(raw_orders)}]}}'.encode(),
+                          headers={**auth(), "Content-Type": "application/json"})
+    assert r.status == 200, await r.text()
+    answer = await r.json()
+    assert [o["externalOrderId"] for o in answer["orders"]] == ["H-OK"]
+    failed = {f["index"]: f for f in answer["failed"]}
+    assert failed[1]["errors"] == [{"field": "orders[1].firstName", "message": "must not contain a NUL character"}]
+    assert failed[2]["errors"][0]["field"] == "orders[2].status"
+    assert {e["field"] for e in failed[3]["errors"]} == {"orders[3].totalCost", "orders[3].taxes"}
+    assert failed[4]["errors"][0]["field"].startswith("orders[4].items[0]")
+    assert failed[5]["externalOrderId"] == "H-SURROGATE" and failed[5]["errors"][0]["field"] == "orders[5].lastName"
+    assert await sql_scalar(database_url, "SELECT count(*) FROM orders") == 1
     r = await client.post("/api/v1/orders", data=b"{}", headers={**auth(), "Content-Type": "application/xml"})
     assert r.status == 415
     for path in ("/api/v1/contact/abc/orders", "/api/v1/contact/1/orders?limit=0",
                  "/api/v1/contact/1/orders?after=x", "/api/v1/contact/1/orders?after=1.2%00"):
         code, _ = await call(client, "GET", path)
         assert code == 400, path
-    assert await sql_scalar(database_url, "SELECT count(*) FROM orders") == 0
+    assert await sql_scalar(database_url, "SELECT count(*) FROM orders") == 1
 
 
 async def test_orders_list_newest_first_paginated_and_404_for_unknown(client):

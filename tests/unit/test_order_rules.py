@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from stitcher import jsonbody
 from stitcher.domain.errors import ValidationFailed
 from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser
 from stitcher.domain.orders import OrderCommand, OrderOutcome, OrderStatus, plan, timeline_event_id
@@ -154,3 +155,14 @@ def test_the_body_must_hold_one_to_a_thousand_orders():
     for body in ({"orders": []}, {"orders": [raw_order()] * (MAX_ORDERS + 1)}, {"order": []}, [raw_order()]):
         with pytest.raises(ValidationFailed):
             parse_orders(body, Normaliser())
+
+
+def test_a_refused_json_place_fails_its_order_alone():
+    """A NUL or a key given twice inside one order rejects that order (named); outside the orders, the body."""
+    body = jsonbody.decode(b'{"orders": [{"externalOrderId": "a\\u0000"}, {"status": 1, "status": 2}, 7]}')
+    parsed = parse_orders(body, Normaliser())
+    assert [(r.index, r.errors[0]["field"]) for r in parsed.rejected] == [
+        (0, "orders[0].externalOrderId"), (1, "orders[1].status"), (2, "orders[2]")]
+    assert parsed.rejected[0].external_order_id is None
+    with pytest.raises(ValidationFailed):
+        parse_orders(jsonbody.decode(b'{"orders": [{}], "orders": [{}]}'), Normaliser())
