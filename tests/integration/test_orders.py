@@ -311,3 +311,17 @@ async def test_concurrent_orders_of_one_new_customer_make_one_contact(client):
         assert len(contacts) == 1, (label, bodies)
         assert sum(b["orders"][0]["contactStatus"] == "created" for b in bodies) == 1
         assert (await orders_of(client, contacts.pop()))["total"] == 6
+
+
+async def test_an_order_racing_a_subscribe_for_one_new_email_makes_one_contact(client, database_url):
+    """An order and a subscribe for the same unknown email, at once: they serialise on the email's key and
+    end on one contact, whichever came first."""
+    for i in range(4):
+        email = f"race{i}@x.example"
+        (code, sub), placed = await asyncio.gather(
+            call(client, "POST", "/api/v1/contact/subscribe",
+                 {"contact": {"channels": [{"type": "email", "value": email}]}}),
+            post(client, order(f"S-{i}", externalCustomerId=None, phone=None, email=email)))
+        assert code == 200, sub
+        assert placed["orders"][0]["contactId"] == sub["id"]
+    assert await sql_scalar(database_url, "SELECT count(*) FROM contacts") == 4
