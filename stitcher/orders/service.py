@@ -71,7 +71,8 @@ class OrderService:
         async with self.db.transaction() as s:
             await self.db.lock_keys(s, keys)
             stored = await store.by_external_id(s, posts)
-            buyers = await store.find_buyers(s, [o.identity for o in orders])
+            # an order already stored stays with its contact: only new orders look for their buyer
+            buyers = await store.find_buyers(self.db, s, [g[0].identity for e, g in posts.items() if e not in stored])
             seen = buyers.seen()
             owners: dict[str, int] = {}
             found_by: dict[str, str | None] = {}

@@ -325,3 +325,17 @@ async def test_an_order_racing_a_subscribe_for_one_new_email_makes_one_contact(c
         assert code == 200, sub
         assert placed["orders"][0]["contactId"] == sub["id"]
     assert await sql_scalar(database_url, "SELECT count(*) FROM contacts") == 4
+
+
+async def test_a_phone_only_order_finds_its_buyer_by_phone_among_several(client):
+    """Two identified contacts share a phone: the most recently updated one gets a phone-only order."""
+    ids = []
+    for ext in ("C-P1", "C-P2", "C-P1"):  # the last call touches C-P1, now the most recently updated
+        body = {"externalCustomerId": ext, "channels": [{"type": "sms", "value": "+380 67 000 11 22"}]}
+        code, made = await call(client, "POST", "/api/v1/contact", body)
+        assert code == 200, made
+        ids.append(made["id"])
+        await asyncio.sleep(0.01)
+    assert ids[0] == ids[2] != ids[1]
+    landed = (await post(client, order("PH-1", externalCustomerId=None, email=None, phone="380670001122")))["orders"][0]
+    assert (landed["contactId"], landed["foundBy"]) == (ids[0], "sms")
