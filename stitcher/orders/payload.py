@@ -75,8 +75,9 @@ def parse_orders(payload: Any, normaliser: Normaliser) -> Parsed:
     if not isinstance(orders, list) or not 1 <= len(orders) <= MAX_ORDERS:
         raise ValidationFailed([{"field": "orders", "message": f"must be a list of 1 to {MAX_ORDERS} orders"}])
     parsed = Parsed()
+    channels: dict[tuple[IdentifierKind, Any], str | InvalidIdentifier] = {}  # a buyer's repeat orders
     for i, raw in enumerate(orders):
-        reader = _OrderReader(i, normaliser)
+        reader = _OrderReader(i, normaliser, channels)
         if i in refused:  # not read: what it holds cannot be stored
             external_id = raw.get("externalOrderId") if isinstance(raw, Mapping) else None
             parsed.rejected.append(Rejected(i, external_id if isinstance(external_id, str) and
@@ -112,9 +113,11 @@ def _refused_by_order(payload: Any) -> dict[int, list[dict[str, str]]]:
 class _OrderReader:
     """Reads one order, collecting every bad field (``orders[i].field``) rather than stopping at the first."""
 
-    def __init__(self, index: int, normaliser: Normaliser) -> None:
+    def __init__(self, index: int, normaliser: Normaliser,
+                 channels: dict[tuple[IdentifierKind, Any], str | InvalidIdentifier]) -> None:
         self.index = index
         self.normaliser = normaliser
+        self.channels = channels  # normalised channel values of the request so far (validation is slow)
         self.prefix = f"orders[{index}]."
         self.errors: list[dict[str, str]] = []
         self.ignored: list[str] = []
@@ -181,10 +184,17 @@ class _OrderReader:
                 if value is not None:
                     self.ignored.append(self.prefix + key)
                 continue
-            try:
-                normalised = self.normaliser.channel(kind, value, key)
-            except InvalidIdentifier as exc:
-                self.bad(key, exc.errors[0]["message"])
+            memo = (kind, value) if isinstance(value, str | int) and not isinstance(value, bool) else None
+            normalised = self.channels.get(memo) if memo is not None else None
+            if normalised is None:
+                try:
+                    normalised = self.normaliser.channel(kind, value, key)
+                except InvalidIdentifier as exc:
+                    normalised = exc
+                if memo is not None:
+                    self.channels[memo] = normalised
+            if isinstance(normalised, InvalidIdentifier):
+                self.bad(key, normalised.errors[0]["message"])
                 continue
             channels.append((kind, normalised))
             data[key] = normalised
