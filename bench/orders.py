@@ -9,7 +9,8 @@ a real ``stitcher serve`` (worker off) gets ``REQUESTS`` requests of ``ORDERS`` 
 
 Beside them, in the same run and database: the raw work of (1) — one transaction with multi-row INSERTs
 of the same contacts, identifiers, identity-log entries, orders and timeline rows (no decisions, no locks,
-no HTTP, no validation). Reported: p50 (min, max) per request, orders/s, and the ratio of (1) to the raw
+no HTTP, no validation). Reported: p50 (min, max) per request, orders/s, the service's CPU per request
+(which hardly moves with other load on the machine, unlike the wall times) and the ratio of (1) to the raw
 work. No target is set for orders yet; the figures are for the README.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.common import Children
+from bench.common import Children, cpu_seconds
 from bench.stitch import API_KEY, drop_database, prepare_database, start_service
 from bench.tracker import start_redis
 
@@ -106,29 +107,39 @@ async def _raw(db_url: str, tag: str) -> float:
         await db.close()
 
 
-def _summary(seconds: list[float]) -> dict[str, Any]:
+def _summary(seconds: list[float], cpu_s: float | None = None) -> dict[str, Any]:
     p50 = statistics.median(seconds)
-    return {"p50_ms": round(p50 * 1000, 1), "min_ms": round(min(seconds) * 1000, 1),
-            "max_ms": round(max(seconds) * 1000, 1), "orders_per_s": round(ORDERS / p50)}
+    out = {"p50_ms": round(p50 * 1000, 1), "min_ms": round(min(seconds) * 1000, 1),
+           "max_ms": round(max(seconds) * 1000, 1), "orders_per_s": round(ORDERS / p50)}
+    if cpu_s is not None:
+        out["service_cpu_ms_per_request"] = round(cpu_s * 1000 / len(seconds), 1)
+    return out
 
 
-async def measure(url: str, db_url: str) -> dict[str, Any]:
+async def measure(url: str, db_url: str, service_pid: int) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     phases: dict[str, list[float]] = {"new": [], "status": [], "resend": []}
+    cpu: dict[str, float] = dict.fromkeys(phases, 0.0)
     raw: list[float] = []
+
+    async def timed(phase: str, orders: list[dict[str, Any]]) -> Any:
+        before = cpu_seconds(service_pid)
+        seconds, answer = await _post(session, url, orders)
+        cpu[phase] += cpu_seconds(service_pid) - before
+        phases[phase].append(seconds)
+        return answer
+
     async with aiohttp.ClientSession() as session:
         await _post(session, url, _orders(f"warm{tag}", 0, "INITIALIZED"))  # warm-up: connections, caches
         for request in range(REQUESTS):
-            phases["new"].append((await _post(session, url, _orders(tag, request, STATUSES[0])))[0])
+            await timed("new", _orders(tag, request, STATUSES[0]))
             raw.append(await _raw(db_url, f"raw{tag}{request}"))
         for request in range(REQUESTS):
-            phases["status"].append((await _post(session, url, _orders(tag, request, STATUSES[1])))[0])
+            await timed("status", _orders(tag, request, STATUSES[1]))
         for request in range(REQUESTS):
-            seconds, answer = await _post(session, url, _orders(tag, request, STATUSES[1]))
-            if answer["unchanged"] != ORDERS:
-                raise RuntimeError(f"a resend changed orders: {str(answer)[:300]}")
-            phases["resend"].append(seconds)
-    result: dict[str, Any] = {name: _summary(s) for name, s in phases.items()}
+            if (await timed("resend", _orders(tag, request, STATUSES[1])))["unchanged"] != ORDERS:
+                raise RuntimeError("a resend changed orders")
+    result: dict[str, Any] = {name: _summary(s, cpu[name]) for name, s in phases.items()}
     result["raw_new"] = _summary(raw)
     result["ratio_new_to_raw"] = round(statistics.median(phases["new"]) / statistics.median(raw), 2)
     return result
@@ -146,7 +157,7 @@ def main() -> dict[str, Any]:
                 try:
                     service, url = start_service(children, tmp, backend, db_url, redis_url)
                     try:
-                        results["backends"][backend] = asyncio.run(measure(url, db_url))
+                        results["backends"][backend] = asyncio.run(measure(url, db_url, service.pid))
                     finally:
                         children.stop(service)
                 except Exception as exc:  # report, go on with the other backend
