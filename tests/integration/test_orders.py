@@ -339,3 +339,53 @@ async def test_a_phone_only_order_finds_its_buyer_by_phone_among_several(client)
     assert ids[0] == ids[2] != ids[1]
     landed = (await post(client, order("PH-1", externalCustomerId=None, email=None, phone="380670001122")))["orders"][0]
     assert (landed["contactId"], landed["foundBy"]) == (ids[0], "sms")
+
+
+async def test_contacts_an_order_creates_are_handed_to_the_held_events_seam(client, monkeypatch):
+    """Inside the transaction, each created buyer is passed to held_events.attach with its identity keys."""
+    from stitcher.store import held_events
+
+    seen: list[dict[int, list[str]]] = []
+
+    async def attach(_db: Any, _session: Any, keys_by_contact: Any) -> int:
+        seen.append({cid: sorted(keys) for cid, keys in keys_by_contact.items()})
+        return 0
+
+    monkeypatch.setattr(held_events, "attach", attach)
+    body = await post(client, order("HE-1", externalCustomerId="C-HE"), order("HE-2", externalCustomerId="C-HE"))
+    cid = body["orders"][0]["contactId"]
+    assert seen == [{cid: ["email:ann@example.com", "ext:C-HE", "sms:+380671234567"]}]
+    await post(client, order("HE-3", externalCustomerId="C-HE"))
+    assert len(seen) == 1  # a found buyer gets no new identifiers from an order
+
+
+async def test_an_order_racing_the_erase_of_its_buyer_lands_before_or_after_never_half(client, database_url):
+    """Erase and an order for the same person at once: the order is erased with the person, or lands on a
+    new contact made after the erase; never a 500, never an order of a half-erased person."""
+    for i in range(4):
+        ext = f"C-ER{i}"
+        cid = (await post(client, order(f"ER-{i}-a", externalCustomerId=ext)))["orders"][0]["contactId"]
+        (code, _), placed = await asyncio.gather(
+            call(client, "DELETE", f"/api/v1/contact/{cid}", params={"erase": "true"}),
+            post(client, order(f"ER-{i}-b", externalCustomerId=ext)))
+        assert code == 200
+        landed = placed["orders"][0]
+        left = await sql_scalar(database_url, "SELECT count(*) FROM orders WHERE external_order_id LIKE :p",
+                                p=f"ER-{i}-%")
+        if landed["contactId"] == cid:  # before the erase: gone with the person
+            assert left == 0
+        else:  # after it: a new contact with the ID, holding only this order
+            assert landed["contactStatus"] == "created" and left == 1
+            assert (await orders_of(client, landed["contactId"]))["total"] == 1
+
+
+async def test_oversized_orders_are_refused_with_a_reason(client):
+    """More than 1000 items fails that order alone; a body past 8 MiB is a 413, read no further."""
+    items = [{"externalItemId": f"S{j}", "name": "n", "quantity": 1, "cost": 1} for j in range(1001)]
+    body = await post(client, order("BIG-1", items=items), order("OK-1"))
+    assert body["failed"][0]["errors"] == [
+        {"field": "orders[0].items", "message": "must be a list of at most 1000 items"}]
+    assert [o["externalOrderId"] for o in body["orders"]] == ["OK-1"]
+    r = await client.post("/api/v1/orders", data=b" " * (8 * 1024 * 1024 + 1),
+                          headers={**auth(), "Content-Type": "application/json"})
+    assert r.status == 413
