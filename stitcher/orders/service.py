@@ -64,7 +64,7 @@ class OrderService:
         posts: dict[str, list[OrderCommand]] = {}
         for order in orders:
             posts.setdefault(order.external_order_id, []).append(order)
-        keys = {store.order_key(ext) for ext in posts}
+        keys = {identity_keys.order(ext) for ext in posts}
         for order in orders:
             keys.update(identity_keys.of_request(order.identity, ()))
         now = repo.now_ms()

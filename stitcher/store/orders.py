@@ -18,11 +18,6 @@ from stitcher.store.models import Contact, Identifier, IdentityLog, Order, Timel
 from stitcher.store.repo import candidate, now_ms
 
 
-def order_key(external_order_id: str) -> str:
-    """The identity key of an order: two requests posting one order serialise on it (``Database.lock_keys``)."""
-    return f"order:{external_order_id}"
-
-
 async def by_external_id(s: AsyncSession, external_order_ids: Iterable[str], *,
                          for_update: bool = False) -> dict[str, Order]:
     """The stored orders among these external order ids (row-locked by id with ``for_update``)."""
