@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from stitcher.domain.orders import OrderCommand, OrderOutcome, OrderPlan, plan, timeline_event_id
+from stitcher.domain.orders import OrderCommand, OrderOutcome, OrderPlan, OrderStatus, plan, timeline_event_id
 from stitcher.domain.rules import Candidate, decide_order_owner
 from stitcher.store import held_events, identity_keys, repo
 from stitcher.store import orders as store
@@ -74,25 +74,7 @@ class OrderService:
             # an order already stored stays with its contact: only new orders look for their buyer
             buyers = await store.find_buyers(self.db, s, [g[0].identity for e, g in posts.items() if e not in stored])
             seen = buyers.seen()
-            owners: dict[str, int] = {}
-            found_by: dict[str, str | None] = {}
-            new: list[OrderCommand] = []  # the orders that create a contact; placeholder id -(k + 1)
-            creates: set[str] = set()
-            for ext, group in posts.items():
-                if ext in stored:  # an order stays with its contact (merges move it along)
-                    owners[ext], found_by[ext] = stored[ext].contact_id, "externalOrderId"
-                    continue
-                owner = decide_order_owner(group[0].identity, buyers.lookup(group[0].identity))
-                if owner.contact_id is None:
-                    new.append(group[0])
-                    placeholder = -len(new)
-                    # later orders of this request find it like any contact, as the newest one
-                    buyers.add(Candidate(placeholder, group[0].identity.external_id, False, time.time() + 1e9),
-                               group[0].identity)
-                    owners[ext], found_by[ext] = placeholder, None
-                    creates.add(ext)
-                else:
-                    owners[ext], found_by[ext] = owner.contact_id, owner.found_by
+            owners, found_by, new = _owners(posts, stored, buyers)
             await self._recheck(s, stored, owners, seen, posts)
             ids = await self._create_contacts(s, new, now, request_id)
             owners = {ext: ids[-cid - 1] if cid < 0 else cid for ext, cid in owners.items()}
@@ -101,6 +83,7 @@ class OrderService:
             await store.add_timeline(self.db, s, [
                 _timeline_row(owners[ext], order_ids[ext], p, status, now)
                 for ext, p in plans.items() if p.outcome is not OrderOutcome.UNCHANGED for status in p.statuses])
+        creates = {o.external_order_id for o in new}
         return sorted((Landed(o.index, ext, order_ids[ext], owners[ext], plans[ext].outcome,
                               ext in creates, found_by[ext])
                        for ext, group in posts.items() for o in group), key=lambda landed: landed.index)
@@ -154,7 +137,30 @@ class OrderService:
         return out
 
 
-def _timeline_row(contact_id: int, order_id: int, p: OrderPlan, status: Any, now: int) -> dict[str, Any]:
+def _owners(posts: dict[str, list[OrderCommand]], stored: dict[str, Order], buyers: store.Buyers
+            ) -> tuple[dict[str, int], dict[str, str | None], list[OrderCommand]]:
+    """Each order's contact (a stored order keeps its own), what found it, and the orders whose buyer is
+    created: those get placeholder ids ``-1, -2, …`` (in the order of the list) until the contacts exist."""
+    owners: dict[str, int] = {}
+    found_by: dict[str, str | None] = {}
+    new: list[OrderCommand] = []
+    for ext, group in posts.items():
+        if ext in stored:  # an order stays with its contact (merges move it along)
+            owners[ext], found_by[ext] = stored[ext].contact_id, "externalOrderId"
+            continue
+        first = group[0]
+        owner = decide_order_owner(first.identity, buyers.lookup(first.identity))
+        if owner.contact_id is not None:
+            owners[ext], found_by[ext] = owner.contact_id, owner.found_by
+            continue
+        new.append(first)
+        owners[ext], found_by[ext] = -len(new), None
+        # later orders of this request find the new buyer like any contact, as the most recently updated
+        buyers.add(Candidate(-len(new), first.identity.external_id, False, time.time() + 1e9), first.identity)
+    return owners, found_by, new
+
+
+def _timeline_row(contact_id: int, order_id: int, p: OrderPlan, status: OrderStatus, now: int) -> dict[str, Any]:
     """An ``order<STATUS>`` entry: at the order's date for the status it was created with, else when the
     status arrived."""
     first = p.outcome is OrderOutcome.CREATED and status is p.statuses[0]
