@@ -77,12 +77,12 @@ def parse_orders(payload: Any, normaliser: Normaliser) -> Parsed:
     parsed = Parsed()
     channels: dict[tuple[IdentifierKind, Any], str | InvalidIdentifier] = {}  # a buyer's repeat orders
     for i, raw in enumerate(orders):
-        reader = _OrderReader(i, normaliser, channels)
         if i in refused:  # not read: what it holds cannot be stored
             external_id = raw.get("externalOrderId") if isinstance(raw, Mapping) else None
             parsed.rejected.append(Rejected(i, external_id if isinstance(external_id, str) and
                                             jsonbody.text_problem(external_id) is None else None, refused[i]))
             continue
+        reader = _OrderReader(i, normaliser, channels)
         command = reader.read(raw)
         if command is None:
             parsed.rejected.append(Rejected(i, reader.external_order_id, reader.errors))

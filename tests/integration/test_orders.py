@@ -389,3 +389,26 @@ async def test_oversized_orders_are_refused_with_a_reason(client):
     r = await client.post("/api/v1/orders", data=b" " * (8 * 1024 * 1024 + 1),
                           headers={**auth(), "Content-Type": "application/json"})
     assert r.status == 413
+
+
+HOSTILE_VALUES: list[Any] = [None, True, -1, 0, 2**63 - 1, -(2**63), 1e308, -0.0, "", " ", "\u202e", "x" * 5000,
+                             "😀" * 300, [], {}, [[[]]], {"a": {"b": 1}}, ["INITIALIZED"]]
+
+
+async def test_every_field_with_every_hostile_value_lands_or_fails_alone(client):
+    """Each order field and item field set to each hostile value, all in one request: every order either
+    lands or fails alone with a reason, and the request never answers 500."""
+    fields = [*order("F").keys(), "taxes", "discount", "paymentMethod", "statusDescription", "storeId", "source",
+              "deliveryAddress"]
+    item_fields = ["externalItemId", "name", "quantity", "cost", "url", "imageUrl", "category", "description"]
+    orders = []
+    for key in fields:
+        orders += [{**order(f"F-{key}-{j}"), key: value} for j, value in enumerate(HOSTILE_VALUES)]
+    for key in item_fields:
+        orders += [order(f"FI-{key}-{j}", items=[{**order("x")["items"][0], key: value}])
+                   for j, value in enumerate(HOSTILE_VALUES)]
+    assert len(orders) <= 1000
+    code, body = await call(client, "POST", "/api/v1/orders", {"orders": orders})
+    assert code == 200, body
+    assert len(body["orders"]) + len(body["failed"]) == len(orders)
+    assert all(f["errors"] and f["error"] for f in body["failed"])
