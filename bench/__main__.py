@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("tracker", "stitch", "imports")  # run in this order; bench.<name> must define main() -> dict
+BENCHMARKS = ("tracker", "stitch", "imports", "orders")  # run in this order; bench.<name> must define main() -> dict
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
 
 

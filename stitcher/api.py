@@ -23,12 +23,14 @@ MAX_JSON_BYTES = 1024 * 1024
 routes = web.RouteTableDef()
 
 
-async def read_json(request: web.Request) -> Any:
-    """The JSON body: 415 for another media type, 413 past 1 MiB, 400 naming the syntax error or each place
-    ``jsonbody.loads`` refuses (duplicate keys, NUL, numbers past 64 bits, nesting past the limit)."""
+async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES, *, judged: bool = True) -> Any:
+    """The JSON body: 415 for another media type, 413 past ``limit`` bytes (1 MiB), 400 naming the syntax
+    error or each place ``jsonbody.loads`` refuses (duplicate keys, NUL, numbers past 64 bits, nesting past
+    the limit). With ``judged=False`` the refused places are left for the caller (``jsonbody.problems``)."""
     if request.content_type not in ("application/json", "text/plain", "application/octet-stream"):
         raise UnsupportedMediaType(f"expected application/json, got {request.content_type}")
-    return jsonbody.loads(await read_body(request, MAX_JSON_BYTES))
+    raw = await read_body(request, limit)
+    return jsonbody.loads(raw) if judged else jsonbody.decode(raw)
 
 
 def _query(request: web.Request) -> MultiMapping[str]:

@@ -15,6 +15,9 @@ from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
 from stitcher.imports import handlers as imports
 from stitcher.imports.runner import ImportRunner
+from stitcher.orders.api import ORDERS
+from stitcher.orders.api import routes as order_routes
+from stitcher.orders.service import OrderService
 from stitcher.stitch import Stitcher
 from stitcher.store.db import Contention, Database
 from stitcher.worker import Worker
@@ -44,6 +47,7 @@ def init_app(settings: Settings) -> web.Application:
     app.add_routes(routes)
     app.add_routes(account.routes)
     app.add_routes(imports.routes)
+    app.add_routes(order_routes)
     return app
 
 
@@ -61,6 +65,7 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
                         on_stitched=app[METRICS].stitched.inc)
     app[DB] = db
     app[CONTACTS] = ContactService(db, app[EVENTLOG], stitcher)
+    app[ORDERS] = OrderService(db)
     app[READY_CHECKS]["sql"] = db.ping
     importer = ImportRunner(db, app[NORMALISER], chunk_rows=settings.import_chunk_rows)
     app[imports.IMPORTS] = importer

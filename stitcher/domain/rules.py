@@ -24,9 +24,11 @@ __all__ = [
     "ImportRow",
     "Lookup",
     "Mode",
+    "OrderOwner",
     "RowDecision",
     "choose",
     "decide",
+    "decide_order_owner",
     "dedupe_keys",
     "lookup_kinds",
     "plan_import",
@@ -45,6 +47,7 @@ class Mode(StrEnum):
     ADD_UPDATE = "add_update"  # POST /api/v1/contact
     UPDATE = "update"  # PUT /api/v1/contact/{id}
     SUBSCRIBE = "subscribe"  # POST /api/v1/contact/subscribe
+    ORDER = "order"  # POST /api/v1/orders: finds the buyer, creates one if none, never changes a contact
 
 
 class Action(StrEnum):
@@ -110,6 +113,8 @@ def lookup_kinds(mode: Mode) -> tuple[IdentifierKind, ...]:
     """
     if mode is Mode.UPDATE:
         return ()
+    if mode is Mode.ORDER:  # SPEC §3: an order finds its contact by externalCustomerId > email > phone
+        return (IdentifierKind.EMAIL, IdentifierKind.SMS)
     return LOOKUP_ORDER
 
 
@@ -348,3 +353,23 @@ def _live_or_restored(c: Candidate, ext: str | None, found_by: str, restore_dele
 def _found_by(key: str) -> str:
     """The identifier a dedupe key stands for, as the audit log names it (``email``, ``id``, ``field``)."""
     return key.partition(":")[0]
+@dataclass(frozen=True)
+class OrderOwner:
+    """The contact an order belongs to: ``contact_id``, or a new contact when it is None (holding the order's
+    external ID, if it has one). ``found_by`` names the identifier that decided."""
+
+    contact_id: int | None
+    found_by: str | None = None
+
+
+def decide_order_owner(identity: Identity, found: Lookup) -> OrderOwner:
+    """Which contact an order is about: the add/update decision (``decide``) on the order's external ID,
+    email and phone, read without its writes.
+
+    An order never changes a contact (SPEC §3): the contact the rules pick gets the order but not the
+    order's external ID (an email match without an ID stays without one), nothing is merged into it, and a
+    soft-deleted holder of the external ID gets the order while staying deleted. Only when the rules would
+    create a contact does the order create one.
+    """
+    decision = decide(Mode.ORDER, identity, found)
+    return OrderOwner(decision.target, decision.found_by)

@@ -176,3 +176,24 @@ class ImportRow(SQLModel, table=True):
     contact_id: int | None = Field(default=None, sa_type=BigInteger)
     action: str = Field(max_length=16)  # created | updated | restored | skipped | failed
     error: str | None = Field(default=None, sa_type=Text)
+class Order(SQLModel, table=True):
+    """A shop's order (POST /api/v1/orders), upserted by ``external_order_id``; it follows its contact through
+    merges and goes with it on erase (the foreign key cascades).
+
+    ``data`` is the order as the API shows it (the platform's field names, items included); the columns
+    beside it are what lists and exports filter and sort on.
+    """
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_contact_time", "contact_id", "ordered_at", "id"),
+        SQLITE_AUTOINCREMENT,
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    external_order_id: str = Field(sa_column=Column(String(256), unique=True, nullable=False))
+    contact_id: int = _fk("contacts.id", index=False)
+    status: str = Field(max_length=32)
+    ordered_at: int = _ms()
+    data: dict[str, Any] = Field(sa_type=Json)
+    created_at: int = _ms()
+    updated_at: int = _ms()

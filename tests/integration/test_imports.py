@@ -234,8 +234,9 @@ async def test_hostile_rows_fail_alone(client: Any) -> None:
         None,
     ])
     assert report["status"] == "FINISHED"
-    assert [m["index"] for m in report["mapping"]] == [4]
-    assert {f["index"] for f in report["failedContacts"]} >= {1, 2, 3, 5}
+    # row 0's single channel object is read as a list of one, as platform clients send it
+    assert [m["index"] for m in report["mapping"]] == [0, 4]
+    assert {f["index"] for f in report["failedContacts"]} == {1, 2, 3, 5}
 
 
 async def test_import_and_subscribe_for_one_email_end_as_one_contact(client: Any, database_url: str) -> None:
