@@ -19,6 +19,7 @@ import redis
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from tests.browser.fault_proxy import FaultProxy, fault_proxy
 from tests.conftest import private_redis
 from tracker.app import init_app
 from tracker.embedded_redis import EmbeddedRedis
@@ -83,6 +84,13 @@ def bound_port(runner: web.AppRunner) -> int:
     """The port of a runner's one TCP site, started on port 0."""
     (address,) = runner.addresses
     return int(address[1])
+
+
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def proxy(service: str) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of the collector, and a page on a third origin posting through it."""
+    async with fault_proxy(service) as p:
+        yield p
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope=LOOP)

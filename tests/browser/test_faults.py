@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import BrowserContext, Page, Route
+from playwright.async_api import BrowserContext, Page
 
-from tests.browser.fault_proxy import FaultProxy, fault_proxy
+from tests.browser.fault_proxy import Answer, FaultProxy, event_types
 from tests.browser.test_tracking_script import (
     Events,
     _stored_vid_is,
@@ -27,19 +24,8 @@ from tests.browser.test_tracking_script import (
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
 
 
-def types_in(route: Route) -> list[str]:
-    return [e["type"] for e in json.loads(route.request.post_data or "{}").get("events", [])]
-
-
 async def _empty(page: Page) -> bool:
     return await stored_queue(page) == []
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def proxy(service: str) -> AsyncIterator[FaultProxy]:
-    """A fault-injecting proxy in front of the collector, and a page on a third origin posting through it."""
-    async with fault_proxy(service) as p:
-        yield p
 
 
 @pytest.mark.parametrize("browser_api", ["current", "without AbortSignal.timeout"])
@@ -63,29 +49,78 @@ async def test_a_request_that_hangs_times_out_and_is_retried(page: Page, context
     assert len(proxy.batches()) == 2
 
 
-async def test_retry_after_as_a_date_holds_across_a_navigation(page: Page, context: BrowserContext,
-                                                               api: Events, service: str) -> None:
-    """A 503 with Retry-After as an HTTP date: the next page of the site waits for it too, then all lands."""
-    loop = asyncio.get_running_loop()
-    attempts: list[float] = []
+@pytest.mark.parametrize("status, form", [(429, "seconds"), (503, "HTTP date")])
+async def test_retry_after_holds_across_a_navigation(page: Page, context: BrowserContext, api: Events,
+                                                     proxy: FaultProxy, status: int, form: str) -> None:
+    """A 429 or 503 with Retry-After (seconds or an HTTP date): no retry comes sooner, also from the next page
+    of the site, then both page_views are stored once."""
 
-    async def unavailable_first(route: Route) -> None:
-        attempts.append(loop.time())
-        if len(attempts) == 1:
-            when = email.utils.formatdate(time.time() + 3.5, usegmt=True)  # whole seconds: ≥ 2.5 s from now
-            await route.fulfill(status=503, headers={"Retry-After": when}, body="")
-        else:
-            await route.continue_()
+    def throttle_first(body: dict[str, Any]) -> Answer | None:
+        if proxy.batches():
+            return None
+        when = "3" if form == "seconds" else email.utils.formatdate(time.time() + 3.5, usegmt=True)  # ≥ 2.5 s
+        return Answer(status, {"Retry-After": when})
 
-    await page.route("**/t", unavailable_first)
-    await page.goto(f"{service}/demo/")
-    await eventually(lambda: _at_least(attempts, 1), what="the first attempt")
+    proxy.rule = throttle_first
+    await page.goto(f"{proxy.site}/landing")
     await eventually(lambda: page.evaluate("!!localStorage.getItem('stitcher.w')"), what="the retry time")
-    await page.goto(f"{service}/demo/pricing")  # a new page, whose own page_view waits as well
+    await page.goto(f"{proxy.site}/pricing")  # a new page, whose own page_view waits as well
     vid = await eventually(lambda: cookie_vid(context), within=15, what="the retried request")
     events = await eventually(lambda: _types_at_least(api, vid, 2), what="both page_views")
-    assert sorted(e["url"] for e in events) == [f"{service}/demo/", f"{service}/demo/pricing"]
-    assert attempts[1] - attempts[0] >= 2.4
+    assert sorted(e["url"] for e in events) == [f"{proxy.site}/landing", f"{proxy.site}/pricing"]
+    first, second = proxy.batches()[:2]
+    assert isinstance(first.fault, Answer) and first.fault.status == status and second.fault is None
+    assert second.at - first.at >= 2.4
+    await eventually(lambda: _empty(page), what="the queue to drain")
+    assert len({e["id"] for x in proxy.batches() for e in x.body["events"]}) == 2
+
+
+async def test_other_4xx_drops_the_batch(page: Page, api: Events, proxy: FaultProxy) -> None:
+    """A readable 4xx other than 429 means the batch can never succeed: it leaves the queue, is not retried,
+    and the next batch goes on."""
+    proxy.rule = lambda body: Answer(400, {"Content-Type": "application/json"})
+    await page.goto(f"{proxy.site}/landing")
+    await eventually(lambda: _at_least(proxy.batches(), 1), what="the first attempt")
+    await eventually(lambda: _empty(page), what="the batch to be dropped")
+    await page.evaluate("stitcher('event', 'next')")
+    await eventually(lambda: _at_least(proxy.batches(), 2), what="the next batch")
+    await asyncio.sleep(2.5)  # longer than the first backoff step: no retry may come
+    assert [x.types for x in proxy.batches()] == [["page_view"], ["next"]]
+    assert await stored_queue(page) == []
+
+
+@pytest.mark.parametrize("fault", ["drop", "stored_drop"])
+async def test_a_connection_closed_without_an_answer_is_retried(page: Page, context: BrowserContext,
+                                                                api: Events, proxy: FaultProxy,
+                                                                fault: str) -> None:
+    """The connection closes without a byte of answer, before the collector saw the batch ("drop") or after
+    it stored it ("stored_drop"): the script sends the batch again and the collector holds each event once."""
+    proxy.rule = lambda body: fault if not proxy.batches() else None
+    await page.goto(f"{proxy.site}/landing")
+    await page.evaluate("stitcher('event', 'clicked')")
+    vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
+    events = await eventually(lambda: _types_at_least(api, vid, 2), within=15, what="both events")
+    await eventually(lambda: _empty(page), what="the queue to drain")
+    assert sorted(e["type"] for e in await api(vid)) == ["clicked", "page_view"]  # once each
+    first, *later = proxy.batches()
+    assert first.fault == fault and all(x.fault is None for x in later)
+    assert {e["id"] for e in first.body["events"]} <= {e["id"] for x in later for e in x.body["events"]}
+    assert {e["id"] for e in events} == {e["id"] for x in proxy.batches() for e in x.body["events"]}
+
+
+async def test_an_answer_whose_body_is_cut_short_counts_as_delivered(page: Page, context: BrowserContext,
+                                                                    api: Events, proxy: FaultProxy) -> None:
+    """A 2xx whose body trickles in and then breaks off: the status is the answer, so the events leave the
+    queue when the headers arrive and are not sent again when the body fails."""
+    proxy.rule = lambda body: "truncated"
+    await page.goto(f"{proxy.site}/landing")
+    vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
+    await eventually(lambda: _at_least(proxy.batches(), 1), what="the first batch")
+    await eventually(lambda: _empty(page), within=1.2, what="the queue to drain before the body ends")
+    await eventually(lambda: _stored_vid_is(page, vid), what="the script to take the answer")
+    await asyncio.sleep(3)  # the body broke off after 1.5 s; a retry would have come by now
+    assert [x.types for x in proxy.batches()] == [["page_view"]]
+    assert [e["type"] for e in await api(vid)] == ["page_view"]
 
 
 async def _at_least(items: list[Any], n: int) -> bool:
@@ -97,14 +132,15 @@ async def test_a_403_without_cors_headers_is_bounded_and_blocks_nothing(
     """A real 403 answered without CORS headers (the browser rejects the fetch: no readable answer) for any
     batch holding a "poison" event: it is retried a few times only, alone once it has failed, and the events
     recorded with or after it are stored meanwhile."""
-    proxy.rule = lambda body: 403 if any(e.get("type") == "poison" for e in body.get("events", [])) else None
+    refused = Answer(403, cors=False)
+    proxy.rule = lambda body: refused if "poison" in event_types(body) else None
     await page.goto(f"{proxy.site}/landing")
     vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
     await eventually(lambda: api(vid), what="the page_view")
     await eventually(lambda: _stored_vid_is(page, vid), what="the script to take the answer")
 
     def poisoned() -> list[list[str]]:
-        return [x.types for x in proxy.batches() if x.fault == 403]
+        return [x.types for x in proxy.batches() if x.fault == refused]
 
     # in one batch with good events, then more good ones behind it
     await page.evaluate("stitcher('event', 'good', {n: 0}); stitcher('event', 'poison');"

@@ -10,13 +10,13 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import BrowserContext, Page
 
+from tests.browser.fault_proxy import Answer, FaultProxy, event_types
 from tests.browser.test_tracking_script import (
     Events,
     RedisProcess,
     cookie_vid,
     eventually,
     stored_queue,
-    throttle_first,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -200,15 +200,16 @@ async def _new_cookie(context: BrowserContext, old: str) -> str | None:
 
 
 async def test_retry_after_holds_for_every_tab(tabs: Tabs, context: BrowserContext, api: Events,
-                                               service: str) -> None:
+                                               proxy: FaultProxy) -> None:
     """A Retry-After answered to one tab holds the other tabs back as well."""
     a, b = pages = await tabs(2)
-    vid = await known_visitor(pages, context, api, f"{service}/demo/")
-    attempts, handler = throttle_first("3")
-    await context.route("**/t", handler)
+    vid = await known_visitor(pages, context, api, f"{proxy.site}/landing")
+    proxy.rule = lambda body: Answer(429, {"Retry-After": "3"}) if "in_a" in event_types(body) else None
     await a.evaluate("stitcher('event', 'in_a'); stitcher('flush')")
     await eventually(lambda: a.evaluate("!!localStorage.getItem('stitcher.w')"), what="the retry time")
+    proxy.rule = lambda body: None
     await b.evaluate("stitcher('event', 'in_b')")  # no flush: its timer must wait as well
     events = await eventually(lambda: landed(api, vid, 4), what="both events")
     assert sorted(e["type"] for e in events[2:]) == ["in_a", "in_b"]
-    assert attempts[1] - attempts[0] >= 2.9
+    throttled = next(x for x in proxy.batches() if x.fault)
+    assert all(x.at - throttled.at >= 2.9 for x in proxy.batches() if x.at > throttled.at)
