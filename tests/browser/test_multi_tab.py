@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import BrowserContext, Page
 
-from tests.browser.fault_proxy import Answer, FaultProxy, event_types
+from tests.browser.fault_proxy import Answer, Fault, FaultProxy, event_types
 from tests.browser.test_tracking_script import (
     Events,
     RedisProcess,
@@ -213,3 +213,39 @@ async def test_retry_after_holds_for_every_tab(tabs: Tabs, context: BrowserConte
     assert sorted(e["type"] for e in events[2:]) == ["in_a", "in_b"]
     throttled = next(x for x in proxy.batches() if x.fault)
     assert all(x.at - throttled.at >= 2.9 for x in proxy.batches() if x.at > throttled.at)
+
+
+async def test_a_late_answer_from_another_tab_does_not_undo_a_reset(tabs: Tabs, context: BrowserContext,
+                                                                    api: Events, proxy: FaultProxy) -> None:
+    """Tab b leaves the site while its pagehide beacon, sent under the old visitor, is held by the proxy (the
+    collector has stored it); tab a resets and records; the held answer then arrives and sets the cookie back
+    to the old id. Tab a's next events still go to the new visitor, and the cookie follows."""
+    a, b = pages = await tabs(2)
+    old = await known_visitor(pages, context, api, f"{proxy.site}/landing")
+
+    def hold_first_bye(body: dict[str, Any]) -> Fault:
+        held = any(x.fault == "hold" for x in proxy.batches())
+        return "hold" if "bye" in event_types(body) and not held else None
+
+    proxy.rule = hold_first_bye
+    await b.evaluate("stitcher('event', 'bye')")
+    await b.goto("about:blank")  # the pagehide beacon carries 'bye' under the old id
+    await eventually(lambda: _held(proxy), what="the beacon to be held")
+    await a.evaluate("stitcher('reset'); stitcher('event', 'after_reset'); stitcher('flush')")
+    new = await eventually(lambda: _new_cookie(context, old), what="the new visitor's cookie")
+    proxy.release_held.set()
+    await eventually(lambda: _cookie_is(context, old), what="the late answer to set the old cookie back")
+    await a.evaluate("stitcher('event', 'later'); stitcher('flush')")
+    events = await eventually(lambda: landed(api, new, 2), what="the later event under the new visitor")
+    assert [e["type"] for e in events] == ["after_reset", "later"]
+    assert sorted(e["type"] for e in await api(old)) == ["bye", "page_view", "page_view"]
+    assert await cookie_vid(context) == new
+    assert await a.evaluate("localStorage.getItem('stitcher.vid')") == new
+
+
+async def _held(proxy: FaultProxy) -> bool:
+    return any(x.fault == "hold" for x in proxy.batches())
+
+
+async def _cookie_is(context: BrowserContext, vid: str) -> bool:
+    return await cookie_vid(context) == vid
