@@ -24,7 +24,7 @@ answers for it, so a reload or a later visit resends what an outage kept back. O
 Web Lock, else a lease in localStorage), whatever every tab queued. The visitor id is made (UUID) by the
 first tab that sends and shared by all; the collector keeps its cookie's id first and echoes it back.
 Every event has a UUID and the collector stores an id once, so a resend is harmless. Batches leave ~1 s
-after the first event, at once when 10 wait, and by sendBeacon (without it, a keepalive fetch) when the page
+after the oldest queued event (a backlog already waiting goes at once), at once when 10 wait, and by sendBeacon (without it, a keepalive fetch) when the page
 is hidden or unloaded. 5xx,
 429, network errors and timeouts (5 s) are retried with exponential backoff and jitter, never sooner than
 Retry-After (seconds or HTTP date; kept in localStorage, so it holds across navigations and tabs); any

@@ -217,3 +217,11 @@ async def test_a_request_failing_across_a_reset_keeps_its_events_with_the_old_vi
     assert new and new != old
     assert [e["type"] for e in await api(old)] == ["page_view", "before"]
     assert [e["type"] for e in await api(new)] == ["after"]
+    # the script's bookkeeping (the pre-reset visitor, the failure count) never goes on the wire
+    sent = [e for x in proxy.batches() for e in x.body.get("events", [])]
+    assert all(set(e) <= {"id", "type", "ts", "url", "props", "ref", "title"} for e in sent)
+    # the reset's marker is removed once its 30 s are over
+    await page.evaluate("localStorage.setItem('stitcher.rs', Date.now() - 31e3);"
+                        "stitcher('event', 'later'); stitcher('flush')")
+    await eventually(lambda: _types_at_least(api, new, 2), what="the later event")
+    assert await page.evaluate("localStorage.getItem('stitcher.rs')") is None
