@@ -272,8 +272,9 @@ other 4xx drops the batch for good.
     page: () => pv(0, 1),
     flush: () => { set('w'); fails = 0; flush() },
     reset: () => {
-      // what is queued still belongs to the old visitor: it is sent first, under the old id
-      const o = get('vid');
+      // what is queued still belongs to the old visitor: it is sent first, under the old id (an id made now if
+      // none was stored yet: the collector's cookie, where the browser has one, then takes it over)
+      const o = ok == 1 && vid();
       o && rq().forEach(e => e.v || set('e.' + e.id, J((e.v = o, e))));
       set('vid');
       if (ok) set('rs', 1);

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -324,6 +325,21 @@ async def test_reset_starts_a_new_visitor(page: Page, context: BrowserContext, a
     assert await cookie_vid(context) == new
     assert await page.evaluate("localStorage.getItem('stitcher.vid')") == new
     assert [e["type"] for e in await api(old)] == ["page_view", "before_reset"]
+
+
+async def test_reset_before_the_first_send_keeps_the_earlier_events_with_the_cookie_visitor(
+        page: Page, context: BrowserContext, api: Events, service: str) -> None:
+    """The script's storage was cleared (Safari's 7-day cap on script storage) while the collector's cookie
+    stayed: a reset before the script's first send still sends what was recorded before it to the cookie's
+    visitor, and what follows to a new one."""
+    old = str(uuid.uuid4())
+    await context.add_cookies([{"name": "stitcher_vid", "value": old, "url": service}])
+    await page.goto(f"{service}/demo/")
+    await page.evaluate("stitcher('event', 'before'); stitcher('reset'); stitcher('event', 'after');"
+                        "stitcher('flush')")
+    new = await eventually(lambda: _new_cookie(context, old), what="a new stitcher_vid cookie")
+    assert [e["type"] for e in await eventually(lambda: api(new), what="the new history")] == ["after"]
+    assert [e["type"] for e in await api(old)] == ["page_view", "before"]
 
 
 async def _new_cookie(context: BrowserContext, old: str) -> str | None:
