@@ -34,7 +34,8 @@ class Answer:
 
 # What a rule returns for a request body:
 #   None        forward it and pass the collector's answer back
-#   "hang"      never answer (until the test ends); nothing reaches the collector
+#   "hang"      no answer until ``release`` is set, then a 504 without CORS headers (to the script, a network
+#               error); nothing reaches the collector
 #   "drop"      close the connection without an answer; nothing reaches the collector
 #   "stored_drop"  forward it (the collector stores the events), then close the connection without an answer
 #   "hold"      forward it, then keep the collector's answer until ``release_held`` is set
