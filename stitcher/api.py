@@ -23,13 +23,14 @@ MAX_JSON_BYTES = 1024 * 1024
 routes = web.RouteTableDef()
 
 
-async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES) -> Any:
+async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES, *, judged: bool = True) -> Any:
     """The JSON body: 415 for another media type, 413 past ``limit`` bytes (1 MiB), 400 naming the syntax
     error or each place ``jsonbody.loads`` refuses (duplicate keys, NUL, numbers past 64 bits, nesting past
-    the limit)."""
+    the limit). With ``judged=False`` the refused places are left for the caller (``jsonbody.problems``)."""
     if request.content_type not in ("application/json", "text/plain", "application/octet-stream"):
         raise UnsupportedMediaType(f"expected application/json, got {request.content_type}")
-    return jsonbody.loads(await read_body(request, limit))
+    raw = await read_body(request, limit)
+    return jsonbody.loads(raw) if judged else jsonbody.decode(raw)
 
 
 def _query(request: web.Request) -> MultiMapping[str]:
@@ -66,7 +67,7 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
 async def add_update(request: web.Request) -> web.StreamResponse:
     contact = parse_contact(await read_json(request), request.app[NORMALISER])
     outcome = await request.app[CONTACTS].upsert(Mode.ADD_UPDATE, contact, request_id=_request_id(request))
-    return json_response(outcome.body())
+    return json_response({**outcome.body(), "ignored": list(contact.ignored)})
 
 
 @routes.put("/api/v1/contact/{contact_id}")
@@ -74,7 +75,7 @@ async def update(request: web.Request) -> web.StreamResponse:
     contact_id = _contact_id(request)
     contact = parse_contact(await read_json(request), request.app[NORMALISER], contact_id=contact_id)
     outcome = await request.app[CONTACTS].upsert(Mode.UPDATE, contact, request_id=_request_id(request))
-    return json_response(outcome.body())
+    return json_response({**outcome.body(), "ignored": list(contact.ignored)})
 
 
 @routes.post("/api/v1/contact/subscribe")
@@ -82,7 +83,8 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     sub = parse_subscribe(await read_json(request), request.app[NORMALISER])
     outcome = await request.app[CONTACTS].upsert(Mode.SUBSCRIBE, sub.contact, groups=sub.groups,
                                                  form_type=sub.form_type, request_id=_request_id(request))
-    return json_response({**outcome.body(), "groups": list(sub.groups)})
+    groups = list(dict.fromkeys((*sub.contact.groups, *sub.groups)))
+    return json_response({**outcome.body(), "groups": groups, "ignored": list(sub.contact.ignored)})
 
 
 @routes.get("/api/v1/contact/{contact_id}")

@@ -90,6 +90,8 @@ class ContactService:
                      form_type: str | None = None, request_id: str | None = None) -> Outcome:
         """Add/update (or subscribe) one contact and stitch the given visitors' history onto it.
 
+        The contact joins ``command.groups`` and ``groups`` (subscribe's top-level list), created when missing.
+
         When this returns, the anonymous history of ``command.visitor_ids`` is on the timeline. A decision
         gone stale (409 after the retries), a unique-key race (two creators of one external ID: the retry
         finds the winner), keys learnt late and collisions are retried; past the retries the last two are
@@ -153,9 +155,9 @@ class ContactService:
                     repo.audit(s, cid, "linked_visitor", request_id, visitorId=vid, fromContactId=loser,
                                reason="merge")
             to_stitch += await self._link_visitors(s, cid, command.visitor_ids, request_id)
-            if groups:
-                await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, groups),
-                                         form_type)
+            # the contact's own groups (add/update, PUT, subscribe) and subscribe's top-level ones
+            if names := tuple(dict.fromkeys((*command.groups, *groups))):
+                await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, names), form_type)
             status = "merged" if decision.merged else decision.action.value
             outcome = Outcome(cid, status, contact.external_customer_id, list(decision.merge),
                               list(command.visitor_ids))

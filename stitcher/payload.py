@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stitcher.domain.commands import ContactCommand, SubscribeCommand
 from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
-from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser, parse_identity
+from stitcher.domain.identifiers import (
+    IdentifierKind,
+    Identity,
+    IdentityReading,
+    Ignored,
+    Normaliser,
+    as_list,
+    read_identity,
+)
 from tracker.visitor import parse_visitor_id
 
 _PROFILE = {"firstName": ("first_name", 256), "lastName": ("last_name", 256),
             "languageCode": ("language_code", 16)}
 MAX_VISITORS = 100
 MAX_GROUPS = 100
+MAX_DEVICE = 256  # characters of a channel's device (a string, or an object as JSON): its column's width
 
 
 @dataclass
@@ -31,24 +41,24 @@ class _Errors:
 
 def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | None = None,
                   prefix: str = "") -> ContactCommand:
-    """Validate an eSputnik contact payload plus Stitcher's ``visitorIds``."""
+    """Validate an eSputnik contact payload plus Stitcher's ``visitorIds``.
+
+    Read the way the platform's clients send it: a single object where a list belongs is a one-element
+    list; blank and placeholder identifiers are ignored and listed in ``ignored``; ``viber``/``telegram``
+    channels are stored only; a ``device`` object is kept as JSON; ``groups`` (names or ``{id?, name,
+    type?}``) put the contact in those groups; fields we do not model (``addressBookId``, ``contactKey``,
+    ``timeZone`` …) are left unread. 400 only for malformed values and when nothing identifies the person.
+    """
     errors = _Errors()
     if not isinstance(payload, Mapping):
         raise ValidationFailed([{"field": prefix.rstrip(".") or "body", "message": "must be a JSON object"}])
-    identity = Identity()
+    reading = IdentityReading(Identity())
     try:
-        identity = parse_identity(payload, normaliser, contact_id=contact_id, field_prefix=prefix)
+        reading = read_identity(payload, normaliser, contact_id=contact_id, field_prefix=prefix)
     except ValidationFailed as exc:
         errors.items.extend(exc.errors)
-    devices: dict[tuple[IdentifierKind, str], str | None] = {}
-    channels = payload.get("channels")
-    for item in channels if isinstance(channels, list) else []:
-        if isinstance(item, Mapping) and isinstance(item.get("device"), str):
-            try:
-                kind = IdentifierKind(str(item.get("type", "")).strip().lower())
-                devices[(kind, normaliser.channel(kind, item.get("value"), "-"))] = item["device"][:256]
-            except (ValueError, InvalidIdentifier):
-                pass  # already reported by parse_identity
+    ignored = list(reading.ignored)
+    devices = _devices(as_list(payload.get("channels")), normaliser, prefix, ignored)
     profile: dict[str, Any] = {}
     for key, (attr, limit) in _PROFILE.items():
         if key in payload:
@@ -63,18 +73,84 @@ def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | Non
         else:
             profile["address"] = payload["address"]
     if "fields" in payload:
-        fields = payload["fields"]
+        fields = as_list(payload["fields"])
         if fields is not None and (not isinstance(fields, list) or not all(
                 isinstance(f, Mapping) and "id" in f for f in fields)):
             errors.add(prefix + "fields", "must be a list of {id, value} objects")
         else:
             profile["custom_fields"] = fields
     visitor_ids = _visitor_ids(payload.get("visitorIds"), prefix, errors)
+    groups = parse_groups(payload.get("groups"), prefix + "groups", errors, ignored)
+    identity = reading.identity
     if contact_id is None and not errors.items and identity.external_id is None and not identity.channels \
             and identity.contact_id is None:
-        errors.add(prefix + "channels", "a contact needs an externalCustomerId or at least one channel")
+        for item in reading.ignored:  # say why: what was sent was ignored
+            errors.add(item["field"], f"is {item['reason']}, so it was ignored, and nothing else identifies the "
+                                      "contact")
+        if not reading.ignored:
+            errors.add(prefix + "channels", "a contact needs an externalCustomerId or at least one email, sms, "
+                                            "mobilepush or webpush channel")
     errors.raise_if_any()
-    return ContactCommand(identity, devices, profile, visitor_ids)
+    return ContactCommand(identity, devices, profile, visitor_ids, groups=groups,
+                          stored_only=reading.stored_only, ignored=tuple(ignored))
+
+
+def _devices(channels: Any, normaliser: Normaliser, prefix: str,
+             ignored: list[Ignored]) -> dict[tuple[IdentifierKind, str], str | None]:
+    """Each channel's ``device``: a string (cut to 256 characters) or an object (``{appId, deviceModel, os,
+    locale, appVersion}`` on push channels) kept as compact JSON, which must fit the same 256 characters.
+    Anything else is ignored and listed; bad channels themselves are reported by ``read_identity``."""
+    devices: dict[tuple[IdentifierKind, str], str | None] = {}
+    for i, item in enumerate(channels if isinstance(channels, list) else []):
+        if not isinstance(item, Mapping) or item.get("device") is None:
+            continue
+        where = f"{prefix}channels[{i}].device"
+        device = item["device"]
+        if isinstance(device, Mapping):
+            device = json.dumps(device, ensure_ascii=False, separators=(",", ":"))
+            if len(device) > MAX_DEVICE:
+                ignored.append({"field": where, "reason": f"longer than {MAX_DEVICE} characters as JSON"})
+                continue
+        elif isinstance(device, str):
+            device = device[:MAX_DEVICE]
+        else:
+            ignored.append({"field": where, "reason": "neither a string nor an object"})
+            continue
+        try:
+            kind = IdentifierKind(str(item.get("type", "")).strip().lower())
+            if normaliser.absence(item.get("value")) is None:
+                devices[(kind, normaliser.channel(kind, item.get("value"), "-"))] = device
+        except (ValueError, InvalidIdentifier):
+            pass  # already reported by read_identity
+    return devices
+
+
+def parse_groups(raw: Any, where: str, errors: _Errors, ignored: list[Ignored]) -> tuple[str, ...]:
+    """Group names from names or ``{"id"?, "name", "type"?}`` objects, or one such object alone.
+
+    Groups are found (and created) by name: an object without a name, or a blank name, is ignored and
+    listed; a name that is not a string of 1-256 characters is an error.
+    """
+    raw = as_list(raw)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_GROUPS:
+        errors.add(where, f"must be a list of at most {MAX_GROUPS} group names or {{name}} objects")
+        return ()
+    names: list[str] = []
+    for i, item in enumerate(raw):
+        at = f"{where}[{i}]"
+        name = item.get("name") if isinstance(item, Mapping) else item
+        if isinstance(item, Mapping):
+            at += ".name"
+        if name is None or (isinstance(name, str) and not name.strip()):
+            ignored.append({"field": at, "reason": "blank" if name is not None else "missing (groups are found "
+                                                                                     "by name)"})
+        elif not isinstance(name, str) or len(name) > 256:
+            errors.add(at, "must be a group name of 1-256 characters")
+        else:
+            names.append(name.strip())
+    return tuple(dict.fromkeys(names))
 
 
 def _visitor_ids(raw: Any, prefix: str, errors: _Errors) -> tuple[str, ...]:
@@ -94,7 +170,11 @@ def _visitor_ids(raw: Any, prefix: str, errors: _Errors) -> tuple[str, ...]:
 
 
 def parse_subscribe(payload: Any, normaliser: Normaliser) -> SubscribeCommand:
-    """``{contact: {...}, groups: [...], formType}``; groups and formType are optional."""
+    """``{contact: {...}, groups: [...], formType}``; groups and formType are optional.
+
+    The top-level ``groups`` take the same shapes as the contact's own (names, objects, a single object);
+    the command's groups are the top-level ones, the contact's stay on the contact command.
+    """
     if not isinstance(payload, Mapping):
         raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
     errors = _Errors()
@@ -103,20 +183,13 @@ def parse_subscribe(payload: Any, normaliser: Normaliser) -> SubscribeCommand:
         contact = parse_contact(payload.get("contact"), normaliser, prefix="contact.")
     except ValidationFailed as exc:
         errors.items.extend(exc.errors)
-    groups: list[str] = []
-    raw_groups = payload.get("groups")
-    if raw_groups is not None:
-        if not isinstance(raw_groups, list) or len(raw_groups) > MAX_GROUPS:
-            errors.add("groups", f"must be a list of at most {MAX_GROUPS} group names")
-        else:
-            for i, name in enumerate(raw_groups):
-                if not isinstance(name, str) or not name.strip() or len(name) > 256:
-                    errors.add(f"groups[{i}]", "must be a group name of 1-256 characters")
-                else:
-                    groups.append(name.strip())
+    ignored: list[Ignored] = []
+    groups = parse_groups(payload.get("groups"), "groups", errors, ignored)
     form_type = payload.get("formType")
     if form_type is not None and (not isinstance(form_type, str) or len(form_type) > 128):
         errors.add("formType", "must be a string of at most 128 characters")
     errors.raise_if_any()
     assert contact is not None
-    return SubscribeCommand(contact, tuple(dict.fromkeys(groups)), form_type)
+    if ignored:
+        contact = replace(contact, ignored=(*contact.ignored, *ignored))
+    return SubscribeCommand(contact, groups, form_type)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ def contact_body(contact: Contact, channels: list[Identifier], groups: list[Any]
         "languageCode": contact.language_code,
         "address": contact.address,
         "fields": contact.custom_fields or [],
-        "channels": [{"type": c.kind, "value": c.value, **({"device": c.device} if c.device else {})}
+        "channels": [{"type": c.kind, "value": c.value, **({"device": _device(c.device)} if c.device else {})}
                      for c in channels],
         "groups": [{"id": g.id, "name": g.name} for g in groups],
         "visitorIds": visitors,
@@ -32,6 +33,16 @@ def contact_body(contact: Contact, channels: list[Identifier], groups: list[Any]
         "updatedAt": contact.updated_at,
     }
     return body
+
+
+def _device(stored: str) -> Any:
+    """A channel's device as it was given: an object was stored as its JSON, a string as itself."""
+    if stored.startswith("{"):
+        try:
+            return json.loads(stored)
+        except ValueError:
+            pass
+    return stored
 
 
 async def live_contact(s: AsyncSession, contact_id: int) -> Contact:

@@ -19,6 +19,7 @@ from tracker.logs import OUTPUT, flush_periodically
 from tracker.metrics import Metrics
 from tracker.resp import RespConnection
 from tracker.routes import EVENTLOG, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, routes
+from tracker.routing import answer_with_and_without_trailing_slash
 from tracker.script import Script
 from tracker.settings import Settings
 from tracker.tasks import stop_task
@@ -56,6 +57,7 @@ def init_app(settings: Settings, app: web.Application | None = None) -> web.Appl
     app[SCRIPT] = Script.load(settings.static_dir / "t.js")
     app.cleanup_ctx.append(_redis_ctx)
     app.add_routes(routes)
+    answer_with_and_without_trailing_slash(app)
     return app
 
 

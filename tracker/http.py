@@ -99,7 +99,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return json_response({"error": code, "message": message, **extra}, status=status)
+    return error_body_response({"error": code, "message": message, **extra}, status)
+
+
+def error_body_response(body: dict[str, Any], status: int) -> web.Response:
+    """Every error the API and the edge answer goes out here: the body carries its HTTP ``status`` beside
+    ``error`` and ``message``, as the platform's API does."""
+    return json_response({**body, "status": status}, status=status)
 
 
 def error_answer(request: web.Request, exc: Exception, request_id: str) -> tuple[web.Response, str]:
@@ -110,7 +116,7 @@ def error_answer(request: web.Request, exc: Exception, request_id: str) -> tuple
     """
     status = exc.status if isinstance(exc, DomainError) else _registered_status(request.app, exc)
     if status is not None:
-        response = json_response(exc.body(), status=status)  # type: ignore[attr-defined]
+        response = error_body_response(exc.body(), status)  # type: ignore[attr-defined]
         if status == 503:
             response.headers["Retry-After"] = "1"
         elif status == 401:
@@ -133,7 +139,8 @@ def _registered_status(app: web.Application, exc: Exception) -> int | None:
 
 def _route(request: web.Request) -> str:
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    # a path's trailing-slash twin (tracker.routing) is logged and counted as the path itself
+    return (resource.canonical.rstrip("/") or "/") if resource is not None else "unmatched"
 
 
 @web.middleware

@@ -40,8 +40,13 @@ class Settings:
     default_phone_region: str | None = None
     worker_enabled: bool = True
     log_json: bool | None = None  # None: JSON when stderr is not a terminal
+    # what GET /api/v1/account/info answers (plugins call it to check an API key)
+    organisation_name: str = "Stitcher"
+    user_email: str | None = None
+    org_id: int = 1
     stitch_pause_ms: int = 0  # test hook: pause between claim and insert (crash tests)
     held_event_ttl_days: int = 30  # API events for people not yet known wait this long (and resends are no-ops)
+    import_chunk_rows: int = 1000  # rows of a bulk import per transaction
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -77,12 +82,17 @@ class Settings:
             kw["host"] = env["HOST"]
         if env.get("VAR_DIR"):
             kw["var_dir"] = Path(env["VAR_DIR"])
+        if env.get("ORGANISATION_NAME"):
+            kw["organisation_name"] = env["ORGANISATION_NAME"]
+        if env.get("USER_EMAIL"):
+            kw["user_email"] = env["USER_EMAIL"]
         if env.get("DEFAULT_PHONE_REGION"):
             kw["default_phone_region"] = env["DEFAULT_PHONE_REGION"]
         for name, attr in (
             ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("HISTORY_CAP", "history_cap"),
             ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
-            ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("HELD_EVENT_TTL_DAYS", "held_event_ttl_days"),
+            ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"), ("IMPORT_CHUNK_ROWS", "import_chunk_rows"),
+            ("HELD_EVENT_TTL_DAYS", "held_event_ttl_days"),
         ):
             if env.get(name):
                 kw[attr] = int(env[name])

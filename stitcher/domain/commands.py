@@ -10,24 +10,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stitcher.domain.identifiers import IdentifierKind, Identity
+from stitcher.domain.identifiers import IdentifierKind, Identity, Ignored
 
 __all__ = ["ContactCommand", "SubscribeCommand"]
 
 
 @dataclass(frozen=True)
 class ContactCommand:
-    """Add/update one contact: who (identity), its channels' devices, the profile fields to set and the
-    visitors whose anonymous history belongs to it."""
+    """Add/update one contact: who (identity), its channels' devices, the profile fields to set, the
+    visitors whose anonymous history belongs to it, the named groups to put it in, the messenger channels
+    stored without finding anyone (``STORED_ONLY``) and the blank or placeholder values ignored."""
 
     identity: Identity
     devices: Mapping[tuple[IdentifierKind, str], str | None]
     profile: Mapping[str, Any]  # Contact attributes to set (only those the caller gave)
     visitor_ids: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()  # group names, created when missing
+    stored_only: tuple[tuple[IdentifierKind, str], ...] = ()
+    ignored: tuple[Ignored, ...] = ()  # {"field", "reason"} of each value treated as absent
 
     def channels(self) -> list[tuple[IdentifierKind, str, str | None]]:
-        """The identity's channels with their devices, in request order."""
-        return [(k, v, self.devices.get((k, v))) for k, v in self.identity.channels]
+        """Every channel to store with its device, in request order: the identity's, then the stored-only."""
+        return [(k, v, self.devices.get((k, v))) for k, v in (*self.identity.channels, *self.stored_only)]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Identifier kinds, their normalisation and the parsing of a contact payload into an ``Identity``.
 
-Everything that decides *which person* a request is about starts here: a value that is empty, a known
-placeholder or malformed is rejected (400) so that it can never join two people (SPEC §1).
+Everything that decides *which person* a request is about starts here. A value that is blank or a known
+placeholder is ignored (treated as absent and reported back, SPEC §1): integrations send ``" "`` or ``0`` for
+"no phone" or "no ID", and such a value must never join two people. A malformed value is rejected (400).
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResu
 
 from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
 
-__all__ = ["DEFAULT_PLACEHOLDERS", "IdentifierKind", "Identity", "Normaliser", "parse_identity"]
+__all__ = [
+    "DEFAULT_PLACEHOLDERS",
+    "STORED_ONLY",
+    "IdentifierKind",
+    "Identity",
+    "IdentityReading",
+    "Ignored",
+    "Normaliser",
+    "as_list",
+    "parse_identity",
+    "read_identity",
+]
 
 # SPEC §1: values integrations send for "no value"; the service may configure another list (PLACEHOLDERS)
 DEFAULT_PLACEHOLDERS = frozenset({
@@ -39,6 +51,13 @@ class IdentifierKind(StrEnum):
     SMS = "sms"
     MOBILEPUSH = "mobilepush"
     WEBPUSH = "webpush"
+    VIBER = "viber"
+    TELEGRAM = "telegram"
+
+
+# Messenger channels the platform has: kept on the contact and shown, but never used to find, merge or lock a
+# person (a Viber or Telegram id says little about who is behind it, and SPEC §1 does not list them).
+STORED_ONLY = frozenset({IdentifierKind.VIBER, IdentifierKind.TELEGRAM})
 
 
 _IMPOSSIBLE_PHONE = {
@@ -76,6 +95,20 @@ class Normaliser:
     def __post_init__(self) -> None:
         # Matching is case-insensitive on trimmed values; normalise a hand-written list the same way.
         object.__setattr__(self, "placeholders", frozenset(p.strip().lower() for p in self.placeholders))
+
+    def absence(self, value: Any) -> str | None:
+        """Why ``value`` counts as no identifier at all (``"blank"`` or ``"placeholder"``), or None.
+
+        Blank is null, an empty or all-space string; a placeholder is one of ``placeholders`` in any case,
+        also as a JSON integer (``0``, ``-1``). Such a value is ignored rather than refused (SPEC §1).
+        """
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return "blank"
+        if isinstance(value, str) and value.strip().lower() in self.placeholders:
+            return "placeholder"
+        return None
 
     def _text(self, value: Any, field: str, *, allow_int: bool) -> str:
         """Trimmed, non-empty, non-placeholder text; the checks every kind shares."""
@@ -162,6 +195,8 @@ class Normaliser:
             return _bounded(self.email(value, field), field)
         if kind is IdentifierKind.SMS:
             return self.phone(value, field)  # E.164: at most 16 ASCII characters
+        if kind in STORED_ONLY:  # a Viber number or a Telegram chat id, which clients send as a JSON number
+            return self._opaque(value, field, MAX_IDENTIFIER_BYTES, allow_int=True)
         return self.token(value, field)
 
 
@@ -185,6 +220,19 @@ class Identity:
         return tuple(value for k, value in self.channels if k is kind)
 
 
+Ignored = dict[str, str]  # {"field": "channels[1].value", "reason": "blank"}: reported back, never used
+
+
+@dataclass(frozen=True)
+class IdentityReading:
+    """What ``read_identity`` found: the identity, the values it ignored (blank or placeholder, with where
+    they were) and the messenger channels to store without using them to find anyone (``STORED_ONLY``)."""
+
+    identity: Identity
+    ignored: tuple[Ignored, ...] = ()
+    stored_only: tuple[tuple[IdentifierKind, str], ...] = ()
+
+
 def _contact_id(value: Any, field: str) -> int:
     # JSON clients sometimes quote numbers; a digit string is the same id.
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
@@ -196,6 +244,12 @@ def _contact_id(value: Any, field: str) -> int:
     return value
 
 
+def as_list(value: Any) -> Any:
+    """A single JSON object where the platform's schema has a list is read as a one-element list (clients
+    built on it send ``"channels": {...}`` for one channel); anything else is returned as it is."""
+    return [value] if isinstance(value, Mapping) else value
+
+
 def parse_identity(
     payload: Mapping[str, Any],
     normaliser: Normaliser,
@@ -203,16 +257,37 @@ def parse_identity(
     contact_id: int | None = None,
     field_prefix: str = "",
 ) -> Identity:
+    """The identity of an eSputnik-style contact payload (see ``read_identity``, which also says what it
+    ignored and which channels are stored only)."""
+    return read_identity(payload, normaliser, contact_id=contact_id, field_prefix=field_prefix).identity
+
+
+def read_identity(
+    payload: Mapping[str, Any],
+    normaliser: Normaliser,
+    *,
+    contact_id: int | None = None,
+    field_prefix: str = "",
+) -> IdentityReading:
     """Read the identifiers of an eSputnik-style contact payload, reporting every bad field at once.
 
     ``contact_id`` is the id from the URL (PUT); an id in the body that disagrees with it is an error rather
     than a silent choice. ``field_prefix`` (e.g. ``"contact."`` for subscribe) is put before each field
-    name in errors. A missing or ``null`` externalCustomerId is absent; a present placeholder is a 400.
+    name in errors and in ``ignored``. A missing or ``null`` externalCustomerId is absent; a blank or
+    placeholder one (``""``, ``0``, ``"null"``), a blank or placeholder channel value and a contactId of
+    ``0`` are ignored and listed; a malformed value is a ``ValidationFailed`` naming its field.
     """
     errors: list[dict[str, str]] = []
+    ignored: list[Ignored] = []
 
     def bad(exc: ValidationFailed) -> None:
         errors.extend({"field": field_prefix + e["field"], "message": e["message"]} for e in exc.errors)
+
+    def absent(value: Any, where: str) -> bool:
+        reason = normaliser.absence(value)
+        if reason is not None:
+            ignored.append({"field": field_prefix + where, "reason": reason})
+        return reason is not None
 
     if not isinstance(payload, Mapping):
         where = field_prefix.rstrip(".") or "body"
@@ -221,7 +296,7 @@ def parse_identity(
     found_id = contact_id
     for key in ("contactId", "id"):
         raw = payload.get(key)
-        if raw is None:
+        if raw is None or absent(raw, key):
             continue
         try:
             body_id = _contact_id(raw, key)
@@ -235,14 +310,16 @@ def parse_identity(
         found_id = body_id
 
     external_id: str | None = None
-    if payload.get("externalCustomerId") is not None:
+    raw_ext = payload.get("externalCustomerId")
+    if raw_ext is not None and not absent(raw_ext, "externalCustomerId"):
         try:
-            external_id = normaliser.external_id(payload["externalCustomerId"])
+            external_id = normaliser.external_id(raw_ext)
         except InvalidIdentifier as exc:
             bad(exc)
 
     channels: list[tuple[IdentifierKind, str]] = []
-    raw_channels = payload.get("channels")
+    stored_only: list[tuple[IdentifierKind, str]] = []
+    raw_channels = as_list(payload.get("channels"))
     if raw_channels is None:
         raw_channels = []
     if isinstance(raw_channels, str) or not isinstance(raw_channels, Sequence):
@@ -263,14 +340,18 @@ def parse_identity(
             allowed = ", ".join(k.value for k in IdentifierKind)
             errors.append({"field": f"{field_prefix}{where}.type", "message": f"must be one of {allowed}"})
             continue
+        if absent(item.get("value"), f"{where}.value"):
+            continue
         try:
             value = normaliser.channel(kind, item.get("value"), f"{where}.value")
         except InvalidIdentifier as exc:
             bad(exc)
             continue
-        if (kind, value) not in channels:
-            channels.append((kind, value))
+        into = stored_only if kind in STORED_ONLY else channels
+        if (kind, value) not in into:
+            into.append((kind, value))
 
     if errors:
         raise ValidationFailed(errors)
-    return Identity(contact_id=found_id, external_id=external_id, channels=tuple(channels))
+    identity = Identity(contact_id=found_id, external_id=external_id, channels=tuple(channels))
+    return IdentityReading(identity, tuple(ignored), tuple(stored_only))

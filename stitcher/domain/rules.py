@@ -8,7 +8,7 @@ rule of SPEC §1/§3 and of the DESIGN merge policy lives here and nowhere else.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -20,13 +20,21 @@ __all__ = [
     "Action",
     "Candidate",
     "Decision",
+    "DedupeOn",
     "EventRoute",
+    "ImportLookup",
+    "ImportRow",
     "Lookup",
     "Mode",
+    "OrderOwner",
+    "RowDecision",
     "choose",
     "decide",
+    "decide_order_owner",
+    "dedupe_keys",
     "event_identity",
     "lookup_kinds",
+    "plan_import",
     "ranked",
     "route_event",
 ]
@@ -43,6 +51,7 @@ class Mode(StrEnum):
     ADD_UPDATE = "add_update"  # POST /api/v1/contact
     UPDATE = "update"  # PUT /api/v1/contact/{id}
     SUBSCRIBE = "subscribe"  # POST /api/v1/contact/subscribe
+    ORDER = "order"  # POST /api/v1/orders: finds the buyer, creates one if none, never changes a contact
 
 
 class Action(StrEnum):
@@ -51,6 +60,7 @@ class Action(StrEnum):
     CREATE = "created"
     UPDATE = "updated"
     RESTORE = "restored"
+    SKIP = "skipped"  # an import row whose person is a deleted contact, without restoreDeleted
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,8 @@ def lookup_kinds(mode: Mode) -> tuple[IdentifierKind, ...]:
     """
     if mode is Mode.UPDATE:
         return ()
+    if mode is Mode.ORDER:  # SPEC §3: an order finds its contact by externalCustomerId > email > phone
+        return (IdentifierKind.EMAIL, IdentifierKind.SMS)
     return LOOKUP_ORDER
 
 
@@ -323,3 +335,169 @@ def route_event(identity: Identity, found: Lookup) -> EventRoute:
     for kind, value in identity.channels:
         return EventRoute(None, hold=Identity(channels=((kind, value),)))
     raise ContactNotFound(identity.contact_id)
+# --- bulk import -----------------------------------------------------------------------------------------
+
+
+class DedupeOn(StrEnum):
+    """What an import row is matched on when it has no external ID of a known contact (``dedupeOn``)."""
+
+    EMAIL = "email"
+    SMS = "sms"
+    EMAIL_OR_SMS = "email_or_sms"
+    EXTERNAL_ID = "externalCustomerId"
+    ID = "id"
+    MOBILEPUSH = "mobilepush"
+    FIELD = "fieldId"
+
+
+_DEDUPE_KINDS: dict[DedupeOn, tuple[IdentifierKind, ...]] = {
+    DedupeOn.EMAIL: (IdentifierKind.EMAIL,),
+    DedupeOn.SMS: (IdentifierKind.SMS,),
+    DedupeOn.EMAIL_OR_SMS: (IdentifierKind.EMAIL, IdentifierKind.SMS),
+    DedupeOn.MOBILEPUSH: (IdentifierKind.MOBILEPUSH,),
+}
+
+
+def dedupe_keys(on: DedupeOn, identity: Identity, field_id: str | None = None,
+                field_value: str | None = None) -> tuple[str, ...]:
+    """The keys a row is matched on, best first, spelt as identity keys are (``email:<v>``, ``id:<n>``;
+    a custom field's value as ``field:<id>:<value>``)."""
+    if on is DedupeOn.ID:
+        return (f"id:{identity.contact_id}",) if identity.contact_id is not None else ()
+    if on is DedupeOn.FIELD:
+        return (f"field:{field_id}:{field_value}",) if field_value is not None else ()
+    return tuple(f"{kind.value}:{value}" for kind in _DEDUPE_KINDS.get(on, ()) for value in identity.values(kind))
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One parsed row: its identity and the keys it is matched on (``dedupe_keys``)."""
+
+    identity: Identity
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImportLookup:
+    """What the store found for a chunk of rows: the holder of each external ID (live or deleted), and for
+    each dedupe key the unmerged contacts holding it, deleted ones included (a row may restore them)."""
+
+    by_external_id: Mapping[str, Candidate] = field(default_factory=dict)
+    by_key: Mapping[str, tuple[Candidate, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowDecision:
+    """What one import row does. ``target`` is an existing contact's id, or ``-n`` for the n-th contact the
+    chunk creates (the store gives it its id). ``action`` None: the row fails, ``reason`` says why; SKIP
+    also names its reason and the deleted contact in ``target``."""
+
+    action: Action | None
+    target: int | None = None
+    set_external_id: str | None = None
+    found_by: str | None = None
+    reason: str | None = None
+
+
+def plan_import(rows: Sequence[ImportRow], found: ImportLookup, *, dedupe_on: DedupeOn,
+                restore_deleted: bool, now: float) -> list[RowDecision]:
+    """Decide every row of a chunk as if the rows were applied one after another (SPEC §3, bulk import).
+
+    The row's own external ID decides first (its holder is updated; a deleted holder restored or skipped);
+    otherwise the dedupe keys, in order: with an external ID, only a contact without one may be matched
+    (the best by ``ranked``), and it gets the ID; if every match holds another ID, a new contact is made.
+    Without an external ID, the best live match (``choose``) is updated. A deleted match is skipped unless
+    ``restore_deleted``. Earlier rows of the chunk are seen by later ones, so two rows naming the same
+    person (the same external ID or dedupe key) land on one contact.
+    """
+    contacts: dict[int, Candidate] = {}
+    by_ext: dict[str, int] = {}
+    by_key: dict[str, list[int]] = {}
+    for c in found.by_external_id.values():
+        contacts[c.id] = c
+        if c.external_id is not None:
+            by_ext[c.external_id] = c.id
+    for key, cands in found.by_key.items():
+        for c in cands:
+            contacts.setdefault(c.id, c)
+        by_key[key] = [c.id for c in cands]
+    decisions: list[RowDecision] = []
+    created = 0
+    for i, row in enumerate(rows):
+        matches = {key: [contacts[cid] for cid in by_key.get(key, ())] for key in row.keys}
+        holder = contacts[by_ext[row.identity.external_id]] if row.identity.external_id in by_ext else None
+        decision = _import_row(row, holder, matches, dedupe_on, restore_deleted)
+        if decision.action is Action.CREATE:
+            created += 1
+            decision = replace(decision, target=-created)
+        decisions.append(decision)
+        if decision.action not in (Action.CREATE, Action.UPDATE, Action.RESTORE):
+            continue
+        assert decision.target is not None
+        # what the row makes of its contact, for the rows after it: its ID, keys, liveness, recency
+        before = contacts.get(decision.target)
+        ext = decision.set_external_id or (before.external_id if before else None)
+        contacts[decision.target] = Candidate(decision.target, ext, False, now + (i + 1) / 1000)
+        if ext is not None:
+            by_ext[ext] = decision.target
+        for key in row.keys:
+            if decision.target not in by_key.setdefault(key, []):
+                by_key[key].append(decision.target)
+    return decisions
+
+
+def _import_row(row: ImportRow, holder: Candidate | None, matches: Mapping[str, list[Candidate]],
+                dedupe_on: DedupeOn, restore_deleted: bool) -> RowDecision:
+    ext = row.identity.external_id
+    if holder is not None:  # the external ID is the stable identity: it wins over every dedupe key
+        return _live_or_restored(holder, None, "externalCustomerId", restore_deleted)
+    if ext is None and not row.keys:
+        return RowDecision(None, reason=f"has neither an externalCustomerId nor a value to dedupe on ({dedupe_on})")
+    deleted: list[tuple[float, int, str, Candidate]] = []
+    for key, cands in matches.items():
+        # with an external ID only an unidentified contact may be matched: another person's is never taken
+        eligible = [c for c in cands if ext is None or c.external_id is None]
+        best = choose(eligible)
+        if best is not None:
+            return RowDecision(Action.UPDATE, best.id, ext, _found_by(key))
+        deleted += [(-c.updated_at, -c.id, key, c) for c in eligible if c.deleted]
+    if deleted:  # no live match: the most recently updated deleted one is restored or skipped
+        *_, key, newest = min(deleted, key=lambda d: d[:2])
+        return _live_or_restored(newest, ext, _found_by(key), restore_deleted)
+    if dedupe_on is DedupeOn.ID and ext is None:
+        return RowDecision(None, reason=f"no contact has the id {row.identity.contact_id}")
+    return RowDecision(Action.CREATE, None, ext)
+
+
+def _live_or_restored(c: Candidate, ext: str | None, found_by: str, restore_deleted: bool) -> RowDecision:
+    if not c.deleted:
+        return RowDecision(Action.UPDATE, c.id, ext, found_by)
+    if restore_deleted:
+        return RowDecision(Action.RESTORE, c.id, ext, found_by)
+    return RowDecision(Action.SKIP, c.id, found_by=found_by,
+                       reason=f"contact {c.id} is deleted (restoreDeleted is false)")
+
+
+def _found_by(key: str) -> str:
+    """The identifier a dedupe key stands for, as the audit log names it (``email``, ``id``, ``field``)."""
+    return key.partition(":")[0]
+@dataclass(frozen=True)
+class OrderOwner:
+    """The contact an order belongs to: ``contact_id``, or a new contact when it is None (holding the order's
+    external ID, if it has one). ``found_by`` names the identifier that decided."""
+
+    contact_id: int | None
+    found_by: str | None = None
+
+
+def decide_order_owner(identity: Identity, found: Lookup) -> OrderOwner:
+    """Which contact an order is about: the add/update decision (``decide``) on the order's external ID,
+    email and phone, read without its writes.
+
+    An order never changes a contact (SPEC §3): the contact the rules pick gets the order but not the
+    order's external ID (an email match without an ID stays without one), nothing is merged into it, and a
+    soft-deleted holder of the external ID gets the order while staying deleted. Only when the rules would
+    create a contact does the order create one.
+    """
+    decision = decide(Mode.ORDER, identity, found)
+    return OrderOwner(decision.target, decision.found_by)

@@ -333,7 +333,7 @@ async def test_wrong_types_in_contact_bodies_are_a_400(client: Any) -> None:
         ({"externalCustomerId": x, "firstName": 1}, "firstName"),
         ({"externalCustomerId": x, "address": []}, "address"),
         ({"externalCustomerId": x, "fields": {"a": 1}}, "fields"),
-        ({"externalCustomerId": x, "channels": {"type": "email"}}, "channels"),
+        ({"externalCustomerId": x, "channels": "email"}, "channels"),  # (a single object is a list of one)
         ({"externalCustomerId": x, "channels": [{"type": "email", "value": 1}]}, "channels[0].value"),
         ({"externalCustomerId": x, "visitorIds": "abc"}, "visitorIds"),
         ({"externalCustomerId": [x]}, "externalCustomerId"),
@@ -348,3 +348,49 @@ async def test_wrong_types_in_contact_bodies_are_a_400(client: Any) -> None:
                         ({"contact": {"externalCustomerId": x}, "formType": 1}, "formType")):
         status, answer = await call(client, "POST", "/api/v1/contact/subscribe", body)
         assert_bad(status, answer, field)
+
+
+async def test_client_shapes_taken_apart_are_a_400_or_ignored_never_a_500(client: Any) -> None:
+    """The shapes read for platform clients (group objects, device objects, single objects, messenger
+    channels) under hostile values: a 400 naming the place or an entry under ``ignored``, nothing stored
+    from a refused body."""
+    x = ext()
+    refused = [
+        ({"externalCustomerId": x, "groups": [{"name": {"a": 1}}]}, "groups[0].name"),
+        ({"externalCustomerId": x, "groups": {"name": "n" * 257}}, "groups[0].name"),
+        ({"externalCustomerId": x, "groups": [f"g{i}" for i in range(101)]}, "groups"),
+        ({"externalCustomerId": x, "groups": [[["nested"]]]}, "groups[0]"),
+        ({"externalCustomerId": x, "channels": {"type": "viber", "value": "v" * 1025}}, "channels[0].value"),
+        ({"externalCustomerId": x, "channels": {"type": "telegram", "value": ["1"]}}, "channels[0].value"),
+        ({"externalCustomerId": x, "channels": {"type": ["email"], "value": "a@b.io"}}, "channels[0].type"),
+        ({"externalCustomerId": x, "channels": [{"type": "mobilepush", "value": "t", "device": {"os": "a\x00"}}]},
+         "channels[0].device.os"),
+        ({"externalCustomerId": x, "channels": [{"type": "mobilepush", "value": "t", "device": DEEP}]},
+         "channels[0].device"),
+    ]
+    for body, field in refused:
+        status, answer = await raw_call(client, "POST", "/api/v1/contact/", dumps(body))
+        assert status == 400 and answer["status"] == 400, answer
+        assert any(e["field"].startswith(field) for e in answer["errors"]), (field, answer)  # deep: the path
+    status, answer = await call(client, "GET", "/api/v1/contacts", params={"externalCustomerId": x})
+    assert status == 200 and answer == []
+    status, answer = await call(client, "POST", "/api/v1/contact/", {"externalCustomerId": x, "channels": [
+        {"type": "telegram", "value": 123456789},
+        {"type": "mobilepush", "value": "tok", "device": [1, 2]},
+        {"type": "webpush", "value": "wp", "device": {"k": "\U0001F600" * 300}}]})
+    assert status == 200, answer
+    assert answer["ignored"] == [
+        {"field": "channels[1].device", "reason": "neither a string nor an object"},
+        {"field": "channels[2].device", "reason": "longer than 256 characters as JSON"}]
+    status, contact = await call(client, "GET", f"/api/v1/contact/{answer['id']}")
+    assert {"type": "telegram", "value": "123456789"} in contact["channels"]
+
+
+async def test_account_and_version_ignore_hostile_query_and_body(client: Any) -> None:
+    """account/info and version read no input: junk in the query or the body changes nothing; without a key
+    they are a 401 whose body carries the status."""
+    for path in ("/api/v1/account/info", "/api/v1/version/"):
+        r = await client.get(path, params={"x": "y" * 5000}, data=b"\x00" * 100, headers=auth())
+        assert r.status == 200, await r.text()
+        r = await client.get(path)
+        assert r.status == 401 and (await r.json())["status"] == 401

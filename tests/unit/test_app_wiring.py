@@ -20,6 +20,15 @@ def test_the_normaliser_gets_the_configured_placeholders_and_region() -> None:
     assert normaliser(Settings()).placeholders == DEFAULT_PLACEHOLDERS
     with pytest.raises(InvalidIdentifier, match="placeholder"):
         normaliser(Settings()).external_id("guest")
+    assert configured.absence(" Nobody ") == "placeholder" and configured.absence("guest") is None
+
+
+def test_account_info_settings_come_from_the_environment() -> None:
+    """ORGANISATION_NAME, USER_EMAIL and ORG_ID configure account/info; unset, the documented defaults."""
+    assert (Settings().organisation_name, Settings().user_email, Settings().org_id) == ("Stitcher", None, 1)
+    env = {"ORGANISATION_NAME": "Shop Ltd", "USER_EMAIL": "ops@shop.example", "ORG_ID": "4242"}
+    settings = Settings.from_env(env)
+    assert (settings.organisation_name, settings.user_email, settings.org_id) == ("Shop Ltd", "ops@shop.example", 4242)
 
 
 def test_the_domain_imports_nothing_from_the_edge_or_the_store() -> None:

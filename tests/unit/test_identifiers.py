@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
-from stitcher.domain.identifiers import DEFAULT_PLACEHOLDERS, IdentifierKind, Identity, Normaliser, parse_identity
+from stitcher.domain.identifiers import (
+    DEFAULT_PLACEHOLDERS,
+    IdentifierKind,
+    Identity,
+    Normaliser,
+    parse_identity,
+    read_identity,
+)
 
 N = Normaliser()
 EMAIL, SMS, MOBILEPUSH, WEBPUSH = (
@@ -338,12 +345,49 @@ def test_parse_missing_or_null_external_id_is_absent(payload: dict[str, Any]) ->
     assert parse_identity(payload, N) == Identity(None, None, ())
 
 
-@pytest.mark.parametrize("value", ["null", "undefined", "", "  ", "Anonymous"])
-def test_parse_present_placeholder_external_id_is_error(value: str) -> None:
-    """A present placeholder or empty externalCustomerId string is a 400 naming the field."""
-    with pytest.raises(ValidationFailed) as info:
-        parse_identity({"externalCustomerId": value}, N)
-    assert fields(info.value) == ["externalCustomerId"]
+@pytest.mark.parametrize(("value", "reason"), [
+    ("null", "placeholder"), ("undefined", "placeholder"), ("", "blank"), ("  ", "blank"),
+    ("Anonymous", "placeholder"), (0, "placeholder"), (-1, "placeholder"),
+])
+def test_parse_blank_or_placeholder_external_id_is_ignored(value: Any, reason: str) -> None:
+    """A blank or placeholder externalCustomerId is absent, and named under ``ignored`` with the reason."""
+    reading = read_identity({"externalCustomerId": value}, N)
+    assert reading.identity == Identity(None, None, ())
+    assert reading.ignored == ({"field": "externalCustomerId", "reason": reason},)
+
+
+@pytest.mark.parametrize(("kind", "value", "reason"), [
+    ("sms", " ", "blank"), ("sms", "", "blank"), ("email", None, "blank"), ("sms", 0, "placeholder"),
+    ("email", "NULL", "placeholder"), ("mobilepush", "undefined", "placeholder"), ("webpush", "[object Object]",
+                                                                                   "placeholder"),
+])
+def test_parse_blank_or_placeholder_channel_value_is_ignored(kind: str, value: Any, reason: str) -> None:
+    """A blank or placeholder channel value never becomes an identifier; the others still count."""
+    payload = {"channels": [{"type": "email", "value": "ann@example.com"}, {"type": kind, "value": value}]}
+    reading = read_identity(payload, N, field_prefix="contact.")
+    assert reading.identity.channels == ((EMAIL, "ann@example.com"),)
+    assert reading.ignored == ({"field": "contact.channels[1].value", "reason": reason},)
+
+
+def test_parse_contact_id_zero_is_ignored() -> None:
+    """``"id": 0`` (a client's default for a new contact) names no contact."""
+    reading = read_identity({"id": 0, "externalCustomerId": "C-1"}, N)
+    assert reading.identity == Identity(None, "C-1", ())
+    assert reading.ignored == ({"field": "id", "reason": "placeholder"},)
+
+
+def test_parse_single_channel_object_is_a_one_element_list() -> None:
+    """``channels`` given as one object is read as a list of that one channel."""
+    assert parse_identity({"channels": {"type": "email", "value": "Ann@x.io"}}, N).channels == ((EMAIL, "ann@x.io"),)
+
+
+def test_parse_viber_and_telegram_are_stored_only() -> None:
+    """viber and telegram channels are kept apart: stored, never among the identity's finding channels."""
+    reading = read_identity({"channels": [{"type": "Viber", "value": " +380671234567 "},
+                                          {"type": "telegram", "value": "123456789"},
+                                          {"type": "email", "value": "a@x.io"}]}, N)
+    assert reading.identity.channels == ((EMAIL, "a@x.io"),)
+    assert reading.stored_only == ((IdentifierKind.VIBER, "+380671234567"), (IdentifierKind.TELEGRAM, "123456789"))
 
 
 def test_parse_collects_every_bad_field() -> None:
@@ -363,13 +407,11 @@ def test_parse_collects_every_bad_field() -> None:
     }
     with pytest.raises(ValidationFailed) as info:
         parse_identity(payload, N)
-    assert sorted(fields(info.value)) == sorted([
+    assert sorted(fields(info.value)) == sorted([  # the placeholders are ignored, not errors
         "contactId",
-        "externalCustomerId",
         "channels[0].value",
         "channels[1].value",
         "channels[2].type",
-        "channels[3].value",
         "channels[5]",
         "channels[6].type",
     ])
@@ -381,15 +423,14 @@ def test_parse_unknown_type_message_lists_allowed_types() -> None:
     with pytest.raises(ValidationFailed) as info:
         parse_identity({"channels": [{"type": "fax", "value": "1"}]}, N)
     assert info.value.errors == [
-        {"field": "channels[0].type", "message": "must be one of email, sms, mobilepush, webpush"},
+        {"field": "channels[0].type", "message": "must be one of email, sms, mobilepush, webpush, viber, telegram"},
     ]
 
 
-def test_parse_missing_channel_value_is_error() -> None:
-    """A channel without a value is an error naming its value field."""
-    with pytest.raises(ValidationFailed) as info:
-        parse_identity({"channels": [{"type": "email"}]}, N)
-    assert info.value.errors == [{"field": "channels[0].value", "message": "is required"}]
+def test_parse_missing_channel_value_is_ignored_as_blank() -> None:
+    """A channel without a value is blank: ignored and named."""
+    assert read_identity({"channels": [{"type": "email"}]}, N).ignored == (
+        {"field": "channels[0].value", "reason": "blank"},)
 
 
 def test_parse_channels_must_be_a_list() -> None:
@@ -410,7 +451,7 @@ def test_parse_contact_id_from_payload(payload: dict[str, Any], expected: int | 
     assert parse_identity(payload, N).contact_id == expected
 
 
-@pytest.mark.parametrize("value", [0, -3, True, 4.2, "x"])
+@pytest.mark.parametrize("value", [-3, True, 4.2, "x"])
 def test_parse_bad_contact_id_is_error(value: Any) -> None:
     """A contactId that is not a positive integer is an error naming it."""
     with pytest.raises(ValidationFailed) as info:
@@ -433,10 +474,10 @@ def test_parse_body_id_disagreeing_with_path_is_error() -> None:
 
 def test_parse_field_prefix_in_errors() -> None:
     """field_prefix is put before each field name (e.g. subscribe's contact object)."""
-    payload = {"externalCustomerId": "null", "channels": [{"type": "email", "value": "x"}]}
+    payload = {"contactId": "x", "channels": [{"type": "email", "value": "x"}]}
     with pytest.raises(ValidationFailed) as info:
         parse_identity(payload, N, field_prefix="contact.")
-    assert fields(info.value) == ["contact.externalCustomerId", "contact.channels[0].value"]
+    assert fields(info.value) == ["contact.contactId", "contact.channels[0].value"]
 
 
 def test_parse_non_object_payload_is_error() -> None:
