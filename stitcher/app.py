@@ -10,11 +10,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stitcher import account, http_errors
-from stitcher.api import CONTACTS, DB, NORMALISER, routes
+from stitcher.api import CONTACTS, routes
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
 from stitcher.events import handlers as events
 from stitcher.events.service import EventService
+from stitcher.http_input import DB, NORMALISER
 from stitcher.imports import handlers as imports
 from stitcher.imports.runner import ImportRunner
 from stitcher.orders.api import ORDERS

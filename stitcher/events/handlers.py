@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from stitcher.api import DB, NORMALISER, read_json
 from stitcher.events.payload import MAX_EVENT_BYTES, parse_event
 from stitcher.events.service import EventService
+from stitcher.http_input import DB, NORMALISER, read_json
 from stitcher.store import held_events
 from tracker.errors import ValidationFailed
 from tracker.http import json_response

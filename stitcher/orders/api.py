@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stitcher.api import DB, NORMALISER, _contact_id, _int_param, _query, _request_id, read_json
+from stitcher.http_input import DB, NORMALISER, int_param, path_contact_id, query, read_json, request_id
 from stitcher.orders.payload import OrdersRejected, parse_orders
 from stitcher.orders.service import OrderService
 from stitcher.store import orders as store
@@ -26,7 +26,7 @@ async def post_orders(request: web.Request) -> web.StreamResponse:
     parsed = parse_orders(await read_json(request, MAX_ORDERS_BYTES, judged=False), request.app[NORMALISER])
     if not parsed.orders:
         raise OrdersRejected(parsed.rejected)
-    landed = await request.app[ORDERS].post(parsed.orders, _request_id(request))
+    landed = await request.app[ORDERS].post(parsed.orders, request_id(request))
     bodies = []
     for result in landed:
         body = result.body()
@@ -40,7 +40,7 @@ async def post_orders(request: web.Request) -> web.StreamResponse:
 
 
 def _before(request: web.Request) -> tuple[int, int] | None:
-    cursor = _query(request).get("after")
+    cursor = query(request).get("after")
     if not cursor:
         return None
     t, _, row = cursor.partition(".")
@@ -52,8 +52,8 @@ def _before(request: web.Request) -> tuple[int, int] | None:
 @routes.get("/api/v1/contact/{contact_id}/orders")
 async def contact_orders(request: web.Request) -> web.StreamResponse:
     """A contact's orders, newest first: ``?limit=`` (≤ 1000) and ``?after=`` the previous page's ``next``."""
-    contact_id = _contact_id(request)
-    limit = _int_param(request, "limit", 100, 1, 1000)
+    contact_id = path_contact_id(request)
+    limit = int_param(request, "limit", 100, 1, 1000)
     before = _before(request)
     async with request.app[DB].reader() as s:
         await live_contact(s, contact_id)

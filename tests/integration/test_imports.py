@@ -378,7 +378,7 @@ async def test_a_chunk_splits_by_lock_keys_in_row_order() -> None:
 async def test_subscribe_waits_for_the_import_chunk_holding_its_email(client: Any, database_url: str,
                                                                       monkeypatch: Any) -> None:
     """A subscribe for an email an import chunk has locked waits for the chunk, then finds its contact."""
-    from stitcher.api import DB
+    from stitcher.http_input import DB
     from stitcher.store import bulk
     from tests.helpers import identity_lock_waiters
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy import event
 
-from stitcher.api import DB
+from stitcher.http_input import DB
 from tests.conftest import auth
 from tests.helpers import call, sql_scalar, timeline_ids
 
