@@ -9,7 +9,7 @@ statements (``stitcher.store.bulk``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +21,11 @@ from stitcher.domain.identifiers import IdentifierKind, Normaliser
 from stitcher.domain.rules import Action, DedupeOn, ImportLookup, ImportRow, RowDecision, dedupe_keys, plan_import
 from stitcher.imports.request import ImportRequest
 from stitcher.payload import parse_contact
-from stitcher.store import bulk, held_events, identity_keys, import_sessions
+from stitcher.store import bulk, held_events, identity_keys, import_sessions, repo
 from stitcher.store.db import Database
 from stitcher.store.repo import now_ms
+
+GROUPS_PER_STATEMENT = 500  # group names per lookup (SQLite binds each; rows may name 100 groups each)
 
 
 class StaleCandidates(Exception):
@@ -107,6 +109,7 @@ class _Target:
     attrs: dict[str, Any] = field(default_factory=dict)
     channels: dict[tuple[IdentifierKind, str], str | None] = field(default_factory=dict)
     keys: set[str] = field(default_factory=set)
+    groups: dict[str, None] = field(default_factory=dict)  # the rows' own group names, in order
     audit: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
 
 
@@ -137,7 +140,10 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, pars
         real = {t: ids.get(t, t) for t in targets}
         await bulk.add_identifiers(db, s, [(real[t], k, v, d) for t, v_ in targets.items()
                                            for (k, v), d in v_.channels.items()], now)
-        await bulk.add_memberships(db, s, [(real[t], g) for t in targets for g in group_ids], None, now)
+        own = await _own_groups(db, s, targets.values())
+        await bulk.add_memberships(db, s, [(real[t], g) for t, v in targets.items()
+                                           for g in dict.fromkeys((*group_ids, *(own[n] for n in v.groups)))],
+                                   None, now)
         await bulk.add_audit(db, s, [(real[t], action, detail) for t, v in targets.items()
                                      for action, detail in v.audit], request_id, now)
         await held_events.attach(db, s, {real[t]: v.keys for t, v in targets.items()})
@@ -171,6 +177,7 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
                 t.audit.append(("assigned_external_id", {
                     "externalCustomerId": ext, "previous": before.external_id if before else None,
                     "foundBy": decision.found_by, "source": "import"}))
+        t.groups.update(dict.fromkeys(command.groups))
         for kind, value, device in command.channels():
             t.channels.setdefault((kind, value), device)
         t.keys.update(identity_keys.of_request(command.identity, ()))
@@ -178,6 +185,18 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
         if (current := t.attrs.get("external_customer_id")) is not None:
             t.keys.add(f"ext:{current}")
     return targets
+
+
+async def _own_groups(db: Database, s: AsyncSession, targets: Iterable[_Target]) -> dict[str, int]:
+    """The ids of the groups the rows name themselves (a contact payload's ``groups``), created when missing
+    in the chunk's transaction; sorted, so that two chunks creating the same groups take their index
+    entries in one order."""
+    names = sorted({name for t in targets for name in t.groups})
+    ids: dict[str, int] = {}
+    for k in range(0, len(names), GROUPS_PER_STATEMENT):
+        part = names[k:k + GROUPS_PER_STATEMENT]
+        ids.update(zip(part, await repo.ensure_groups(db, s, part), strict=True))
+    return ids
 
 
 async def _record(db: Database, s: AsyncSession, import_id: str, parsed: Parsed,

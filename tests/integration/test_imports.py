@@ -134,6 +134,40 @@ async def test_group_names_put_every_row_in_the_groups(client: Any) -> None:
         assert sorted(g["name"] for g in (await contact(client, cid))["groups"]) == ["import", "vip"]
 
 
+async def test_rows_own_groups_join_like_add_update(client: Any, database_url: str) -> None:
+    """A row's own ``groups`` (names, ``{id?, name, type?}`` objects, one object) put its contact in them,
+    created when missing, beside ``groupNames``; a later row of the same person adds its groups; a skipped
+    row joins nothing and a row whose groups are bad fails alone."""
+    await add(client, {**email("old@example.com"), "groups": ["existing"]})
+    gone = await add(client, email("gone-g@example.com"))
+    assert (await call(client, "DELETE", f"/api/v1/contact/{gone}"))[0] == 200
+    report = await run(client, [
+        email("g1@example.com", groups=["existing", "fresh"]),
+        email("g2@example.com", groups=[{"id": 9, "name": "fresh", "type": "static"}, {"name": "objects"}]),
+        email("g3@example.com", groups={"name": "single", "types": ["x"]}),
+        email("g1@example.com", groups=["second-row"]),
+        email("gone-g@example.com", groups=["never"]),
+        email("g4@example.com", groups=[{"name": "x" * 257}]),
+        email("old@example.com", groups=[{"name": " "}, "existing"]),
+    ], groupNames=["all"])
+    assert report["status"] == "FINISHED" and [f["index"] for f in report["failedContacts"]] == [5]
+    assert [s["index"] for s in report["skippedContacts"]] == [4]
+    by_row = {m["index"]: m["contactId"] for m in report["mapping"]}
+
+    async def groups(cid: int) -> list[str]:
+        return sorted(g["name"] for g in (await contact(client, cid))["groups"])
+
+    assert by_row[0] == by_row[3]
+    assert await groups(by_row[0]) == ["all", "existing", "fresh", "second-row"]
+    assert await groups(by_row[1]) == ["all", "fresh", "objects"]
+    assert await groups(by_row[2]) == ["all", "single"]
+    assert await groups(by_row[6]) == ["all", "existing"]
+    assert await sql_scalar(database_url, "SELECT count(*) FROM group_members WHERE contact_id = :c", c=gone) == 0
+    names = ["existing", "fresh", "objects", "single", "second-row", "all", "never"]
+    counts = {n: await sql_scalar(database_url, "SELECT count(*) FROM groups WHERE name = :n", n=n) for n in names}
+    assert counts == {**dict.fromkeys(names[:-1], 1), "never": 0}
+
+
 async def test_deleted_match_skipped_or_restored(client: Any) -> None:
     """A deleted match is skipped (reported) by default and restored with restoreDeleted."""
     gone = await add(client, email("gone@example.com", firstName="Gone"))
