@@ -46,6 +46,7 @@ class Settings:
     org_id: int = 1
     stitch_pause_ms: int = 0  # test hook: pause between claim and insert (crash tests)
     import_chunk_rows: int = 1000  # rows of a bulk import per transaction
+    import_parse_workers: int = 1  # processes parsing import rows beside the service (0: parse in it)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -87,6 +88,7 @@ class Settings:
             ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("HISTORY_CAP", "history_cap"),
             ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
             ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"), ("IMPORT_CHUNK_ROWS", "import_chunk_rows"),
+            ("IMPORT_PARSE_WORKERS", "import_parse_workers"),
         ):
             if env.get(name):
                 kw[attr] = int(env[name])

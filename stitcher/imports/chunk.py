@@ -77,16 +77,22 @@ def _row_keys(command: ContactCommand, row: ImportRow) -> set[str]:
 
 def parse_rows(request: ImportRequest, start: int, end: int, normaliser: Normaliser) -> Parsed:
     """Parse rows ``[start, end)`` with the contact API's own parser; a bad row is kept with its error."""
-    out = Parsed(start, end)
-    for index in range(start, end):
-        raw = request.contacts[index]
+    return parse_slice(request.contacts[start:end], start, request.dedupe_on, request.field_id, normaliser)
+
+
+def parse_slice(contacts: Sequence[Any], start: int, dedupe_on: DedupeOn, field_id: str | None,
+                normaliser: Normaliser) -> Parsed:
+    """``parse_rows`` of the rows given, the first being row ``start``: what a parser process is sent (the
+    chunk's rows, not the whole request)."""
+    out = Parsed(start, start + len(contacts))
+    for index, raw in enumerate(contacts, start):
         try:
             command = parse_contact(raw, normaliser)
-            field_value = _field_value(raw, request.field_id) if request.dedupe_on is DedupeOn.FIELD else None
+            field_value = _field_value(raw, field_id) if dedupe_on is DedupeOn.FIELD else None
         except ValidationFailed as exc:
             out.bad.append((index, exc.message))
             continue
-        keys = dedupe_keys(request.dedupe_on, command.identity, request.field_id, field_value)
+        keys = dedupe_keys(dedupe_on, command.identity, field_id, field_value)
         out.good.append((index, command, ImportRow(command.identity, keys)))
     return out
 

@@ -168,6 +168,33 @@ async def test_rows_own_groups_join_like_add_update(client: Any, database_url: s
     assert counts == {**dict.fromkeys(names[:-1], 1), "never": 0}
 
 
+async def test_rows_parsed_in_a_parser_process_land_alike_and_a_dead_parser_is_replaced(client: Any) -> None:
+    """With a parser process (the service's default), chunks parsed there while the previous chunk's SQL runs
+    land exactly as parsed in the service: bad rows fail alone, duplicates across chunks become one contact,
+    rows' groups apply. A parser process that dies is replaced by parsing in the service."""
+    runner = client.app[IMPORTS]
+    runner.chunk_rows, runner.parse_workers = 40, 1
+    rows: list[Any] = [email(f"pp{i}@example.com", firstName=f"P{i}", groups=[f"pg{i % 3}"]) for i in range(150)]
+    rows[7] = email("not an email")
+    rows[149] = email("pp3@example.com", firstName="Last")
+    try:
+        report = await run(client, rows)
+        assert report["status"] == "FINISHED" and report["processed"] == 150
+        assert [f["index"] for f in report["failedContacts"]] == [7]
+        by_row = {m["index"]: m["contactId"] for m in report["mapping"]}
+        assert len(by_row) == 149 and len(set(by_row.values())) == 148 and by_row[149] == by_row[3]
+        person = await contact(client, by_row[3])
+        assert person["firstName"] == "Last" and [g["name"] for g in person["groups"]] == ["pg0"]
+        assert runner._parser is not None
+        for process in list(runner._parser._processes.values()):
+            process.kill()
+            process.join()
+        again = await run(client, [email("after@example.com"), email("after2@example.com")])
+        assert again["status"] == "FINISHED" and again["created"] == 2 and runner.parse_workers == 0
+    finally:
+        await runner.close()
+
+
 async def test_deleted_match_skipped_or_restored(client: Any) -> None:
     """A deleted match is skipped (reported) by default and restored with restoreDeleted."""
     gone = await add(client, email("gone@example.com", firstName="Gone"))
