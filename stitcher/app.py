@@ -72,7 +72,8 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     app[events.EVENTS] = EventService(db, hold_ms=settings.held_event_ttl_ms)
     app[ORDERS] = OrderService(db)
     app[READY_CHECKS]["sql"] = db.ping
-    importer = ImportRunner(db, app[NORMALISER], chunk_rows=settings.import_chunk_rows)
+    importer = ImportRunner(db, app[NORMALISER], chunk_rows=settings.import_chunk_rows,
+                            parse_workers=settings.import_parse_workers)
     app[imports.IMPORTS] = importer
     importer.start_resuming()
     # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block

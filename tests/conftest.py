@@ -171,9 +171,10 @@ def database_url(migrated_database: str, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(clean_redis: str, database_url: str, tmp_path: Path) -> Settings:
-    """Settings of the whole service on real Redis and real SQL, the worker running."""
+    """Settings of the whole service on real Redis and real SQL, the worker running; imports parse their rows
+    in the service (a parser process costs each test a start: ``test_imports`` runs one on purpose)."""
     return Settings(redis_url=clean_redis, database_url=database_url, api_keys=(API_KEY,), var_dir=tmp_path,
-                    static_dir=Path(os.environ.get("TMP_STATIC", Settings.static_dir)))
+                    static_dir=Path(os.environ.get("TMP_STATIC", Settings.static_dir)), import_parse_workers=0)
 
 
 @pytest.fixture

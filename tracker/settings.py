@@ -47,6 +47,7 @@ class Settings:
     stitch_pause_ms: int = 0  # test hook: pause between claim and insert (crash tests)
     held_event_ttl_days: int = 30  # API events for people not yet known wait this long (and resends are no-ops)
     import_chunk_rows: int = 1000  # rows of a bulk import per transaction
+    import_parse_workers: int = 1  # processes parsing import rows beside the service (0: parse in it)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -93,6 +94,7 @@ class Settings:
             ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
             ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"), ("IMPORT_CHUNK_ROWS", "import_chunk_rows"),
             ("HELD_EVENT_TTL_DAYS", "held_event_ttl_days"),
+            ("IMPORT_PARSE_WORKERS", "import_parse_workers"),
         ):
             if env.get(name):
                 kw[attr] = int(env[name])

@@ -9,7 +9,7 @@ statements (``stitcher.store.bulk``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +21,11 @@ from stitcher.domain.identifiers import IdentifierKind, Normaliser
 from stitcher.domain.rules import Action, DedupeOn, ImportLookup, ImportRow, RowDecision, dedupe_keys, plan_import
 from stitcher.imports.request import ImportRequest
 from stitcher.payload import parse_contact
-from stitcher.store import bulk, held_events, identity_keys, import_sessions
+from stitcher.store import bulk, held_events, identity_keys, import_sessions, repo
 from stitcher.store.db import Database
 from stitcher.store.repo import now_ms
+
+GROUPS_PER_STATEMENT = 500  # group names per lookup (SQLite binds each; rows may name 100 groups each)
 
 
 class StaleCandidates(Exception):
@@ -75,16 +77,22 @@ def _row_keys(command: ContactCommand, row: ImportRow) -> set[str]:
 
 def parse_rows(request: ImportRequest, start: int, end: int, normaliser: Normaliser) -> Parsed:
     """Parse rows ``[start, end)`` with the contact API's own parser; a bad row is kept with its error."""
-    out = Parsed(start, end)
-    for index in range(start, end):
-        raw = request.contacts[index]
+    return parse_slice(request.contacts[start:end], start, request.dedupe_on, request.field_id, normaliser)
+
+
+def parse_slice(contacts: Sequence[Any], start: int, dedupe_on: DedupeOn, field_id: str | None,
+                normaliser: Normaliser) -> Parsed:
+    """``parse_rows`` of the rows given, the first being row ``start``: what a parser process is sent (the
+    chunk's rows, not the whole request)."""
+    out = Parsed(start, start + len(contacts))
+    for index, raw in enumerate(contacts, start):
         try:
             command = parse_contact(raw, normaliser)
-            field_value = _field_value(raw, request.field_id) if request.dedupe_on is DedupeOn.FIELD else None
+            field_value = _field_value(raw, field_id) if dedupe_on is DedupeOn.FIELD else None
         except ValidationFailed as exc:
             out.bad.append((index, exc.message))
             continue
-        keys = dedupe_keys(request.dedupe_on, command.identity, request.field_id, field_value)
+        keys = dedupe_keys(dedupe_on, command.identity, field_id, field_value)
         out.good.append((index, command, ImportRow(command.identity, keys)))
     return out
 
@@ -107,6 +115,7 @@ class _Target:
     attrs: dict[str, Any] = field(default_factory=dict)
     channels: dict[tuple[IdentifierKind, str], str | None] = field(default_factory=dict)
     keys: set[str] = field(default_factory=set)
+    groups: dict[str, None] = field(default_factory=dict)  # the rows' own group names, in order
     audit: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
 
 
@@ -137,7 +146,10 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, pars
         real = {t: ids.get(t, t) for t in targets}
         await bulk.add_identifiers(db, s, [(real[t], k, v, d) for t, v_ in targets.items()
                                            for (k, v), d in v_.channels.items()], now)
-        await bulk.add_memberships(db, s, [(real[t], g) for t in targets for g in group_ids], None, now)
+        own = await _own_groups(db, s, targets.values())
+        await bulk.add_memberships(db, s, [(real[t], g) for t, v in targets.items()
+                                           for g in dict.fromkeys((*group_ids, *(own[n] for n in v.groups)))],
+                                   None, now)
         await bulk.add_audit(db, s, [(real[t], action, detail) for t, v in targets.items()
                                      for action, detail in v.audit], request_id, now)
         await held_events.attach(db, s, {real[t]: v.keys for t, v in targets.items()})
@@ -171,6 +183,7 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
                 t.audit.append(("assigned_external_id", {
                     "externalCustomerId": ext, "previous": before.external_id if before else None,
                     "foundBy": decision.found_by, "source": "import"}))
+        t.groups.update(dict.fromkeys(command.groups))
         for kind, value, device in command.channels():
             t.channels.setdefault((kind, value), device)
         t.keys.update(identity_keys.of_request(command.identity, ()))
@@ -178,6 +191,18 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
         if (current := t.attrs.get("external_customer_id")) is not None:
             t.keys.add(f"ext:{current}")
     return targets
+
+
+async def _own_groups(db: Database, s: AsyncSession, targets: Iterable[_Target]) -> dict[str, int]:
+    """The ids of the groups the rows name themselves (a contact payload's ``groups``), created when missing
+    in the chunk's transaction; sorted, so that two chunks creating the same groups take their index
+    entries in one order."""
+    names = sorted({name for t in targets for name in t.groups})
+    ids: dict[str, int] = {}
+    for k in range(0, len(names), GROUPS_PER_STATEMENT):
+        part = names[k:k + GROUPS_PER_STATEMENT]
+        ids.update(zip(part, await repo.ensure_groups(db, s, part), strict=True))
+    return ids
 
 
 async def _record(db: Database, s: AsyncSession, import_id: str, parsed: Parsed,

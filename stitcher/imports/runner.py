@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import multiprocessing
 import uuid
 from collections.abc import Coroutine
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import structlog
@@ -19,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from stitcher.domain.errors import ImportNotFound
 from stitcher.domain.identifiers import Normaliser
-from stitcher.imports.chunk import StaleCandidates, apply_chunk, parse_rows
+from stitcher.imports.chunk import Parsed, StaleCandidates, apply_chunk, parse_rows, parse_slice
 from stitcher.imports.request import ImportRequest
 from stitcher.store import import_sessions, repo
 from stitcher.store.db import Database
@@ -39,10 +42,12 @@ class ImportRunner:
     """Starts, runs and reports imports; ``start_resuming`` picks up the unfinished ones at start-up."""
 
     def __init__(self, db: Database, normaliser: Normaliser, *, chunk_rows: int = CHUNK_ROWS,
-                 concurrency: int = CONCURRENT_IMPORTS) -> None:
+                 concurrency: int = CONCURRENT_IMPORTS, parse_workers: int = 0) -> None:
         self.db = db
         self.normaliser = normaliser
         self.chunk_rows = max(1, chunk_rows)
+        self.parse_workers = parse_workers
+        self._parser: ProcessPoolExecutor | None = None  # started with the first import that needs it
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -91,6 +96,28 @@ class ImportRunner:
         """Stop the running imports; each stays where its last chunk left it and resumes on the next start."""
         for task in list(self._tasks):
             await stop_task(task)
+        if self._parser is not None:
+            self._parser.shutdown(wait=False, cancel_futures=True)
+            self._parser = None
+
+    async def _parse(self, request: ImportRequest, start: int) -> Parsed:
+        """Rows ``[start, start + chunk_rows)`` parsed — in a parser process when ``parse_workers`` (the
+        parser is most of an import's CPU: there it runs beside this process's SQL work), else here. A
+        parser process that died is replaced by parsing here."""
+        end = min(start + self.chunk_rows, len(request.contacts))
+        if self.parse_workers > 0:
+            if self._parser is None:
+                self._parser = ProcessPoolExecutor(self.parse_workers, multiprocessing.get_context("spawn"))
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._parser, parse_slice, request.contacts[start:end], start, request.dedupe_on,
+                    request.field_id, self.normaliser)
+            except BrokenProcessPool:
+                log.warning("import parser process died; parsing in the service process")
+                self.parse_workers = 0
+        parsed = parse_rows(request, start, end, self.normaliser)
+        await asyncio.sleep(0)  # parsing a chunk is CPU work: let requests in between
+        return parsed
 
     async def _run(self, import_id: str) -> None:
         async with self._slots:
@@ -100,14 +127,17 @@ class ImportRunner:
                 return  # ended meanwhile (another process), or gone with its database
             request = ImportRequest.from_stored(row.request)
             start = row.next_row
+            upcoming: asyncio.Future[Parsed] | None = None
             try:
                 group_ids: list[int] = []
                 if request.group_names:
                     group_ids = await self.db.retry(lambda: self._groups(request.group_names))
-                while start < row.total:
-                    end = min(start + self.chunk_rows, row.total)
-                    parsed = parse_rows(request, start, end, self.normaliser)
-                    await asyncio.sleep(0)  # parsing a chunk is CPU work: let requests in between
+                # chunk N+1 is parsed while chunk N's SQL runs
+                upcoming = asyncio.ensure_future(self._parse(request, start)) if start < row.total else None
+                while upcoming is not None:
+                    parsed = await upcoming
+                    upcoming = (asyncio.ensure_future(self._parse(request, parsed.end))
+                                if parsed.end < row.total else None)
                     for part in parsed.split(MAX_CHUNK_KEYS):
                         await self.db.retry(functools.partial(
                             apply_chunk, self.db, import_id, request, part, group_ids, row.request_id),
@@ -115,8 +145,12 @@ class ImportRunner:
                         start = part.end
                 await self._end(import_id, "FINISHED", f"{row.total} rows processed")
             except asyncio.CancelledError:
+                if upcoming is not None:
+                    upcoming.cancel()
                 raise
             except Exception as exc:
+                if upcoming is not None:
+                    upcoming.cancel()
                 log.exception("import failed", import_id=import_id)
                 applied = f"rows 0-{start - 1} applied (see mapping)" if start else "no row applied"
                 await self._end(import_id, "ERROR", f"{applied}; rows {start}-{row.total - 1} not applied: "

@@ -134,6 +134,67 @@ async def test_group_names_put_every_row_in_the_groups(client: Any) -> None:
         assert sorted(g["name"] for g in (await contact(client, cid))["groups"]) == ["import", "vip"]
 
 
+async def test_rows_own_groups_join_like_add_update(client: Any, database_url: str) -> None:
+    """A row's own ``groups`` (names, ``{id?, name, type?}`` objects, one object) put its contact in them,
+    created when missing, beside ``groupNames``; a later row of the same person adds its groups; a skipped
+    row joins nothing and a row whose groups are bad fails alone."""
+    await add(client, {**email("old@example.com"), "groups": ["existing"]})
+    gone = await add(client, email("gone-g@example.com"))
+    assert (await call(client, "DELETE", f"/api/v1/contact/{gone}"))[0] == 200
+    report = await run(client, [
+        email("g1@example.com", groups=["existing", "fresh"]),
+        email("g2@example.com", groups=[{"id": 9, "name": "fresh", "type": "static"}, {"name": "objects"}]),
+        email("g3@example.com", groups={"name": "single", "types": ["x"]}),
+        email("g1@example.com", groups=["second-row"]),
+        email("gone-g@example.com", groups=["never"]),
+        email("g4@example.com", groups=[{"name": "x" * 257}]),
+        email("old@example.com", groups=[{"name": " "}, "existing"]),
+    ], groupNames=["all"])
+    assert report["status"] == "FINISHED" and [f["index"] for f in report["failedContacts"]] == [5]
+    assert [s["index"] for s in report["skippedContacts"]] == [4]
+    by_row = {m["index"]: m["contactId"] for m in report["mapping"]}
+
+    async def groups(cid: int) -> list[str]:
+        return sorted(g["name"] for g in (await contact(client, cid))["groups"])
+
+    assert by_row[0] == by_row[3]
+    assert await groups(by_row[0]) == ["all", "existing", "fresh", "second-row"]
+    assert await groups(by_row[1]) == ["all", "fresh", "objects"]
+    assert await groups(by_row[2]) == ["all", "single"]
+    assert await groups(by_row[6]) == ["all", "existing"]
+    assert await sql_scalar(database_url, "SELECT count(*) FROM group_members WHERE contact_id = :c", c=gone) == 0
+    names = ["existing", "fresh", "objects", "single", "second-row", "all", "never"]
+    counts = {n: await sql_scalar(database_url, "SELECT count(*) FROM groups WHERE name = :n", n=n) for n in names}
+    assert counts == {**dict.fromkeys(names[:-1], 1), "never": 0}
+
+
+async def test_rows_parsed_in_a_parser_process_land_alike_and_a_dead_parser_is_replaced(client: Any) -> None:
+    """With a parser process (the service's default), chunks parsed there while the previous chunk's SQL runs
+    land exactly as parsed in the service: bad rows fail alone, duplicates across chunks become one contact,
+    rows' groups apply. A parser process that dies is replaced by parsing in the service."""
+    runner = client.app[IMPORTS]
+    runner.chunk_rows, runner.parse_workers = 40, 1
+    rows: list[Any] = [email(f"pp{i}@example.com", firstName=f"P{i}", groups=[f"pg{i % 3}"]) for i in range(150)]
+    rows[7] = email("not an email")
+    rows[149] = email("pp3@example.com", firstName="Last")
+    try:
+        report = await run(client, rows)
+        assert report["status"] == "FINISHED" and report["processed"] == 150
+        assert [f["index"] for f in report["failedContacts"]] == [7]
+        by_row = {m["index"]: m["contactId"] for m in report["mapping"]}
+        assert len(by_row) == 149 and len(set(by_row.values())) == 148 and by_row[149] == by_row[3]
+        person = await contact(client, by_row[3])
+        assert person["firstName"] == "Last" and [g["name"] for g in person["groups"]] == ["pg0"]
+        assert runner._parser is not None
+        for process in list(runner._parser._processes.values()):
+            process.kill()
+            process.join()
+        again = await run(client, [email("after@example.com"), email("after2@example.com")])
+        assert again["status"] == "FINISHED" and again["created"] == 2 and runner.parse_workers == 0
+    finally:
+        await runner.close()
+
+
 async def test_deleted_match_skipped_or_restored(client: Any) -> None:
     """A deleted match is skipped (reported) by default and restored with restoreDeleted."""
     gone = await add(client, email("gone@example.com", firstName="Gone"))
