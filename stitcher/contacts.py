@@ -133,8 +133,7 @@ class ContactService:
             losers_visitors = [v for loser in decision.merge for v in await repo.visitors_of(s, loser)]
             identity_keys.require(locked, {identity_keys.visitor(v) for v in losers_visitors})
             rows = await _recheck(s, decision, found)
-            cid, external_id = await self._target(s, decision, command, rows, request_id)
-            await repo.add_identifiers(self.db, s, cid, command.channels())
+            cid, external_id = await self._target(s, decision, found, command, rows, request_id)
             to_stitch: list[tuple[str, int]] = []
             for loser in decision.merge:
                 # under the row lock now: a visitor linked to the loser meanwhile needs its key too
@@ -159,14 +158,14 @@ class ContactService:
             outcome = Outcome(cid, status, external_id, list(decision.merge), list(command.visitor_ids))
         return outcome, list(dict.fromkeys(to_stitch))
 
-    async def _target(self, s: Any, decision: Decision, command: ContactCommand,
+    async def _target(self, s: Any, decision: Decision, found: Lookup, command: ContactCommand,
                       rows: dict[int, contact_rows.Locked], request_id: str | None) -> tuple[int, str | None]:
-        """Create or update the decision's contact (``rows``: the contacts locked for it); returns its id and
-        external ID."""
+        """Create or update the decision's contact (``rows``: the contacts locked for it) and give it the
+        request's channels; returns its id and external ID."""
         now = repo.now_ms()
         if decision.action is Action.CREATE:
-            cid = await contact_rows.insert_contact(s, decision.set_external_id, command.profile, now)
-            repo.audit(s, cid, "created", request_id, externalCustomerId=decision.set_external_id)
+            cid = await contact_rows.create(self.db, s, decision.set_external_id, command.profile,
+                                            command.channels(), now, request_id)
             return cid, decision.set_external_id
         assert decision.target is not None
         cid, external_id = decision.target, rows[decision.target].external_id
@@ -179,6 +178,9 @@ class ContactService:
                        previous=external_id, foundBy=decision.found_by)
             changes["external_customer_id"] = external_id = decision.set_external_id
         await contact_rows.update_contact(s, cid, changes, now)
+        # the channels the lookup found on the target stay as they are (their keys are locked): no insert
+        held = {pair for pair, holders in found.by_channel.items() if any(c.id == cid for c in holders)}
+        await repo.add_identifiers(self.db, s, cid, [c for c in command.channels() if c[:2] not in held])
         return cid, external_id
 
     async def _link_visitors(self, s: Any, cid: int, visitor_ids: Sequence[str],

@@ -10,15 +10,32 @@ identifiers; the audit rows go in one insert at commit (``repo.audit``). Table a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, String, Table, bindparam, insert, literal_column, null, select, union_all, update
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    String,
+    Table,
+    any_,
+    bindparam,
+    insert,
+    literal_column,
+    null,
+    select,
+    text,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
+from stitcher.store import audit, repo
+from stitcher.store.db import Database
 from stitcher.store.models import Contact, Identifier, VisitorLink
 
 CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
@@ -31,24 +48,76 @@ _C, _I, _L = CONTACTS.c, IDENTIFIERS.c, LINKS.c
 _ROW = (_C.id, _C.external_customer_id, _C.deleted_at, _C.updated_at, _C.merged_into_id)
 # how a lookup row was found: 0 by contact id, 1 by external ID, 2 by a channel (kind, value)
 _BY_ID, _BY_EXT, _BY_CHANNEL = 0, 1, 2
-_LOOKUP = union_all(
-    select(literal_column(str(_BY_ID)).label("via"), null().cast(String).label("kind"),
-           null().cast(String).label("value"), *_ROW)
-    .where(_C.id == bindparam("cid", type_=BigInteger)),
-    select(literal_column(str(_BY_EXT)), null().cast(String), null().cast(String), *_ROW)
-    .where(_C.external_customer_id == bindparam("ext", type_=String)),
-    # both halves of the (kind, value) index; pairs of another kind's value are dropped when read
-    select(literal_column(str(_BY_CHANNEL)), _I.kind, _I.value, *_ROW)
-    .join_from(IDENTIFIERS, CONTACTS, _C.id == _I.contact_id)
-    .where(_I.kind.in_(bindparam("kinds", expanding=True)), _I.value.in_(bindparam("values", expanding=True)),
-           _C.deleted_at.is_(None), _C.merged_into_id.is_(None)),
-)
-_LOCK = (select(_C.id, _C.external_customer_id, _C.deleted_at, _C.merged_into_id)
-         .where(_C.id.in_(bindparam("ids", expanding=True))).order_by(_C.id).with_for_update())
+
+
+def _pg_one_of(column: Any, name: str) -> Any:
+    """``column = ANY(:name)``, the list bound as one array: the SQL text never changes with its length."""
+    return column == any_(bindparam(name, type_=ARRAY(column.type)))
+
+
+def _one_of(column: Any, name: str) -> Any:
+    """``column IN (…)``, expanded at each execution (SQLite has no arrays)."""
+    return column.in_(bindparam(name, expanding=True))
+
+
+@dataclass(frozen=True)
+class _Statements:
+    lookup: Any
+    lock: Any
+    open_links: Any
+
+
+def _statements(one_of: Callable[[Any, str], Any]) -> _Statements:
+    return _Statements(
+        lookup=union_all(
+            select(literal_column(str(_BY_ID)).label("via"), null().cast(String).label("kind"),
+                   null().cast(String).label("value"), *_ROW)
+            .where(_C.id == bindparam("cid", type_=BigInteger)),
+            select(literal_column(str(_BY_EXT)), null().cast(String), null().cast(String), *_ROW)
+            .where(_C.external_customer_id == bindparam("ext", type_=String)),
+            # both halves of the (kind, value) index; pairs of another kind's value are dropped when read
+            select(literal_column(str(_BY_CHANNEL)), _I.kind, _I.value, *_ROW)
+            .join_from(IDENTIFIERS, CONTACTS, _C.id == _I.contact_id)
+            .where(one_of(_I.kind, "kinds"), one_of(_I.value, "values"),
+                   _C.deleted_at.is_(None), _C.merged_into_id.is_(None)),
+        ),
+        lock=(select(_C.id, _C.external_customer_id, _C.deleted_at, _C.merged_into_id)
+              .where(one_of(_C.id, "ids")).order_by(_C.id).with_for_update()),
+        open_links=(select(_L.id, _L.visitor_id, _L.contact_id, _L.stitched_at)
+                    .where(one_of(_L.visitor_id, "vids"), _L.unlinked_at.is_(None))),
+    )
+
+
+_PG, _OTHER = _statements(_pg_one_of), _statements(_one_of)
+
+
+def _for(session: AsyncSession) -> _Statements:
+    return _PG if session.get_bind().dialect.name == "postgresql" else _OTHER
+
+
 _INSERT_CONTACT = insert(CONTACTS).returning(_C.id)
+_PG_TEXT_COLUMNS, _PG_JSON_COLUMNS = ("first_name", "last_name", "language_code"), ("address", "fields")
+# PostgreSQL: the contact, its identifiers and its "created" audit row in one statement (the CTE's
+# INSERT … RETURNING feeds the other two)
+_PG_CREATE = text("""
+    WITH c AS (
+        INSERT INTO contacts (external_customer_id, first_name, last_name, language_code, address, fields,
+                              created_at, updated_at)
+        VALUES (:ext, :first_name, :last_name, :language_code, CAST(:address AS jsonb), CAST(:fields AS jsonb),
+                :now, :now)
+        RETURNING id
+    ), i AS (
+        INSERT INTO identifiers (contact_id, kind, value, device, created_at)
+        SELECT c.id, u.k, u.v, u.d, :now
+        FROM c, unnest(CAST(:kinds AS text[]), CAST(:values AS text[]), CAST(:devices AS text[])) AS u(k, v, d)
+        ON CONFLICT (contact_id, kind, value) DO NOTHING
+    ), a AS (
+        INSERT INTO identity_log (contact_id, action, detail, at, request_id)
+        SELECT c.id, 'created', CAST(:detail AS jsonb), :now, :request_id FROM c
+    )
+    SELECT id FROM c
+""")
 _UPDATE_CONTACT = update(CONTACTS).where(_C.id == bindparam("target_id"))
-_OPEN_LINKS = (select(_L.id, _L.visitor_id, _L.contact_id, _L.stitched_at)
-               .where(_L.visitor_id.in_(bindparam("vids", expanding=True)), _L.unlinked_at.is_(None)))
 _UNLINK = update(LINKS).where(_L.id == bindparam("link_id")).values(unlinked_at=bindparam("at"))
 _LINK = insert(LINKS)
 
@@ -81,7 +150,7 @@ async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[Iden
     """Every contact the request's identifiers point at, in one query (merged contacts never, deleted ones
     only by contact id or external ID)."""
     wanted = [(k, v) for k, v in identity.channels if k in kinds]
-    rows = await session.execute(_LOOKUP, {
+    rows = await session.execute(_for(session).lookup, {
         "cid": identity.contact_id, "ext": identity.external_id,
         "kinds": sorted({k.value for k, _ in wanted}), "values": sorted({v for _, v in wanted})})
     by_contact_id = by_external_id = None
@@ -100,7 +169,7 @@ async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[Iden
 async def lock(session: AsyncSession, ids: Sequence[int]) -> dict[int, Locked]:
     """``SELECT … FOR UPDATE`` of these contacts, in one statement ordered by id (the lock order's step 2);
     erased ones are missing from the answer."""
-    rows = await session.execute(_LOCK, {"ids": list(ids)})
+    rows = await session.execute(_for(session).lock, {"ids": list(ids)})
     return {r.id: Locked(r.id, r.external_customer_id, r.deleted_at is not None, r.merged_into_id is not None)
             for r in rows}
 
@@ -109,11 +178,25 @@ def _columns(profile: Mapping[str, Any]) -> dict[str, Any]:
     return {_COLUMN.get(attr, attr): value for attr, value in profile.items()}
 
 
-async def insert_contact(session: AsyncSession, external_id: str | None, profile: Mapping[str, Any],
-                         now: int) -> int:
-    """A new contact; returns its id."""
-    values = {**_columns(profile), "external_customer_id": external_id, "created_at": now, "updated_at": now}
-    return int((await session.execute(_INSERT_CONTACT, values)).scalar_one())
+async def create(db: Database, session: AsyncSession, external_id: str | None, profile: Mapping[str, Any],
+                 channels: Sequence[tuple[IdentifierKind, str, str | None]], now: int,
+                 request_id: str | None) -> int:
+    """A new contact with its channels and its "created" audit row; returns its id. One statement on
+    PostgreSQL; elsewhere two, the audit row going with the transaction's others (``audit.record``)."""
+    detail = {"externalCustomerId": external_id}
+    if db.dialect != "postgresql":
+        values = {**_columns(profile), "external_customer_id": external_id, "created_at": now, "updated_at": now}
+        cid = int((await session.execute(_INSERT_CONTACT, values)).scalar_one())
+        await repo.add_identifiers(db, session, cid, channels)
+        audit.record(session, cid, "created", request_id, **detail)
+        return cid
+    columns = _columns(profile)
+    params = {c: columns.get(c) for c in _PG_TEXT_COLUMNS}
+    params.update({c: None if columns.get(c) is None else orjson.dumps(columns[c]).decode() for c in _PG_JSON_COLUMNS})
+    params.update(ext=external_id, now=now, detail=orjson.dumps(detail).decode(), request_id=request_id,
+                  kinds=[k.value for k, _, _ in channels], values=[v for _, v, _ in channels],
+                  devices=[d for _, _, d in channels])
+    return int((await session.execute(_PG_CREATE, params)).scalar_one())
 
 
 async def update_contact(session: AsyncSession, contact_id: int, changes: Mapping[str, Any], now: int) -> None:
@@ -125,7 +208,7 @@ async def open_links(session: AsyncSession, visitor_ids: Sequence[str]) -> dict[
     """The open link of each of these visitors that has one."""
     if not visitor_ids:
         return {}
-    rows = await session.execute(_OPEN_LINKS, {"vids": list(visitor_ids)})
+    rows = await session.execute(_for(session).open_links, {"vids": list(visitor_ids)})
     return {r.visitor_id: OpenLink(r.id, r.visitor_id, r.contact_id, r.stitched_at is not None) for r in rows}
 
 
