@@ -18,16 +18,18 @@ an existing database instead, whose tables are truncated), with a private redis-
 3. Add/update throughput: ``POST /api/v1/contact`` for ``CONTACTS`` new contacts (unique external IDs,
    email and phone), ``CONCURRENCY`` requests in flight, then the same contacts again (updates); requests/s.
    Each phase stops after ``THROUGHPUT_SECONDS``. Target on PostgreSQL (issue 9): >= 1,000 requests/s and
-   <= 1 ms of service CPU per call, reported as ratios to the target. The whole run stays within ``TIME_BUDGET_S``: a part that
-   would pass it is skipped and reported (and the run then fails). The machine's other load is reported too.
+   <= 1 ms of service CPU per call, reported as ratios to the target. The whole run stays within
+   ``TIME_BUDGET_S``: a part that would pass it is skipped and reported (and the run then fails). The
+   machine's other load is reported too.
 
 The service is the real ``stitcher serve`` in its own process (uvloop, JSON request logs to a file, worker
 off), so the HTTP client does not share its core; ``BENCH_STITCH_INPROCESS=1`` runs ``stitcher.app`` in this
 process instead (aiohttp ``TestServer``), which is also the fallback when ``stitcher serve`` does not start.
-``BENCH_PROFILE=1`` adds, per backend, a cProfile (CPU time) of in-process 10,000-event subscribes and prints
-where their time goes. Besides wall times, every measurement records the CPU each process used (this one,
-the service, redis-server, the run's PostgreSQL backends): those figures hardly move with other load on the
-machine, the wall times do. Everything runs on 127.0.0.1 and is stopped on exit, error or Ctrl-C.
+``BENCH_PROFILE=1`` adds, per backend, a cProfile (CPU time) of in-process 10,000-event subscribes and of
+in-process add/updates, and prints where their time goes (for add/updates also by package). Besides wall
+times, every measurement records the CPU each process used (this one, the service, redis-server, the run's
+PostgreSQL backends): those figures hardly move with other load on the machine, the wall times do.
+Everything runs on 127.0.0.1 and is stopped on exit, error or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -658,6 +660,44 @@ async def profile_stitch(db_url: str, redis_url: str, tmp: Path, n: int = SIZES[
     return {"runs": len(seconds), "p50_ms": _ms(statistics.median(seconds)), "report": text.getvalue()}
 
 
+def _by_package(stats: pstats.Stats) -> list[tuple[str, float]]:
+    """Own CPU time summed per installed package (or per project module, or per builtin), biggest first."""
+    parts: Counter[str] = Counter()
+    for (filename, _line, name), (_cc, _nc, own, _cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if "site-packages/" in filename:
+            key = filename.split("site-packages/")[1].split("/")[0]
+        elif "/stitcher/" in filename or "/tracker/" in filename:
+            key = filename.rsplit("/", 2)[-2] + "/" + filename.rsplit("/", 1)[-1]
+        else:
+            key = "python: " + (filename.rsplit("/", 1)[-1] if filename.startswith("/") else name)
+        parts[key] += own
+    total = sum(parts.values()) or 1.0
+    return [(k, round(v / total, 3)) for k, v in parts.most_common(20)]
+
+
+async def profile_add_update(db_url: str, redis_url: str, tmp: Path, n: int = 200) -> dict[str, Any]:
+    """``n`` in-process add/updates of new contacts, ``CONCURRENCY`` in flight, under cProfile (the HTTP
+    client shares the process): CPU by package and the top functions."""
+    async with inprocess_service(db_url, redis_url, tmp) as base_url:
+        b = Bench(base_url, db_url, redis_url, {})
+        try:
+            bodies = _contact_bodies(uuid.uuid4().hex[:8], update=False)[:n]
+            await b.add_update(bodies[:CONCURRENCY], THROUGHPUT_SECONDS)  # warm-up
+            prof = cProfile.Profile(time.process_time)
+            prof.enable()
+            result = await b.add_update(bodies[CONCURRENCY:], THROUGHPUT_SECONDS)
+            prof.disable()
+        finally:
+            await b.close()
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    parts = _by_package(stats)
+    text.write("  CPU by package (own time, client included):\n")
+    text.writelines(f"    {share:6.1%}  {name}\n" for name, share in parts)
+    stats.sort_stats("tottime").print_stats(25)
+    return {"requests": result["requests"], "by_package": parts, "report": text.getvalue()}
+
+
 # --- the whole benchmark -------------------------------------------------------------------------------
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -733,6 +773,10 @@ def _run_backend(backend: str, children: Children, tmp: Path, redis: Child, redi
         prof = _run(lambda: profile_stitch(db_url, redis_url, tmp))
         result["profile"] = {k: v for k, v in prof.items() if k != "report"}
         result["profile"]["top"] = prof["report"].splitlines()[:120]
+        _say(prof["report"])
+        _say("      profiling in-process add/updates of new contacts with cProfile (not part of the figures) ...")
+        prof = _run(lambda: profile_add_update(db_url, redis_url, tmp))
+        result["profile_add_update"] = {k: v for k, v in prof.items() if k != "report"}
         _say(prof["report"])
     return result
 
