@@ -182,17 +182,19 @@ async def create(db: Database, session: AsyncSession, external_id: str | None, p
                  channels: Sequence[tuple[IdentifierKind, str, str | None]], now: int,
                  request_id: str | None) -> int:
     """A new contact with its channels and its "created" audit row; returns its id. One statement on
-    PostgreSQL; elsewhere two, the audit row going with the transaction's others (``audit.record``)."""
+    PostgreSQL; elsewhere (or for a profile column that statement does not name) two, the audit row going
+    with the transaction's others (``audit.record``)."""
     detail = {"externalCustomerId": external_id}
-    if db.dialect != "postgresql":
-        values = {**_columns(profile), "external_customer_id": external_id, "created_at": now, "updated_at": now}
+    columns = _columns(profile)
+    if db.dialect != "postgresql" or not columns.keys() <= {*_PG_TEXT_COLUMNS, *_PG_JSON_COLUMNS}:
+        values = {**columns, "external_customer_id": external_id, "created_at": now, "updated_at": now}
         cid = int((await session.execute(_INSERT_CONTACT, values)).scalar_one())
         await repo.add_identifiers(db, session, cid, channels)
         audit.record(session, cid, "created", request_id, **detail)
         return cid
-    columns = _columns(profile)
     params = {c: columns.get(c) for c in _PG_TEXT_COLUMNS}
-    params.update({c: None if columns.get(c) is None else orjson.dumps(columns[c]).decode() for c in _PG_JSON_COLUMNS})
+    # as the Core insert does: a JSON column given as None holds JSON null, one not given SQL NULL
+    params.update({c: orjson.dumps(columns[c]).decode() if c in columns else None for c in _PG_JSON_COLUMNS})
     params.update(ext=external_id, now=now, detail=orjson.dumps(detail).decode(), request_id=request_id,
                   kinds=[k.value for k, _, _ in channels], values=[v for _, v, _ in channels],
                   devices=[d for _, _, d in channels])
