@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -19,11 +20,13 @@ from sqlalchemy import (
     BigInteger,
     String,
     Table,
+    and_,
     any_,
     bindparam,
     insert,
     literal_column,
     null,
+    or_,
     select,
     text,
     union_all,
@@ -62,30 +65,39 @@ def _one_of(column: Any, name: str) -> Any:
 
 @dataclass(frozen=True)
 class _Statements:
-    lookup: Any
     lock: Any
     open_links: Any
 
 
 def _statements(one_of: Callable[[Any, str], Any]) -> _Statements:
     return _Statements(
-        lookup=union_all(
-            select(literal_column(str(_BY_ID)).label("via"), null().cast(String).label("kind"),
-                   null().cast(String).label("value"), *_ROW)
-            .where(_C.id == bindparam("cid", type_=BigInteger)),
-            select(literal_column(str(_BY_EXT)), null().cast(String), null().cast(String), *_ROW)
-            .where(_C.external_customer_id == bindparam("ext", type_=String)),
-            # both halves of the (kind, value) index; pairs of another kind's value are dropped when read
-            select(literal_column(str(_BY_CHANNEL)), _I.kind, _I.value, *_ROW)
-            .join_from(IDENTIFIERS, CONTACTS, _C.id == _I.contact_id)
-            .where(one_of(_I.kind, "kinds"), one_of(_I.value, "values"),
-                   _C.deleted_at.is_(None), _C.merged_into_id.is_(None)),
-        ),
         lock=(select(_C.id, _C.external_customer_id, _C.deleted_at, _C.merged_into_id)
               .where(one_of(_C.id, "ids")).order_by(_C.id).with_for_update()),
         open_links=(select(_L.id, _L.visitor_id, _L.contact_id, _L.stitched_at)
                     .where(one_of(_L.visitor_id, "vids"), _L.unlinked_at.is_(None))),
     )
+
+
+@lru_cache(maxsize=32)
+def _lookup(pairs: int) -> Any:
+    """The lookup for a request with ``pairs`` channels: one ``(kind = :kN AND value = :vN)`` per channel, so
+    each is a probe of the (kind, value) index whatever plan the database keeps for the statement (two
+    ``= ANY`` arrays let PostgreSQL's generic plan scan every identifier of the kind)."""
+    parts = [
+        select(literal_column(str(_BY_ID)).label("via"), null().cast(String).label("kind"),
+               null().cast(String).label("value"), *_ROW)
+        .where(_C.id == bindparam("cid", type_=BigInteger)),
+        select(literal_column(str(_BY_EXT)), null().cast(String), null().cast(String), *_ROW)
+        .where(_C.external_customer_id == bindparam("ext", type_=String)),
+    ]
+    if pairs:
+        parts.append(
+            select(literal_column(str(_BY_CHANNEL)), _I.kind, _I.value, *_ROW)
+            .join_from(IDENTIFIERS, CONTACTS, _C.id == _I.contact_id)
+            .where(or_(*[and_(_I.kind == bindparam(f"k{i}", type_=String), _I.value == bindparam(f"v{i}", type_=String))
+                         for i in range(pairs)]),
+                   _C.deleted_at.is_(None), _C.merged_into_id.is_(None)))
+    return union_all(*parts)
 
 
 _PG, _OTHER = _statements(_pg_one_of), _statements(_one_of)
@@ -149,10 +161,11 @@ def _candidate(row: Any) -> Candidate:
 async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[IdentifierKind]) -> Lookup:
     """Every contact the request's identifiers point at, in one query (merged contacts never, deleted ones
     only by contact id or external ID)."""
-    wanted = [(k, v) for k, v in identity.channels if k in kinds]
-    rows = await session.execute(_for(session).lookup, {
-        "cid": identity.contact_id, "ext": identity.external_id,
-        "kinds": sorted({k.value for k, _ in wanted}), "values": sorted({v for _, v in wanted})})
+    wanted = list(dict.fromkeys((k, v) for k, v in identity.channels if k in kinds))
+    params: dict[str, Any] = {"cid": identity.contact_id, "ext": identity.external_id}
+    for i, (kind, value) in enumerate(wanted):
+        params[f"k{i}"], params[f"v{i}"] = kind.value, value
+    rows = await session.execute(_lookup(len(wanted)), params)
     by_contact_id = by_external_id = None
     by_channel: dict[tuple[IdentifierKind, str], list[Candidate]] = {pair: [] for pair in wanted}
     for row in rows:
@@ -161,8 +174,8 @@ async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[Iden
                 by_contact_id = _candidate(row)
         elif row.via == _BY_EXT:
             by_external_id = _candidate(row)
-        elif (found := by_channel.get((IdentifierKind(row.kind), row.value))) is not None:
-            found.append(_candidate(row))
+        else:
+            by_channel[(IdentifierKind(row.kind), row.value)].append(_candidate(row))
     return Lookup(by_contact_id, by_external_id, {k: tuple(v) for k, v in by_channel.items()})
 
 
