@@ -18,7 +18,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("tracker", "stitch")  # run in this order; bench.<name> must define main() -> dict
+# run in this order; bench.<name> must define main() -> dict
+BENCHMARKS = ("tracker", "stitch", "imports", "orders", "events")
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
 
 

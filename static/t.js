@@ -24,7 +24,7 @@ answers for it, so a reload or a later visit resends what an outage kept back. O
 Web Lock, else a lease in localStorage), whatever every tab queued. The visitor id is made (UUID) by the
 first tab that sends and shared by all; the collector keeps its cookie's id first and echoes it back.
 Every event has a UUID and the collector stores an id once, so a resend is harmless. Batches leave ~1 s
-after the first event, at once when 10 wait, and by sendBeacon (without it, a keepalive fetch) when the page
+after the oldest queued event (a backlog already waiting goes at once), at once when 10 wait, and by sendBeacon (without it, a keepalive fetch) when the page
 is hidden or unloaded. 5xx,
 429, network errors and timeouts (5 s) are retried with exponential backoff and jitter, never sooner than
 Retry-After (seconds or HTTP date; kept in localStorage, so it holds across navigations and tabs); any
@@ -40,12 +40,17 @@ other 4xx drops the batch for good.
   const EP = cs && cs.getAttribute('data-endpoint') || (cs.src ? new URL(cs.src).origin : '') + '/t';
   const CR = cs && cs.hasAttribute('data-consent-required');
   const now = Date.now;
-  // JSON that a page's Array.prototype.toJSON (Prototype.js) cannot turn into strings
+  // the JSON of load time: a page that replaces JSON later (a late polyfill) does not reach the script
+  const { stringify: JS, parse: JP } = JSON;
+  // JSON that a toJSON on Array.prototype (Prototype.js 1.6) or Object.prototype cannot turn into strings:
+  // set aside while it serialises and put back (a primitive's toJSON is never called)
+  const P = [Object, Array].map(c => c.prototype);
   const J = (...a) => {
-    const A = Array.prototype, t = A.toJSON;
-    if (t) delete A.toJSON;
-    try { return JSON.stringify(...a) } finally { if (t) A.toJSON = t }
+    const t = P.filter(p => p.hasOwnProperty('toJSON')).map(p => [p, p.toJSON, Reflect.deleteProperty(p, 'toJSON')]);
+    try { return JS(...a) } finally { t.forEach(([p, f, d]) => d && (p.toJSON = f)) }
   };
+  // f, guarded: what the page calls or a timer runs never throws into the page
+  const G = f => (...a) => { try { return f(...a) } catch (e) {} };
   // UTF-8 bytes of the JSON, counted without Blob or TextEncoder, which a page may have replaced (the text is
   // well-formed: a surrogate pair is 4 bytes, 2 per unit)
   const size = x => (x = J(x)).length + x.replace(/[\0-\x7f]/g, '').length + x.replace(/[\0-\u07ff\ud800-\udfff]/g, '').length;
@@ -74,10 +79,11 @@ other 4xx drops the batch for good.
     const q = [];
     new Set([...Object.keys(M), ...L ? Object.keys(L).map(k => k.slice(9)) : []]).forEach(k => {
       if (k.indexOf('e.')) return;
-      try { const e = JSON.parse(get(k)); e.ts > now() - 6048e5 ? q.push(e) : set(k) } catch (x) {}
+      try { const e = JP(get(k)); e.ts > now() - 6048e5 ? q.push(e) : set(k) } catch (x) {}
     });
-    // events that failed without an answer go behind the others
-    return q.sort((a, b) => (a.n | 0) - (b.n | 0) || a.ts - b.ts);
+    // events recorded before a reset go first (sent later, the collector would take them for the new
+    // visitor), then fresh ones; events that failed without an answer go behind the others
+    return q.sort((a, b) => !a.v - !b.v || (a.n | 0) - (b.n | 0) || a.ts - b.ts);
   };
 
   const uuid = () => {
@@ -101,7 +107,7 @@ other 4xx drops the batch for good.
     const e = {
       id: uuid(), type: str(t, 128), ts: lt = Math.max(now(), lt + 1), url: str(location.href, 2e3),
       // a snapshot: later changes by the caller do not leak in, and a cycle throws here, not in a flush
-      props: p && typeof p == 'object' && !Array.isArray(p) ? JSON.parse(J(p, (k, v) => typeof v == 'string' ? str(v) : v)) : {}
+      props: p && typeof p == 'object' && !Array.isArray(p) ? JP(J(p, (k, v) => typeof v == 'string' ? str(v) : v)) : {}
     };
     if (r != null) { e.ref = str(r, 2e3); e.title = str(d.title, 680) }
     add(e);
@@ -133,15 +139,16 @@ other 4xx drops the batch for good.
     due = t;
     tm = setTimeout(() => { tm = 0; now() < wait() ? later(0) : flush() }, t - now());
   };
-  const kick = () => { const n = rq().length; n && later(n < 10 ? 1e3 : 0) };
+  // ~1 s after the oldest event (what is already waiting goes now), at once when 10 wait
+  const kick = () => { const q = rq(); q[0] && later(q[9] ? 0 : q[0].ts + 1e3 - now()) };
 
   // one tab sends at a time: a Web Lock where there is one, else a lease in localStorage (taken over once
   // it has expired); another tab waiting to send tries again in a second
   const lock = f => {
-    const N = navigator.locks;
+    const N = L && navigator.locks; // a queue in memory is this tab's alone
     if (N) return N.request('stitcher', { ifAvailable: true }, l => l ? f() : later(1e3));
     let l = [];
-    try { l = JSON.parse(get('l')) || l } catch (e) {}
+    try { l = JP(get('l')) || l } catch (e) {}
     if (l[0] != T && l[1] > now()) return later(1e3);
     set('l', J([T, now() + 1e4]));
     return f().finally(() => set('l'));
@@ -169,25 +176,26 @@ other 4xx drops the batch for good.
   // (with the new id) for 30 s more, so a late answer to an older request cannot restore the old cookie
   const rsv = b => {
     const r = get('rs');
-    return b[0].v ? [b[0].v] : [vid(), r == 1 || r > now() - 3e4 ? r : 0];
+    return b[0].v ? [b[0].v] : [vid(), r == 1 || r > now() - 3e4 ? r : set('rs')];
   };
-  const body = (b, v, r) => J({ vid: v, reset: r ? true : undefined, sent_at: now(), events: b });
+  // v and n are the script's own bookkeeping, not sent
+  const body = (b, v, r) => J({ vid: v, reset: r ? true : undefined, sent_at: now(), events: b.map(({ v, n, ...e }) => e) });
 
   const post = (x, s) => fetch(EP, {
     method: 'POST', body: x, headers: { 'Content-Type': 'text/plain' }, keepalive: true, credentials: 'include', signal: s
   });
-  const flush = () => ok == 1 && !inf.size && lock(send);
+  const flush = G(() => ok == 1 && !inf.size && lock(() => send().catch(() => inf.clear())));
   const send = async () => {
     const b = batch(inf);
     if (ok != 1 || !b.length) return;
     const [v, r] = rsv(b);
     b.forEach(e => inf.add(e.id));
-    let delay = 0;
+    let delay = 0, p = 0;
     try {
       // a timeout of our own: AbortSignal.timeout is missing before Safari 16 / Chrome 103
       const c = new AbortController();
       setTimeout(() => c.abort(), 5e3);
-      const x = await post(body(b, v, r), c.signal);
+      const x = await (p = post(body(b, v, r), c.signal));
       const s = x.status;
       if (s < 300 || s < 500 && s != 429) {
         // delivered, or refused for good (a 4xx would fail the same way forever)
@@ -202,17 +210,19 @@ other 4xx drops the batch for good.
         delay = a * 1e3 || Date.parse(a) - now() || 1;
       }
     } catch (e) {
-      // no readable answer (network error, timeout, a refusal without CORS headers): 5 tries while online
+      // no readable answer (network error, timeout, a refusal without CORS headers): 5 tries while online;
+      // not when the page's fetch threw before sending. The stored copy is counted: a reset meanwhile marked it
       delay = 1;
-      if (navigator.onLine !== false) b.forEach(e => get('e.' + e.id) && set('e.' + e.id, (e.n = (e.n | 0) + 1) > 4 ? null : J(e)));
+      if (p && navigator.onLine !== false) b.forEach(({ id }) => { const k = 'e.' + id, e = JP(get(k)); e && set(k, (e.n = (e.n | 0) + 1) > 4 ? null : J(e)) });
     }
     inf.clear();
     if (delay) {
       // exponential backoff with jitter (0.5-1 × 1 s, 2 s, 4 s ... 60 s), never sooner than Retry-After
       delay = Math.max(delay, Math.min(6e4, 1e3 * 2 ** fails) * (1 + Math.random()) / 2);
       fails++;
-      if (ok == 1) set('w', now() + delay);
-      later(0);
+      // shared with the other tabs and the pagehide beacon, unless this page's own fetch threw
+      if (ok == 1 && p) set('w', now() + delay);
+      later(delay);
     } else kick();
   };
 
@@ -236,14 +246,16 @@ other 4xx drops the batch for good.
   let lu;
   const Q = u => u.replace(/\?[^#]*/, '');
   // m: the history method that navigated; f: stitcher('page'), which always records one
-  const pv = (m, f) => {
+  const pv = G((m, f) => {
     const u = location.href.replace(/#(?![/!]).*/, '');
+    // an anchor jump on a hash route (#/faq, then #answer) stays on that route
+    if (!f && lu && location.hash && !lu.indexOf(u + '#')) return;
     // the same URL, or a replaceState that only changes the query (e.g. strips utm_ parameters): same page
     if (!f && (u == lu || m == 'replaceState' && lu && Q(u) == Q(lu))) return lu = u;
     const r = lu ? lu : d.referrer; // after an SPA navigation the referrer is the previous route
     lu = u;
     ev('page_view', 0, r);
-  };
+  });
   const nav = m => setTimeout(() => pv(m)); // let the router set the new title first
   ['pushState', 'replaceState'].forEach(m => {
     const o = history[m];
@@ -260,8 +272,9 @@ other 4xx drops the batch for good.
     page: () => pv(0, 1),
     flush: () => { set('w'); fails = 0; flush() },
     reset: () => {
-      // what is queued still belongs to the old visitor: it is sent first, under the old id
-      const o = get('vid');
+      // what is queued still belongs to the old visitor: it is sent first, under the old id (an id made now if
+      // none was stored yet: the collector's cookie, where the browser has one, then takes it over)
+      const o = ok == 1 && vid();
       o && rq().forEach(e => e.v || set('e.' + e.id, J((e.v = o, e))));
       set('vid');
       if (ok) set('rs', 1);
@@ -278,17 +291,19 @@ other 4xx drops the batch for good.
         rq().forEach(e => set('e.' + e.id));
         ['vid', 'rs', 'w'].forEach(k => set(k));
         set('c', 0);
-        // ask the collector to expire its HttpOnly visitor cookie
-        h || fetch(EP + '/forget', { method: 'POST', credentials: 'include', keepalive: true }).catch(() => 0);
       }
       pend = [];
-      h || B && B.postMessage(y);
+      if (!h) {
+        B && B.postMessage(y);
+        // ask the collector to expire its HttpOnly visitor cookie (last: the page's fetch may throw)
+        y || fetch(EP + '/forget', { method: 'POST', credentials: 'include', keepalive: true }).catch(() => 0);
+      }
     }
   };
   // consent withdrawn or granted in another tab applies here at once
   const B = w.BroadcastChannel && new BroadcastChannel('stitcher');
-  if (B) B.onmessage = m => C.consent(m.data, 1);
-  w.addEventListener('storage', e => e.key == 'stitcher.c' && ok !== +e.newValue && e.newValue && C.consent(+e.newValue, 1));
+  if (B) B.onmessage = m => S('consent', m.data, 1);
+  w.addEventListener('storage', e => e.key == 'stitcher.c' && ok !== +e.newValue && e.newValue && S('consent', +e.newValue, 1));
   const q = w.stitcher && w.stitcher.q || [];
   const S = w.stitcher = function (c) {
     // the host page never sees an exception from the tracker
@@ -296,8 +311,9 @@ other 4xx drops the batch for good.
   };
   S.ok = 1;
 
-  // consent and reset calls made before load apply before the automatic page_view; the rest after it
-  q.forEach(a => { /^(consent|reset)$/.test(a[0]) || pv(); S.apply(0, a) });
+  // consent and reset calls made before load apply before the automatic page_view, the rest after it; a
+  // stitcher('page') made before load is that page_view, not a second one
+  q.forEach(a => { /^(consent|reset)$/.test(a[0]) || pv(); a[0] == 'page' || S.apply(0, a) });
   pv();
   kick(); // events an earlier page left in the queue
 })(window, document);

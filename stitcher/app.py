@@ -10,9 +10,17 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stitcher import account, http_errors
-from stitcher.api import CONTACTS, DB, NORMALISER, routes
+from stitcher.api import CONTACTS, routes
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
+from stitcher.events import handlers as events
+from stitcher.events.service import EventService
+from stitcher.http_input import DB, NORMALISER
+from stitcher.imports import handlers as imports
+from stitcher.imports.runner import ImportRunner
+from stitcher.orders.api import ORDERS
+from stitcher.orders.api import routes as order_routes
+from stitcher.orders.service import OrderService
 from stitcher.stitch import Stitcher
 from stitcher.store.db import Contention, Database
 from stitcher.worker import Worker
@@ -40,7 +48,10 @@ def init_app(settings: Settings) -> web.Application:
     app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention)
     app.cleanup_ctx.append(_stitcher_ctx)
     app.add_routes(routes)
+    app.add_routes(events.routes)
     app.add_routes(account.routes)
+    app.add_routes(imports.routes)
+    app.add_routes(order_routes)
     return app
 
 
@@ -58,7 +69,12 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
                         on_stitched=app[METRICS].stitched.inc)
     app[DB] = db
     app[CONTACTS] = ContactService(db, app[EVENTLOG], stitcher)
+    app[events.EVENTS] = EventService(db, hold_ms=settings.held_event_ttl_ms)
+    app[ORDERS] = OrderService(db)
     app[READY_CHECKS]["sql"] = db.ping
+    importer = ImportRunner(db, app[NORMALISER], chunk_rows=settings.import_chunk_rows)
+    app[imports.IMPORTS] = importer
+    importer.start_resuming()
     # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block
     worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)
     worker_log = EventLog(worker_redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
@@ -73,5 +89,6 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
         # of the SQLite driver after the loop closes); cancel only what outlives the grace
         await asyncio.wait({task}, timeout=STOP_GRACE_S)
         await stop_task(task)
+    await importer.close()
     await worker_redis.aclose()
     await db.close()

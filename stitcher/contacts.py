@@ -134,6 +134,8 @@ class ContactService:
             identity_keys.require(locked, {identity_keys.visitor(v) for v in losers_visitors})
             rows = await _recheck(s, decision, found)
             cid, external_id = await self._target(s, decision, found, command, rows, request_id)
+            # events held for this person's identifiers (all locked above) join its timeline now
+            await held_events.attach(self.db, s, {cid: identity_keys.of_request(identity, ())})
             to_stitch: list[tuple[str, int]] = []
             for loser in decision.merge:
                 # under the row lock now: a visitor linked to the loser meanwhile needs its key too
@@ -151,9 +153,6 @@ class ContactService:
             # the contact's own groups (add/update, PUT, subscribe) and subscribe's top-level ones
             if names := tuple(dict.fromkeys((*command.groups, *groups))):
                 await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, names), form_type)
-            # events held for this person's identifiers join its timeline now, under the same locks
-            await held_events.attach(self.db, s, {cid: [
-                k for k in identity_keys.of_request(identity, ()) if not k.startswith("id:")]})
             status = "merged" if decision.merged else decision.action.value
             outcome = Outcome(cid, status, external_id, list(decision.merge), list(command.visitor_ids))
         return outcome, list(dict.fromkeys(to_stitch))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from stitcher.domain.errors import ConcurrentUpdate, ContactNotFound, ExternalIdConflict, ValidationFailed
+from stitcher.domain.errors import (
+    ConcurrentUpdate,
+    ContactNotFound,
+    ExternalIdConflict,
+    ImportNotFound,
+    ValidationFailed,
+)
 
 # most specific first; the edge answers the first class an error is an instance of
 STATUS: dict[type[Exception], int] = {
     ValidationFailed: 400,
     ContactNotFound: 404,
+    ImportNotFound: 404,
     ExternalIdConflict: 409,
     ConcurrentUpdate: 409,
 }

@@ -16,7 +16,7 @@ from typing import Any
 from tracker.errors import ValidationFailed
 from tracker.limits import MAX_JSON_DEPTH
 
-__all__ = ["loads", "text_problem"]
+__all__ = ["decode", "loads", "problems", "text_problem"]
 
 _MIN_INT, _MAX_INT = -(2**63), 2**63 - 1
 _MAX_ERRORS = 20
@@ -107,8 +107,11 @@ def _problems(value: Any, where: str, depth: int) -> Iterator[tuple[str, str]]:
         yield from _problems(item, prefix + key, depth + 1)
 
 
-def loads(raw: bytes) -> Any:
-    """Parse an API body, raising ``ValidationFailed`` (400) naming the body or each refused place."""
+def decode(raw: bytes) -> Any:
+    """Parse an API body without judging its values: ``ValidationFailed`` (400) only when it cannot be read
+    at all (not UTF-8, not JSON, too deep for the parser). What it holds that cannot be accepted is left in
+    place for ``problems`` to report; a caller that takes the value must have seen ``problems`` empty for it.
+    """
     try:
         value = json.loads(raw.decode(), object_pairs_hook=_object, parse_int=_int, parse_float=_float,
                            parse_constant=_constant)
@@ -119,8 +122,20 @@ def loads(raw: bytes) -> Any:
     except RecursionError as exc:
         message = f"is nested deeper than {MAX_JSON_DEPTH} levels"
         raise ValidationFailed([{"field": "body", "message": message}]) from exc
+    return value
+
+
+def problems(value: Any) -> Iterator[tuple[str, str]]:
+    """(place, message) of everything refused in a ``decode``d body, in document order; a body whose parts
+    are judged apart (orders) can refuse each part alone."""
+    return _problems(value, "", 1)
+
+
+def loads(raw: bytes) -> Any:
+    """Parse an API body, raising ``ValidationFailed`` (400) naming the body or each refused place."""
+    value = decode(raw)
     errors = []
-    for where, message in _problems(value, "", 1):
+    for where, message in problems(value):
         errors.append({"field": where or "body", "message": message})
         if len(errors) == _MAX_ERRORS:
             break

@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy.exc import DataError, DBAPIError, StatementError
 
 from stitcher.stitch import Stitcher, insert_timeline, web_rows
-from stitcher.store import identity_keys, repo
+from stitcher.store import held_events, identity_keys, repo
 from stitcher.store.db import Database
 from stitcher.store.models import VisitorLink
 from tracker.eventlog import EventLog, LinkedEvent
@@ -97,11 +97,15 @@ class Worker:
         return calling.result()
 
     async def housekeeping(self, first: bool = False) -> None:
-        """Finish interrupted stitches and take over a dead worker's unacknowledged entries."""
+        """Finish interrupted stitches, take over a dead worker's unacknowledged entries, and delete API
+        events held past their time (and receipts past their resend window)."""
         finished = await self.stitcher.finish_pending(older_than_ms=0 if first else RECLAIM_IDLE_MS)
         if finished:
             log.info("finished interrupted stitches", count=finished)
         await self.drain(await self._redis(self.eventlog.reclaim_linked(self.consumer, RECLAIM_IDLE_MS)))
+        expired = await held_events.expire(self.db)
+        if expired:
+            log.info("expired held API events and receipts", count=expired)
 
     async def drain(self, events: list[LinkedEvent]) -> int:
         """Put a batch of linked events on their contacts' timelines, then acknowledge them.

@@ -45,11 +45,17 @@ class Settings:
     user_email: str | None = None
     org_id: int = 1
     stitch_pause_ms: int = 0  # test hook: pause between claim and insert (crash tests)
+    held_event_ttl_days: int = 30  # API events for people not yet known wait this long (and resends are no-ops)
+    import_chunk_rows: int = 1000  # rows of a bulk import per transaction
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def anon_ttl_seconds(self) -> int:
         return self.anon_ttl_days * 86_400
+
+    @property
+    def held_event_ttl_ms(self) -> int:
+        return self.held_event_ttl_days * 86_400_000
 
     @property
     def effective_database_url(self) -> str:
@@ -85,7 +91,8 @@ class Settings:
         for name, attr in (
             ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("HISTORY_CAP", "history_cap"),
             ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
-            ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"),
+            ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"), ("IMPORT_CHUNK_ROWS", "import_chunk_rows"),
+            ("HELD_EVENT_TTL_DAYS", "held_event_ttl_days"),
         ):
             if env.get(name):
                 kw[attr] = int(env[name])

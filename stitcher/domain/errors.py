@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConcurrentUpdate", "ContactNotFound", "DomainError", "ExternalIdConflict", "InvalidIdentifier",
-           "ValidationFailed"]
+__all__ = ["ConcurrentUpdate", "ContactNotFound", "DomainError", "ExternalIdConflict", "ImportNotFound",
+           "InvalidIdentifier", "ValidationFailed"]
 
 
 class DomainError(Exception):
@@ -52,6 +52,15 @@ class ContactNotFound(DomainError):
         super().__init__(f"contact {contact_id} not found" if contact_id else "contact not found",
                          contactId=contact_id, **extra)
         self.contact_id = contact_id
+
+
+class ImportNotFound(DomainError):
+    """No bulk import has this asyncSessionId."""
+
+    code = "import_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__("no import has this asyncSessionId", asyncSessionId=session_id)
 
 
 class ExternalIdConflict(DomainError):

@@ -7,24 +7,36 @@ rule of SPEC §1/§3 and of the DESIGN merge policy lives here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
-from stitcher.domain.errors import ContactNotFound, ExternalIdConflict
-from stitcher.domain.identifiers import IdentifierKind, Identity
+from stitcher.domain.errors import ContactNotFound, ExternalIdConflict, InvalidIdentifier, ValidationFailed
+from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser
 
 __all__ = [
     "LOOKUP_ORDER",
     "Action",
     "Candidate",
     "Decision",
+    "DedupeOn",
+    "EventRoute",
+    "ImportLookup",
+    "ImportRow",
     "Lookup",
     "Mode",
+    "OrderOwner",
+    "RowDecision",
     "choose",
     "decide",
+    "decide_order_owner",
+    "dedupe_keys",
+    "event_identity",
     "lookup_kinds",
+    "plan_import",
     "ranked",
+    "route_event",
 ]
 
 # SPEC §1: contactId > externalCustomerId > email > sms > mobilepush > webpush.
@@ -39,6 +51,7 @@ class Mode(StrEnum):
     ADD_UPDATE = "add_update"  # POST /api/v1/contact
     UPDATE = "update"  # PUT /api/v1/contact/{id}
     SUBSCRIBE = "subscribe"  # POST /api/v1/contact/subscribe
+    ORDER = "order"  # POST /api/v1/orders: finds the buyer, creates one if none, never changes a contact
 
 
 class Action(StrEnum):
@@ -47,6 +60,7 @@ class Action(StrEnum):
     CREATE = "created"
     UPDATE = "updated"
     RESTORE = "restored"
+    SKIP = "skipped"  # an import row whose person is a deleted contact, without restoreDeleted
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,8 @@ def lookup_kinds(mode: Mode) -> tuple[IdentifierKind, ...]:
     """
     if mode is Mode.UPDATE:
         return ()
+    if mode is Mode.ORDER:  # SPEC §3: an order finds its contact by externalCustomerId > email > phone
+        return (IdentifierKind.EMAIL, IdentifierKind.SMS)
     return LOOKUP_ORDER
 
 
@@ -193,3 +209,295 @@ def _decision(action: Action, target: Candidate, ext: str | None, probes: _Probe
         merge=tuple(merge),
         found_by=found_by,
     )
+
+
+# --- API events (SPEC §3, POST /api/v2/event): who an event is about, and where it goes -------------------
+
+# The params that name the person, as the platform's clients spell them (compared case-insensitively):
+# contactId > externalCustomerId > email > phone > pushToken. A push token may be a mobile or a web one.
+EVENT_IDENTIFIER_PARAMS: Mapping[str, str] = {
+    "contactid": "contactId", "externalcustomerid": "externalCustomerId",
+    "email": "email", "emailaddress": "email",
+    "phone": "phone", "phonenumber": "phone", "sms": "phone",
+    "pushtoken": "pushToken",
+}
+
+
+def event_identity(params: Sequence[tuple[str, Any]], key_value: Any, normaliser: Normaliser) -> Identity:
+    """The identifiers an event names, from its params ``(name, value)`` (in body order), else its keyValue.
+
+    Params named as in ``EVENT_IDENTIFIER_PARAMS`` are read; a blank or placeholder value is ignored (as if
+    absent), a malformed one is a 400 naming ``params[i].value``. Only when no param names anyone is the
+    ``keyValue`` read, by its shape (it is one string, so its kind is guessed the same way every time):
+    with an ``@`` it is an email; starting with ``+`` or ``00`` it is a phone number; anything else is an
+    external customer ID. It is never read as a contactId (a small number keyed on by a client is far
+    more likely its own customer number) nor as a push token (indistinguishable from an external ID).
+    Raises ``ValidationFailed`` when nothing names a person.
+    """
+    errors: list[dict[str, str]] = []
+    contact_id: int | None = None
+    external_id: str | None = None
+    by_kind: dict[IdentifierKind, list[str]] = {k: [] for k in LOOKUP_ORDER}
+    for i, (name, value) in enumerate(params):
+        what = EVENT_IDENTIFIER_PARAMS.get(name.strip().lower())
+        if what is None or _blank(value, normaliser):
+            continue
+        where = f"params[{i}].value"
+        try:
+            if what == "contactId":
+                contact_id = contact_id or _contact_id(value, where)
+            elif what == "externalCustomerId":
+                external_id = external_id or normaliser.external_id(value, where)
+            elif what == "email":
+                by_kind[IdentifierKind.EMAIL].append(normaliser.email(value, where))
+            elif what == "phone":
+                by_kind[IdentifierKind.SMS].append(normaliser.phone(value, where))
+            else:
+                token = normaliser.token(value, where)
+                by_kind[IdentifierKind.MOBILEPUSH].append(token)
+                by_kind[IdentifierKind.WEBPUSH].append(token)
+        except ValidationFailed as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ValidationFailed(errors)
+    channels = tuple(dict.fromkeys((k, v) for k in LOOKUP_ORDER for v in by_kind[k]))
+    identity = Identity(contact_id=contact_id, external_id=external_id, channels=channels)
+    if contact_id is None and external_id is None and not channels and not _blank(key_value, normaliser):
+        identity = _read_key_value(key_value, normaliser)
+    if identity.contact_id is None and identity.external_id is None and not identity.channels:
+        names = "contactId, externalCustomerId, email, phone or pushToken"
+        raise ValidationFailed([{"field": "keyValue",
+                                 "message": f"names no contact: give a keyValue or a param {names}"}])
+    return identity
+
+
+def _blank(value: Any, normaliser: Normaliser) -> bool:
+    """Absent, blank or a placeholder: treated as if not given."""
+    if value is None:
+        return True
+    text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else None
+    return text is not None and (not text or text.lower() in normaliser.placeholders)
+
+
+def _contact_id(value: Any, where: str) -> int:
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 20:
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**63:
+        raise InvalidIdentifier(where, "must be a positive integer below 2^63")
+    return value
+
+
+def _read_key_value(value: Any, normaliser: Normaliser) -> Identity:
+    if isinstance(value, str) and "@" in value:
+        return Identity(channels=((IdentifierKind.EMAIL, normaliser.email(value, "keyValue")),))
+    if isinstance(value, str) and value.strip().startswith(("+", "00")):
+        return Identity(channels=((IdentifierKind.SMS, normaliser.phone(value, "keyValue")),))
+    return Identity(external_id=normaliser.external_id(value, "keyValue"))
+
+
+@dataclass(frozen=True)
+class EventRoute:
+    """Where ``route_event`` sends an event: onto ``contact_id``'s timeline, or, when nobody it names is
+    known, held under the one identifier ``hold`` (an ``Identity`` with only that identifier)."""
+
+    contact_id: int | None
+    found_by: str | None = None
+    hold: Identity | None = None
+
+
+def route_event(identity: Identity, found: Lookup) -> EventRoute:
+    """The contact an event belongs to. An event never creates a contact.
+
+    Its identifiers are tried in priority order (contactId > externalCustomerId > email > phone > push
+    token); the first that finds a contact decides. contactId and externalCustomerId find their contact
+    even when soft-deleted (so a restore loses nothing, as with beacons); a channel shared by several live
+    contacts means the one ``choose`` picks, among those not holding another external ID than the event's
+    (an event about customer X never lands on customer Y's timeline). When nothing is found, the event is
+    held under its highest-priority identifier other than contactId — external ID, else email, else phone,
+    else push token (held as ``mobilepush``; a web push token claims it as well) — and joins the timeline of
+    the first contact that gets that identifier. An unknown contactId alone raises ``ContactNotFound``: no
+    contact will ever get that id.
+    """
+    by_id = found.by_contact_id
+    if identity.contact_id is not None and by_id is not None and by_id.id == identity.contact_id:
+        return EventRoute(by_id.id, "contactId")
+    ext = identity.external_id
+    if ext is not None and found.by_external_id is not None:
+        return EventRoute(found.by_external_id.id, "externalCustomerId")
+    for kind in LOOKUP_ORDER:
+        for value in identity.values(kind):
+            candidates = found.by_channel.get((kind, value), ())
+            best = choose(c for c in candidates if c.external_id is None or ext is None or c.external_id == ext)
+            if best is not None:
+                return EventRoute(best.id, kind.value)
+    if ext is not None:
+        return EventRoute(None, hold=Identity(external_id=ext))
+    for kind, value in identity.channels:
+        return EventRoute(None, hold=Identity(channels=((kind, value),)))
+    raise ContactNotFound(identity.contact_id)
+# --- bulk import -----------------------------------------------------------------------------------------
+
+
+class DedupeOn(StrEnum):
+    """What an import row is matched on when it has no external ID of a known contact (``dedupeOn``)."""
+
+    EMAIL = "email"
+    SMS = "sms"
+    EMAIL_OR_SMS = "email_or_sms"
+    EXTERNAL_ID = "externalCustomerId"
+    ID = "id"
+    MOBILEPUSH = "mobilepush"
+    FIELD = "fieldId"
+
+
+_DEDUPE_KINDS: dict[DedupeOn, tuple[IdentifierKind, ...]] = {
+    DedupeOn.EMAIL: (IdentifierKind.EMAIL,),
+    DedupeOn.SMS: (IdentifierKind.SMS,),
+    DedupeOn.EMAIL_OR_SMS: (IdentifierKind.EMAIL, IdentifierKind.SMS),
+    DedupeOn.MOBILEPUSH: (IdentifierKind.MOBILEPUSH,),
+}
+
+
+def dedupe_keys(on: DedupeOn, identity: Identity, field_id: str | None = None,
+                field_value: str | None = None) -> tuple[str, ...]:
+    """The keys a row is matched on, best first, spelt as identity keys are (``email:<v>``, ``id:<n>``;
+    a custom field's value as ``field:<id>:<value>``)."""
+    if on is DedupeOn.ID:
+        return (f"id:{identity.contact_id}",) if identity.contact_id is not None else ()
+    if on is DedupeOn.FIELD:
+        return (f"field:{field_id}:{field_value}",) if field_value is not None else ()
+    return tuple(f"{kind.value}:{value}" for kind in _DEDUPE_KINDS.get(on, ()) for value in identity.values(kind))
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One parsed row: its identity and the keys it is matched on (``dedupe_keys``)."""
+
+    identity: Identity
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImportLookup:
+    """What the store found for a chunk of rows: the holder of each external ID (live or deleted), and for
+    each dedupe key the unmerged contacts holding it, deleted ones included (a row may restore them)."""
+
+    by_external_id: Mapping[str, Candidate] = field(default_factory=dict)
+    by_key: Mapping[str, tuple[Candidate, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowDecision:
+    """What one import row does. ``target`` is an existing contact's id, or ``-n`` for the n-th contact the
+    chunk creates (the store gives it its id). ``action`` None: the row fails, ``reason`` says why; SKIP
+    also names its reason and the deleted contact in ``target``."""
+
+    action: Action | None
+    target: int | None = None
+    set_external_id: str | None = None
+    found_by: str | None = None
+    reason: str | None = None
+
+
+def plan_import(rows: Sequence[ImportRow], found: ImportLookup, *, dedupe_on: DedupeOn,
+                restore_deleted: bool, now: float) -> list[RowDecision]:
+    """Decide every row of a chunk as if the rows were applied one after another (SPEC §3, bulk import).
+
+    The row's own external ID decides first (its holder is updated; a deleted holder restored or skipped);
+    otherwise the dedupe keys, in order: with an external ID, only a contact without one may be matched
+    (the best by ``ranked``), and it gets the ID; if every match holds another ID, a new contact is made.
+    Without an external ID, the best live match (``choose``) is updated. A deleted match is skipped unless
+    ``restore_deleted``. Earlier rows of the chunk are seen by later ones, so two rows naming the same
+    person (the same external ID or dedupe key) land on one contact.
+    """
+    contacts: dict[int, Candidate] = {}
+    by_ext: dict[str, int] = {}
+    by_key: dict[str, list[int]] = {}
+    for c in found.by_external_id.values():
+        contacts[c.id] = c
+        if c.external_id is not None:
+            by_ext[c.external_id] = c.id
+    for key, cands in found.by_key.items():
+        for c in cands:
+            contacts.setdefault(c.id, c)
+        by_key[key] = [c.id for c in cands]
+    decisions: list[RowDecision] = []
+    created = 0
+    for i, row in enumerate(rows):
+        matches = {key: [contacts[cid] for cid in by_key.get(key, ())] for key in row.keys}
+        holder = contacts[by_ext[row.identity.external_id]] if row.identity.external_id in by_ext else None
+        decision = _import_row(row, holder, matches, dedupe_on, restore_deleted)
+        if decision.action is Action.CREATE:
+            created += 1
+            decision = replace(decision, target=-created)
+        decisions.append(decision)
+        if decision.action not in (Action.CREATE, Action.UPDATE, Action.RESTORE):
+            continue
+        assert decision.target is not None
+        # what the row makes of its contact, for the rows after it: its ID, keys, liveness, recency
+        before = contacts.get(decision.target)
+        ext = decision.set_external_id or (before.external_id if before else None)
+        contacts[decision.target] = Candidate(decision.target, ext, False, now + (i + 1) / 1000)
+        if ext is not None:
+            by_ext[ext] = decision.target
+        for key in row.keys:
+            if decision.target not in by_key.setdefault(key, []):
+                by_key[key].append(decision.target)
+    return decisions
+
+
+def _import_row(row: ImportRow, holder: Candidate | None, matches: Mapping[str, list[Candidate]],
+                dedupe_on: DedupeOn, restore_deleted: bool) -> RowDecision:
+    ext = row.identity.external_id
+    if holder is not None:  # the external ID is the stable identity: it wins over every dedupe key
+        return _live_or_restored(holder, None, "externalCustomerId", restore_deleted)
+    if ext is None and not row.keys:
+        return RowDecision(None, reason=f"has neither an externalCustomerId nor a value to dedupe on ({dedupe_on})")
+    deleted: list[tuple[float, int, str, Candidate]] = []
+    for key, cands in matches.items():
+        # with an external ID only an unidentified contact may be matched: another person's is never taken
+        eligible = [c for c in cands if ext is None or c.external_id is None]
+        best = choose(eligible)
+        if best is not None:
+            return RowDecision(Action.UPDATE, best.id, ext, _found_by(key))
+        deleted += [(-c.updated_at, -c.id, key, c) for c in eligible if c.deleted]
+    if deleted:  # no live match: the most recently updated deleted one is restored or skipped
+        *_, key, newest = min(deleted, key=lambda d: d[:2])
+        return _live_or_restored(newest, ext, _found_by(key), restore_deleted)
+    if dedupe_on is DedupeOn.ID and ext is None:
+        return RowDecision(None, reason=f"no contact has the id {row.identity.contact_id}")
+    return RowDecision(Action.CREATE, None, ext)
+
+
+def _live_or_restored(c: Candidate, ext: str | None, found_by: str, restore_deleted: bool) -> RowDecision:
+    if not c.deleted:
+        return RowDecision(Action.UPDATE, c.id, ext, found_by)
+    if restore_deleted:
+        return RowDecision(Action.RESTORE, c.id, ext, found_by)
+    return RowDecision(Action.SKIP, c.id, found_by=found_by,
+                       reason=f"contact {c.id} is deleted (restoreDeleted is false)")
+
+
+def _found_by(key: str) -> str:
+    """The identifier a dedupe key stands for, as the audit log names it (``email``, ``id``, ``field``)."""
+    return key.partition(":")[0]
+@dataclass(frozen=True)
+class OrderOwner:
+    """The contact an order belongs to: ``contact_id``, or a new contact when it is None (holding the order's
+    external ID, if it has one). ``found_by`` names the identifier that decided."""
+
+    contact_id: int | None
+    found_by: str | None = None
+
+
+def decide_order_owner(identity: Identity, found: Lookup) -> OrderOwner:
+    """Which contact an order is about: the add/update decision (``decide``) on the order's external ID,
+    email and phone, read without its writes.
+
+    An order never changes a contact (SPEC §3): the contact the rules pick gets the order but not the
+    order's external ID (an email match without an ID stays without one), nothing is merged into it, and a
+    soft-deleted holder of the external ID gets the order while staying deleted. Only when the rules would
+    create a contact does the order create one.
+    """
+    decision = decide(Mode.ORDER, identity, found)
+    return OrderOwner(decision.target, decision.found_by)

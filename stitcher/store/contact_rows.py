@@ -154,7 +154,8 @@ class OpenLink:
     stitched: bool
 
 
-def _candidate(row: Any) -> Candidate:
+def candidate(row: Any) -> Candidate:
+    """A contact row (or ORM object) as the identity rules see it."""
     return Candidate(row.id, row.external_customer_id, row.deleted_at is not None, row.updated_at / 1000)
 
 
@@ -171,11 +172,11 @@ async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[Iden
     for row in rows:
         if row.via == _BY_ID:
             if row.merged_into_id is None:
-                by_contact_id = _candidate(row)
+                by_contact_id = candidate(row)
         elif row.via == _BY_EXT:
-            by_external_id = _candidate(row)
+            by_external_id = candidate(row)
         else:
-            by_channel[(IdentifierKind(row.kind), row.value)].append(_candidate(row))
+            by_channel[(IdentifierKind(row.kind), row.value)].append(candidate(row))
     return Lookup(by_contact_id, by_external_id, {k: tuple(v) for k, v in by_channel.items()})
 
 

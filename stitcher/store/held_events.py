@@ -1,18 +1,66 @@
-"""Held API events: events posted for a person not yet known, waiting under an identity key.
+"""API events' rows (``api_events``): the receipt (idempotency record) of each event sent with a key, and held
+events — events posted for a person not yet known, waiting under an identity key.
 
-SEAM ONLY (issue 9 in progress): the events work replaces this module with the real table and queries.
 Every writer that creates a contact or gives one a new identifier (add/update, PUT, subscribe, import,
 orders) calls ``attach`` inside its transaction, after the identifiers are written and while it still holds
-the identity keys it locked, so a held event joins the timeline exactly once.
+the identity keys it locked. The events API holds an event under a key only while holding that key's lock
+(``stitcher.events``), so "event arrives" and "contact gets the identifier" serialise; and ``attach`` claims
+each held row under a row lock (``FOR UPDATE``, re-checked), so two writers reaching one held event through
+different keys (a mobile and a web push token) still put it on one timeline once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
+from stitcher.stitch import insert_timeline
 from stitcher.store.db import Database
+from stitcher.store.models import ApiEvent, Contact
+from stitcher.store.repo import now_ms, resolve_merged
+
+# the kinds of key an event can be held under; a web push token claims what a push token left (held as mobilepush)
+HOLDABLE = ("ext:", "email:", "sms:", "mobilepush:")
+_WEBPUSH = "webpush:"
+
+
+def timeline_row(contact_id: int, event: ApiEvent) -> dict[str, Any]:
+    """The timeline row of an API event (``source: "api"``)."""
+    return {"contact_id": contact_id, "event_id": event.event_id, "source": "api", "type": event.type,
+            "occurred_at": event.occurred_at, "received_at": event.received_at, "visitor_id": None,
+            "data": event.data}
+
+
+async def receipt(session: AsyncSession, event_id: str) -> tuple[str | None, int | None] | None:
+    """``(held_key, contact_id)`` of an event received before under this id, None if it is new."""
+    row = (await session.execute(select(col(ApiEvent.held_key), col(ApiEvent.contact_id)).where(
+        col(ApiEvent.event_id) == event_id))).one_or_none()
+    return None if row is None else (row.held_key, row.contact_id)
+
+
+async def record(session: AsyncSession, event: ApiEvent) -> None:
+    """Insert an event's row (held, or the receipt of a stored one); a second row of one event id is an
+    ``IntegrityError`` (two copies racing)."""
+    await session.execute(insert(ApiEvent).values(**event.model_dump(exclude={"id"})))
+
+
+async def lock_live_contact(session: AsyncSession, contact_id: int) -> int | None:
+    """Share-lock a contact row an event goes to (step 2 of the lock order: a merge of it waits for the
+    event, or finished first) and return the live contact it is — itself or the one it was merged into —
+    or None if it was erased."""
+    row = (await session.execute(select(col(Contact.id), col(Contact.merged_into_id)).where(
+        col(Contact.id) == contact_id).with_for_update(read=True))).one_or_none()
+    if row is None:
+        return None
+    if row.merged_into_id is None:
+        return contact_id
+    winner = await resolve_merged(session, contact_id)
+    return winner.id if winner is not None else None
 
 
 async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[int, Iterable[str]]) -> int:
@@ -20,6 +68,65 @@ async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[i
 
     ``keys_by_contact`` maps a contact id to identity keys spelt as ``identity_keys`` spells them
     (``ext:<id>``, ``email:<v>``, ``sms:<v>``, ``mobilepush:<v>``, ``webpush:<v>``), which the caller has
-    locked (``Database.lock_keys``).
+    locked (``Database.lock_keys``). Other keys (``id:``, ``vid:``) are ignored. A key given for several
+    contacts goes to the first.
     """
-    return 0
+    contact_of: dict[str, int] = {}
+    for contact_id, keys in keys_by_contact.items():
+        for key in keys:
+            if key.startswith(_WEBPUSH):
+                key = "mobilepush:" + key.removeprefix(_WEBPUSH)
+            if key.startswith(HOLDABLE):
+                contact_of.setdefault(key, contact_id)
+    if not contact_of:
+        return 0
+    # FOR UPDATE re-checks the condition after waiting: a row another writer attached meanwhile drops out
+    held = list((await session.execute(
+        select(ApiEvent).where(col(ApiEvent.held_key).in_(list(contact_of)))
+        .order_by(col(ApiEvent.id)).with_for_update().execution_options(populate_existing=True))).scalars())
+    if not held:
+        return 0
+    rows = []
+    for event in held:
+        assert event.held_key is not None
+        rows.append(timeline_row(contact_of[event.held_key], event))
+    await insert_timeline(db, session, rows)
+    by_contact: dict[int, list[int | None]] = {}
+    for row, event in zip(rows, held, strict=True):
+        by_contact.setdefault(row["contact_id"], []).append(event.id)
+    for contact_id, ids in by_contact.items():
+        await session.execute(update(ApiEvent).where(col(ApiEvent.id).in_(ids)).values(
+            contact_id=contact_id, held_key=None, data=None))
+    return len(held)
+
+
+async def expire(db: Database, now: int | None = None) -> int:
+    """Delete every record past its ``expires_at``: held events nobody claimed in time and the receipts of
+    stored ones whose resend window ended. Returns how many went."""
+    cutoff = now or now_ms()
+    async with db.reader() as session:  # most sweeps find nothing: no write transaction (SQLite's one writer)
+        due = (await session.execute(select(col(ApiEvent.id)).where(col(ApiEvent.expires_at) <= cutoff)
+                                     .limit(1))).first()
+    if due is None:
+        return 0
+    async with db.transaction() as session:
+        result = await session.execute(delete(ApiEvent).where(col(ApiEvent.expires_at) <= cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+@dataclass(frozen=True)
+class HeldPage:
+    events: list[dict[str, Any]]
+    next: int | None  # the ``after`` of the next page, None on the last
+
+
+async def held(session: AsyncSession, *, limit: int, after: int = 0) -> HeldPage:
+    """Held events, oldest first, keyset-paginated by row id (for operators)."""
+    rows = list((await session.execute(
+        select(ApiEvent).where(col(ApiEvent.held_key).is_not(None), col(ApiEvent.id) > after)
+        .order_by(col(ApiEvent.id)).limit(limit + 1))).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    events = [{"id": r.event_id, "eventTypeKey": r.type, "heldUnder": r.held_key, "occurredAt": r.occurred_at,
+               "receivedAt": r.received_at, "expiresAt": r.expires_at, **(r.data or {})} for r in rows]
+    return HeldPage(events, rows[-1].id if more and rows else None)

@@ -1,9 +1,10 @@
 """Identity keys: the names the lock order locks (``Database.lock_keys``), spelt in one place.
 
 A request reaches a person through its contactId (``id:``), external ID (``ext:``), channels
-(``email:…``, ``sms:…``, ``mobilepush:…``, ``webpush:…``) and visitors (``vid:…``). Every writer locks the
-keys of what it touches in one batch before any contact row; one that finds it needs more keys than it
-locked raises ``NeedKeys`` and runs again with them in its first batch.
+(``email:…``, ``sms:…``, ``mobilepush:…``, ``webpush:…``) and visitors (``vid:…``); an order writer also
+locks its orders (``order:…``). Every writer locks the keys of what it touches in one batch before any
+contact row; one that finds it needs more keys than it locked raises ``NeedKeys`` and runs again with them
+in its first batch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from stitcher.store.models import Contact, Identifier, VisitorLink
 def visitor(vid: str) -> str:
     """The key of one visitor (a stitch, the worker and a merge of its contact serialise on it)."""
     return f"vid:{vid}"
+
+
+def order(external_order_id: str) -> str:
+    """The key of one order: two requests posting the same order serialise on it."""
+    return f"order:{external_order_id}"
 
 
 class NeedKeys(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -137,3 +137,86 @@ class IdentityLog(SQLModel, table=True):
     detail: dict[str, Any] | None = Field(default=None, sa_type=Json)
     at: int = _ms()
     request_id: str | None = Field(default=None, max_length=MAX_REQUEST_ID)  # the X-Request-Id the edge took
+
+
+class ImportSession(SQLModel, table=True):
+    """A bulk import (``POST /api/v1/contacts``): its request, progress and counters, so it survives a restart.
+
+    Rows ``[0, next_row)`` are applied, each with its ``ImportRow``, written in the chunk's transaction;
+    ``request`` (the body's contacts and options) is kept until the import ends, for a restart to resume it.
+    """
+
+    __tablename__ = "imports"
+    id: str = Field(sa_column=Column(String(36), primary_key=True))
+    status: str = Field(max_length=16, index=True)
+    description: str | None = Field(default=None, sa_type=Text)
+    total: int
+    next_row: int = 0
+    created: int = 0
+    updated: int = 0
+    restored: int = 0
+    skipped: int = 0
+    failed: int = 0
+    request: dict[str, Any] | None = Field(default=None, sa_type=Json)
+    request_id: str | None = Field(default=None, max_length=MAX_REQUEST_ID)
+    created_at: int = _ms()
+    updated_at: int = _ms()
+
+
+class ImportRow(SQLModel, table=True):
+    """What one row of an import did: the contact it landed on and how, or why it failed or was skipped.
+
+    ``contact_id`` is no foreign key: the record of an import outlives an erased contact.
+    """
+
+    __tablename__ = "import_rows"
+    import_id: str = Field(sa_column=Column(String(36), ForeignKey("imports.id", ondelete="CASCADE"),
+                                            primary_key=True))
+    idx: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    contact_id: int | None = Field(default=None, sa_type=BigInteger)
+    action: str = Field(max_length=16)  # created | updated | restored | skipped | failed
+    error: str | None = Field(default=None, sa_type=Text)
+class Order(SQLModel, table=True):
+    """A shop's order (POST /api/v1/orders), upserted by ``external_order_id``; it follows its contact through
+    merges and goes with it on erase (the foreign key cascades).
+
+    ``data`` is the order as the API shows it (the platform's field names, items included); the columns
+    beside it are what lists and exports filter and sort on.
+    """
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_contact_time", "contact_id", "ordered_at", "id"),
+        SQLITE_AUTOINCREMENT,
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    external_order_id: str = Field(sa_column=Column(String(256), unique=True, nullable=False))
+    contact_id: int = _fk("contacts.id", index=False)
+    status: str = Field(max_length=32)
+    ordered_at: int = _ms()
+    data: dict[str, Any] = Field(sa_type=Json)
+    created_at: int = _ms()
+    updated_at: int = _ms()
+
+
+class ApiEvent(SQLModel, table=True):
+    """An event posted to the events API (``stitcher.events``): its idempotency record (when sent with a
+    key), and — while nobody it names is known yet — the held event itself.
+
+    ``held_key`` is the identity key it waits under (``identity_keys`` spelling); ``attach`` moves it onto a
+    timeline when a contact gets that identifier, sets ``contact_id`` and clears ``held_key`` and ``data``.
+    Every row goes at ``expires_at``: a held event unclaimed by then, a receipt once its resend window ends.
+    ``contact_id`` is not a foreign key: a receipt outlives an erased contact (it holds no personal data).
+    """
+
+    __tablename__ = "api_events"
+    __table_args__ = (SQLITE_AUTOINCREMENT,)
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    event_id: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    held_key: str | None = Field(default=None, max_length=1100, index=True)
+    contact_id: int | None = Field(default=None, sa_type=BigInteger)
+    type: str = Field(max_length=128)
+    data: dict[str, Any] | None = Field(default=None, sa_type=Json)
+    occurred_at: int = _ms()
+    received_at: int = _ms()
+    expires_at: int = Field(sa_type=BigInteger, index=True)

@@ -19,6 +19,7 @@ from stitcher.store.models import (
     Group,
     GroupMember,
     Identifier,
+    Order,
     TimelineEvent,
     VisitorLink,
 )
@@ -103,7 +104,8 @@ class MergeRecord:
     ``identifiers`` are the loser's channels, each saying whether the winner already had it (an undo must
     leave those); ``timeline_rows`` are the ids of the loser's timeline rows now on the winner (row ids do
     not change); ``dropped_events`` the loser's event ids the winner already had, deleted as duplicates;
-    ``groups`` the loser's group ids, with those the winner was already in.
+    ``groups`` the loser's group ids, with those the winner was already in; ``orders`` the ids of the
+    loser's orders, now the winner's.
     """
 
     identifiers: list[dict[str, Any]] = field(default_factory=list)
@@ -111,14 +113,15 @@ class MergeRecord:
     timeline_rows: list[int] = field(default_factory=list)
     dropped_events: list[str] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)
+    orders: list[int] = field(default_factory=list)
 
     def detail(self) -> dict[str, Any]:
         return {"identifiers": self.identifiers, "visitorIds": self.visitors, "timelineRowIds": self.timeline_rows,
-                "droppedDuplicateEventIds": self.dropped_events, "groups": self.groups}
+                "droppedDuplicateEventIds": self.dropped_events, "groups": self.groups, "orderIds": self.orders}
 
 
 async def merge_into(db: Database, session: AsyncSession, loser_id: int, winner_id: int) -> MergeRecord:
-    """Fold an unidentified contact into the winner: identifiers, visitors, timeline, groups.
+    """Fold an unidentified contact into the winner: identifiers, visitors, timeline, groups, orders.
 
     Returns what moved; its ``visitors`` are the loser's open visitor ids, which the caller re-links to the
     winner in Redis.
@@ -155,6 +158,9 @@ async def merge_into(db: Database, session: AsyncSession, loser_id: int, winner_
     record.groups = [{"id": g, "alreadyMember": g in member_of} for g in groups]
     await add_to_groups(db, session, winner_id, groups, None)
     await session.execute(delete(GroupMember).where(col(GroupMember.contact_id) == loser_id))
+    record.orders = sorted(i for i in (await session.execute(
+        update(Order).where(col(Order.contact_id) == loser_id)
+        .values(contact_id=winner_id).returning(col(Order.id)))).scalars() if i is not None)
     await session.execute(update(Contact).where(col(Contact.id) == loser_id)
                           .values(merged_into_id=winner_id, updated_at=now))
     return record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import redis
 from aiohttp import web
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
+from tests.browser.fault_proxy import FaultProxy, fault_proxy
 from tests.conftest import private_redis
 from tracker.app import init_app
 from tracker.embedded_redis import EmbeddedRedis
@@ -85,6 +87,13 @@ def bound_port(runner: web.AppRunner) -> int:
     return int(address[1])
 
 
+@pytest_asyncio.fixture(loop_scope=LOOP)
+async def proxy(service: str) -> AsyncIterator[FaultProxy]:
+    """A fault-injecting proxy in front of the collector, and a page on a third origin posting through it."""
+    async with fault_proxy(service) as p:
+        yield p
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope=LOOP)
 async def browser() -> AsyncIterator[Browser]:
     """Headless Debian Chromium (never a downloaded browser), shared by the module's tests."""
@@ -112,6 +121,23 @@ async def page(context: BrowserContext) -> AsyncIterator[Page]:
     p.on("pageerror", lambda exc: errors.append(str(exc)))
     yield p
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@asynccontextmanager
+async def fresh_page(browser: Browser, init_script: str = "") -> AsyncIterator[tuple[BrowserContext, Page]]:
+    """A page in a profile of its own (no cookies, no storage), for independent cases run at once within one
+    test; ``init_script`` runs before each document's scripts; an uncaught script error fails the test."""
+    ctx = await browser.new_context()
+    try:
+        p = await ctx.new_page()
+        errors: list[str] = []
+        p.on("pageerror", lambda exc: errors.append(str(exc)))
+        if init_script:
+            await p.add_init_script(init_script)
+        yield ctx, p
+        assert not errors, f"uncaught errors in the page: {errors}"
+    finally:
+        await ctx.close()
 
 
 @pytest_asyncio.fixture(loop_scope=LOOP)

@@ -10,13 +10,13 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import BrowserContext, Page
 
+from tests.browser.fault_proxy import Answer, Fault, FaultProxy, event_types
 from tests.browser.test_tracking_script import (
     Events,
     RedisProcess,
     cookie_vid,
     eventually,
     stored_queue,
-    throttle_first,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -200,15 +200,52 @@ async def _new_cookie(context: BrowserContext, old: str) -> str | None:
 
 
 async def test_retry_after_holds_for_every_tab(tabs: Tabs, context: BrowserContext, api: Events,
-                                               service: str) -> None:
+                                               proxy: FaultProxy) -> None:
     """A Retry-After answered to one tab holds the other tabs back as well."""
     a, b = pages = await tabs(2)
-    vid = await known_visitor(pages, context, api, f"{service}/demo/")
-    attempts, handler = throttle_first("3")
-    await context.route("**/t", handler)
+    vid = await known_visitor(pages, context, api, f"{proxy.site}/landing")
+    proxy.rule = lambda body: Answer(429, {"Retry-After": "3"}) if "in_a" in event_types(body) else None
     await a.evaluate("stitcher('event', 'in_a'); stitcher('flush')")
     await eventually(lambda: a.evaluate("!!localStorage.getItem('stitcher.w')"), what="the retry time")
+    proxy.rule = lambda body: None
     await b.evaluate("stitcher('event', 'in_b')")  # no flush: its timer must wait as well
     events = await eventually(lambda: landed(api, vid, 4), what="both events")
     assert sorted(e["type"] for e in events[2:]) == ["in_a", "in_b"]
-    assert attempts[1] - attempts[0] >= 2.9
+    throttled = next(x for x in proxy.batches() if x.fault)
+    assert all(x.at - throttled.at >= 2.9 for x in proxy.batches() if x.at > throttled.at)
+
+
+async def test_a_late_answer_from_another_tab_does_not_undo_a_reset(tabs: Tabs, context: BrowserContext,
+                                                                    api: Events, proxy: FaultProxy) -> None:
+    """Tab b leaves the site while its pagehide beacon, sent under the old visitor, is held by the proxy (the
+    collector has stored it); tab a resets and records; the held answer then arrives and sets the cookie back
+    to the old id. Tab a's next events still go to the new visitor, and the cookie follows."""
+    a, b = pages = await tabs(2)
+    old = await known_visitor(pages, context, api, f"{proxy.site}/landing")
+
+    def hold_first_bye(body: dict[str, Any]) -> Fault:
+        held = any(x.fault == "hold" for x in proxy.batches())
+        return "hold" if "bye" in event_types(body) and not held else None
+
+    proxy.rule = hold_first_bye
+    await b.evaluate("stitcher('event', 'bye')")
+    await b.goto("about:blank")  # the pagehide beacon carries 'bye' under the old id
+    await eventually(lambda: _held(proxy), what="the beacon to be held")
+    await a.evaluate("stitcher('reset'); stitcher('event', 'after_reset'); stitcher('flush')")
+    new = await eventually(lambda: _new_cookie(context, old), what="the new visitor's cookie")
+    proxy.release_held.set()
+    await eventually(lambda: _cookie_is(context, old), what="the late answer to set the old cookie back")
+    await a.evaluate("stitcher('event', 'later'); stitcher('flush')")
+    events = await eventually(lambda: landed(api, new, 2), what="the later event under the new visitor")
+    assert [e["type"] for e in events] == ["after_reset", "later"]
+    assert sorted(e["type"] for e in await api(old)) == ["bye", "page_view", "page_view"]
+    assert await cookie_vid(context) == new
+    assert await a.evaluate("localStorage.getItem('stitcher.vid')") == new
+
+
+async def _held(proxy: FaultProxy) -> bool:
+    return any(x.fault == "hold" for x in proxy.batches())
+
+
+async def _cookie_is(context: BrowserContext, vid: str) -> bool:
+    return await cookie_vid(context) == vid

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Page
+from playwright.async_api import Browser, BrowserContext, Page
 
+from tests.browser.conftest import fresh_page
 from tests.browser.test_tracking_script import (
     Events,
     cookie_vid,
@@ -56,20 +58,25 @@ async def test_the_queue_bound_counts_utf8_bytes(page: Page, context: BrowserCon
     assert sorted(e["props"]["i"] for e in events) == kept
 
 
-@pytest.mark.parametrize("methods", [["getItem", "setItem"], ["getItem"], ["setItem"], ["setItem", "removeItem"]])
-async def test_storage_that_starts_throwing_falls_back_to_memory(page: Page, context: BrowserContext,
-                                                                 api: Events, service: str,
-                                                                 methods: list[str]) -> None:
-    """localStorage methods throwing after load (quota, privacy mode): the script keeps its queue in memory
-    and keeps sending."""
-    vid = await first_page_view(page, context, api, service)
-    await page.evaluate("""methods => {
-      const no = () => { throw new DOMException('full', 'QuotaExceededError') };
-      for (const m of methods) Storage.prototype[m] = no;
-      stitcher('event', 'after', {n: 0});
-      stitcher('flush');
-    }""", methods)
-    await eventually(lambda: _with_type(api, vid, "after", 1), what="the first event after the failure")
-    await page.evaluate("stitcher('event', 'after', {n: 1}); stitcher('flush')")
-    events = await eventually(lambda: _with_type(api, vid, "after", 2), what="the second event")
-    assert sorted(e["props"]["n"] for e in events) == [0, 1]
+async def test_storage_that_starts_throwing_falls_back_to_memory(browser: Browser, api: Events,
+                                                                 service: str) -> None:
+    """localStorage methods throwing after load (quota, privacy mode): getItem, setItem, both, or setItem and
+    removeItem (each case at once, in a profile of its own): the script keeps its queue in memory and keeps
+    sending."""
+
+    async def case(methods: list[str]) -> None:
+        async with fresh_page(browser) as (context, page):
+            vid = await first_page_view(page, context, api, service)
+            await page.evaluate("""methods => {
+              const no = () => { throw new DOMException('full', 'QuotaExceededError') };
+              for (const m of methods) Storage.prototype[m] = no;
+              stitcher('event', 'after', {n: 0});
+              stitcher('flush');
+            }""", methods)
+            await eventually(lambda: _with_type(api, vid, "after", 1), what="the first event after the failure")
+            await page.evaluate("stitcher('event', 'after', {n: 1}); stitcher('flush')")
+            events = await eventually(lambda: _with_type(api, vid, "after", 2), what="the second event")
+            assert sorted(e["props"]["n"] for e in events) == [0, 1], methods
+
+    await asyncio.gather(*(case(m) for m in (["getItem", "setItem"], ["getItem"], ["setItem"],
+                                             ["setItem", "removeItem"])))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -100,21 +101,6 @@ async def body_with(sent: list[dict[str, Any]], event_type: str) -> dict[str, An
     return await eventually(find, what=f"a request carrying {event_type}")
 
 
-def throttle_first(retry_after: str) -> tuple[list[float], Callable[[Route], Awaitable[None]]]:
-    """A route handler that answers the first beacon 429 with ``Retry-After`` and passes the others on, and
-    the loop time of every attempt it saw."""
-    loop = asyncio.get_running_loop()
-    attempts: list[float] = []
-
-    async def handler(route: Route) -> None:
-        attempts.append(loop.time())
-        if len(attempts) == 1:
-            await route.fulfill(status=429, headers={"Retry-After": retry_after}, body="")
-        else:
-            await route.continue_()
-
-    return attempts, handler
-
 async def test_demo_page_view_is_recorded_under_cookie_visitor(page: Page, context: BrowserContext,
                                                                api: Events, service: str) -> None:
     """Loading the demo records a page_view under the visitor id of the stitcher_vid cookie."""
@@ -181,7 +167,8 @@ async def test_custom_event_carries_its_props(page: Page, context: BrowserContex
 
 async def test_calls_made_before_load_are_replayed_in_order(page: Page, context: BrowserContext,
                                                             api: Events, service: str) -> None:
-    """Calls queued by the loader snippet before t.js arrives are sent once it runs, after the page_view."""
+    """Calls queued by the loader snippet before t.js arrives are sent once it runs, after the page_view; a
+    stitcher('page') among them is that page_view, not a second one."""
     release = asyncio.Event()
 
     async def slow_script(route: Route) -> None:
@@ -191,8 +178,8 @@ async def test_calls_made_before_load_are_replayed_in_order(page: Page, context:
     await page.route("**/t.js", slow_script)
     await page.goto(f"{service}/demo/", wait_until="domcontentloaded")
     queued = await page.evaluate(
-        "stitcher('event', 'early', {n: 1}); stitcher('event', 'early', {n: 2}); stitcher.q.length")
-    assert queued == 2
+        "stitcher('page'); stitcher('event', 'early', {n: 1}); stitcher('event', 'early', {n: 2}); stitcher.q.length")
+    assert queued == 3
     release.set()
     vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
     events = await eventually(lambda: _types_at_least(api, vid, 3), what="the replayed events")
@@ -340,6 +327,21 @@ async def test_reset_starts_a_new_visitor(page: Page, context: BrowserContext, a
     assert [e["type"] for e in await api(old)] == ["page_view", "before_reset"]
 
 
+async def test_reset_before_the_first_send_keeps_the_earlier_events_with_the_cookie_visitor(
+        page: Page, context: BrowserContext, api: Events, service: str) -> None:
+    """The script's storage was cleared (Safari's 7-day cap on script storage) while the collector's cookie
+    stayed: a reset before the script's first send still sends what was recorded before it to the cookie's
+    visitor, and what follows to a new one."""
+    old = str(uuid.uuid4())
+    await context.add_cookies([{"name": "stitcher_vid", "value": old, "url": service}])
+    await page.goto(f"{service}/demo/")
+    await page.evaluate("stitcher('event', 'before'); stitcher('reset'); stitcher('event', 'after');"
+                        "stitcher('flush')")
+    new = await eventually(lambda: _new_cookie(context, old), what="a new stitcher_vid cookie")
+    assert [e["type"] for e in await eventually(lambda: api(new), what="the new history")] == ["after"]
+    assert [e["type"] for e in await api(old)] == ["page_view", "before"]
+
+
 async def _new_cookie(context: BrowserContext, old: str) -> str | None:
     vid = await cookie_vid(context)
     return vid if vid and vid != old else None
@@ -419,37 +421,3 @@ async def test_cross_origin_page_can_read_a_503(page: Page, context: BrowserCont
     assert [e["type"] for e in events] == ["during_outage"]
     assert not [m for m in console if "CORS" in m], console
     assert 0 not in statuses
-
-
-async def test_429_is_retried_no_sooner_than_retry_after(page: Page, context: BrowserContext, api: Events,
-                                                          service: str) -> None:
-    """A 429 keeps the batch and the retry waits for Retry-After; the retried batch then lands once."""
-    attempts, handler = throttle_first("2")
-    await page.route("**/t", handler)
-    await page.goto(f"{service}/demo/")
-    vid = await eventually(lambda: cookie_vid(context), what="the stitcher_vid cookie")
-    events = await api(vid)
-    assert [e["type"] for e in events] == ["page_view"]
-    assert attempts[1] - attempts[0] >= 1.9
-    # the cookie arrives with the answer, before the script's fetch resolves and it drops the batch
-    await eventually(lambda: _stored_vid_is(page, vid), what="the script to take the answer")
-    assert await stored_queue(page) == []
-
-
-async def test_other_4xx_drops_the_batch(page: Page, service: str) -> None:
-    """A 4xx other than 429 means the batch can never succeed: it leaves the queue and is not retried."""
-    attempts: list[dict[str, Any]] = []
-
-    async def refuse(route: Route) -> None:
-        attempts.append(json.loads(route.request.post_data or "{}"))
-        await route.fulfill(status=400, content_type="application/json", body='{"error": "bad"}')
-
-    await page.route("**/t", refuse)
-    await page.goto(f"{service}/demo/")
-    await eventually(lambda: _count([len(attempts)], 1, 1), what="the first attempt")
-    await eventually(lambda: _empty_queue(page), what="the batch to be dropped")
-    await page.click("#signup")
-    await eventually(lambda: _count([len(attempts)], 2, 1), what="the next batch")
-    await asyncio.sleep(2.5)  # longer than the first backoff step: no retry may come
-    assert [[e["type"] for e in a["events"]] for a in attempts] == [["page_view"], ["signup_click"]]
-    assert await stored_queue(page) == []

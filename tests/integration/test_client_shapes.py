@@ -308,9 +308,9 @@ async def test_a_route_added_after_init_app_answers_with_a_trailing_slash_too(ai
         return web.json_response({"method": request.method, "body": await request.json()})
 
     app = init_app(settings)
-    app.router.add_post("/api/v1/orders", later)
+    app.router.add_post("/api/v1/later-endpoint", later)
     client = await aiohttp_client(app)
-    for path in ("/api/v1/orders", "/api/v1/orders/"):
+    for path in ("/api/v1/later-endpoint", "/api/v1/later-endpoint/"):
         status, body = await send(client, "POST", path, {"orders": []})
         assert status == 200, body
         assert body == {"method": "POST", "body": {"orders": []}}
@@ -335,3 +335,63 @@ async def test_concurrent_shoppers_with_blank_phones_into_one_new_group(client: 
         assert status == 200 and [g["name"] for g in contact["groups"]] == ["Checkout"]
         group_ids.add(contact["groups"][0]["id"])
     assert len(group_ids) == 1
+
+
+def yespo_order(order_id: int, user_id: int | None, email: str, phone: str = "") -> dict[str, Any]:
+    """``Yespo_Order_Mapping::order_woo_to_yes`` (github.com/Yespo-CDP/yespo-woocommerce): an integer order and
+    customer ID (the customer left out for a guest), money as strings, ``''`` for absent shipping, discount and
+    taxes, the phone as bare digits or ``''``, ``additionalInfo.comment``, items with integer product ids."""
+    order: dict[str, Any] = {"status": "IN_PROGRESS", "externalOrderId": order_id}
+    if user_id:
+        order["externalCustomerId"] = user_id
+    order.update({"totalCost": "1249.50", "email": email, "date": "2026-12-01T10:15:30.000000+02:00",
+                  "currency": "UAH", "firstName": "Ann", "deliveryAddress": "Khreshchatyk 1 Kyiv 01001 Ukraine ",
+                  "phone": phone, "shipping": "", "discount": "", "taxes": "", "source": "checkout",
+                  "paymentMethod": "cod", "additionalInfo": {"comment": "leave at the door"},
+                  "items": [{"externalItemId": 42, "name": "Kettle", "category": "no category", "quantity": 1,
+                             "cost": "1249.5", "url": "https://shop.example/kettle", "imageUrl": "",
+                             "description": ""}]})
+    return order
+
+
+async def test_woocommerce_order_export_as_the_plugin_builds_it(client: Any) -> None:
+    """The plugin's order call — trailing slash, string body, empty Basic user — lands, creates the buyer with
+    the order's identifiers, and repeating it changes nothing; a guest order without a phone lands too."""
+    body = {"orders": [yespo_order(5001, 17, "ann@shop.example", "380501234567"),
+                       yespo_order(5002, None, "guest@shop.example")]}
+    status, answer = await send(client, "POST", "/api/v1/orders/", body)
+    assert status == 200, answer
+    assert answer.get("failed") == [], answer
+    status, again = await send(client, "POST", "/api/v1/orders/", body)
+    assert status == 200 and again.get("failed") == [], again
+    status, found = await send(client, "GET", "/api/v1/contacts/?externalCustomerId=17")
+    assert status == 200 and len(found) == 1, found
+    status, orders = await send(client, "GET", f"/api/v1/contact/{found[0]['id']}/orders/")
+    assert status == 200, orders
+    assert [o["externalOrderId"] for o in orders["orders"]] == ["5001"]
+
+
+async def test_events_and_import_as_platform_clients_send_them(client: Any) -> None:
+    """``POST /api/v1/event/`` with ``keyValue`` an email and string params (the platform's event docs), and a
+    bulk import ``POST /api/v1/contacts/`` with ``dedupeOn``, ``contactFields``, ``groupNames`` and
+    ``restoreDeleted`` (the PHP client's ``Contacts::import``), both through trailing slashes."""
+    event = {"eventTypeKey": "cartUpdated", "keyValue": "bob@shop.example",
+             "params": [{"name": "EmailAddress", "value": "bob@shop.example"}, {"name": "total", "value": "10"}]}
+    status, answer = await send(client, "POST", "/api/v1/event/", event)
+    assert status == 200 and answer["status"] == "held", answer
+    body = {"contacts": [{"channels": [{"type": "email", "value": "bob@shop.example"}], "firstName": "Bob",
+                          "externalCustomerId": 18, "groups": [{"name": "Customers", "type": "Static"}]}],
+            "dedupeOn": "email", "contactFields": ["firstName", "email"], "customFieldsIDs": [],
+            "groupNames": ["Imported"], "restoreDeleted": False}
+    status, started = await send(client, "POST", "/api/v1/contacts/", body)
+    assert status == 200 and started["id"] == 0, started
+    import asyncio
+    for _ in range(200):
+        status, report = await send(client, "GET", f"/api/v1/importstatus/{started['asyncSessionId']}/")
+        if report.get("status") in ("FINISHED", "ERROR"):
+            break
+        await asyncio.sleep(0.05)
+    assert report["status"] == "FINISHED", report
+    contact_id = report["mapping"][0]["contactId"]
+    status, events = await send(client, "GET", f"/api/v1/contact/{contact_id}/events/")
+    assert [e["type"] for e in events["events"]] == ["cartUpdated"]

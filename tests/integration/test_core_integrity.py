@@ -20,8 +20,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import stitcher.app
-from stitcher.api import CONTACTS, DB
+from stitcher.api import CONTACTS
 from stitcher.app import WORKER
+from stitcher.http_input import DB
 from stitcher.stitch import Stitcher
 from stitcher.store import repo
 from stitcher.store.db import Database

@@ -21,7 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import stitcher.app
-from stitcher.api import CONTACTS, DB
+from stitcher.api import CONTACTS
+from stitcher.http_input import DB
 from tests.conftest import auth
 from tests.helpers import eventually, identity_lock_waiters, now_ms, recent_page_views, sql_scalar
 from tracker.keys import VisitorKeys

@@ -47,7 +47,8 @@ def test_the_reference_fixtures_ship():
     """Both SPEC §6 stories and the identity edge cases ship as fixtures."""
     names = {p.name for p in FIXTURE_FILES}
     assert {"example1_mobile.jsonl", "example2_web.jsonl", "shared_browser.jsonl", "conflict_409.jsonl",
-            "restore_after_delete.jsonl"} <= names
+            "restore_after_delete.jsonl", "bulk_import.jsonl", "order_lifecycle.jsonl",
+            "held_event.jsonl"} <= names
 
 
 @pytest.mark.parametrize("fixture", FIXTURE_FILES, ids=lambda p: p.stem)

@@ -1,0 +1,62 @@
+"""What every API handler reads from a request: the JSON body, query parameters, ids — checked once, here.
+
+Shared by the contacts API and the packages beside it (imports, events, orders), so each refuses bad input
+the same way: a 4xx naming the field, never a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from stitcher import jsonbody
+from stitcher.domain.identifiers import Normaliser
+from stitcher.store.db import Database
+from tracker.errors import UnsupportedMediaType, ValidationFailed
+from tracker.http import REQUEST_ID, read_body
+
+DB = web.AppKey("db", Database)
+NORMALISER = web.AppKey("normaliser", Normaliser)
+MAX_JSON_BYTES = 1024 * 1024
+
+
+async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES, *, judged: bool = True) -> Any:
+    """The JSON body: 415 for another media type, 413 past ``limit`` bytes (1 MiB), 400 naming the syntax
+    error or each place ``jsonbody.loads`` refuses (duplicate keys, NUL, numbers past 64 bits, nesting past
+    the limit). With ``judged=False`` the refused places are left for the caller (``jsonbody.problems``)."""
+    if request.content_type not in ("application/json", "text/plain", "application/octet-stream"):
+        raise UnsupportedMediaType(f"expected application/json, got {request.content_type}")
+    raw = await read_body(request, limit)
+    return jsonbody.loads(raw) if judged else jsonbody.decode(raw)
+
+
+def query(request: web.Request) -> MultiMapping[str]:
+    """The query parameters, each refused with a 400 naming it if its text cannot reach SQL (a NUL)."""
+    errors = [{"field": name, "message": why} for name, value in request.query.items()
+              if (why := jsonbody.text_problem(name) or jsonbody.text_problem(value)) is not None]
+    if errors:
+        raise ValidationFailed(errors)
+    return request.query
+
+
+def request_id(request: web.Request) -> str | None:
+    """The id the edge middleware answers this request with (X-Request-Id), for the identity log."""
+    return request.get(REQUEST_ID)
+
+
+def path_contact_id(request: web.Request) -> int:
+    raw = request.match_info["contact_id"]
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1 or len(raw) > 18:
+        raise ValidationFailed([{"field": "contactId", "message": "must be a positive integer"}])
+    return int(raw)
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = query(request).get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not lo <= int(raw) <= hi:
+        raise ValidationFailed([{"field": name, "message": f"must be an integer from {lo} to {hi}"}])
+    return int(raw)

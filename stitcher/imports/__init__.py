@@ -1,0 +1,1 @@
+"""Bulk import of contacts: ``POST /api/v1/contacts`` and its status."""

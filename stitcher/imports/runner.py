@@ -1,0 +1,151 @@
+"""Bulk imports in the background: accept, run chunk by chunk, report, and resume after a restart.
+
+An import's request and progress live in SQL (``imports``, ``import_rows``), each chunk committing its rows
+and the import's ``next_row`` together, so a process killed at any moment leaves an import that the next
+start resumes at its first unapplied row (DESIGN invariant 5). The runner keeps a strong reference to every
+task it starts (an unreferenced task can be garbage-collected mid-import).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import IntegrityError
+
+from stitcher.domain.errors import ImportNotFound
+from stitcher.domain.identifiers import Normaliser
+from stitcher.imports.chunk import StaleCandidates, apply_chunk, parse_rows
+from stitcher.imports.request import ImportRequest
+from stitcher.store import import_sessions, repo
+from stitcher.store.db import Database
+from stitcher.store.repo import now_ms
+from tracker.tasks import stop_task
+
+log = structlog.get_logger("imports")
+CHUNK_ROWS = 1000
+# identity keys a chunk's transaction may lock: two imports at a time stay well inside PostgreSQL's default
+# shared lock table (6,400), beside the API's transactions
+MAX_CHUNK_KEYS = 2000
+RESUME_RETRY_S = 5.0
+CONCURRENT_IMPORTS = 2  # two overlap one's SQL round trips with the other's parsing; more only queue on locks
+
+
+class ImportRunner:
+    """Starts, runs and reports imports; ``start_resuming`` picks up the unfinished ones at start-up."""
+
+    def __init__(self, db: Database, normaliser: Normaliser, *, chunk_rows: int = CHUNK_ROWS,
+                 concurrency: int = CONCURRENT_IMPORTS) -> None:
+        self.db = db
+        self.normaliser = normaliser
+        self.chunk_rows = max(1, chunk_rows)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: ImportRequest, request_id: str | None) -> str:
+        """Store the import (STARTED) and start it; returns its asyncSessionId."""
+        import_id = str(uuid.uuid4())
+        now = now_ms()
+        async with self.db.transaction() as s:
+            await import_sessions.create(s, import_id, len(request.contacts), request.stored(), request_id, now)
+        self._start(import_id)
+        return import_id
+
+    def start_resuming(self) -> None:
+        """Resume in the background every import a previous process left unfinished, once the database
+        answers: the service starts (and answers 503) while it does not."""
+        self._spawn(self._resume_when_reachable(), "import-resume")
+
+    async def _resume_when_reachable(self) -> None:
+        while True:
+            try:
+                async with self.db.reader() as s:
+                    ids = await import_sessions.unfinished(s)
+                break
+            except Exception as exc:  # unreachable or failing database: try again, as the API's 503 says
+                log.warning("cannot read unfinished imports yet", error=type(exc).__name__)
+                await asyncio.sleep(RESUME_RETRY_S)
+        for import_id in ids:
+            self._start(import_id)
+        if ids:
+            log.info("resuming unfinished imports", count=len(ids))
+
+    def _start(self, import_id: str) -> None:
+        self._spawn(self._run(import_id), f"import-{import_id}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self) -> None:
+        """Until every running import has ended (tests, benchmarks)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def close(self) -> None:
+        """Stop the running imports; each stays where its last chunk left it and resumes on the next start."""
+        for task in list(self._tasks):
+            await stop_task(task)
+
+    async def _run(self, import_id: str) -> None:
+        async with self._slots:
+            async with self.db.reader() as s:
+                row = await import_sessions.load(s, import_id)
+            if row is None or row.status not in import_sessions.RUNNING:
+                return  # ended meanwhile (another process), or gone with its database
+            request = ImportRequest.from_stored(row.request)
+            start = row.next_row
+            try:
+                group_ids: list[int] = []
+                if request.group_names:
+                    group_ids = await self.db.retry(lambda: self._groups(request.group_names))
+                while start < row.total:
+                    end = min(start + self.chunk_rows, row.total)
+                    parsed = parse_rows(request, start, end, self.normaliser)
+                    await asyncio.sleep(0)  # parsing a chunk is CPU work: let requests in between
+                    for part in parsed.split(MAX_CHUNK_KEYS):
+                        await self.db.retry(functools.partial(
+                            apply_chunk, self.db, import_id, request, part, group_ids, row.request_id),
+                            also=(StaleCandidates, IntegrityError))
+                        start = part.end
+                await self._end(import_id, "FINISHED", f"{row.total} rows processed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("import failed", import_id=import_id)
+                applied = f"rows 0-{start - 1} applied (see mapping)" if start else "no row applied"
+                await self._end(import_id, "ERROR", f"{applied}; rows {start}-{row.total - 1} not applied: "
+                                f"{type(exc).__name__}")
+
+    async def _groups(self, names: tuple[str, ...]) -> list[int]:
+        async with self.db.transaction() as s:
+            return await repo.ensure_groups(self.db, s, names)
+
+    async def _end(self, import_id: str, status: str, description: str) -> None:
+        async def end() -> None:
+            async with self.db.transaction() as s:
+                await import_sessions.end(s, import_id, status, description, now_ms())
+        await self.db.retry(end)
+
+    async def status(self, import_id: str) -> dict[str, Any]:
+        """The platform's import status, with the mapping of applied rows to contacts."""
+        async with self.db.reader() as s:
+            found = await import_sessions.report(s, import_id)
+        if found is None:
+            raise ImportNotFound(import_id)
+        imp, rows = found
+        return {
+            "asyncSessionId": import_id, "status": imp.status, "description": imp.description, "total": imp.total,
+            "processed": imp.next_row, "created": imp.created, "updated": imp.updated, "restored": imp.restored,
+            "skipped": imp.skipped,
+            "failedContacts": [{"index": r.idx, "error": r.error} for r in rows if r.action == "failed"],
+            "skippedContacts": [{"index": r.idx, "contactId": r.contact_id, "reason": r.error}
+                                for r in rows if r.action == "skipped"],
+            "mapping": [{"index": r.idx, "contactId": r.contact_id, "action": r.action}
+                        for r in rows if r.action in ("created", "updated", "restored")],
+        }

@@ -1,0 +1,255 @@
+"""Set-based statements: find, lock and write many contacts at once, a few round trips however many rows.
+
+Written for the bulk import and general enough for the single-contact add/update: "upsert these contacts,
+identifiers, group memberships and audit rows in one go". Inserts are Core ``executemany`` calls, which
+SQLAlchemy sends as multi-row ``INSERT … VALUES`` batches (insertmanyvalues) on both dialects; the caller
+holds the identity keys (``Database.lock_keys``) before calling ``lock_contacts`` and writing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Table,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stitcher.domain.identifiers import IdentifierKind
+from stitcher.domain.rules import Candidate
+from stitcher.store.db import Database
+from stitcher.store.models import Contact, GroupMember, Identifier, IdentityLog
+
+CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
+IDENTIFIERS: Table = Identifier.__table__  # type: ignore[attr-defined]
+AUDIT: Table = IdentityLog.__table__  # type: ignore[attr-defined]
+MEMBERS: Table = GroupMember.__table__  # type: ignore[attr-defined]
+# profile attributes (``ContactCommand.profile``) whose column is named otherwise
+_COLUMN = {"custom_fields": "fields"}
+_PROFILE_COLUMNS = ("first_name", "last_name", "language_code", "address", "fields")
+_CHANNEL_KINDS = {k.value for k in IdentifierKind}
+
+
+@dataclass(frozen=True)
+class Found:
+    """Who holds what: each external ID's contact, and the unmerged contacts (deleted ones too) behind each
+    identity key (``email:<v>``, ``sms:<v>``, ``mobilepush:<v>``, ``webpush:<v>``, ``id:<n>``,
+    ``field:<id>:<value>``)."""
+
+    by_external_id: Mapping[str, int]
+    by_key: Mapping[str, list[int]]
+
+    def ids(self) -> list[int]:
+        return sorted({*self.by_external_id.values(), *(i for ids in self.by_key.values() for i in ids)})
+
+
+def _one_of(session: AsyncSession, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter however many values (a long IN
+    list costs SQLAlchemy a bind parameter, and its rendering, per value)."""
+    if session.get_bind().dialect.name == "postgresql":
+        element = BigInteger() if isinstance(column.type, Integer) else Text()
+        return column == any_(bindparam(None, list(values), type_=ARRAY(element)))
+    return column.in_(values)
+
+
+async def find(session: AsyncSession, external_ids: Iterable[str], keys: Iterable[str]) -> Found:
+    """The contacts behind these external IDs and keys, in at most four queries (no locks taken)."""
+    by_ext: dict[str, int] = {}
+    exts = sorted(set(external_ids))
+    if exts:
+        rows = await session.execute(select(CONTACTS.c.external_customer_id, CONTACTS.c.id)
+                                     .where(_one_of(session, CONTACTS.c.external_customer_id, exts)))
+        by_ext = {e: i for e, i in rows}
+    wanted = sorted(set(keys))
+    by_key: dict[str, list[int]] = {k: [] for k in wanted}
+    channels: dict[str, list[str]] = defaultdict(list)
+    ids: list[int] = []
+    fields: dict[str, list[str]] = defaultdict(list)
+    for key in wanted:
+        kind, _, value = key.partition(":")
+        if kind in _CHANNEL_KINDS:
+            channels[kind].append(value)
+        elif kind == "id":
+            ids.append(int(value))
+        elif kind == "field":
+            field_id, _, field_value = value.partition(":")
+            fields[field_id].append(field_value)
+    live = CONTACTS.c.merged_into_id.is_(None)
+    if channels:
+        matches = await session.execute(
+            select(IDENTIFIERS.c.kind, IDENTIFIERS.c.value, IDENTIFIERS.c.contact_id)
+            .join(CONTACTS, CONTACTS.c.id == IDENTIFIERS.c.contact_id)
+            .where(or_(*[and_(IDENTIFIERS.c.kind == k, _one_of(session, IDENTIFIERS.c.value, v))
+                         for k, v in channels.items()]))
+            .where(live).order_by(IDENTIFIERS.c.contact_id))
+        for kind, value, cid in matches:
+            by_key[f"{kind}:{value}"].append(cid)
+    if ids:
+        for (cid,) in await session.execute(select(CONTACTS.c.id).where(_one_of(session, CONTACTS.c.id, ids), live)):
+            by_key[f"id:{cid}"].append(cid)
+    for field_id, values in fields.items():
+        for cid, value in await _by_field(session, field_id, values):
+            by_key[f"field:{field_id}:{value}"].append(cid)
+    return Found(by_ext, by_key)
+
+
+async def _by_field(session: AsyncSession, field_id: str, values: Sequence[str]) -> list[tuple[int, str]]:
+    """Contacts whose custom field ``field_id`` has one of ``values`` (compared as text; a scan of the
+    contacts' ``fields`` JSON, which has no index)."""
+    if session.get_bind().dialect.name == "postgresql":
+        query = text("SELECT c.id, e->>'value' FROM contacts c CROSS JOIN LATERAL jsonb_array_elements("
+                     "CASE WHEN jsonb_typeof(c.fields) = 'array' THEN c.fields ELSE '[]'::jsonb END) e "
+                     "WHERE c.merged_into_id IS NULL AND e->>'id' = :fid AND e->>'value' IN :values")
+    else:
+        query = text("SELECT c.id, CAST(json_extract(e.value, '$.value') AS TEXT) FROM contacts c, "
+                     "json_each(CASE WHEN json_type(c.fields) = 'array' THEN c.fields ELSE '[]' END) e "
+                     "WHERE c.merged_into_id IS NULL AND CAST(json_extract(e.value, '$.id') AS TEXT) = :fid "
+                     "AND CAST(json_extract(e.value, '$.value') AS TEXT) IN :values")
+    query = query.bindparams(bindparam("values", expanding=True))
+    return [(int(cid), str(v)) for cid, v in await session.execute(query, {"fid": field_id, "values": list(values)})]
+
+
+async def lock_contacts(session: AsyncSession, ids: Sequence[int]) -> dict[int, tuple[Candidate, bool]]:
+    """Row-lock these contacts (``FOR UPDATE``, one statement ordered by id: step 2 of the lock order) and
+    read them as the rules see them, each with whether it has been merged away meanwhile."""
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(CONTACTS.c.id, CONTACTS.c.external_customer_id, CONTACTS.c.deleted_at, CONTACTS.c.updated_at,
+               CONTACTS.c.merged_into_id)
+        .where(_one_of(session, CONTACTS.c.id, sorted(set(ids)))).order_by(CONTACTS.c.id).with_for_update())
+    return {cid: (Candidate(cid, ext, deleted is not None, updated / 1000), merged is not None)
+            for cid, ext, deleted, updated, merged in rows}
+
+
+def _columns(profile: Mapping[str, Any]) -> dict[str, Any]:
+    return {_COLUMN.get(attr, attr): value for attr, value in profile.items()}
+
+
+def _pg_type(table: Table, column: str) -> str:
+    """The PostgreSQL array element type a column's values travel as (JSON travels as text, cast after)."""
+    kind = table.c[column].type
+    if isinstance(kind, JSON):
+        return "jsonb"
+    return "bigint" if isinstance(kind, Integer) else "text"  # BigInteger is an Integer
+
+
+def _pg_arrays(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """One parameter per column: the column's values of every row (JSON encoded to text)."""
+    params: dict[str, list[Any]] = {}
+    for i, c in enumerate(columns):
+        values = [row[c] for row in rows]
+        if _pg_type(table, c) == "jsonb":
+            values = [None if v is None else orjson.dumps(v).decode() for v in values]
+        params[f"p{i}"] = values
+    return params
+
+
+def _pg_unnest(table: Table, columns: Sequence[str]) -> str:
+    """``unnest(…) AS u(c0, c1, …)`` over one array parameter per column."""
+    arrays = ", ".join(f"CAST(:p{i} AS {'text' if _pg_type(table, c) == 'jsonb' else _pg_type(table, c)}[])"
+                       for i, c in enumerate(columns))
+    return f"unnest({arrays}) AS u({', '.join(f'c{i}' for i in range(len(columns)))})"
+
+
+def _pg_value(table: Table, column: str, i: int) -> str:
+    return f"u.c{i}::jsonb" if _pg_type(table, column) == "jsonb" else f"u.c{i}"
+
+
+async def insert_many(db: Database, session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]],
+                      *, ignore: Sequence[str] | None = None) -> None:
+    """Insert rows (dicts with the same keys) in one statement: ``unnest`` over one array per column on
+    PostgreSQL (one round trip, one plan, no bind-parameter limit), a Core executemany on SQLite.
+    ``ignore`` names the unique columns whose conflicts are skipped (``ON CONFLICT … DO NOTHING``)."""
+    if not rows:
+        return
+    if db.dialect != "postgresql":
+        statement = db.insert_ignore(table, ignore) if ignore else insert(table)
+        await session.execute(statement, list(rows))
+        return
+    columns = list(rows[0])
+    values = ", ".join(_pg_value(table, c, i) for i, c in enumerate(columns))
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {values} FROM {_pg_unnest(table, columns)}"
+    if ignore:
+        sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
+    await session.execute(text(sql), _pg_arrays(table, columns, rows))
+
+
+async def insert_contacts(db: Database, session: AsyncSession,
+                          contacts: Sequence[tuple[str | None, Mapping[str, Any]]], now: int) -> list[int]:
+    """Insert contacts given as (external ID, profile attributes); their ids, in the given order."""
+    if not contacts:
+        return []
+    rows = [{**dict.fromkeys(_PROFILE_COLUMNS), **_columns(profile), "external_customer_id": ext,
+             "created_at": now, "updated_at": now} for ext, profile in contacts]
+    if db.dialect != "postgresql":
+        result = await session.execute(insert(CONTACTS).returning(CONTACTS.c.id, sort_by_parameter_order=True), rows)
+        return [int(i) for i in result.scalars()]
+    # ids drawn from the sequence first, so each row's id is known without relying on RETURNING's order
+    ids = [int(i) for i in (await session.execute(text(
+        "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) FROM generate_series(1, :n)"),
+        {"n": len(rows)})).scalars()]
+    await insert_many(db, session, CONTACTS, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
+    return ids
+
+
+async def update_contacts(db: Database, session: AsyncSession, changes: Mapping[int, Mapping[str, Any]],
+                          now: int) -> None:
+    """Set these attributes (profile attributes, ``external_customer_id``, ``deleted_at``) on these contacts,
+    and ``updated_at``: one statement per distinct set of attributes."""
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for cid, attrs in changes.items():
+        cols = _columns(attrs)
+        by_columns[tuple(sorted(cols))].append({"id": cid, **cols})
+    for names, rows in by_columns.items():
+        if db.dialect == "postgresql":
+            columns = ["id", *names]
+            sets = ", ".join(["updated_at = :now", *(f"{c} = {_pg_value(CONTACTS, c, i + 1)}"
+                                                     for i, c in enumerate(names))])
+            await session.execute(text(f"UPDATE contacts SET {sets} FROM {_pg_unnest(CONTACTS, columns)} "
+                                       "WHERE contacts.id = u.c0"),
+                                  {"now": now, **_pg_arrays(CONTACTS, columns, rows)})
+            continue
+        statement = (update(CONTACTS).where(CONTACTS.c.id == bindparam("b_id"))
+                     .values({"updated_at": bindparam("b_updated_at"), **{c: bindparam(f"b_{c}") for c in names}}))
+        await session.execute(statement, [{"b_updated_at": now, **{f"b_{k}": v for k, v in row.items()}}
+                                          for row in rows])
+
+
+async def add_identifiers(db: Database, session: AsyncSession,
+                          rows: Iterable[tuple[int, IdentifierKind, str, str | None]], now: int) -> None:
+    """Give contacts these channels (contact id, kind, value, device); ones a contact has stay as they are."""
+    params = [{"contact_id": cid, "kind": k.value, "value": v, "device": d, "created_at": now} for cid, k, v, d in rows]
+    await insert_many(db, session, IDENTIFIERS, params, ignore=("contact_id", "kind", "value"))
+
+
+async def add_memberships(db: Database, session: AsyncSession, rows: Iterable[tuple[int, int]],
+                          form_type: str | None, now: int) -> None:
+    """Put contacts in groups, given as (contact id, group id); existing memberships stay as they are."""
+    params = [{"contact_id": c, "group_id": g, "form_type": form_type, "added_at": now} for c, g in rows]
+    await insert_many(db, session, MEMBERS, params, ignore=("group_id", "contact_id"))
+
+
+async def add_audit(db: Database, session: AsyncSession, rows: Iterable[tuple[int, str, dict[str, Any] | None]],
+                    request_id: str | None, now: int) -> None:
+    """Identity-log rows given as (contact id, action, detail)."""
+    params = [{"contact_id": c, "action": a, "detail": d, "at": now, "request_id": request_id} for c, a, d in rows]
+    await insert_many(db, session, AUDIT, params)
