@@ -18,7 +18,7 @@ from stitcher.domain.commands import ContactCommand
 from stitcher.domain.errors import ConcurrentUpdate, ContactNotFound
 from stitcher.domain.rules import Action, Candidate, Decision, Lookup, Mode, decide, lookup_kinds
 from stitcher.stitch import Stitcher
-from stitcher.store import held_events, identity_keys, repo
+from stitcher.store import contact_rows, held_events, identity_keys, repo
 from stitcher.store.db import Contention, Database
 from stitcher.store.identity_keys import NeedKeys
 from stitcher.store.models import Contact, IdentityLog, VisitorLink
@@ -48,29 +48,27 @@ class _StaleDecision(Exception):
     """A contact the decision rests on changed after it was read (a concurrent request): decide again."""
 
 
-async def _recheck(s: Any, decision: Decision, found: Lookup) -> None:
+async def _recheck(s: Any, decision: Decision, found: Lookup) -> dict[int, contact_rows.Locked]:
     """Lock the contacts the decision updates or merges and check they are as the rules saw them.
 
     The request's own identifier locks do not cover a contact found through them that another request
-    reaches by a different identifier; the row lock does, and re-reading under it (populate_existing, so the
-    session's earlier copy is replaced) catches an external ID given or a merge done meanwhile.
+    reaches by a different identifier; the row lock does, and reading under it catches an external ID given
+    or a merge done meanwhile. Returns the locked rows.
     """
     ids = ([decision.target] if decision.target is not None else []) + list(decision.merge)
     if not ids:
-        return
+        return {}
     seen = {c.id: c for c in _candidates(found)}
-    rows = (await s.execute(select(Contact).where(col(Contact.id).in_(ids)).order_by(col(Contact.id))
-                            .with_for_update().execution_options(populate_existing=True))).scalars()
-    rows = list(rows)
+    rows = await contact_rows.lock(s, ids)
     if len(rows) != len(set(ids)):
         raise _StaleDecision(ids)  # erased meanwhile
-    for row in rows:
+    for row in rows.values():
         before = seen.get(row.id)
         if before is None:
             continue
-        if (row.merged_into_id is not None or row.external_customer_id != before.external_id
-                or (row.deleted_at is not None) != before.deleted):
+        if row.merged or row.external_id != before.external_id or row.deleted != before.deleted:
             raise _StaleDecision(row.id)
+    return rows
 
 
 def _candidates(found: Lookup) -> list[Candidate]:
@@ -129,16 +127,13 @@ class ContactService:
         async with self.db.transaction() as s:
             locked = {*identity_keys.of_request(identity, command.visitor_ids), *extra}
             await self.db.lock_keys(s, locked)
-            found = await repo.lookup(s, identity, lookup_kinds(mode))
+            found = await contact_rows.lookup(s, identity, lookup_kinds(mode))
             decision = decide(mode, identity, found)
             # a stitch onto a loser in flight must finish before its timeline moves: its visitors' keys
             losers_visitors = [v for loser in decision.merge for v in await repo.visitors_of(s, loser)]
             identity_keys.require(locked, {identity_keys.visitor(v) for v in losers_visitors})
-            await _recheck(s, decision, found)
-            contact = await self._target(s, decision, command, request_id)
-            assert contact.id is not None
-            cid = contact.id
-            await repo.add_identifiers(self.db, s, cid, command.channels())
+            rows = await _recheck(s, decision, found)
+            cid, external_id = await self._target(s, decision, found, command, rows, request_id)
             # events held for this person's identifiers (all locked above) join its timeline now
             await held_events.attach(self.db, s, {cid: identity_keys.of_request(identity, ())})
             to_stitch: list[tuple[str, int]] = []
@@ -159,36 +154,33 @@ class ContactService:
             if names := tuple(dict.fromkeys((*command.groups, *groups))):
                 await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, names), form_type)
             status = "merged" if decision.merged else decision.action.value
-            outcome = Outcome(cid, status, contact.external_customer_id, list(decision.merge),
-                              list(command.visitor_ids))
+            outcome = Outcome(cid, status, external_id, list(decision.merge), list(command.visitor_ids))
         return outcome, list(dict.fromkeys(to_stitch))
 
-    async def _target(self, s: Any, decision: Decision, command: ContactCommand,
-                      request_id: str | None) -> Contact:
+    async def _target(self, s: Any, decision: Decision, found: Lookup, command: ContactCommand,
+                      rows: dict[int, contact_rows.Locked], request_id: str | None) -> tuple[int, str | None]:
+        """Create or update the decision's contact (``rows``: the contacts locked for it) and give it the
+        request's channels; returns its id and external ID."""
         now = repo.now_ms()
         if decision.action is Action.CREATE:
-            contact = Contact(external_customer_id=decision.set_external_id, created_at=now, updated_at=now,
-                              **command.profile)
-            s.add(contact)
-            await s.flush()
-            assert contact.id is not None
-            repo.audit(s, contact.id, "created", request_id, externalCustomerId=decision.set_external_id)
-            return contact
+            cid = await contact_rows.create(self.db, s, decision.set_external_id, command.profile,
+                                            command.channels(), now, request_id)
+            return cid, decision.set_external_id
         assert decision.target is not None
-        contact = await s.get_one(Contact, decision.target)
-        for attr, value in command.profile.items():
-            setattr(contact, attr, value)
+        cid, external_id = decision.target, rows[decision.target].external_id
+        changes: dict[str, Any] = dict(command.profile)
         if decision.action is Action.RESTORE:
-            contact.deleted_at = None
-            repo.audit(s, decision.target, "restored", request_id)
+            changes["deleted_at"] = None
+            repo.audit(s, cid, "restored", request_id)
         if decision.set_external_id is not None:
-            repo.audit(s, decision.target, "assigned_external_id", request_id,
-                       externalCustomerId=decision.set_external_id, previous=contact.external_customer_id,
-                       foundBy=decision.found_by)
-            contact.external_customer_id = decision.set_external_id
-        contact.updated_at = now
-        await s.flush()
-        return contact  # type: ignore[no-any-return]  # scalar_one() of a typed select
+            repo.audit(s, cid, "assigned_external_id", request_id, externalCustomerId=decision.set_external_id,
+                       previous=external_id, foundBy=decision.found_by)
+            changes["external_customer_id"] = external_id = decision.set_external_id
+        await contact_rows.update_contact(s, cid, changes, now)
+        # the channels the lookup found on the target stay as they are (their keys are locked): no insert
+        held = {pair for pair, holders in found.by_channel.items() if any(c.id == cid for c in holders)}
+        await repo.add_identifiers(self.db, s, cid, [c for c in command.channels() if c[:2] not in held])
+        return cid, external_id
 
     async def _link_visitors(self, s: Any, cid: int, visitor_ids: Sequence[str],
                              request_id: str | None) -> list[tuple[str, int]]:
@@ -199,23 +191,23 @@ class ContactService:
         running, so that what happened before stays with the earlier person.
         """
         now = repo.now_ms()
-        current = {link.visitor_id: link for link in await repo.open_links(s, visitor_ids)}
+        current = await contact_rows.open_links(s, visitor_ids)
         stitches: list[tuple[str, int]] = []
+        new: list[str] = []
         for vid in visitor_ids:
             link = current.get(vid)
             if link is not None and link.contact_id != cid:  # a shared browser changes hands now
-                if link.stitched_at is None:
+                if not link.stitched:
                     # its stitch has not run yet: hand the history over to the earlier owner first
                     await self.eventlog.claim(vid, link.contact_id)
                     stitches.append((vid, link.contact_id))
-                link.unlinked_at = now
+                await contact_rows.unlink(s, link.id, now)
                 repo.audit(s, link.contact_id, "unlinked_visitor", request_id, visitorId=vid, toContactId=cid)
-                await s.flush()
             if link is None or link.contact_id != cid:
-                s.add(VisitorLink(visitor_id=vid, contact_id=cid, linked_at=now))
+                new.append(vid)
                 repo.audit(s, cid, "linked_visitor", request_id, visitorId=vid)
             stitches.append((vid, cid))
-        await s.flush()
+        await contact_rows.link(s, cid, new, now)
         return stitches
 
     async def delete(self, contact_id: int, *, erase: bool, request_id: str | None) -> None:

@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
@@ -133,10 +134,9 @@ class Normaliser:
         """A syntactically valid address, fully lower-cased so that lookups ignore case (SPEC §1)."""
         text = self._text(value, field, allow_int=False)
         try:
-            checked = validate_email(text, check_deliverability=False)
+            return _normalised_email(text)
         except EmailNotValidError as exc:
             raise InvalidIdentifier(field, f"is not a valid email address: {exc}") from None
-        return checked.normalized.lower()
 
     def phone(self, value: Any, field: str) -> str:
         """A phone number in E.164.
@@ -145,35 +145,10 @@ class Normaliser:
         written without the plus (``380671234567``, the form eSputnik's own examples use); ``00`` counts
         as ``+``.
         """
-        text = self._text(value, field, allow_int=True)
-        if text.startswith("00"):
-            text = "+" + text[2:]
-        attempts: list[tuple[str, str | None]] = []
-        if text.startswith("+"):
-            attempts.append((text, None))
-        else:
-            if self.default_region:
-                attempts.append((text, self.default_region))
-            attempts.append(("+" + text, None))
-        reasons: list[str] = []
-        for candidate, region in attempts:
-            try:
-                number = phonenumbers.parse(candidate, region)
-            except NumberParseException as exc:
-                why = _UNPARSABLE_PHONE.get(exc.error_type, "it is unreadable")
-                reasons.append(f"is not a phone number: {why}")
-                continue
-            possible = phonenumbers.is_possible_number_with_reason(number)
-            if possible != ValidationResult.IS_POSSIBLE:
-                why = _IMPOSSIBLE_PHONE.get(possible, "is malformed")
-                reasons.append(f"is not a possible phone number: it {why}")
-                continue
-            if not phonenumbers.is_valid_number(number):
-                reasons.append("is not a valid phone number: no such number range exists in its country")
-                continue
-            return str(phonenumbers.format_number(number, PhoneNumberFormat.E164))
-        # The first reading is the one the caller most likely meant, so its reason is the useful one.
-        raise InvalidIdentifier(field, reasons[0])
+        valid, e164_or_reason = _e164(self._text(value, field, allow_int=True), self.default_region)
+        if not valid:
+            raise InvalidIdentifier(field, e164_or_reason)
+        return e164_or_reason
 
     def token(self, value: Any, field: str) -> str:
         """A push token (mobile app or browser): opaque trimmed text, 1..1024 bytes of UTF-8."""
@@ -198,6 +173,63 @@ class Normaliser:
         if kind in STORED_ONLY:  # a Viber number or a Telegram chat id, which clients send as a JSON number
             return self._opaque(value, field, MAX_IDENTIFIER_BYTES, allow_int=True)
         return self.token(value, field)
+
+
+# Validation is a pure function of the text (and the phone region), and the same customers' addresses and
+# numbers come back on every update: the last few thousand answers are kept in memory (email-validator and
+# phonenumbers cost some 100 µs a call). Only texts short enough to be valid at all are kept (an address has
+# at most 254 characters), so hostile megabyte values cannot fill the memory.
+_MEMO, _MEMO_MAX_CHARS = 4096, 320
+
+
+def _normalised_email(text: str) -> str:
+    return (_email_memo if len(text) <= _MEMO_MAX_CHARS else _email_form)(text)
+
+
+def _e164(text: str, default_region: str | None) -> tuple[bool, str]:
+    return (_phone_memo if len(text) <= _MEMO_MAX_CHARS else _phone_form)(text, default_region)
+
+
+def _email_form(text: str) -> str:
+    """The address as email-validator normalises it, fully lower-cased; ``EmailNotValidError`` if invalid
+    (an error is not kept: it is raised again on the next call)."""
+    return str(validate_email(text, check_deliverability=False).normalized.lower())
+
+
+def _phone_form(text: str, default_region: str | None) -> tuple[bool, str]:
+    """``(True, E.164 form)`` of a phone number, or ``(False, why it is not one)`` (see ``Normaliser.phone``)."""
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    attempts: list[tuple[str, str | None]] = []
+    if text.startswith("+"):
+        attempts.append((text, None))
+    else:
+        if default_region:
+            attempts.append((text, default_region))
+        attempts.append(("+" + text, None))
+    reasons: list[str] = []
+    for candidate, region in attempts:
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except NumberParseException as exc:
+            why = _UNPARSABLE_PHONE.get(exc.error_type, "it is unreadable")
+            reasons.append(f"is not a phone number: {why}")
+            continue
+        possible = phonenumbers.is_possible_number_with_reason(number)
+        if possible != ValidationResult.IS_POSSIBLE:
+            why = _IMPOSSIBLE_PHONE.get(possible, "is malformed")
+            reasons.append(f"is not a possible phone number: it {why}")
+            continue
+        if not phonenumbers.is_valid_number(number):
+            reasons.append("is not a valid phone number: no such number range exists in its country")
+            continue
+        return True, str(phonenumbers.format_number(number, PhoneNumberFormat.E164))
+    # The first reading is the one the caller most likely meant, so its reason is the useful one.
+    return False, reasons[0]
+
+
+_email_memo = lru_cache(maxsize=_MEMO)(_email_form)
+_phone_memo = lru_cache(maxsize=_MEMO)(_phone_form)
 
 
 def _bounded(text: str, field: str) -> str:

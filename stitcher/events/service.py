@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stitcher.domain.rules import LOOKUP_ORDER, route_event
 from stitcher.events.payload import EventCommand
 from stitcher.stitch import insert_timeline
-from stitcher.store import held_events, identity_keys, repo
+from stitcher.store import contact_rows, held_events, identity_keys, repo
 from stitcher.store.db import Contention, Database
 from stitcher.store.models import ApiEvent
 
@@ -64,7 +64,7 @@ class EventService:
             seen = await held_events.receipt(s, command.event_id) if command.keyed else None
             if seen is not None:
                 return await _resent(s, command.event_id, *seen)
-            route = route_event(identity, await repo.lookup(s, identity, LOOKUP_ORDER))
+            route = route_event(identity, await contact_rows.lookup(s, identity, LOOKUP_ORDER))
             now = repo.now_ms()
             event = ApiEvent(event_id=command.event_id, type=command.type, data=command.data, occurred_at=now,
                              received_at=now, expires_at=now + self.hold_ms)

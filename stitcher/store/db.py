@@ -16,6 +16,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
+from stitcher.store import audit
+
 T = TypeVar("T")
 ATTEMPTS = 5
 log = structlog.get_logger("db")
@@ -76,16 +78,20 @@ class Database:
         self.dialect = self.engine.dialect.name
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._inserts: dict[tuple[Any, tuple[str, ...]], Insert] = {}
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction, committed on success and rolled back on error."""
+        """A session in a transaction, committed on success and rolled back on error; the identity-log rows
+        it recorded (``audit.record``) are inserted, in one statement, just before the commit."""
         if self._write_lock is None:
             async with self.sessions() as session, session.begin():
                 yield session
+                await audit.write(session)
             return
         async with self._write_lock, self.sessions() as session, session.begin():
             yield session
+            await audit.write(session)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:
@@ -139,10 +145,13 @@ class Database:
 
     def insert_ignore(self, table: Any, index_elements: Sequence[str]) -> Insert:
         """``INSERT ... ON CONFLICT (index_elements) DO NOTHING`` for this dialect; pass rows at execute."""
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        # on the Table, not the model class: Core executemany, without the ORM's per-row bulk machinery
-        return dialect_insert(getattr(table, "__table__", table)).on_conflict_do_nothing(
-            index_elements=list(index_elements))
+        key = (getattr(table, "__table__", table), tuple(index_elements))
+        if (statement := self._inserts.get(key)) is None:  # built once: a call only binds its rows
+            dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+            # on the Table, not the model class: Core executemany, without the ORM's per-row bulk machinery
+            statement = self._inserts[key] = dialect_insert(key[0]).on_conflict_do_nothing(
+                index_elements=list(index_elements))
+        return statement
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:

@@ -13,9 +13,10 @@ from sqlmodel import col
 
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
+from stitcher.store.contact_rows import candidate
 from stitcher.store.db import Database
 from stitcher.store.models import Contact, Identifier, IdentityLog, Order, TimelineEvent
-from stitcher.store.repo import candidate, now_ms
+from stitcher.store.repo import now_ms
 
 
 async def by_external_id(s: AsyncSession, external_order_ids: Iterable[str], *,
@@ -58,7 +59,7 @@ class Buyers:
 
 async def find_buyers(db: Database, s: AsyncSession, identities: Sequence[Identity]) -> Buyers:
     """Two queries for a whole request: the holders of its external IDs (live or deleted) and the live,
-    unmerged contacts holding its emails and phones (as ``repo.lookup`` reads them for one call)."""
+    unmerged contacts holding its emails and phones (as ``contact_rows.lookup`` reads them for one call)."""
     buyers = Buyers()
     exts = list({i.external_id for i in identities if i.external_id is not None})
     if exts:

@@ -7,19 +7,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from stitcher.domain.identifiers import IdentifierKind, Identity
-from stitcher.domain.rules import Candidate, Lookup
+from stitcher.domain.identifiers import IdentifierKind
+from stitcher.store import audit as audit_log
 from stitcher.store.db import Database
 from stitcher.store.models import (
     Contact,
     Group,
     GroupMember,
     Identifier,
-    IdentityLog,
     Order,
     TimelineEvent,
     VisitorLink,
@@ -30,36 +29,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def candidate(contact: Contact) -> Candidate:
-    assert contact.id is not None
-    return Candidate(contact.id, contact.external_customer_id, contact.deleted_at is not None,
-                     contact.updated_at / 1000)
-
-
-async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[IdentifierKind]) -> Lookup:
-    """Load every contact the request's identifiers point at (merged contacts never; deleted only by ID)."""
-    by_contact_id = by_external_id = None
-    if identity.contact_id is not None:
-        c = await session.get(Contact, identity.contact_id)
-        if c is not None and c.merged_into_id is None:
-            by_contact_id = candidate(c)
-    if identity.external_id is not None:
-        c = (await session.execute(select(Contact).where(
-            col(Contact.external_customer_id) == identity.external_id))).scalar_one_or_none()
-        if c is not None:
-            by_external_id = candidate(c)
-    wanted = [(k, v) for k, v in identity.channels if k in kinds]
-    by_channel: dict[tuple[IdentifierKind, str], list[Candidate]] = {pair: [] for pair in wanted}
-    if wanted:
-        rows = await session.execute(
-            select(col(Identifier.kind), col(Identifier.value), Contact)
-            .join(Contact, col(Contact.id) == col(Identifier.contact_id))
-            .where(or_(*[and_(col(Identifier.kind) == k.value, col(Identifier.value) == v) for k, v in wanted]))
-            .where(col(Contact.deleted_at).is_(None), col(Contact.merged_into_id).is_(None))
-        )
-        for kind, value, contact in rows:
-            by_channel[(IdentifierKind(kind), value)].append(candidate(contact))
-    return Lookup(by_contact_id, by_external_id, {k: tuple(v) for k, v in by_channel.items()})
+audit = audit_log.record  # an identity-log row, written with the transaction
 
 
 async def add_identifiers(db: Database, session: AsyncSession, contact_id: int,
@@ -125,12 +95,6 @@ async def add_to_groups(db: Database, session: AsyncSession, contact_id: int, gr
         await session.execute(db.insert_ignore(GroupMember, ["group_id", "contact_id"]), [
             {"group_id": g, "contact_id": contact_id, "form_type": form_type, "added_at": now_ms()}
             for g in group_ids])
-
-
-def audit(session: AsyncSession, contact_id: int, action: str, request_id: str | None,
-          **detail: Any) -> None:
-    session.add(IdentityLog(contact_id=contact_id, action=action, detail=detail or None, at=now_ms(),
-                            request_id=request_id))
 
 
 @dataclass

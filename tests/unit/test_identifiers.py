@@ -484,3 +484,32 @@ def test_parse_non_object_payload_is_error() -> None:
     """A payload that is not a JSON object is an error."""
     with pytest.raises(ValidationFailed):
         parse_identity(["x"], N)  # type: ignore[arg-type]
+
+
+# --- remembered answers: the same value validated again gives the same answer, nothing more -----------------
+
+
+def test_a_repeated_email_or_phone_gets_the_same_answer_and_a_bad_one_the_same_error() -> None:
+    n = Normaliser()
+    for _ in range(3):
+        assert n.email(" Ann@Example.COM ", "email") == "ann@example.com"
+        assert n.phone("+380 67 123 4567", "sms") == "+380671234567"
+        with pytest.raises(InvalidIdentifier, match="not a valid email"):
+            n.email("ann@@example.com", "email")
+        with pytest.raises(InvalidIdentifier, match="sms"):
+            n.phone("+3806712", "sms")
+
+
+def test_a_remembered_phone_reading_is_never_used_for_another_default_region() -> None:
+    assert Normaliser(default_region="UA").phone("0671234567", "sms") == "+380671234567"
+    with pytest.raises(InvalidIdentifier):
+        Normaliser().phone("0671234567", "sms")  # without a region: no country code
+
+
+def test_huge_values_are_validated_but_never_remembered() -> None:
+    from stitcher.domain import identifiers
+
+    before = identifiers._email_memo.cache_info().currsize
+    with pytest.raises(InvalidIdentifier):
+        Normaliser().email("a" * 100_000 + "@example.com", "email")
+    assert identifiers._email_memo.cache_info().currsize == before

@@ -1,0 +1,239 @@
+"""Lean Core statements for writing one contact (add/update, PUT, subscribe): the hot path's SQL.
+
+Every statement is built once, at import, with bind parameters (expanding ones for lists), so a call only
+binds values and SQLAlchemy finds the compiled form in its cache: no ORM identity map, no flush, no refresh.
+A call costs one lookup (contact id, external ID and every channel in one UNION ALL), one ``FOR UPDATE``
+of the rows it changes, one insert or update of the contact (``RETURNING`` its id), one insert of its
+identifiers; the audit rows go in one insert at commit (``repo.audit``). Table and column names follow
+``stitcher/store/bulk.py`` (the import's set-based statements) so both can share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    String,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stitcher.domain.identifiers import IdentifierKind, Identity
+from stitcher.domain.rules import Candidate, Lookup
+from stitcher.store import audit, repo
+from stitcher.store.db import Database
+from stitcher.store.models import Contact, Identifier, VisitorLink
+
+CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
+IDENTIFIERS: Table = Identifier.__table__  # type: ignore[attr-defined]
+LINKS: Table = VisitorLink.__table__  # type: ignore[attr-defined]
+# profile attributes (``ContactCommand.profile``) whose column is named otherwise
+_COLUMN = {"custom_fields": "fields"}
+
+_C, _I, _L = CONTACTS.c, IDENTIFIERS.c, LINKS.c
+_ROW = (_C.id, _C.external_customer_id, _C.deleted_at, _C.updated_at, _C.merged_into_id)
+# how a lookup row was found: 0 by contact id, 1 by external ID, 2 by a channel (kind, value)
+_BY_ID, _BY_EXT, _BY_CHANNEL = 0, 1, 2
+
+
+def _pg_one_of(column: Any, name: str) -> Any:
+    """``column = ANY(:name)``, the list bound as one array: the SQL text never changes with its length."""
+    return column == any_(bindparam(name, type_=ARRAY(column.type)))
+
+
+def _one_of(column: Any, name: str) -> Any:
+    """``column IN (…)``, expanded at each execution (SQLite has no arrays)."""
+    return column.in_(bindparam(name, expanding=True))
+
+
+@dataclass(frozen=True)
+class _Statements:
+    lock: Any
+    open_links: Any
+
+
+def _statements(one_of: Callable[[Any, str], Any]) -> _Statements:
+    return _Statements(
+        lock=(select(_C.id, _C.external_customer_id, _C.deleted_at, _C.merged_into_id)
+              .where(one_of(_C.id, "ids")).order_by(_C.id).with_for_update()),
+        open_links=(select(_L.id, _L.visitor_id, _L.contact_id, _L.stitched_at)
+                    .where(one_of(_L.visitor_id, "vids"), _L.unlinked_at.is_(None))),
+    )
+
+
+@lru_cache(maxsize=32)
+def _lookup(pairs: int) -> Any:
+    """The lookup for a request with ``pairs`` channels: one ``(kind = :kN AND value = :vN)`` per channel, so
+    each is a probe of the (kind, value) index whatever plan the database keeps for the statement (two
+    ``= ANY`` arrays let PostgreSQL's generic plan scan every identifier of the kind)."""
+    parts = [
+        select(literal_column(str(_BY_ID)).label("via"), null().cast(String).label("kind"),
+               null().cast(String).label("value"), *_ROW)
+        .where(_C.id == bindparam("cid", type_=BigInteger)),
+        select(literal_column(str(_BY_EXT)), null().cast(String), null().cast(String), *_ROW)
+        .where(_C.external_customer_id == bindparam("ext", type_=String)),
+    ]
+    if pairs:
+        parts.append(
+            select(literal_column(str(_BY_CHANNEL)), _I.kind, _I.value, *_ROW)
+            .join_from(IDENTIFIERS, CONTACTS, _C.id == _I.contact_id)
+            .where(or_(*[and_(_I.kind == bindparam(f"k{i}", type_=String), _I.value == bindparam(f"v{i}", type_=String))
+                         for i in range(pairs)]),
+                   _C.deleted_at.is_(None), _C.merged_into_id.is_(None)))
+    return union_all(*parts)
+
+
+_PG, _OTHER = _statements(_pg_one_of), _statements(_one_of)
+
+
+def _for(session: AsyncSession) -> _Statements:
+    return _PG if session.get_bind().dialect.name == "postgresql" else _OTHER
+
+
+_INSERT_CONTACT = insert(CONTACTS).returning(_C.id)
+_PG_TEXT_COLUMNS, _PG_JSON_COLUMNS = ("first_name", "last_name", "language_code"), ("address", "fields")
+# PostgreSQL: the contact, its identifiers and its "created" audit row in one statement (the CTE's
+# INSERT … RETURNING feeds the other two)
+_PG_CREATE = text("""
+    WITH c AS (
+        INSERT INTO contacts (external_customer_id, first_name, last_name, language_code, address, fields,
+                              created_at, updated_at)
+        VALUES (:ext, :first_name, :last_name, :language_code, CAST(:address AS jsonb), CAST(:fields AS jsonb),
+                :now, :now)
+        RETURNING id
+    ), i AS (
+        INSERT INTO identifiers (contact_id, kind, value, device, created_at)
+        SELECT c.id, u.k, u.v, u.d, :now
+        FROM c, unnest(CAST(:kinds AS text[]), CAST(:values AS text[]), CAST(:devices AS text[])) AS u(k, v, d)
+        ON CONFLICT (contact_id, kind, value) DO NOTHING
+    ), a AS (
+        INSERT INTO identity_log (contact_id, action, detail, at, request_id)
+        SELECT c.id, 'created', CAST(:detail AS jsonb), :now, :request_id FROM c
+    )
+    SELECT id FROM c
+""")
+_UPDATE_CONTACT = update(CONTACTS).where(_C.id == bindparam("target_id"))
+_UNLINK = update(LINKS).where(_L.id == bindparam("link_id")).values(unlinked_at=bindparam("at"))
+_LINK = insert(LINKS)
+
+
+@dataclass(frozen=True)
+class Locked:
+    """A contact row as it is under its ``FOR UPDATE`` lock."""
+
+    id: int
+    external_id: str | None
+    deleted: bool
+    merged: bool
+
+
+@dataclass(frozen=True)
+class OpenLink:
+    """A visitor's open link to a contact; ``stitched`` once its anonymous history is on the timeline."""
+
+    id: int
+    visitor_id: str
+    contact_id: int
+    stitched: bool
+
+
+def candidate(row: Any) -> Candidate:
+    """A contact row (or ORM object) as the identity rules see it."""
+    return Candidate(row.id, row.external_customer_id, row.deleted_at is not None, row.updated_at / 1000)
+
+
+async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[IdentifierKind]) -> Lookup:
+    """Every contact the request's identifiers point at, in one query (merged contacts never, deleted ones
+    only by contact id or external ID)."""
+    wanted = list(dict.fromkeys((k, v) for k, v in identity.channels if k in kinds))
+    params: dict[str, Any] = {"cid": identity.contact_id, "ext": identity.external_id}
+    for i, (kind, value) in enumerate(wanted):
+        params[f"k{i}"], params[f"v{i}"] = kind.value, value
+    rows = await session.execute(_lookup(len(wanted)), params)
+    by_contact_id = by_external_id = None
+    by_channel: dict[tuple[IdentifierKind, str], list[Candidate]] = {pair: [] for pair in wanted}
+    for row in rows:
+        if row.via == _BY_ID:
+            if row.merged_into_id is None:
+                by_contact_id = candidate(row)
+        elif row.via == _BY_EXT:
+            by_external_id = candidate(row)
+        else:
+            by_channel[(IdentifierKind(row.kind), row.value)].append(candidate(row))
+    return Lookup(by_contact_id, by_external_id, {k: tuple(v) for k, v in by_channel.items()})
+
+
+async def lock(session: AsyncSession, ids: Sequence[int]) -> dict[int, Locked]:
+    """``SELECT … FOR UPDATE`` of these contacts, in one statement ordered by id (the lock order's step 2);
+    erased ones are missing from the answer."""
+    rows = await session.execute(_for(session).lock, {"ids": list(ids)})
+    return {r.id: Locked(r.id, r.external_customer_id, r.deleted_at is not None, r.merged_into_id is not None)
+            for r in rows}
+
+
+def _columns(profile: Mapping[str, Any]) -> dict[str, Any]:
+    return {_COLUMN.get(attr, attr): value for attr, value in profile.items()}
+
+
+async def create(db: Database, session: AsyncSession, external_id: str | None, profile: Mapping[str, Any],
+                 channels: Sequence[tuple[IdentifierKind, str, str | None]], now: int,
+                 request_id: str | None) -> int:
+    """A new contact with its channels and its "created" audit row; returns its id. One statement on
+    PostgreSQL; elsewhere (or for a profile column that statement does not name) two, the audit row going
+    with the transaction's others (``audit.record``)."""
+    detail = {"externalCustomerId": external_id}
+    columns = _columns(profile)
+    if db.dialect != "postgresql" or not columns.keys() <= {*_PG_TEXT_COLUMNS, *_PG_JSON_COLUMNS}:
+        values = {**columns, "external_customer_id": external_id, "created_at": now, "updated_at": now}
+        cid = int((await session.execute(_INSERT_CONTACT, values)).scalar_one())
+        await repo.add_identifiers(db, session, cid, channels)
+        audit.record(session, cid, "created", request_id, **detail)
+        return cid
+    params = {c: columns.get(c) for c in _PG_TEXT_COLUMNS}
+    # as the Core insert does: a JSON column given as None holds JSON null, one not given SQL NULL
+    params.update({c: orjson.dumps(columns[c]).decode() if c in columns else None for c in _PG_JSON_COLUMNS})
+    params.update(ext=external_id, now=now, detail=orjson.dumps(detail).decode(), request_id=request_id,
+                  kinds=[k.value for k, _, _ in channels], values=[v for _, v, _ in channels],
+                  devices=[d for _, _, d in channels])
+    return int((await session.execute(_PG_CREATE, params)).scalar_one())
+
+
+async def update_contact(session: AsyncSession, contact_id: int, changes: Mapping[str, Any], now: int) -> None:
+    """Set profile attributes (and ``external_customer_id``, ``deleted_at`` when given) and ``updated_at``."""
+    await session.execute(_UPDATE_CONTACT, {**_columns(changes), "updated_at": now, "target_id": contact_id})
+
+
+async def open_links(session: AsyncSession, visitor_ids: Sequence[str]) -> dict[str, OpenLink]:
+    """The open link of each of these visitors that has one."""
+    if not visitor_ids:
+        return {}
+    rows = await session.execute(_for(session).open_links, {"vids": list(visitor_ids)})
+    return {r.visitor_id: OpenLink(r.id, r.visitor_id, r.contact_id, r.stitched_at is not None) for r in rows}
+
+
+async def unlink(session: AsyncSession, link_id: int, now: int) -> None:
+    await session.execute(_UNLINK, {"link_id": link_id, "at": now})
+
+
+async def link(session: AsyncSession, contact_id: int, visitor_ids: Sequence[str], now: int) -> None:
+    """Open links from these visitors to the contact (their earlier open links closed before)."""
+    if visitor_ids:
+        await session.execute(_LINK, [{"visitor_id": v, "contact_id": contact_id, "linked_at": now}
+                                              for v in visitor_ids])
