@@ -7,6 +7,7 @@ placeholder is ignored (treated as absent and reported back, SPEC §1): integrat
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import phonenumbers
-from email_validator import EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
 
 from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
@@ -192,8 +193,27 @@ def _e164(text: str, default_region: str | None) -> tuple[bool, str]:
 
 def _email_form(text: str) -> str:
     """The address as email-validator normalises it, fully lower-cased; ``EmailNotValidError`` if invalid
-    (an error is not kept: it is raised again on the next call)."""
+    (an error is not kept: it is raised again on the next call).
+
+    A plain ASCII address (``_PLAIN_EMAIL``: a dot-atom local part, LDH labels without ``--``, a letters-only
+    top-level domain that is not special-use, within every length limit) is one email-validator accepts and
+    normalises to itself, so it is only lower-cased (~1 µs instead of ~70 µs: imports and orders validate
+    thousands); anything else goes to email-validator. ``test_identifiers`` checks the two agree.
+    """
+    if (len(text) <= _MAX_EMAIL and _PLAIN_EMAIL.fullmatch(text) is not None
+            and text.rpartition(".")[2].lower() not in _SPECIAL_USE_TLDS):
+        local, _, domain = text.partition("@")
+        if len(local) <= _MAX_LOCAL and len(domain) <= _MAX_DOMAIN:
+            return text.lower()
     return str(validate_email(text, check_deliverability=False).normalized.lower())
+
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9]|-(?!-))*(?<!-)"  # letters, digits, single hyphens inside, at most 63
+_PLAIN_EMAIL = re.compile(
+    rf"{_ATEXT}+(?:\.{_ATEXT}+)*@(?:(?=[^.]{{1,63}}\.){_LABEL}\.)+(?=[A-Za-z]{{2,63}}$)[A-Za-z]+", re.ASCII)
+_MAX_EMAIL, _MAX_LOCAL, _MAX_DOMAIN = 254, 64, 253
+_SPECIAL_USE_TLDS = frozenset(SPECIAL_USE_DOMAIN_NAMES)
 
 
 def _phone_form(text: str, default_region: str | None) -> tuple[bool, str]:

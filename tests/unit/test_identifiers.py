@@ -513,3 +513,48 @@ def test_huge_values_are_validated_but_never_remembered() -> None:
     with pytest.raises(InvalidIdentifier):
         Normaliser().email("a" * 100_000 + "@example.com", "email")
     assert identifiers._email_memo.cache_info().currsize == before
+
+
+def _reference_email(text: str) -> str | None:
+    from email_validator import EmailNotValidError, validate_email
+    try:
+        return str(validate_email(text, check_deliverability=False).normalized.lower())
+    except EmailNotValidError:
+        return None
+
+
+def _email_or_none(text: str) -> str | None:
+    from email_validator import EmailNotValidError
+
+    from stitcher.domain.identifiers import _email_form
+    try:
+        return _email_form(text)
+    except EmailNotValidError:
+        return None
+
+
+def test_the_plain_address_fast_path_agrees_with_email_validator() -> None:
+    """Plain ASCII addresses skip email-validator (70 µs a call): on 20,000 generated addresses, valid and
+    not (dots, hyphens, ``--`` and ``xn--`` labels, special-use and numeric top-level domains, every length
+    limit, non-ASCII, quotes, spaces), the normalised form and the verdict are email-validator's own."""
+    import random
+
+    rng = random.Random(20261201)
+    local_chars = "abcXYZ019.!#$%&'*+/=?^_`{|}~- \"(),:;<>@[\\]é"
+    label_chars = "abcXYZ019-_é."
+    tlds = ["com", "COM", "io", "c", "c0m", "123", "test", "local", "localhost", "onion", "arpa", "invalid",
+            "xn--p1ai", "museum", "a" * 63, "a" * 64, "рф", ""]
+
+    def piece(chars: str, most: int) -> str:
+        return "".join(rng.choice(chars) for _ in range(rng.randint(0, most)))
+
+    cases = ["Ann@Shop.Example", "a" * 64 + "@example.com", "a" * 65 + "@example.com",
+             "a@" + ".".join(["b" * 63] * 3) + ".com", "a@" + ".".join(["b" * 63] * 4) + ".com",
+             "a@" + "b" * 64 + ".com", "x@a--b.com", "x@xn--80ak6aa92e.com", "x@-a.com", "x@a-.com"]
+    for _ in range(20_000):
+        local = piece(local_chars, 12) if rng.random() < 0.5 else rng.choice(["a", "first.last", "a+tag", "x" * 64])
+        labels = [piece(label_chars, 10) if rng.random() < 0.4 else rng.choice(["shop", "a-b", "mail", "b" * 63])
+                  for _ in range(rng.randint(0, 3))]
+        cases.append(local + "@" + ".".join([*labels, rng.choice(tlds)]))
+    for text in cases:
+        assert _email_or_none(text) == _reference_email(text), text
