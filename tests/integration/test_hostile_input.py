@@ -394,3 +394,15 @@ async def test_account_and_version_ignore_hostile_query_and_body(client: Any) ->
         assert r.status == 200, await r.text()
         r = await client.get(path)
         assert r.status == 401 and (await r.json())["status"] == 401
+
+
+async def test_digit_strings_past_4300_digits_are_a_400_not_a_500(client: Any) -> None:
+    """A contact id of 5,000 digits (in the body, quoted, or in the path) made int() raise: a 500."""
+    digits = "9" * 5000
+    for body in ({"contactId": digits, "externalCustomerId": ext()}, {"id": digits, "externalCustomerId": ext()}):
+        status, answer = await call(client, "POST", "/api/v1/contact", body)
+        assert status == 400 and answer["status"] == 400, answer
+    for path in (f"/api/v1/contact/{digits}", f"/api/v1/contact/{digits}/orders",
+                 f"/api/v1/contact/{digits}/events"):
+        status, answer = await call(client, "GET", path)
+        assert status in (400, 404) and answer["status"] == status, (path[:30], answer)
