@@ -1,0 +1,31 @@
+"""How aiohttp's HTTP parser is set up for this service: request lines and headers up to 64 KiB, and a log
+for the requests it refuses before any handler runs.
+
+aiohttp refuses a request line or header past 8,190 bytes itself, with a plain-text 400, and logs the
+refusal with a traceback and the start of the offending line — a query's email or phone included. With a
+64 KiB line a 10,000-character id reaches the handlers (and their JSON 4xx); what the parser still refuses
+is logged as one line naming the error's class, never the request's bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+MAX_LINE_BYTES = 64 * 1024
+log = structlog.get_logger("http")
+
+
+class ParserLog:
+    """Stands in for aiohttp's ``aiohttp.server`` logger in its request handler (``debug``, ``exception``)."""
+
+    def debug(self, *args: Any, exc_info: BaseException | None = None, **kw: Any) -> None:
+        pass  # aiohttp's debug notes (e.g. non-HTTP bytes on the port) carry the request's bytes too
+
+    def exception(self, *args: Any, exc_info: BaseException | None = None, **kw: Any) -> None:
+        log.warning("request refused by the HTTP parser", error=type(exc_info).__name__)
+
+
+HANDLER_ARGS: dict[str, Any] = {"max_line_size": MAX_LINE_BYTES, "max_field_size": MAX_LINE_BYTES,
+                                "logger": ParserLog()}
