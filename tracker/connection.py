@@ -1,5 +1,5 @@
-"""How aiohttp's HTTP parser is set up for this service: request lines and headers up to 64 KiB, and a log
-for the requests it refuses before any handler runs.
+"""How aiohttp's HTTP parser is set up for this service: request lines and headers up to 64 KiB, bodies
+left as sent (never decompressed), and a log for the requests it refuses before any handler runs.
 
 aiohttp refuses a request line or header past 8,190 bytes itself, with a plain-text 400, and logs the
 refusal with a traceback and the start of the offending line — a query's email or phone included. With a
@@ -27,5 +27,6 @@ class ParserLog:
         log.warning("request refused by the HTTP parser", error=type(exc_info).__name__)
 
 
+# auto_decompress off: a Content-Encoding reaches tracker.http.read_body as sent, which answers it 415
 HANDLER_ARGS: dict[str, Any] = {"max_line_size": MAX_LINE_BYTES, "max_field_size": MAX_LINE_BYTES,
-                                "logger": ParserLog()}
+                                "logger": ParserLog(), "auto_decompress": False}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import random
 import uuid
 from typing import Any
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 
 from stitcher.app import init_app
 from tests.conftest import auth
-from tests.helpers import call, page_views
+from tests.helpers import call, page_views, sql_scalar
 from tracker.limits import MAX_JSON_DEPTH, MAX_REQUEST_ID
 
 
@@ -433,3 +434,26 @@ async def test_a_request_line_the_parser_refuses_logs_no_email(client: Any, capl
     assert [e["error"] for e in logs if e["event"] == "request refused by the HTTP parser"] == ["LineTooLong"] * 2
     r = await client.get("/api/v1/version", headers=auth())
     assert r.status == 200
+
+
+async def test_compressed_bodies_are_a_415_on_every_endpoint(client: Any, database_url: str) -> None:
+    """aiohttp decoded a Content-Encoding before the handler: a gzip body was cut at its compressed length
+    (a 400 "not valid JSON" for a valid body, and a gzip bomb decompressed as far as that), a corrupt one
+    answered 500, a brotli one aiohttp's own plain-text 400. No client of the service compresses bodies:
+    every encoding but ``identity`` is a JSON 415 naming it, and nothing is stored."""
+    event = orjson.dumps({"eventTypeKey": "gz", "keyValue": "gz@example.com"})
+    bomb = gzip.compress(b'{"dedupeOn": "email", "contacts": [' + b" " * 20_000_000 + b"]}")
+    for path, body in (("/api/v2/event", gzip.compress(event)), ("/api/v1/contacts", bomb),
+                       ("/api/v1/contact", gzip.compress(orjson.dumps({"externalCustomerId": ext()}))),
+                       ("/api/v1/orders", b"not gzip at all"), ("/t", gzip.compress(b'{"events": []}'))):
+        for encoding in ("gzip", "deflate", "br", "x-custom"):
+            r = await client.post(path, data=body, headers={**auth(), "Content-Type": "application/json",
+                                                            "Content-Encoding": encoding})
+            assert r.status == 415, (path, encoding, r.status, await r.text())
+            answer = await r.json()
+            assert answer["status"] == 415 and encoding in answer["message"]
+    r = await client.post("/api/v2/event", data=event, headers={**auth(), "Content-Type": "application/json",
+                                                                 "Content-Encoding": "identity"})
+    assert r.status == 200, await r.text()
+    for table in ("contacts", "imports", "orders"):
+        assert await sql_scalar(database_url, f"SELECT count(*) FROM {table}") == 0, table
