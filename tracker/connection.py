@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 MAX_LINE_BYTES = 64 * 1024
 log = structlog.get_logger("http")
@@ -23,8 +25,11 @@ class ParserLog:
     def debug(self, *args: Any, exc_info: BaseException | None = None, **kw: Any) -> None:
         pass  # aiohttp's debug notes (e.g. non-HTTP bytes on the port) carry the request's bytes too
 
-    def exception(self, *args: Any, exc_info: BaseException | None = None, **kw: Any) -> None:
-        log.warning("request refused by the HTTP parser", error=type(exc_info).__name__)
+    def exception(self, message: str, *args: Any, exc_info: BaseException | None = None, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError | RequestPayloadError):  # a client's malformed bytes
+            log.warning("request refused by the HTTP parser", error=type(exc_info).__name__)
+        else:  # a fault of the service outside the handlers: keep its traceback
+            log.error(message % args if args else message, exc_info=exc_info)
 
 
 # auto_decompress off: a Content-Encoding reaches tracker.http.read_body as sent, which answers it 415

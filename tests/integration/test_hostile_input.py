@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from stitcher.app import init_app
 from tests.conftest import auth
 from tests.helpers import call, page_views, sql_scalar
+from tracker.connection import ParserLog
 from tracker.limits import MAX_JSON_DEPTH, MAX_REQUEST_ID
 
 
@@ -434,6 +435,10 @@ async def test_a_request_line_the_parser_refuses_logs_no_email(client: Any, capl
     assert [e["error"] for e in logs if e["event"] == "request refused by the HTTP parser"] == ["LineTooLong"] * 2
     r = await client.get("/api/v1/version", headers=auth())
     assert r.status == 200
+    with capture_logs() as logs:  # a fault of the service itself outside the handlers keeps its traceback
+        ParserLog().exception("Unhandled exception", exc_info=RuntimeError("a bug"))
+    assert [(e["event"], e["log_level"], type(e["exc_info"])) for e in logs] == [
+        ("Unhandled exception", "error", RuntimeError)]
 
 
 async def test_compressed_bodies_are_a_415_on_every_endpoint(client: Any, database_url: str) -> None:
