@@ -1,10 +1,11 @@
-"""How aiohttp's HTTP parser is set up for this service: request lines and headers up to 64 KiB, bodies
-left as sent (never decompressed), and a log for the requests it refuses before any handler runs.
+"""How aiohttp's HTTP parser is set up for this service: a request line up to 64 KiB, bodies left as sent
+(never decompressed), and a log for the requests it refuses before any handler runs.
 
 aiohttp refuses a request line or header past 8,190 bytes itself, with a plain-text 400, and logs the
 refusal with a traceback and the start of the offending line — a query's email or phone included. With a
-64 KiB line a 10,000-character id reaches the handlers (and their JSON 4xx); what the parser still refuses
-is logged as one line naming the error's class, never the request's bytes.
+64 KiB request line a 10,000-character id in a path or query reaches the handlers (and their JSON 4xx);
+headers keep aiohttp's 8,190 bytes (up to 128 of them: a larger limit would multiply what one request may
+hold). What the parser still refuses is logged as one line naming the error's class, never the bytes.
 """
 
 from __future__ import annotations
@@ -33,5 +34,4 @@ class ParserLog:
 
 
 # auto_decompress off: a Content-Encoding reaches tracker.http.read_body as sent, which answers it 415
-HANDLER_ARGS: dict[str, Any] = {"max_line_size": MAX_LINE_BYTES, "max_field_size": MAX_LINE_BYTES,
-                                "logger": ParserLog(), "auto_decompress": False}
+HANDLER_ARGS: dict[str, Any] = {"max_line_size": MAX_LINE_BYTES, "logger": ParserLog(), "auto_decompress": False}

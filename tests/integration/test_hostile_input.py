@@ -417,7 +417,7 @@ async def test_ids_of_10000_characters_in_a_path_or_query_get_a_json_4xx(client:
     for path in (f"/api/v1/contact/{'9' * 10_000}/orders", f"/api/v1/importstatus/{'x' * 10_000}",
                  f"/api/v1/contact/{'é' * 10_000}", f"/api/v1/contacts?externalCustomerId={'C' * 10_000}",
                  f"/api/v1/events/held?after={'1' * 10_000}"):
-        r = await client.get(path, headers={**auth(), "X-Long": "h" * 10_000})
+        r = await client.get(path, headers=auth())
         assert 400 <= r.status < 500 or (r.status == 200 and "contacts?" in path), (path[:40], r.status)
         assert (await r.json())["status"] == r.status
 
@@ -429,7 +429,7 @@ async def test_a_request_line_the_parser_refuses_logs_no_email(client: Any, capl
     with capture_logs() as logs:
         r = await client.get(f"/api/v1/contacts?email={secret}&x={'y' * 70_000}", headers=auth())
         assert r.status == 400
-        r = await client.get("/api/v1/version", headers={**auth(), "X-Email": secret + "z" * 70_000})
+        r = await client.get("/api/v1/version", headers={**auth(), "X-Email": secret + "z" * 9_000})
         assert r.status == 400
     assert secret not in repr(logs) and secret not in caplog.text
     assert [e["error"] for e in logs if e["event"] == "request refused by the HTTP parser"] == ["LineTooLong"] * 2
