@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import itertools
 import os
@@ -196,7 +195,7 @@ def basic_auth_password(header: str) -> str:
         return ""
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and a str that is not ASCII ("Basic é")
         return ""
     return decoded.partition(":")[2]
 

@@ -462,3 +462,12 @@ async def test_compressed_bodies_are_a_415_on_every_endpoint(client: Any, databa
     assert r.status == 200, await r.text()
     for table in ("contacts", "imports", "orders"):
         assert await sql_scalar(database_url, f"SELECT count(*) FROM {table}") == 0, table
+
+
+async def test_an_authorization_header_that_is_not_ascii_is_a_401(client: Any) -> None:
+    """``Authorization: Basic é`` made base64 raise a ValueError (not binascii.Error): a 500 on every /api path."""
+    for header in ("Basic é", "Basic \u00ff\u00fe", "basic 😀", "Basic " + base64.b64encode(b"\xff:\xfe").decode()):
+        for path in ("/api/v1/version", "/api/v1/events/held", "/api/v1/importstatus/x"):
+            r = await client.get(path, headers={"Authorization": header})
+            assert r.status == 401, (header, path, r.status)
+            assert (await r.json())["status"] == 401
