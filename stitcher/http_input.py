@@ -48,7 +48,7 @@ def request_id(request: web.Request) -> str | None:
 
 def path_contact_id(request: web.Request) -> int:
     raw = request.match_info["contact_id"]
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1 or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:  # the length first, see _int
         raise ValidationFailed([{"field": "contactId", "message": "must be a positive integer"}])
     return int(raw)
 

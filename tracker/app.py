@@ -12,6 +12,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from tracker.beacon import Limits
+from tracker.connection import HANDLER_ARGS
 from tracker.eventlog import EventLog
 from tracker.groupcommit import GroupCommitter
 from tracker.http import API_KEYS, ERROR_STATUS, METRICS, TRACKER_UNAVAILABLE, UNAVAILABLE, edge_middleware
@@ -44,7 +45,7 @@ def init_app(settings: Settings, app: web.Application | None = None) -> web.Appl
     if settings.redis_url is None:
         raise ValueError("settings.redis_url is required (the CLI starts an embedded Redis when unset)")
     if app is None:
-        app = web.Application(middlewares=[edge_middleware],
+        app = web.Application(middlewares=[edge_middleware], handler_args=HANDLER_ARGS,
                               client_max_size=max(settings.max_body_bytes, 1024 * 1024) + 1024)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

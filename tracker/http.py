@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import itertools
 import os
@@ -16,7 +15,7 @@ import structlog
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from tracker.errors import DomainError, PayloadTooLarge
+from tracker.errors import DomainError, PayloadTooLarge, UnsupportedMediaType
 from tracker.limits import MAX_REQUEST_ID
 from tracker.logs import log_request
 from tracker.metrics import Metrics
@@ -81,7 +80,12 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body; PayloadTooLarge (413) if it declares or turns out to be longer than ``limit`` bytes,
-    read no further than that (``read(n)`` returns what has arrived so far)."""
+    read no further than that (``read(n)`` returns what has arrived so far). A compressed body (any
+    ``Content-Encoding`` but ``identity``) is a 415: no client of the service compresses one, and the parser
+    leaves bodies encoded (``tracker.connection``), so no bomb is inflated."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding[:32]!r} is not accepted: send the body uncompressed")
     expected = request.content_length
     if expected is not None and expected > limit:
         raise PayloadTooLarge(f"body is {expected} bytes, the limit is {limit}")
@@ -191,7 +195,7 @@ def basic_auth_password(header: str) -> str:
         return ""
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, and a str that is not ASCII ("Basic é")
         return ""
     return decoded.partition(":")[2]
 

@@ -287,7 +287,8 @@ class IdentityReading:
 
 def _contact_id(value: Any, field: str) -> int:
     # JSON clients sometimes quote numbers; a digit string is the same id.
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+    # at most 19 digits: int() of more than 4,300 refuses with a ValueError, and none fits 2^63 anyway
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) < 20:
         value = int(value.strip())
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidIdentifier(field, "must be an integer")

@@ -224,7 +224,11 @@ class _OrderReader:
             return None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        if not MIN_YEAR <= parsed.astimezone(UTC).year <= MAX_YEAR:
+        try:
+            year = parsed.astimezone(UTC).year
+        except OverflowError:  # 0001-01-01T00:00+14:00, 9999-12-31T23:59-14:00: the UTC instant fits no datetime
+            year = MIN_YEAR - 1
+        if not MIN_YEAR <= year <= MAX_YEAR:
             self.bad("date", f"must be between the years {MIN_YEAR} and {MAX_YEAR}")
             return None
         return int(parsed.timestamp() * 1000)

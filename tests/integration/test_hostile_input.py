@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
 import random
 import uuid
 from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from stitcher.app import init_app
 from tests.conftest import auth
-from tests.helpers import call, page_views
+from tests.helpers import call, page_views, sql_scalar
+from tracker.connection import ParserLog
 from tracker.limits import MAX_JSON_DEPTH, MAX_REQUEST_ID
 
 
@@ -394,3 +397,77 @@ async def test_account_and_version_ignore_hostile_query_and_body(client: Any) ->
         assert r.status == 200, await r.text()
         r = await client.get(path)
         assert r.status == 401 and (await r.json())["status"] == 401
+
+
+async def test_digit_strings_past_4300_digits_are_a_400_not_a_500(client: Any) -> None:
+    """A contact id of 5,000 digits (in the body, quoted, or in the path) made int() raise: a 500."""
+    digits = "9" * 5000
+    for body in ({"contactId": digits, "externalCustomerId": ext()}, {"id": digits, "externalCustomerId": ext()}):
+        status, answer = await call(client, "POST", "/api/v1/contact", body)
+        assert status == 400 and answer["status"] == 400, answer
+    for path in (f"/api/v1/contact/{digits}", f"/api/v1/contact/{digits}/orders",
+                 f"/api/v1/contact/{digits}/events"):
+        status, answer = await call(client, "GET", path)
+        assert status in (400, 404) and answer["status"] == status, (path[:30], answer)
+
+
+async def test_ids_of_10000_characters_in_a_path_or_query_get_a_json_4xx(client: Any) -> None:
+    """aiohttp's parser refused a request line past 8,190 bytes with a plain-text 400, before the service's
+    JSON errors: a 10,000-character id in a path or query now reaches the handlers."""
+    for path in (f"/api/v1/contact/{'9' * 10_000}/orders", f"/api/v1/importstatus/{'x' * 10_000}",
+                 f"/api/v1/contact/{'é' * 10_000}", f"/api/v1/contacts?externalCustomerId={'C' * 10_000}",
+                 f"/api/v1/events/held?after={'1' * 10_000}"):
+        r = await client.get(path, headers=auth())
+        assert 400 <= r.status < 500 or (r.status == 200 and "contacts?" in path), (path[:40], r.status)
+        assert (await r.json())["status"] == r.status
+
+
+async def test_a_request_line_the_parser_refuses_logs_no_email(client: Any, caplog: Any) -> None:
+    """Past 64 KiB the parser still refuses the line itself (400), and its log names the error only: it used
+    to log the start of the line — here an email in the query — with a traceback."""
+    secret = "parser.secret@example.com"
+    with capture_logs() as logs:
+        r = await client.get(f"/api/v1/contacts?email={secret}&x={'y' * 70_000}", headers=auth())
+        assert r.status == 400
+        r = await client.get("/api/v1/version", headers={**auth(), "X-Email": secret + "z" * 9_000})
+        assert r.status == 400
+    assert secret not in repr(logs) and secret not in caplog.text
+    assert [e["error"] for e in logs if e["event"] == "request refused by the HTTP parser"] == ["LineTooLong"] * 2
+    r = await client.get("/api/v1/version", headers=auth())
+    assert r.status == 200
+    with capture_logs() as logs:  # a fault of the service itself outside the handlers keeps its traceback
+        ParserLog().exception("Unhandled exception", exc_info=RuntimeError("a bug"))
+    assert [(e["event"], e["log_level"], type(e["exc_info"])) for e in logs] == [
+        ("Unhandled exception", "error", RuntimeError)]
+
+
+async def test_compressed_bodies_are_a_415_on_every_endpoint(client: Any, database_url: str) -> None:
+    """aiohttp decoded a Content-Encoding before the handler: a gzip body was cut at its compressed length
+    (a 400 "not valid JSON" for a valid body, and a gzip bomb decompressed as far as that), a corrupt one
+    answered 500, a brotli one aiohttp's own plain-text 400. No client of the service compresses bodies:
+    every encoding but ``identity`` is a JSON 415 naming it, and nothing is stored."""
+    event = orjson.dumps({"eventTypeKey": "gz", "keyValue": "gz@example.com"})
+    bomb = gzip.compress(b'{"dedupeOn": "email", "contacts": [' + b" " * 20_000_000 + b"]}")
+    for path, body in (("/api/v2/event", gzip.compress(event)), ("/api/v1/contacts", bomb),
+                       ("/api/v1/contact", gzip.compress(orjson.dumps({"externalCustomerId": ext()}))),
+                       ("/api/v1/orders", b"not gzip at all"), ("/t", gzip.compress(b'{"events": []}'))):
+        for encoding in ("gzip", "deflate", "br", "x-custom"):
+            r = await client.post(path, data=body, headers={**auth(), "Content-Type": "application/json",
+                                                            "Content-Encoding": encoding})
+            assert r.status == 415, (path, encoding, r.status, await r.text())
+            answer = await r.json()
+            assert answer["status"] == 415 and encoding in answer["message"]
+    r = await client.post("/api/v2/event", data=event, headers={**auth(), "Content-Type": "application/json",
+                                                                 "Content-Encoding": "identity"})
+    assert r.status == 200, await r.text()
+    for table in ("contacts", "imports", "orders"):
+        assert await sql_scalar(database_url, f"SELECT count(*) FROM {table}") == 0, table
+
+
+async def test_an_authorization_header_that_is_not_ascii_is_a_401(client: Any) -> None:
+    """``Authorization: Basic é`` made base64 raise a ValueError (not binascii.Error): a 500 on every /api path."""
+    for header in ("Basic é", "Basic \u00ff\u00fe", "basic 😀", "Basic " + base64.b64encode(b"\xff:\xfe").decode()):
+        for path in ("/api/v1/version", "/api/v1/events/held", "/api/v1/importstatus/x"):
+            r = await client.get(path, headers={"Authorization": header})
+            assert r.status == 401, (header, path, r.status)
+            assert (await r.json())["status"] == 401

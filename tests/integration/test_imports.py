@@ -300,6 +300,17 @@ async def test_hostile_rows_fail_alone(client: Any) -> None:
     assert {f["index"] for f in report["failedContacts"]} == {1, 2, 3, 5}
 
 
+async def test_a_row_id_of_5000_digits_fails_alone(client: Any) -> None:
+    """A quoted id past 4,300 digits made int() raise and ended the whole import in ERROR, no row applied."""
+    report = await run(client, [email("a5k@example.com", id="9" * 5000, externalCustomerId="C-5K"),
+                                email("b5k@example.com", contactId="9" * 5000), email("c5k@example.com")],
+                       dedupeOn="id")
+    assert report["status"] == "FINISHED", report["description"]
+    assert [f["index"] for f in report["failedContacts"]] == [0, 1, 2]  # row 2: no id to dedupe on
+    report = await run(client, [email("a5k@example.com", id="9" * 5000), email("d5k@example.com")])
+    assert report["status"] == "FINISHED" and [m["index"] for m in report["mapping"]] == [1]
+
+
 async def test_import_and_subscribe_for_one_email_end_as_one_contact(client: Any, database_url: str) -> None:
     """An import row and a concurrent subscribe for the same new email end as ONE contact, whoever wins."""
     for round_ in range(5):

@@ -412,3 +412,14 @@ async def test_every_field_with_every_hostile_value_lands_or_fails_alone(client)
     assert code == 200, body
     assert len(body["orders"]) + len(body["failed"]) == len(orders)
     assert all(f["errors"] and f["error"] for f in body["failed"])
+
+
+async def test_an_order_date_at_the_ends_of_the_calendar_with_an_offset_fails_alone(client, database_url):
+    """``0001-01-01T00:00:00+14:00`` and ``9999-12-31T23:59:59-14:00`` parse, but their UTC instant falls
+    outside what a datetime holds: the order fails naming its date (it answered 500), the others land."""
+    body = await post(client, order("D-OK"), order("D-1", date="0001-01-01T00:00:00+14:00"),
+                      order("D-2", date="9999-12-31T23:59:59-14:00"))
+    assert [o["externalOrderId"] for o in body["orders"]] == ["D-OK"]
+    assert [(f["index"], f["errors"][0]["field"]) for f in body["failed"]] == [(1, "orders[1].date"),
+                                                                                (2, "orders[2].date")]
+    assert await sql_scalar(database_url, "SELECT count(*) FROM orders") == 1
