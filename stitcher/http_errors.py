@@ -7,6 +7,7 @@ from stitcher.domain.errors import (
     ContactNotFound,
     ExternalIdConflict,
     ImportNotFound,
+    ImportsBusy,
     ValidationFailed,
 )
 
@@ -15,6 +16,7 @@ STATUS: dict[type[Exception], int] = {
     ValidationFailed: 400,
     ContactNotFound: 404,
     ImportNotFound: 404,
+    ImportsBusy: 429,
     ExternalIdConflict: 409,
     ConcurrentUpdate: 409,
 }

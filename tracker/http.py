@@ -121,7 +121,7 @@ def error_answer(request: web.Request, exc: Exception, request_id: str) -> tuple
     status = exc.status if isinstance(exc, DomainError) else _registered_status(request.app, exc)
     if status is not None:
         response = error_body_response(exc.body(), status)  # type: ignore[attr-defined]
-        if status == 503:
+        if status in (429, 503):
             response.headers["Retry-After"] = "1"
         elif status == 401:
             response.headers["WWW-Authenticate"] = 'Basic realm="stitcher"'

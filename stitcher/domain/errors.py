@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["ConcurrentUpdate", "ContactNotFound", "DomainError", "ExternalIdConflict", "ImportNotFound",
+           "ImportsBusy",
            "InvalidIdentifier", "ValidationFailed"]
 
 
@@ -61,6 +62,15 @@ class ImportNotFound(DomainError):
 
     def __init__(self, session_id: str) -> None:
         super().__init__("no import has this asyncSessionId", asyncSessionId=session_id)
+
+
+class ImportsBusy(DomainError):
+    """As many import bodies as the service reads at once are being read: the client sends it again shortly."""
+
+    code = "too_many_imports"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} imports are being received right now; send this one again shortly", limit=limit)
 
 
 class ExternalIdConflict(DomainError):

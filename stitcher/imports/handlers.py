@@ -23,8 +23,10 @@ async def start_import(request: web.Request) -> web.StreamResponse:
     """Store the import and answer ``{"id": 0, "asyncSessionId"}`` at once; the rows land in the background."""
     if request.content_type not in ("application/json", "text/plain", "application/octet-stream"):
         raise UnsupportedMediaType(f"expected application/json, got {request.content_type}")
-    body = parse_import(jsonbody.loads(await read_body(request, MAX_IMPORT_BYTES)))
-    session_id = await request.app[IMPORTS].submit(body, request.get(REQUEST_ID))
+    runner = request.app[IMPORTS]
+    with runner.receiving():
+        body = parse_import(jsonbody.loads(await read_body(request, MAX_IMPORT_BYTES)))
+        session_id = await runner.submit(body, request.get(REQUEST_ID))
     return json_response({"id": 0, "asyncSessionId": session_id})
 
 

@@ -9,10 +9,11 @@ task it starts (an unreferenced task can be garbage-collected mid-import).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import IntegrityError
 
-from stitcher.domain.errors import ImportNotFound
+from stitcher.domain.errors import ImportNotFound, ImportsBusy
 from stitcher.domain.identifiers import Normaliser
 from stitcher.imports.chunk import Parsed, StaleCandidates, apply_chunk, parse_rows, parse_slice
 from stitcher.imports.request import ImportRequest
@@ -36,20 +37,40 @@ CHUNK_ROWS = 1000
 MAX_CHUNK_KEYS = 2000
 RESUME_RETRY_S = 5.0
 CONCURRENT_IMPORTS = 2  # two overlap one's SQL round trips with the other's parsing; more only queue on locks
+# import bodies read and parsed at once: each costs ~45 MiB while it is (a 16 MiB body and its objects), so a
+# burst of clients cannot exhaust the memory; the next one is answered 429 with Retry-After
+INTAKE = 4
 
 
 class ImportRunner:
     """Starts, runs and reports imports; ``start_resuming`` picks up the unfinished ones at start-up."""
 
     def __init__(self, db: Database, normaliser: Normaliser, *, chunk_rows: int = CHUNK_ROWS,
-                 concurrency: int = CONCURRENT_IMPORTS, parse_workers: int = 0) -> None:
+                 concurrency: int = CONCURRENT_IMPORTS, parse_workers: int = 0, intake: int = INTAKE) -> None:
         self.db = db
         self.normaliser = normaliser
         self.chunk_rows = max(1, chunk_rows)
         self.parse_workers = parse_workers
         self._parser: ProcessPoolExecutor | None = None  # started with the first import that needs it
         self._slots = asyncio.Semaphore(concurrency)
+        self._intake, self._receiving = intake, 0
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def bodies_arriving(self) -> int:
+        """How many import bodies are being read and parsed right now."""
+        return self._receiving
+
+    @contextlib.contextmanager
+    def receiving(self) -> Iterator[None]:
+        """A slot to read and parse one import body in; ``ImportsBusy`` (429) when all are taken."""
+        if self._receiving >= self._intake:
+            raise ImportsBusy(self._intake)
+        self._receiving += 1
+        try:
+            yield
+        finally:
+            self._receiving -= 1
 
     async def submit(self, request: ImportRequest, request_id: str | None) -> str:
         """Store the import (STARTED) and start it; returns its asyncSessionId."""

@@ -474,3 +474,42 @@ async def test_subscribe_waits_for_the_import_chunk_holding_its_email(client: An
     report = await finished(client, session_id)
     assert status == 200 and sub["status"] == "updated"
     assert report["mapping"] == [{"index": 0, "contactId": sub["id"], "action": "created"}]
+
+
+async def test_import_bodies_past_the_intake_limit_are_a_429_and_the_others_land(client: Any) -> None:
+    """While INTAKE bodies are still arriving (slow clients), one more import is a 429 with Retry-After — a
+    burst of 16 MiB bodies cannot exhaust the memory — and the slow ones then land as usual."""
+    import json
+
+    from stitcher.imports.runner import INTAKE
+
+    release = asyncio.Event()
+
+    def slow_body(i: int) -> Any:
+        raw = json.dumps({"dedupeOn": "email", "contacts": [email(f"slow{i}@example.com")]}).encode()
+
+        async def chunks() -> Any:
+            yield raw[:10]
+            await release.wait()
+            yield raw[10:]
+        return chunks()
+
+    slow = [asyncio.ensure_future(client.post("/api/v1/contacts", data=slow_body(i),
+                                              headers={**auth(), "Content-Type": "application/json"}))
+            for i in range(INTAKE)]
+    for _ in range(200):  # until every slow body is being read
+        if client.server.app[IMPORTS].bodies_arriving == INTAKE:
+            break
+        await asyncio.sleep(0.01)
+    r = await client.post("/api/v1/contacts", json={"dedupeOn": "email", "contacts": [email("one@example.com")]},
+                          headers=auth())
+    answer = await r.json()
+    assert r.status == 429 and r.headers["Retry-After"] == "1", answer
+    assert answer["error"] == "too_many_imports" and answer["status"] == 429
+    release.set()
+    for response in await asyncio.gather(*slow):
+        assert response.status == 200, await response.text()
+        report = await finished(client, (await response.json())["asyncSessionId"])
+        assert report["status"] == "FINISHED" and report["created"] == 1
+    # and the slot is free again
+    assert (await run(client, [email("one@example.com")]))["created"] == 1
