@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stitcher.store.models import IdentityLog
+from stitcher.store.tables import AUDIT
 
-AUDIT: Table = IdentityLog.__table__  # type: ignore[attr-defined]
 _PENDING = "stitcher.audit"  # the session.info key of the rows waiting for the commit
 _INSERT = insert(AUDIT)
 

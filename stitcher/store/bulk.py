@@ -36,14 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.domain.rules import Candidate
 from stitcher.store.db import Database
-from stitcher.store.models import Contact, GroupMember, Identifier, IdentityLog
+from stitcher.store.tables import AUDIT, CONTACTS, IDENTIFIERS, MEMBERS, by_column
 
-CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
-IDENTIFIERS: Table = Identifier.__table__  # type: ignore[attr-defined]
-AUDIT: Table = IdentityLog.__table__  # type: ignore[attr-defined]
-MEMBERS: Table = GroupMember.__table__  # type: ignore[attr-defined]
-# profile attributes (``ContactCommand.profile``) whose column is named otherwise
-_COLUMN = {"custom_fields": "fields"}
 _PROFILE_COLUMNS = ("first_name", "last_name", "language_code", "address", "fields")
 _CHANNEL_KINDS = {k.value for k in IdentifierKind}
 
@@ -140,10 +134,6 @@ async def lock_contacts(session: AsyncSession, ids: Sequence[int]) -> dict[int, 
             for cid, ext, deleted, updated, merged in rows}
 
 
-def _columns(profile: Mapping[str, Any]) -> dict[str, Any]:
-    return {_COLUMN.get(attr, attr): value for attr, value in profile.items()}
-
-
 def _pg_type(table: Table, column: str) -> str:
     """The PostgreSQL array element type a column's values travel as (JSON travels as text, cast after)."""
     kind = table.c[column].type
@@ -198,7 +188,7 @@ async def insert_contacts(db: Database, session: AsyncSession,
     """Insert contacts given as (external ID, profile attributes); their ids, in the given order."""
     if not contacts:
         return []
-    rows = [{**dict.fromkeys(_PROFILE_COLUMNS), **_columns(profile), "external_customer_id": ext,
+    rows = [{**dict.fromkeys(_PROFILE_COLUMNS), **by_column(profile), "external_customer_id": ext,
              "created_at": now, "updated_at": now} for ext, profile in contacts]
     if db.dialect != "postgresql":
         result = await session.execute(insert(CONTACTS).returning(CONTACTS.c.id, sort_by_parameter_order=True), rows)
@@ -217,7 +207,7 @@ async def update_contacts(db: Database, session: AsyncSession, changes: Mapping[
     and ``updated_at``: one statement per distinct set of attributes."""
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for cid, attrs in changes.items():
-        cols = _columns(attrs)
+        cols = by_column(attrs)
         by_columns[tuple(sorted(cols))].append({"id": cid, **cols})
     for names, rows in by_columns.items():
         if db.dialect == "postgresql":

@@ -4,8 +4,8 @@ Every statement is built once, at import, with bind parameters (expanding ones f
 binds values and SQLAlchemy finds the compiled form in its cache: no ORM identity map, no flush, no refresh.
 A call costs one lookup (contact id, external ID and every channel in one UNION ALL), one ``FOR UPDATE``
 of the rows it changes, one insert or update of the contact (``RETURNING`` its id), one insert of its
-identifiers; the audit rows go in one insert at commit (``repo.audit``). Table and column names follow
-``stitcher/store/bulk.py`` (the import's set-based statements) so both can share them.
+identifiers; the audit rows go in one insert at commit (``repo.audit``). The tables and profile columns are
+``stitcher/store/tables.py``'s, shared with ``stitcher/store/bulk.py`` (the import's set-based statements).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     String,
-    Table,
     and_,
     any_,
     bindparam,
@@ -39,13 +38,7 @@ from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
 from stitcher.store import audit, repo
 from stitcher.store.db import Database
-from stitcher.store.models import Contact, Identifier, VisitorLink
-
-CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
-IDENTIFIERS: Table = Identifier.__table__  # type: ignore[attr-defined]
-LINKS: Table = VisitorLink.__table__  # type: ignore[attr-defined]
-# profile attributes (``ContactCommand.profile``) whose column is named otherwise
-_COLUMN = {"custom_fields": "fields"}
+from stitcher.store.tables import CONTACTS, IDENTIFIERS, LINKS, by_column
 
 _C, _I, _L = CONTACTS.c, IDENTIFIERS.c, LINKS.c
 _ROW = (_C.id, _C.external_customer_id, _C.deleted_at, _C.updated_at, _C.merged_into_id)
@@ -188,10 +181,6 @@ async def lock(session: AsyncSession, ids: Sequence[int]) -> dict[int, Locked]:
             for r in rows}
 
 
-def _columns(profile: Mapping[str, Any]) -> dict[str, Any]:
-    return {_COLUMN.get(attr, attr): value for attr, value in profile.items()}
-
-
 async def create(db: Database, session: AsyncSession, external_id: str | None, profile: Mapping[str, Any],
                  channels: Sequence[tuple[IdentifierKind, str, str | None]], now: int,
                  request_id: str | None) -> int:
@@ -199,7 +188,7 @@ async def create(db: Database, session: AsyncSession, external_id: str | None, p
     PostgreSQL; elsewhere (or for a profile column that statement does not name) two, the audit row going
     with the transaction's others (``audit.record``)."""
     detail = {"externalCustomerId": external_id}
-    columns = _columns(profile)
+    columns = by_column(profile)
     if db.dialect != "postgresql" or not columns.keys() <= {*_PG_TEXT_COLUMNS, *_PG_JSON_COLUMNS}:
         values = {**columns, "external_customer_id": external_id, "created_at": now, "updated_at": now}
         cid = int((await session.execute(_INSERT_CONTACT, values)).scalar_one())
@@ -217,7 +206,7 @@ async def create(db: Database, session: AsyncSession, external_id: str | None, p
 
 async def update_contact(session: AsyncSession, contact_id: int, changes: Mapping[str, Any], now: int) -> None:
     """Set profile attributes (and ``external_customer_id``, ``deleted_at`` when given) and ``updated_at``."""
-    await session.execute(_UPDATE_CONTACT, {**_columns(changes), "updated_at": now, "target_id": contact_id})
+    await session.execute(_UPDATE_CONTACT, {**by_column(changes), "updated_at": now, "target_id": contact_id})
 
 
 async def open_links(session: AsyncSession, visitor_ids: Sequence[str]) -> dict[str, OpenLink]:
