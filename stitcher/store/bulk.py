@@ -1,9 +1,9 @@
 """Set-based statements: find, lock and write many contacts at once, a few round trips however many rows.
 
 Written for the bulk import and general enough for the single-contact add/update: "upsert these contacts,
-identifiers, group memberships and audit rows in one go". Inserts are Core ``executemany`` calls, which
-SQLAlchemy sends as multi-row ``INSERT … VALUES`` batches (insertmanyvalues) on both dialects; the caller
-holds the identity keys (``Database.lock_keys``) before calling ``lock_contacts`` and writing.
+identifiers and group memberships in one go" (their identity-log rows go through ``audit.record_all``).
+Inserts are one statement a table (``multirow.insert_many``); the caller holds the identity keys
+(``Database.lock_keys``) before calling ``lock_contacts`` and writing.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import (
-    JSON,
     BigInteger,
     ColumnElement,
     Integer,
-    Table,
     Text,
     and_,
     any_,
@@ -36,7 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.domain.rules import Candidate
 from stitcher.store.db import Database
-from stitcher.store.tables import AUDIT, CONTACTS, IDENTIFIERS, MEMBERS, by_column
+from stitcher.store.multirow import insert_many, pg_arrays, pg_unnest, pg_value
+from stitcher.store.tables import CONTACTS, IDENTIFIERS, MEMBERS, by_column
 
 _PROFILE_COLUMNS = ("first_name", "last_name", "language_code", "address", "fields")
 _CHANNEL_KINDS = {k.value for k in IdentifierKind}
@@ -134,55 +132,6 @@ async def lock_contacts(session: AsyncSession, ids: Sequence[int]) -> dict[int, 
             for cid, ext, deleted, updated, merged in rows}
 
 
-def _pg_type(table: Table, column: str) -> str:
-    """The PostgreSQL array element type a column's values travel as (JSON travels as text, cast after)."""
-    kind = table.c[column].type
-    if isinstance(kind, JSON):
-        return "jsonb"
-    return "bigint" if isinstance(kind, Integer) else "text"  # BigInteger is an Integer
-
-
-def _pg_arrays(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """One parameter per column: the column's values of every row (JSON encoded to text)."""
-    params: dict[str, list[Any]] = {}
-    for i, c in enumerate(columns):
-        values = [row[c] for row in rows]
-        if _pg_type(table, c) == "jsonb":
-            values = [None if v is None else orjson.dumps(v).decode() for v in values]
-        params[f"p{i}"] = values
-    return params
-
-
-def _pg_unnest(table: Table, columns: Sequence[str]) -> str:
-    """``unnest(…) AS u(c0, c1, …)`` over one array parameter per column."""
-    arrays = ", ".join(f"CAST(:p{i} AS {'text' if _pg_type(table, c) == 'jsonb' else _pg_type(table, c)}[])"
-                       for i, c in enumerate(columns))
-    return f"unnest({arrays}) AS u({', '.join(f'c{i}' for i in range(len(columns)))})"
-
-
-def _pg_value(table: Table, column: str, i: int) -> str:
-    return f"u.c{i}::jsonb" if _pg_type(table, column) == "jsonb" else f"u.c{i}"
-
-
-async def insert_many(db: Database, session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]],
-                      *, ignore: Sequence[str] | None = None) -> None:
-    """Insert rows (dicts with the same keys) in one statement: ``unnest`` over one array per column on
-    PostgreSQL (one round trip, one plan, no bind-parameter limit), a Core executemany on SQLite.
-    ``ignore`` names the unique columns whose conflicts are skipped (``ON CONFLICT … DO NOTHING``)."""
-    if not rows:
-        return
-    if db.dialect != "postgresql":
-        statement = db.insert_ignore(table, ignore) if ignore else insert(table)
-        await session.execute(statement, list(rows))
-        return
-    columns = list(rows[0])
-    values = ", ".join(_pg_value(table, c, i) for i, c in enumerate(columns))
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {values} FROM {_pg_unnest(table, columns)}"
-    if ignore:
-        sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
-    await session.execute(text(sql), _pg_arrays(table, columns, rows))
-
-
 async def insert_contacts(db: Database, session: AsyncSession,
                           contacts: Sequence[tuple[str | None, Mapping[str, Any]]], now: int) -> list[int]:
     """Insert contacts given as (external ID, profile attributes); their ids, in the given order."""
@@ -212,11 +161,11 @@ async def update_contacts(db: Database, session: AsyncSession, changes: Mapping[
     for names, rows in by_columns.items():
         if db.dialect == "postgresql":
             columns = ["id", *names]
-            sets = ", ".join(["updated_at = :now", *(f"{c} = {_pg_value(CONTACTS, c, i + 1)}"
+            sets = ", ".join(["updated_at = :now", *(f"{c} = {pg_value(CONTACTS, c, i + 1)}"
                                                      for i, c in enumerate(names))])
-            await session.execute(text(f"UPDATE contacts SET {sets} FROM {_pg_unnest(CONTACTS, columns)} "
+            await session.execute(text(f"UPDATE contacts SET {sets} FROM {pg_unnest(CONTACTS, columns)} "
                                        "WHERE contacts.id = u.c0"),
-                                  {"now": now, **_pg_arrays(CONTACTS, columns, rows)})
+                                  {"now": now, **pg_arrays(CONTACTS, columns, rows)})
             continue
         statement = (update(CONTACTS).where(CONTACTS.c.id == bindparam("b_id"))
                      .values({"updated_at": bindparam("b_updated_at"), **{c: bindparam(f"b_{c}") for c in names}}))
@@ -237,9 +186,3 @@ async def add_memberships(db: Database, session: AsyncSession, rows: Iterable[tu
     params = [{"contact_id": c, "group_id": g, "form_type": form_type, "added_at": now} for c, g in rows]
     await insert_many(db, session, MEMBERS, params, ignore=("group_id", "contact_id"))
 
-
-async def add_audit(db: Database, session: AsyncSession, rows: Iterable[tuple[int, str, dict[str, Any] | None]],
-                    request_id: str | None, now: int) -> None:
-    """Identity-log rows given as (contact id, action, detail)."""
-    params = [{"contact_id": c, "action": a, "detail": d, "at": now, "request_id": request_id} for c, a, d in rows]
-    await insert_many(db, session, AUDIT, params)

@@ -15,7 +15,7 @@ from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
 from stitcher.store.contact_rows import candidate
 from stitcher.store.db import Database
-from stitcher.store.models import Contact, Identifier, IdentityLog, Order, TimelineEvent
+from stitcher.store.models import Contact, Identifier, Order, TimelineEvent
 from stitcher.store.repo import now_ms
 
 
@@ -135,13 +135,6 @@ async def update_orders(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> N
     """Rewrite changed orders (``id``, ``status``, ``ordered_at``, ``data``, ``updated_at``), one executemany."""
     if rows:
         await s.execute(update(Order), list(rows))  # ORM bulk UPDATE by primary key
-
-
-async def audit_many(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Identity-log entries (``contact_id``, ``action``, ``detail``, ``request_id``) in one statement."""
-    if rows:
-        now = now_ms()
-        await s.execute(insert(getattr(IdentityLog, "__table__", IdentityLog)), [{"at": now, **row} for row in rows])
 
 
 async def add_timeline(db: Database, s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
