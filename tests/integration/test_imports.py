@@ -9,6 +9,7 @@ import pytest
 
 from stitcher.imports.handlers import IMPORTS
 from tests.conftest import auth
+from tests.helpers import add_contact as add
 from tests.helpers import call, eventually, sql_scalar
 
 
@@ -40,12 +41,6 @@ async def contact(client: Any, contact_id: int) -> dict[str, Any]:
     status, body = await call(client, "GET", f"/api/v1/contact/{contact_id}")
     assert status == 200, body
     return dict(body)
-
-
-async def add(client: Any, body: dict[str, Any]) -> int:
-    status, answer = await call(client, "POST", "/api/v1/contact", body)
-    assert status == 200, answer
-    return int(answer["id"])
 
 
 def ids(report: dict[str, Any]) -> list[int]:
