@@ -16,7 +16,6 @@ from stitcher.domain.rules import Candidate, Lookup
 from stitcher.store.contact_rows import candidate
 from stitcher.store.db import Database
 from stitcher.store.models import Contact, Identifier, Order, TimelineEvent
-from stitcher.store.repo import now_ms
 
 
 async def by_external_id(s: AsyncSession, external_order_ids: Iterable[str], *,
@@ -120,15 +119,6 @@ async def insert_many(db: Database, s: AsyncSession, model: type[Contact] | type
     if len(rows) > 1:
         await s.execute(insert(table), [{**row, "id": i} for row, i in zip(rows[1:], ids[1:], strict=True)])
     return ids
-
-
-async def add_identifiers(db: Database, s: AsyncSession,
-                          rows: Iterable[tuple[int, IdentifierKind, str]]) -> None:
-    now = now_ms()
-    values = [{"contact_id": cid, "kind": kind.value, "value": value, "device": None, "created_at": now}
-              for cid, kind, value in rows]
-    if values:
-        await s.execute(db.insert_ignore(Identifier, ["contact_id", "kind", "value"]), values)
 
 
 async def update_orders(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
