@@ -37,8 +37,8 @@ from bench.stitch import (
     _pg_admin,
     _run,
     drop_database,
+    served,
     start_redis,
-    start_service,
 )
 
 CONTACTS, CONCURRENCY, SECONDS, ROUNDS = 200, 16, 5.0, 2
@@ -141,17 +141,10 @@ async def measure(base_url: str, db_url: str, redis_url: str, pids: dict[str, in
 
 
 def run_backend(backend: str, children: Children, tmp: Path, redis_pid: int, redis_url: str) -> dict[str, Any]:
-    db_url, created = prepare(backend, tmp)
-    try:
-        service, base_url = start_service(children, tmp, backend, db_url, redis_url)
-        try:
-            before = cpu_seconds(service.pid)
-            result = _run(lambda: measure(base_url, db_url, redis_url, {"service": service.pid, "redis": redis_pid}))
-            result["service_cpu_s"] = round(cpu_seconds(service.pid) - before, 2)
-        finally:
-            children.stop(service)
-    finally:
-        drop_database(db_url, created)
+    with served(children, tmp, backend, redis_url, prepare) as (service, base_url, db_url):
+        before = cpu_seconds(service.pid)
+        result = _run(lambda: measure(base_url, db_url, redis_url, {"service": service.pid, "redis": redis_pid}))
+        result["service_cpu_s"] = round(cpu_seconds(service.pid) - before, 2)
     return result
 
 

@@ -30,7 +30,7 @@ import aiohttp
 import orjson
 
 from bench.common import Children, cpu_seconds, per_backend, say
-from bench.stitch import API_KEY, drop_database, prepare_database, start_service
+from bench.stitch import API_KEY, served
 from bench.tracker import start_redis
 
 ORDERS, REQUESTS = 1000, 5
@@ -149,15 +149,8 @@ def main() -> dict[str, Any]:
             _, redis_url = start_redis(children, tmp)
 
             def run(backend: str) -> dict[str, Any]:
-                db_url, created = prepare_database(backend, tmp)
-                try:
-                    service, url = start_service(children, tmp, backend, db_url, redis_url)
-                    try:
-                        result = asyncio.run(measure(url, db_url, service.pid))
-                    finally:
-                        children.stop(service)
-                finally:
-                    drop_database(db_url, created)
+                with served(children, tmp, backend, redis_url) as (service, url, db_url):
+                    result = asyncio.run(measure(url, db_url, service.pid))
                 say(f"      {orjson.dumps(result).decode()}")
                 return result
 

@@ -46,8 +46,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -280,6 +280,23 @@ def start_service(children: Children, tmp: Path, backend: str, db_url: str, redi
         children.stop(child)
         raise RuntimeError(failure)
     return child, f"http://{HOST}:{port}"
+
+
+@contextmanager
+def served(children: Children, tmp: Path, backend: str, redis_url: str,
+           prepare: Callable[[str, Path], tuple[str, str | None]] = prepare_database,
+           ) -> Iterator[tuple[Child, str, str]]:
+    """A fresh database of ``backend`` (made by ``prepare``) with ``stitcher serve`` on it, as (the service, its
+    URL, the database URL); the service stopped and the database dropped after."""
+    db_url, created = prepare(backend, tmp)
+    try:
+        service, url = start_service(children, tmp, backend, db_url, redis_url)
+        try:
+            yield service, url, db_url
+        finally:
+            children.stop(service)
+    finally:
+        drop_database(db_url, created)
 
 
 _LOG_SINK: Any = None
