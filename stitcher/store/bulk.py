@@ -14,12 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Integer,
-    Text,
     and_,
-    any_,
     bindparam,
     insert,
     or_,
@@ -27,14 +22,14 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.domain.rules import Candidate
+from stitcher.store import contact_rows
 from stitcher.store.db import Database
 from stitcher.store.multirow import insert_many, pg_arrays, pg_unnest, pg_value
-from stitcher.store.tables import CONTACTS, IDENTIFIERS, MEMBERS, by_column
+from stitcher.store.tables import CONTACTS, IDENTIFIERS, MEMBERS, by_column, one_of, pg_one_of
 
 _PROFILE_COLUMNS = ("first_name", "last_name", "language_code", "address", "fields")
 _CHANNEL_KINDS = {k.value for k in IdentifierKind}
@@ -53,22 +48,14 @@ class Found:
         return sorted({*self.by_external_id.values(), *(i for ids in self.by_key.values() for i in ids)})
 
 
-def _one_of(session: AsyncSession, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
-    """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter however many values (a long IN
-    list costs SQLAlchemy a bind parameter, and its rendering, per value)."""
-    if session.get_bind().dialect.name == "postgresql":
-        element = BigInteger() if isinstance(column.type, Integer) else Text()
-        return column == any_(bindparam(None, list(values), type_=ARRAY(element)))
-    return column.in_(values)
-
-
 async def find(session: AsyncSession, external_ids: Iterable[str], keys: Iterable[str]) -> Found:
     """The contacts behind these external IDs and keys, in at most four queries (no locks taken)."""
+    one = pg_one_of if session.get_bind().dialect.name == "postgresql" else one_of
     by_ext: dict[str, int] = {}
     exts = sorted(set(external_ids))
     if exts:
         rows = await session.execute(select(CONTACTS.c.external_customer_id, CONTACTS.c.id)
-                                     .where(_one_of(session, CONTACTS.c.external_customer_id, exts)))
+                                     .where(one(CONTACTS.c.external_customer_id, "exts")), {"exts": exts})
         by_ext = {e: i for e, i in rows}
     wanted = sorted(set(keys))
     by_key: dict[str, list[int]] = {k: [] for k in wanted}
@@ -89,13 +76,13 @@ async def find(session: AsyncSession, external_ids: Iterable[str], keys: Iterabl
         matches = await session.execute(
             select(IDENTIFIERS.c.kind, IDENTIFIERS.c.value, IDENTIFIERS.c.contact_id)
             .join(CONTACTS, CONTACTS.c.id == IDENTIFIERS.c.contact_id)
-            .where(or_(*[and_(IDENTIFIERS.c.kind == k, _one_of(session, IDENTIFIERS.c.value, v))
-                         for k, v in channels.items()]))
-            .where(live).order_by(IDENTIFIERS.c.contact_id))
+            .where(or_(*[and_(IDENTIFIERS.c.kind == k, one(IDENTIFIERS.c.value, f"v_{k}")) for k in channels]))
+            .where(live).order_by(IDENTIFIERS.c.contact_id), {f"v_{k}": v for k, v in channels.items()})
         for kind, value, cid in matches:
             by_key[f"{kind}:{value}"].append(cid)
     if ids:
-        for (cid,) in await session.execute(select(CONTACTS.c.id).where(_one_of(session, CONTACTS.c.id, ids), live)):
+        for (cid,) in await session.execute(select(CONTACTS.c.id).where(one(CONTACTS.c.id, "ids"), live),
+                                            {"ids": ids}):
             by_key[f"id:{cid}"].append(cid)
     for field_id, values in fields.items():
         for cid, value in await _by_field(session, field_id, values):
@@ -124,12 +111,8 @@ async def lock_contacts(session: AsyncSession, ids: Sequence[int]) -> dict[int, 
     read them as the rules see them, each with whether it has been merged away meanwhile."""
     if not ids:
         return {}
-    rows = await session.execute(
-        select(CONTACTS.c.id, CONTACTS.c.external_customer_id, CONTACTS.c.deleted_at, CONTACTS.c.updated_at,
-               CONTACTS.c.merged_into_id)
-        .where(_one_of(session, CONTACTS.c.id, sorted(set(ids)))).order_by(CONTACTS.c.id).with_for_update())
-    return {cid: (Candidate(cid, ext, deleted is not None, updated / 1000), merged is not None)
-            for cid, ext, deleted, updated, merged in rows}
+    return {r.id: (contact_rows.candidate(r), r.merged_into_id is not None)
+            for r in await contact_rows.lock_rows(session, sorted(set(ids)))}
 
 
 async def insert_contacts(db: Database, session: AsyncSession,
