@@ -112,6 +112,20 @@ async def add_contact(client: Any, body: Mapping[str, Any] | None = None, **fiel
     return int(answer["id"])
 
 
+async def get_contact(client: Any, contact_id: int) -> dict[str, Any]:
+    """GET /api/v1/contact/{id}, which must answer 200."""
+    status, body = await call(client, "GET", f"/api/v1/contact/{contact_id}")
+    assert status == 200, body
+    return dict(body)
+
+
+async def identity_log(client: Any, contact_id: int) -> list[dict[str, Any]]:
+    """The entries of a contact's identity log, oldest first."""
+    status, body = await call(client, "GET", f"/api/v1/contact/{contact_id}/identity-log")
+    assert status == 200, body
+    return list(body["entries"])
+
+
 async def _timeline_page(client: Any, contact_id: int) -> dict[str, Any]:
     status, page = await call(client, "GET", f"/api/v1/contact/{contact_id}/events", params={"limit": "1000"})
     assert status == 200, page
