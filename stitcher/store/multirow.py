@@ -4,10 +4,11 @@ executemany on SQLite. The import's rows, its results and every transaction's id
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import JSON, Integer, Table, insert, text
+from sqlalchemy import JSON, Integer, Table, TextClause, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 if TYPE_CHECKING:  # the Database writes its transactions' audit rows through this module
@@ -55,9 +56,15 @@ async def insert_many(db: Database, session: AsyncSession, table: Table, rows: S
         statement = db.insert_ignore(table, ignore) if ignore else insert(table)
         await session.execute(statement, list(rows))
         return
-    columns = list(rows[0])
+    columns = tuple(rows[0])
+    await session.execute(_pg_insert(table, columns, tuple(ignore or ())), pg_arrays(table, columns, rows))
+
+
+@lru_cache(maxsize=64)
+def _pg_insert(table: Table, columns: tuple[str, ...], ignore: tuple[str, ...]) -> TextClause:
+    """The ``INSERT … SELECT … FROM unnest(…)`` of these columns, built once: a call only binds its arrays."""
     values = ", ".join(pg_value(table, c, i) for i, c in enumerate(columns))
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {values} FROM {pg_unnest(table, columns)}"
     if ignore:
         sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
-    await session.execute(text(sql), pg_arrays(table, columns, rows))
+    return text(sql)
