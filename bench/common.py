@@ -28,6 +28,25 @@ HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def say(text: str = "") -> None:
+    """A progress line of a benchmark, printed at once."""
+    print(text, flush=True)
+
+
+def per_backend(run: Callable[[str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``run(backend)`` on SQLite, then PostgreSQL; a backend that fails is reported (``{"error": …}``) and the
+    other still runs."""
+    results: dict[str, dict[str, Any]] = {}
+    for backend in ("sqlite", "postgresql"):
+        say(f"   {backend}:")
+        try:
+            results[backend] = run(backend)
+        except Exception as exc:
+            say(f"      !! {type(exc).__name__}: {str(exc)[:500]}")
+            results[backend] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+    return results
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import Children, cpu_seconds
+from bench.common import Children, cpu_seconds, per_backend, say
 from bench.stitch import (
     PG_BASE_URL,
     Bench,
@@ -37,15 +37,11 @@ from bench.stitch import (
     _pg_admin,
     _run,
     drop_database,
+    served,
     start_redis,
-    start_service,
 )
 
 CONTACTS, CONCURRENCY, SECONDS, ROUNDS = 200, 16, 5.0, 2
-
-
-def _say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def prepare(backend: str, tmp: Path) -> tuple[str, str | None]:
@@ -105,24 +101,7 @@ async def throughput(b: Bench, path: str, make: Any, seconds: float, expect: str
             if (r.status != 200 or (expect and answer.get("status") != expect)) and len(errors) < 3:
                 errors.append(f"{r.status}: {answer!r}"[:200])
 
-    async def poll() -> None:
-        while True:
-            await asyncio.sleep(0.1)
-            await b.meter.poll()
-
-    mark = await b.meter.begin()
-    poller = asyncio.create_task(poll())
-    started = time.perf_counter()
-    try:
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    finally:
-        wall = time.perf_counter() - started
-        poller.cancel()
-        try:
-            await poller
-        except asyncio.CancelledError:
-            pass
-    cpu = await b.meter.end(mark)
+    wall, cpu = await b.meter.during(asyncio.gather(*(worker() for _ in range(CONCURRENCY))))
     ok = statuses.get(200, 0)
     return {"requests": len(latencies), "ok": ok, "rps": round(ok / wall, 1),
             "cpu_ms_per_request": {k: round(v * 1000 / max(1, len(latencies)), 2) for k, v in cpu.items()},
@@ -148,7 +127,7 @@ async def measure(base_url: str, db_url: str, redis_url: str, pids: dict[str, in
                                           keyed=True))
             baseline.append(await throughput(b, "/api/v1/contact", lambda i: contact_body(tag, i % CONTACTS, True),
                                              SECONDS, None))
-            _say(f"      events {events[-1]['rps']} /s, with a key {keyed[-1]['rps']} /s, "
+            say(f"      events {events[-1]['rps']} /s, with a key {keyed[-1]['rps']} /s, "
                  f"add/update {baseline[-1]['rps']} req/s")
     finally:
         await b.close()
@@ -162,17 +141,10 @@ async def measure(base_url: str, db_url: str, redis_url: str, pids: dict[str, in
 
 
 def run_backend(backend: str, children: Children, tmp: Path, redis_pid: int, redis_url: str) -> dict[str, Any]:
-    db_url, created = prepare(backend, tmp)
-    try:
-        service, base_url = start_service(children, tmp, backend, db_url, redis_url)
-        try:
-            before = cpu_seconds(service.pid)
-            result = _run(lambda: measure(base_url, db_url, redis_url, {"service": service.pid, "redis": redis_pid}))
-            result["service_cpu_s"] = round(cpu_seconds(service.pid) - before, 2)
-        finally:
-            children.stop(service)
-    finally:
-        drop_database(db_url, created)
+    with served(children, tmp, backend, redis_url, prepare) as (service, base_url, db_url):
+        before = cpu_seconds(service.pid)
+        result = _run(lambda: measure(base_url, db_url, redis_url, {"service": service.pid, "redis": redis_pid}))
+        result["service_cpu_s"] = round(cpu_seconds(service.pid) - before, 2)
     return result
 
 
@@ -184,29 +156,22 @@ def main() -> dict[str, Any]:
     try:
         with Children() as children:
             redis_child, redis_url = start_redis(children, tmp)
-            for backend in ("sqlite", "postgresql"):
-                _say(f"   {backend}:")
-                try:
-                    results["backends"][backend] = run_backend(backend, children, tmp, redis_child.pid, redis_url)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:
-                    _say(f"      !! {type(exc).__name__}: {str(exc)[:500]}")
-                    results["backends"][backend] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+            results["backends"] = per_backend(
+                lambda backend: run_backend(backend, children, tmp, redis_child.pid, redis_url))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _say()
-    _say(f"  POST /api/v2/event to known contacts vs POST /api/v1/contact (update), {CONCURRENCY} in flight, "
+    say()
+    say(f"  POST /api/v2/event to known contacts vs POST /api/v1/contact (update), {CONCURRENCY} in flight, "
          f"better of {ROUNDS} rounds of {SECONDS:g} s")
-    _say(f"  {'backend':<11}{'key':<5}{'events/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'add/upd/s':>10}{'ratio':>7}  "
+    say(f"  {'backend':<11}{'key':<5}{'events/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'add/upd/s':>10}{'ratio':>7}  "
          "service CPU ms/request (add/update)")
     for name, r in results["backends"].items():
         if "error" in r:
-            _say(f"  {name:<11}error: {r['error']}")
+            say(f"  {name:<11}error: {r['error']}")
             continue
         a = r["add_update_existing"]
         for label, e, ratio in (("no", r["events"], r["ratio"]), ("yes", r["events_with_key"], r["ratio_with_key"])):
-            _say(f"  {name:<11}{label:<5}{e['rps']:>9.1f}{e['p50_ms']:>8}{e['p99_ms']:>8}{a['rps']:>10.1f}{ratio:>7}  "
+            say(f"  {name:<11}{label:<5}{e['rps']:>9.1f}{e['p50_ms']:>8}{e['p99_ms']:>8}{a['rps']:>10.1f}{ratio:>7}  "
                  f"{e['cpu_ms_per_request'].get('service', 0):.2f} ({a['cpu_ms_per_request'].get('service', 0):.2f})"
                  + ("" if r["clean"] else f"  errors: {e['errors'] or a['errors']}"))
     results["pass"] = all("error" not in r and r["clean"] for r in results["backends"].values())

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.common import Children, cpu_seconds
+from bench.common import Children, cpu_seconds, say
 from bench.stitch import API_KEY, PG_BASE_URL, _pg_admin, start_service
 from bench.tracker import start_redis
 
@@ -42,10 +42,6 @@ PROFILE_ROWS = 3000
 TARGET_RATE = 20_000
 TARGET_RATIO = 0.25
 TIMEOUT_S = 600
-
-
-def _say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def rows() -> list[dict[str, Any]]:
@@ -252,10 +248,10 @@ def main() -> dict[str, Any]:
         bodies = [orjson.dumps({"contacts": all_rows[k:k + per], "dedupeOn": "email"})
                   for k in range(0, ROWS, per)]
         with Children() as children:
-            _say("   starting redis-server and stitcher serve (PostgreSQL) ...")
+            say("   starting redis-server and stitcher serve (PostgreSQL) ...")
             _, redis_url = start_redis(children, tmp)
             service, base_url = start_service(children, tmp, "postgresql", url, redis_url)
-            _say(f"   importing {ROWS:,} rows in {len(bodies)} requests ...")
+            say(f"   importing {ROWS:,} rows in {len(bodies)} requests ...")
             results["import"] = asyncio.run(_import(base_url, bodies, service.pid))
         raw_rows = [(f"R{i}" if i % 4 == 1 else None, f"Raw{i}") for i in range(ROWS)]
         raw_s = asyncio.run(_copy(url, raw_rows, [f"raw{i}@example.com" for i in range(ROWS)]))
@@ -270,16 +266,16 @@ def main() -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     imp = results["import"]
     results["pass"] = imp["contacts_per_s"] >= TARGET_RATE and results["ratio"] >= TARGET_RATIO and not imp["errors"]
-    _say(f"   import: {imp['contacts_per_s']:,} contacts/s ({imp['elapsed_s']} s; answered in {imp['accepted_s']} s; "
+    say(f"   import: {imp['contacts_per_s']:,} contacts/s ({imp['elapsed_s']} s; answered in {imp['accepted_s']} s; "
          f"service CPU {imp['service_cpu_s']} s, its parser process {imp['parser_cpu_s']} s); "
          f"created {imp['created']:,}, updated {imp['updated']:,}, "
          f"failed {imp['failed']}, errors {imp['errors']}")
-    _say(f"   raw COPY: {results['raw']['contacts_per_s']:,} contacts/s ({results['raw']['elapsed_s']} s)")
-    _say(f"   ratio {results['ratio']} (target >= {TARGET_RATIO}); target {TARGET_RATE:,}/s: "
+    say(f"   raw COPY: {results['raw']['contacts_per_s']:,} contacts/s ({results['raw']['elapsed_s']} s)")
+    say(f"   ratio {results['ratio']} (target >= {TARGET_RATIO}); target {TARGET_RATE:,}/s: "
          f"{'PASS' if results['pass'] else 'FAIL'}")
     p = results["profile"]
     split = ", ".join(f"{k} {v}" for k, v in p["split_us_per_row"].items())
-    _say(f"   one {p['rows']:,}-row import in-process, alone: {p['rows_per_s']:,} rows/s, service CPU "
+    say(f"   one {p['rows']:,}-row import in-process, alone: {p['rows_per_s']:,} rows/s, service CPU "
          f"{p['cpu_us_per_row']} µs/row ({split}); PostgreSQL {p['pg_ms_per_chunk']} ms per chunk "
          f"({p['chunks']} chunks)")
     return results

@@ -29,16 +29,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.common import Children, cpu_seconds
-from bench.stitch import API_KEY, drop_database, prepare_database, start_service
+from bench.common import Children, cpu_seconds, per_backend, say
+from bench.stitch import API_KEY, served
 from bench.tracker import start_redis
 
 ORDERS, REQUESTS = 1000, 5
 STATUSES = ("INITIALIZED", "IN_PROGRESS", "DELIVERED")
-
-
-def _say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def _orders(tag: str, request: int, status: str) -> list[dict[str, Any]]:
@@ -151,20 +147,14 @@ def main() -> dict[str, Any]:
     try:
         with Children() as children:
             _, redis_url = start_redis(children, tmp)
-            for backend in ("sqlite", "postgresql"):
-                _say(f"   {backend}:")
-                db_url, created = prepare_database(backend, tmp)
-                try:
-                    service, url = start_service(children, tmp, backend, db_url, redis_url)
-                    try:
-                        results["backends"][backend] = asyncio.run(measure(url, db_url, service.pid))
-                    finally:
-                        children.stop(service)
-                except Exception as exc:  # report, go on with the other backend
-                    results["backends"][backend] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
-                finally:
-                    drop_database(db_url, created)
-                _say(f"      {orjson.dumps(results['backends'][backend]).decode()}")
+
+            def run(backend: str) -> dict[str, Any]:
+                with served(children, tmp, backend, redis_url) as (service, url, db_url):
+                    result = asyncio.run(measure(url, db_url, service.pid))
+                say(f"      {orjson.dumps(result).decode()}")
+                return result
+
+            results["backends"] = per_backend(run)
     finally:
         if os.environ.get("BENCH_KEEP_TMP") != "1":
             shutil.rmtree(tmp, ignore_errors=True)

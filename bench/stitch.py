@@ -46,8 +46,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +61,7 @@ from bench.common import (
     cpu_seconds,
     free_port,
     machine_busy_seconds,
+    say,
     wait_http,
 )
 
@@ -94,10 +95,6 @@ _PAGES = [
     ("/p/city-tote", "City Tote | Example Shop", {"sku": "CT-7", "price": 89.0, "currency": "EUR"}),
     ("/search?q=running+shoes", "Search: running shoes | Example Shop", {"query": "running shoes", "results": 24}),
 ]
-
-
-def _say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def _ms(seconds: float) -> float:
@@ -258,7 +255,7 @@ def drop_database(url: str, name: str | None) -> None:
         try:
             _pg_admin(url, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'])
         except Exception as exc:
-            _say(f"      could not drop database {name}: {exc}")
+            say(f"      could not drop database {name}: {exc}")
 
 
 # --- the service -----------------------------------------------------------------------------------------
@@ -283,6 +280,23 @@ def start_service(children: Children, tmp: Path, backend: str, db_url: str, redi
         children.stop(child)
         raise RuntimeError(failure)
     return child, f"http://{HOST}:{port}"
+
+
+@contextmanager
+def served(children: Children, tmp: Path, backend: str, redis_url: str,
+           prepare: Callable[[str, Path], tuple[str, str | None]] = prepare_database,
+           ) -> Iterator[tuple[Child, str, str]]:
+    """A fresh database of ``backend`` (made by ``prepare``) with ``stitcher serve`` on it, as (the service, its
+    URL, the database URL); the service stopped and the database dropped after."""
+    db_url, created = prepare(backend, tmp)
+    try:
+        service, url = start_service(children, tmp, backend, db_url, redis_url)
+        try:
+            yield service, url, db_url
+        finally:
+            children.stop(service)
+    finally:
+        drop_database(db_url, created)
 
 
 _LOG_SINK: Any = None
@@ -375,6 +389,28 @@ class CpuMeter:
     async def poll(self) -> None:
         for task, cpu in (await self._read())[1].items():
             self._peak[task] = max(cpu, self._peak.get(task, 0.0))
+
+    async def during(self, work: Awaitable[Any]) -> tuple[float, dict[str, float]]:
+        """Await ``work``, polling every 0.1 s; its wall seconds and the CPU seconds of each part meanwhile."""
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(0.1)
+                await self.poll()
+
+        mark = await self.begin()
+        poller = asyncio.create_task(poll())
+        started = time.perf_counter()
+        try:
+            await work
+        finally:
+            wall = time.perf_counter() - started
+            poller.cancel()
+            try:
+                await poller
+            except asyncio.CancelledError:
+                pass
+        return wall, await self.end(mark)
 
     async def end(self, mark: tuple[float, dict[Task, float]]) -> dict[str, float]:
         bench, tasks = await self._read()
@@ -533,24 +569,7 @@ class Bench:
                 if status != 200 and len(errors) < 3:
                     errors.append(f"{status}: {str(answer)[:200]}")
 
-        async def poll() -> None:
-            while True:
-                await asyncio.sleep(0.1)
-                await self.meter.poll()
-
-        mark = await self.meter.begin()
-        poller = asyncio.create_task(poll())
-        started = time.perf_counter()
-        try:
-            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-        finally:
-            wall = time.perf_counter() - started
-            poller.cancel()
-            try:
-                await poller
-            except asyncio.CancelledError:
-                pass
-        cpu = await self.meter.end(mark)
+        wall, cpu = await self.meter.during(asyncio.gather(*(worker() for _ in range(CONCURRENCY))))
         ok = statuses.get(200, 0)
         per_request = {k: round(v * 1000 / max(1, len(latencies)), 2) for k, v in cpu.items()}
         return {"requests": len(latencies), "ok": ok, "seconds": round(wall, 3), "rps": round(ok / wall, 1),
@@ -589,7 +608,7 @@ async def measure(backend: str, base_url: str, db_url: str, redis_url: str, dead
             vid, _ = await b.visitor(0)
             fixed.append(await b.subscribe(vid, 0))
         out["fixed"] = _stats(fixed)
-        _say(f"      subscribe with an empty history: p50 {out['fixed']['p50_ms']} ms")
+        say(f"      subscribe with an empty history: p50 {out['fixed']['p50_ms']} ms")
         for n in SIZES:
             if time.monotonic() > deadline - THROUGHPUT_RESERVE_S:
                 out["skipped"].append(f"{n:,} events: time budget spent")
@@ -611,7 +630,7 @@ async def measure(backend: str, base_url: str, db_url: str, redis_url: str, dead
                 row["target_p50_ms"] = TARGET_PG_1K_MS
                 row["pass_latency"] = s["p50_ms"] < TARGET_PG_1K_MS
             out["stitch"][str(n)] = row
-            _say(f"      {n:>6,} events: stitch p50 {s['p50_ms']} ms, raw p50 {r['p50_ms']} ms, ratio {ratio}; "
+            say(f"      {n:>6,} events: stitch p50 {s['p50_ms']} ms, raw p50 {r['p50_ms']} ms, ratio {ratio}; "
                  f"CPU {s['cpu_p50_ms']} vs {r['cpu_p50_ms']} ms, ratio {cpu_ratio} "
                  f"({time.monotonic() - started:.1f} s)")
         seconds = min(THROUGHPUT_SECONDS, (deadline - time.monotonic()) / 2)
@@ -632,7 +651,7 @@ async def measure(backend: str, base_url: str, db_url: str, redis_url: str, dead
             out["add_update"] = {"contacts": CONTACTS, "concurrency": CONCURRENCY, "max_seconds": round(seconds, 1),
                                  "target_rps": TARGET_ADD_UPDATE_RPS,
                                  "target_service_cpu_ms": TARGET_ADD_UPDATE_CPU_MS, "new": new, "existing": existing}
-            _say(f"      add/update: {new['rps']} req/s new ({new['requests']} requests), "
+            say(f"      add/update: {new['rps']} req/s new ({new['requests']} requests), "
                  f"{existing['rps']} req/s existing ({existing['requests']})")
     finally:
         await b.close()
@@ -736,9 +755,9 @@ def _run_backend(backend: str, children: Children, tmp: Path, redis: Child, redi
             service, base_url = start_service(children, tmp, backend, db_url, redis_url)
             runner = "stitcher serve (subprocess, uvloop, worker off)"
         except RuntimeError as exc:
-            _say(f"      `stitcher serve` did not start, running the app in-process: "
+            say(f"      `stitcher serve` did not start, running the app in-process: "
                  f"{str(exc).strip().splitlines()[-1][:200]}")
-    _say(f"      service: {runner}")
+    say(f"      service: {runner}")
     pids = {"bench": os.getpid(), "redis": redis.pid, **({"service": service.pid} if service else {})}
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     busy_before, wall_before = machine_busy_seconds(), time.monotonic()
@@ -769,15 +788,15 @@ def _run_backend(backend: str, children: Children, tmp: Path, redis: Child, redi
     result["service_runner"] = runner
     result["database"] = "sqlite (temp file)" if backend == "sqlite" else db_url
     if os.environ.get("BENCH_PROFILE", "") not in ("", "0"):
-        _say("      profiling in-process 10,000-event subscribes with cProfile (not part of the figures) ...")
+        say("      profiling in-process 10,000-event subscribes with cProfile (not part of the figures) ...")
         prof = _run(lambda: profile_stitch(db_url, redis_url, tmp))
         result["profile"] = {k: v for k, v in prof.items() if k != "report"}
         result["profile"]["top"] = prof["report"].splitlines()[:120]
-        _say(prof["report"])
-        _say("      profiling in-process add/updates of new contacts with cProfile (not part of the figures) ...")
+        say(prof["report"])
+        say("      profiling in-process add/updates of new contacts with cProfile (not part of the figures) ...")
         prof = _run(lambda: profile_add_update(db_url, redis_url, tmp))
         result["profile_add_update"] = {k: v for k, v in prof.items() if k != "report"}
-        _say(prof["report"])
+        say(prof["report"])
     return result
 
 
@@ -795,40 +814,40 @@ def _range(x: dict[str, Any]) -> str:
 
 def report(results: dict[str, Any]) -> None:
     backends = results["backends"]
-    _say()
-    _say("  Stitch: POST /api/v1/contact/subscribe of a new contact with a visitor's history, against the raw work")
-    _say("  (LRANGE + decode + one bulk INSERT of the same rows). Wall ms: p50 (min-max) of "
+    say()
+    say("  Stitch: POST /api/v1/contact/subscribe of a new contact with a visitor's history, against the raw work")
+    say("  (LRANGE + decode + one bulk INSERT of the same rows). Wall ms: p50 (min-max) of "
          f"{results['runs']} runs; CPU ms: p50 of all processes involved")
-    _say(f"  {'backend':<11}{'events':>7}  {'stitch wall':<24}{'raw wall':<24}{'ratio':>6}  "
+    say(f"  {'backend':<11}{'events':>7}  {'stitch wall':<24}{'raw wall':<24}{'ratio':>6}  "
          f"{'target':<11}{'CPU stitch':>10}{'raw':>8}{'ratio':>7}")
     for name, r in backends.items():
         if "error" in r:
-            _say(f"  {name:<11}  error: {r['error']}")
+            say(f"  {name:<11}  error: {r['error']}")
             continue
         fixed = r.get("fixed") or {}
-        _say(f"  {name:<11}{0:>7}  {_range(fixed):<24}{'':<24}{'':>6}  {'':<11}"
+        say(f"  {name:<11}{0:>7}  {_range(fixed):<24}{'':<24}{'':>6}  {'':<11}"
              f"{_f(fixed.get('cpu_p50_ms'), 10)}    (empty history: the contact alone)")
         for row in r["stitch"].values():
             s, w = row["stitch"], row["raw"]
-            _say(f"  {name:<11}{row['events']:>7,}  {_range(s):<24}{_range(w):<24}{_f(row['ratio'], 6, '.2f')}  "
+            say(f"  {name:<11}{row['events']:>7,}  {_range(s):<24}{_range(w):<24}{_f(row['ratio'], 6, '.2f')}  "
                  f"{'<= ' + format(TARGET_RATIO, 'g') + ' ' + _pf(row['pass_ratio']):<11}"
                  f"{_f(s['cpu_p50_ms'], 10)}{_f(w['cpu_p50_ms'], 8)}{_f(row['cpu_ratio'], 7, '.2f')}")
         for note in r.get("skipped", []):
-            _say(f"  {name:<11}  skipped: {note}")
+            say(f"  {name:<11}  skipped: {note}")
         if r.get("cpu_cores"):
-            _say(f"  {'':<11}  cores busy meanwhile: "
+            say(f"  {'':<11}  cores busy meanwhile: "
                  + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_cores"].items())
                  + f"; load average {r['load_avg'][0]:.1f} on {results['cores']} cores")
     pg = backends.get("postgresql", {}).get("stitch", {}).get("1000")
     if pg:
-        _say(f"  PostgreSQL subscribe with a 1,000-event history: p50 {pg['stitch']['p50_ms']:.1f} ms "
+        say(f"  PostgreSQL subscribe with a 1,000-event history: p50 {pg['stitch']['p50_ms']:.1f} ms "
              f"(target < {TARGET_PG_1K_MS:g} ms): {_pf(pg['pass_latency'])}")
     else:
-        _say("  PostgreSQL subscribe with a 1,000-event history: not measured: FAIL")
-    _say()
-    _say(f"  Add/update POST /api/v1/contact, {CONCURRENCY} in flight (up to {CONTACTS} contacts, "
+        say("  PostgreSQL subscribe with a 1,000-event history: not measured: FAIL")
+    say()
+    say(f"  Add/update POST /api/v1/contact, {CONCURRENCY} in flight (up to {CONTACTS} contacts, "
          f"{THROUGHPUT_SECONDS:g} s per phase); CPU ms per request by process")
-    _say(f"  {'backend':<11}{'contacts':<10}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}  {'CPU ms/request':<40}statuses")
+    say(f"  {'backend':<11}{'contacts':<10}{'req/s':>7}{'p50 ms':>8}{'p99 ms':>8}  {'CPU ms/request':<40}statuses")
     for name, r in backends.items():
         au = r.get("add_update")
         if not au:
@@ -836,20 +855,20 @@ def report(results: dict[str, Any]) -> None:
         for kind in ("new", "existing"):
             x = au[kind]
             cpu = ", ".join(f"{k} {v:.1f}" for k, v in x["cpu_ms_per_request"].items() if v >= 0.05)
-            _say(f"  {name:<11}{kind:<10}{x['rps']:>7.1f}{_f(x['p50_ms'], 8)}{_f(x['p99_ms'], 8)}  {cpu:<40}"
+            say(f"  {name:<11}{kind:<10}{x['rps']:>7.1f}{_f(x['p50_ms'], 8)}{_f(x['p99_ms'], 8)}  {cpu:<40}"
                  f"{x['statuses']}" + (f"  e.g. {x['errors'][0]}" if x["errors"] else ""))
     pg = backends.get("postgresql", {}).get("add_update")
     if pg:
         for kind in ("new", "existing"):
             x = pg[kind]
-            _say(f"  PostgreSQL add/update ({kind}): {x['rps']:.0f} req/s = {x['rps_ratio_to_target']:.2f} of the "
+            say(f"  PostgreSQL add/update ({kind}): {x['rps']:.0f} req/s = {x['rps_ratio_to_target']:.2f} of the "
                  f"target {TARGET_ADD_UPDATE_RPS:,.0f}; service CPU "
                  f"{_f(x['cpu_ms_per_request'].get('service'), 0, '.2f')} ms/call = "
                  f"{_f(x['service_cpu_ms_ratio_to_target'], 0, '.2f')}x the target <= {TARGET_ADD_UPDATE_CPU_MS:g} ms: "
                  f"{_pf(x['pass_target'])}")
     else:
-        _say("  PostgreSQL add/update: not measured: FAIL")
-    _say(f"\n  overall: {_pf(results['pass'])} ({results['elapsed_s']} s)")
+        say("  PostgreSQL add/update: not measured: FAIL")
+    say(f"\n  overall: {_pf(results['pass'])} ({results['elapsed_s']} s)")
 
 
 def main() -> dict[str, Any]:
@@ -866,23 +885,23 @@ def main() -> dict[str, Any]:
     backends = ("sqlite", "postgresql")
     try:
         with Children() as children:
-            _say("   starting redis-server ...")
+            say("   starting redis-server ...")
             redis_child, redis_url = start_redis(children, tmp)
             for i, backend in enumerate(backends):
                 left = started + TIME_BUDGET_S - time.monotonic()
                 deadline = time.monotonic() + left / (len(backends) - i)  # an equal share of what is left
-                _say(f"   {backend}:")
+                say(f"   {backend}:")
                 try:
                     results["backends"][backend] = run_backend(backend, children, tmp, redis_child, redis_url,
                                                                deadline, inprocess)
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:  # report, keep going with the other backend
-                    _say(f"      !! {type(exc).__name__}: {str(exc)[:500]}")
+                    say(f"      !! {type(exc).__name__}: {str(exc)[:500]}")
                     results["backends"][backend] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
     finally:
         if keep:
-            _say(f"   kept {tmp}")
+            say(f"   kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     checks: list[bool] = []

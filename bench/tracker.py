@@ -48,6 +48,7 @@ from bench.common import (
     http_status,
     prometheus_value,
     run_wrk,
+    say,
     wait_http,
     wait_quiet,
 )
@@ -61,10 +62,6 @@ TARGET_RATIO, TARGET_P99_MS, TARGET_MEM_RATIO, TARGET_GZIP_BYTES = 0.8, 10.0, 1.
 USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/131.0.0.0 Safari/537.36")
 BEACON_HEADERS = {"Content-Type": "text/plain", "User-Agent": USER_AGENT, "Origin": "https://shop.example.com"}
-
-
-def _say(text: str = "") -> None:
-    print(text, flush=True)
 
 
 # --- 4. the tracking script ------------------------------------------------------------------------------
@@ -130,8 +127,8 @@ def start_service(children: Children, tmp: Path, redis_url: str) -> tuple[Child,
         reason = failure
         (tmp / "service.stderr").rename(tmp / "stitcher-serve-failed.stderr")
     why = (reason.strip().splitlines() or ["?"])[-1][:300]
-    _say("   `stitcher serve` does not start yet; falling back to bench.tracker_server (tracker app alone).")
-    _say(f"   why: {why}")
+    say("   `stitcher serve` does not start yet; falling back to bench.tracker_server (tracker app alone).")
+    say(f"   why: {why}")
     port = free_port()
     child = children.start("bench.tracker_server", [sys.executable, "-m", "bench.tracker_server",
                                                     "--port", str(port)], env=env, log=tmp / "service.stderr")
@@ -322,7 +319,7 @@ def throughput(ports: dict[str, int], pids: dict[str, int], tmp: Path, redis_url
         wait_quiet()
         r = run_wrk(label, url, LUA, threads=WRK_THREADS, connections=WRK_CONNECTIONS, duration_s=seconds,
                     script_args=[secrets.token_hex(4), str(BENCH_VISITORS)], watch=watch)
-        _say(f"   {label:<16} {r.rps:>9,.0f} req/s  p50 {_fmt_ms(r.p50_ms)}  p99 {_fmt_ms(r.p99_ms)}  "
+        say(f"   {label:<16} {r.rps:>9,.0f} req/s  p50 {_fmt_ms(r.p50_ms)}  p99 {_fmt_ms(r.p99_ms)}  "
              f"non-2xx {r.non_2xx}  cpu(cores) " + " ".join(f"{k}={v}" for k, v in r.cpu.items()))
         return r
 
@@ -536,98 +533,98 @@ def _log_stats(path: Path, requests: int) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> None:
-    _say()
-    _say("Tracker benchmark")
-    _say(f"  service runner: {results['service_runner']}")
+    say()
+    say("Tracker benchmark")
+    say(f"  service runner: {results['service_runner']}")
     t = results.get("throughput")
     if isinstance(t, dict) and "bare" in t:
         w = t["wrk"]
-        _say(f"  POST /t, ~350-byte one-event beacon, wrk -t{w['threads']} -c{w['connections']} "
+        say(f"  POST /t, ~350-byte one-event beacon, wrk -t{w['threads']} -c{w['connections']} "
              f"-d{w['seconds']}s, better of 2 alternating runs after a {w['warmup_seconds']} s warm-up")
-        _say(f"  {'handler':<34}{'req/s':>9}{'p50':>10}{'p99':>10}{'non-2xx':>9}{'CPU µs/req':>12}"
+        say(f"  {'handler':<34}{'req/s':>9}{'p50':>10}{'p99':>10}{'non-2xx':>9}{'CPU µs/req':>12}"
              f"{'redis µs/req':>14}")
         for name, label in (("bare", "bare aiohttp + orjson, 204"),
                             ("pipeline", "bare + group-commit write"), ("service", "service POST /t (stores)")):
             if name not in t:
                 continue
             r = t[name]
-            _say(f"  {label:<34}{r['rps']:>9,.0f}{_fmt_ms(r['p50_ms']):>10}{_fmt_ms(r['p99_ms']):>10}"
+            say(f"  {label:<34}{r['rps']:>9,.0f}{_fmt_ms(r['p50_ms']):>10}{_fmt_ms(r['p99_ms']):>10}"
                  f"{r['non_2xx']:>9}{r['cpu_us_per_request'] or 0:>12.0f}{r['redis_cpu_us_per_request'] or 0:>14.0f}")
-        _say(f"  ratio service/bare: {t['ratio']:.2f} (target >= {TARGET_RATIO})  {_pf(t['ratio_pass'])}")
+        say(f"  ratio service/bare: {t['ratio']:.2f} (target >= {TARGET_RATIO})  {_pf(t['ratio_pass'])}")
         if t.get("pipeline_ratio") is not None:
-            _say(f"  ratio pipeline/bare: {t['pipeline_ratio']:.2f} — group commit alone (the issue's \"coalescing "
+            say(f"  ratio pipeline/bare: {t['pipeline_ratio']:.2f} — group commit alone (the issue's \"coalescing "
                  "pipeline\" reference: parse, write through tracker.groupcommit, await, 204); the rest of the "
                  "service's cost is validation, idempotent append script, visitor cookie, CORS, log line, metrics")
         if t.get("cpu_ratio"):
-            _say(f"  CPU per request, bare/service: {t['cpu_ratio']:.2f} (the same ratio measured in CPU time, "
+            say(f"  CPU per request, bare/service: {t['cpu_ratio']:.2f} (the same ratio measured in CPU time, "
                  "less sensitive to other load on the machine)")
-        _say(f"  service p99 at {w['connections']} connections: {_fmt_ms(t['p99_ms']).strip()} "
+        say(f"  service p99 at {w['connections']} connections: {_fmt_ms(t['p99_ms']).strip()} "
              f"(target < {TARGET_P99_MS:g} ms)  {_pf(t['p99_pass'])}")
         if not t["p99_pass"] and t["service"]["rps"] and t["bare"]["rps"]:
             c = w["connections"]
-            _say(f"    note: wrk keeps {c} requests in flight, so mean latency = {c} / req/s (Little's law): "
+            say(f"    note: wrk keeps {c} requests in flight, so mean latency = {c} / req/s (Little's law): "
                  f"{c / t['service']['rps'] * 1000:.1f} ms for the service, {c / t['bare']['rps'] * 1000:.1f} ms "
                  f"for bare; p99 < {TARGET_P99_MS:g} ms at {c} connections needs well over "
                  f"{c / TARGET_P99_MS * 1000:,.0f} req/s from the process")
         if t["service_non_2xx"] or t["socket_errors"]:
-            _say(f"  !! service non-2xx answers: {t['service_non_2xx']}; socket errors (all runs): "
+            say(f"  !! service non-2xx answers: {t['service_non_2xx']}; socket errors (all runs): "
                  f"{t['socket_errors']}")
         else:
-            _say("  service non-2xx answers: 0")
+            say("  service non-2xx answers: 0")
         if t.get("group_commit_commands_per_pipeline") is not None:
-            _say(f"  group commit: {t['group_commit_commands_per_pipeline']} Redis commands per pipeline on average "
+            say(f"  group commit: {t['group_commit_commands_per_pipeline']} Redis commands per pipeline on average "
                  "(service /metrics)")
-        _say(f"  events stored by the service runs: {t['events_stored_by_these_runs']:,} "
+        say(f"  events stored by the service runs: {t['events_stored_by_these_runs']:,} "
              f"(2xx counted by wrk: {t['service_2xx_counted_by_wrk']:,}; wrk does not count the last "
              "in-flight requests)")
-        _say("  caveat: wrk runs on the same 2 cores (it used "
+        say("  caveat: wrk runs on the same 2 cores (it used "
              f"{t['service']['cpu'].get('wrk', 0):.2f} cores in the best service run, "
              f"{t['bare']['cpu'].get('wrk', 0):.2f} in the best bare run), and so does redis-server; "
              "each Python server is one process, so it can use at most 1 core.")
         others = max(r["cpu"].get("others", 0) for rs in t["runs"].values() for r in rs)
         if others > 0.25:
-            _say(f"  !! other processes on this machine used up to {others:.2f} cores during the runs: "
+            say(f"  !! other processes on this machine used up to {others:.2f} cores during the runs: "
                  "req/s and latency are noisy; compare the CPU µs/req columns")
     elif isinstance(t, dict):
-        _say(f"  throughput: {t.get('status')} ({t.get('hint', '')})")
+        say(f"  throughput: {t.get('status')} ({t.get('hint', '')})")
     logs = results.get("service_log")
     if logs:
-        _say(f"  service stderr (JSON request log): {logs['lines']:,} lines, {logs['bytes_per_line']} "
+        say(f"  service stderr (JSON request log): {logs['lines']:,} lines, {logs['bytes_per_line']} "
              f"bytes/line, {logs['lines_per_request']} lines per request")
     m = results.get("redis_memory")
     if isinstance(m, dict) and "bytes_per_event" in m:
-        _say(f"  Redis {m['redis_version']} memory: {m['events_stored']:,} events stored ({MEM_VISITORS} visitors x "
+        say(f"  Redis {m['redis_version']} memory: {m['events_stored']:,} events stored ({MEM_VISITORS} visitors x "
              f"{MEM_EVENTS_PER_VISITOR}); {m['bytes_per_event']:.0f} bytes/event vs "
              f"{m['event_json_bytes']:.0f} bytes of the event's compact JSON = {m['ratio']:.2f}x "
              f"(target <= {TARGET_MEM_RATIO}x)  {_pf(m['pass'])}")
-        _say("    by key kind (bytes/event): " + ", ".join(
+        say("    by key kind (bytes/event): " + ", ".join(
             f"{k} {v:.0f}" for k, v in m["bytes_per_event_by_key_kind"].items())
              + f"; the stored JSON itself is {m['stored_json_bytes']:.0f} bytes (adds rt and t); "
              f"INFO used_memory delta {m['used_memory_delta_per_event']} bytes/event")
         if m["events_stored"] != m["events_sent"] or set(m["statuses"]) != {"204"}:
-            _say(f"  !! statuses {m['statuses']}, stored {m['events_stored']} of {m['events_sent']}")
+            say(f"  !! statuses {m['statuses']}, stored {m['events_stored']} of {m['events_sent']}")
     elif m is not None:
-        _say(f"  Redis memory: {m}")
+        say(f"  Redis memory: {m}")
     s = results["script"]
     if s.get("status") == "ok":
-        _say(f"  static/t.js: {s['source_bytes']:,} bytes source, {s['minified_bytes']:,} minified, "
+        say(f"  static/t.js: {s['source_bytes']:,} bytes source, {s['minified_bytes']:,} minified, "
              f"{s['gzipped_bytes']:,} gzipped (target <= {TARGET_GZIP_BYTES:,})  {_pf(s['pass'])}")
     else:
-        _say(f"  static/t.js: {s.get('status')}")
+        say(f"  static/t.js: {s.get('status')}")
     p = results.get("profile")
     if isinstance(p, dict) and p.get("status") == "ok" and p.get("samples"):
         us = p["cpu_us_per_request_while_sampled"]
-        _say(f"  py-spy profile of the service under load ({p['samples']} samples of the thread holding the GIL, "
+        say(f"  py-spy profile of the service under load ({p['samples']} samples of the thread holding the GIL, "
              f"{p['rps_while_sampled']:,.0f} req/s, {us:.0f} CPU µs/req while sampled; µs below = share x that):")
-        _say("    share of the service's time by concern (inclusive; nested lines are part of the one above):")
+        say("    share of the service's time by concern (inclusive; nested lines are part of the one above):")
         for label, pct in p["by_concern_pct"]:
-            _say(f"      {pct:5.1f}%  ~{pct * us / 100:4.0f} µs/req  {label}")
-        _say("    self time by package: " + ", ".join(f"{name} {pct}%" for name, pct in p["self_by_package_pct"]))
-        _say("    self time by function:")
+            say(f"      {pct:5.1f}%  ~{pct * us / 100:4.0f} µs/req  {label}")
+        say("    self time by package: " + ", ".join(f"{name} {pct}%" for name, pct in p["self_by_package_pct"]))
+        say("    self time by function:")
         for name, pct in p["self_by_function_pct"]:
-            _say(f"      {pct:5.1f}%  {name}")
+            say(f"      {pct:5.1f}%  {name}")
     elif p is not None:
-        _say(f"  profile: {p.get('status')}")
+        say(f"  profile: {p.get('status')}")
 
 
 def main() -> dict[str, Any]:
@@ -637,28 +634,28 @@ def main() -> dict[str, Any]:
     keep = os.environ.get("BENCH_KEEP_TMP") == "1"
     try:
         with Children() as children:
-            _say("   starting redis-server and the service ...")
+            say("   starting redis-server and the service ...")
             redis_child, redis_url = start_redis(children, tmp)
             service, service_port, runner = start_service(children, tmp, redis_url)
             results["service_runner"] = runner
-            _say(f"   service: {runner} on port {service_port} (pid {service.pid}); redis {redis_url}")
-            _say(f"   storing {MEM_VISITORS * MEM_EVENTS_PER_VISITOR:,} events through POST /t for the "
+            say(f"   service: {runner} on port {service_port} (pid {service.pid}); redis {redis_url}")
+            say(f"   storing {MEM_VISITORS * MEM_EVENTS_PER_VISITOR:,} events through POST /t for the "
                  "memory figure ...")
             results["redis_memory"] = redis_memory(service_port, redis_url)
             if find_wrk() is None:
-                _say(f"   !! {WRK_INSTALL_HINT}; skipping the throughput part")
+                say(f"   !! {WRK_INSTALL_HINT}; skipping the throughput part")
                 results["throughput"] = {"status": "skipped: wrk not installed", "hint": WRK_INSTALL_HINT}
             else:
                 bare, bare_port = start_bare(children, tmp)
                 pipeline, pipeline_port = start_bare(children, tmp, pipeline_redis_url=redis_url)
-                _say(f"   bare baseline on port {bare_port} (pid {bare.pid}), pipeline reference on port "
+                say(f"   bare baseline on port {bare_port} (pid {bare.pid}), pipeline reference on port "
                      f"{pipeline_port} (pid {pipeline.pid}); wrk runs:")
                 results["throughput"] = throughput(
                     {"bare": bare_port, "pipeline": pipeline_port, "service": service_port},
                     {"bare": bare.pid, "pipeline": pipeline.pid, "service": service.pid, "redis": redis_child.pid},
                     tmp, redis_url)
                 if os.environ.get("BENCH_PROFILE", "") not in ("", "0"):
-                    _say("   profiling the service under load with py-spy ...")
+                    say("   profiling the service under load with py-spy ...")
                     results["profile"] = profile(service, service_port, redis_child, tmp)
             t = results.get("throughput", {})
             requests = (t.get("service_2xx_counted_by_wrk", 0) if isinstance(t, dict) else 0) \
@@ -668,7 +665,7 @@ def main() -> dict[str, Any]:
                 raise RuntimeError(f"the service died during the benchmark:\n{service.tail()}")
     finally:
         if keep:
-            _say(f"   kept {tmp}")
+            say(f"   kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     results["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -7,7 +7,7 @@ from aiohttp import web
 from stitcher import views
 from stitcher.contacts import ContactService
 from stitcher.domain.rules import Mode
-from stitcher.http_input import DB, NORMALISER, int_param, path_contact_id, query, read_json, request_id
+from stitcher.http_input import DB, NORMALISER, int_param, keyset_after, path_contact_id, query, read_json, request_id
 from stitcher.payload import parse_contact, parse_subscribe
 from tracker.errors import ValidationFailed
 from tracker.http import json_response
@@ -49,14 +49,7 @@ async def get_contact(request: web.Request) -> web.StreamResponse:
 @routes.get("/api/v1/contact/{contact_id}/events")
 async def contact_events(request: web.Request) -> web.StreamResponse:
     """The stitched timeline, oldest first: ``?limit=`` (≤ 1000) and ``?after=`` the previous ``next``."""
-    after = None
-    if cursor := query(request).get("after"):
-        t, _, row = cursor.partition(".")
-        if not all(part.isascii() and part.isdigit() and len(part) <= 19 and int(part) < 2**63
-                   for part in (t, row)):
-            raise ValidationFailed([{"field": "after", "message": "must be the `next` of a previous page"}])
-        after = (int(t), int(row))
-    page = views.Page(limit=int_param(request, "limit", 100, 1, 1000), after=after)
+    page = views.Page(limit=int_param(request, "limit", 100, 1, 1000), after=keyset_after(request))
     async with request.app[DB].reader() as s:
         return json_response(await views.timeline(s, path_contact_id(request), page))
 

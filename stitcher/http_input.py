@@ -54,9 +54,21 @@ def path_contact_id(request: web.Request) -> int:
 
 
 def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter from ``lo`` to ``hi`` (at most 2**63 - 1), ``default`` when absent."""
     raw = query(request).get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not lo <= int(raw) <= hi:
         raise ValidationFailed([{"field": name, "message": f"must be an integer from {lo} to {hi}"}])
     return int(raw)
+
+
+def keyset_after(request: web.Request) -> tuple[int, int] | None:
+    """``?after=`` of a keyset page: the previous page's ``next``, ``<time>.<row id>``; None when absent."""
+    cursor = query(request).get("after")
+    if not cursor:
+        return None
+    t, _, row = cursor.partition(".")
+    if not all(part.isascii() and part.isdigit() and len(part) <= 19 and int(part) < 2**63 for part in (t, row)):
+        raise ValidationFailed([{"field": "after", "message": "must be the `next` of a previous page"}])
+    return int(t), int(row)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from stitcher.domain.commands import ContactCommand, SubscribeCommand
-from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
+from stitcher.domain.errors import FieldErrors, InvalidIdentifier, ValidationFailed
 from stitcher.domain.identifiers import (
     IdentifierKind,
     Identity,
@@ -27,18 +27,6 @@ MAX_GROUPS = 100
 MAX_DEVICE = 256  # characters of a channel's device (a string, or an object as JSON): its column's width
 
 
-@dataclass
-class _Errors:
-    items: list[dict[str, str]] = field(default_factory=list)
-
-    def add(self, where: str, message: str) -> None:
-        self.items.append({"field": where, "message": message})
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise ValidationFailed(self.items)
-
-
 def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | None = None,
                   prefix: str = "") -> ContactCommand:
     """Validate an eSputnik contact payload plus Stitcher's ``visitorIds``.
@@ -49,14 +37,14 @@ def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | Non
     type?}``) put the contact in those groups; fields we do not model (``addressBookId``, ``contactKey``,
     ``timeZone`` …) are left unread. 400 only for malformed values and when nothing identifies the person.
     """
-    errors = _Errors()
+    errors = FieldErrors()
     if not isinstance(payload, Mapping):
         raise ValidationFailed([{"field": prefix.rstrip(".") or "body", "message": "must be a JSON object"}])
     reading = IdentityReading(Identity())
     try:
         reading = read_identity(payload, normaliser, contact_id=contact_id, field_prefix=prefix)
     except ValidationFailed as exc:
-        errors.items.extend(exc.errors)
+        errors.extend(exc)
     ignored = list(reading.ignored)
     devices = _devices(as_list(payload.get("channels")), normaliser, prefix, ignored)
     profile: dict[str, Any] = {}
@@ -125,7 +113,7 @@ def _devices(channels: Any, normaliser: Normaliser, prefix: str,
     return devices
 
 
-def parse_groups(raw: Any, where: str, errors: _Errors, ignored: list[Ignored]) -> tuple[str, ...]:
+def parse_groups(raw: Any, where: str, errors: FieldErrors, ignored: list[Ignored]) -> tuple[str, ...]:
     """Group names from names or ``{"id"?, "name", "type"?}`` objects, or one such object alone.
 
     Groups are found (and created) by name: an object without a name, or a blank name, is ignored and
@@ -153,7 +141,7 @@ def parse_groups(raw: Any, where: str, errors: _Errors, ignored: list[Ignored]) 
     return tuple(dict.fromkeys(names))
 
 
-def _visitor_ids(raw: Any, prefix: str, errors: _Errors) -> tuple[str, ...]:
+def _visitor_ids(raw: Any, prefix: str, errors: FieldErrors) -> tuple[str, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or len(raw) > MAX_VISITORS:
@@ -177,12 +165,12 @@ def parse_subscribe(payload: Any, normaliser: Normaliser) -> SubscribeCommand:
     """
     if not isinstance(payload, Mapping):
         raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
-    errors = _Errors()
+    errors = FieldErrors()
     contact: ContactCommand | None = None
     try:
         contact = parse_contact(payload.get("contact"), normaliser, prefix="contact.")
     except ValidationFailed as exc:
-        errors.items.extend(exc.errors)
+        errors.extend(exc)
     ignored: list[Ignored] = []
     groups = parse_groups(payload.get("groups"), "groups", errors, ignored)
     form_type = payload.get("formType")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -105,9 +105,40 @@ async def identity_lock_waiters(db: Any, database_url: str, expected: int) -> No
     assert waiting == expected
 
 
-async def timeline_ids(client: Any, contact_id: int) -> list[str]:
-    """The event ids on a contact's timeline (one page of up to 1000, which must be the whole of it)."""
+async def add_contact(client: Any, body: Mapping[str, Any] | None = None, **fields: Any) -> int:
+    """POST /api/v1/contact with ``body`` and/or ``fields``; the id of the contact it answers with."""
+    status, answer = await call(client, "POST", "/api/v1/contact", {**(body or {}), **fields})
+    assert status == 200, answer
+    return int(answer["id"])
+
+
+async def get_contact(client: Any, contact_id: int) -> dict[str, Any]:
+    """GET /api/v1/contact/{id}, which must answer 200."""
+    status, body = await call(client, "GET", f"/api/v1/contact/{contact_id}")
+    assert status == 200, body
+    return dict(body)
+
+
+async def identity_log(client: Any, contact_id: int) -> list[dict[str, Any]]:
+    """The entries of a contact's identity log, oldest first."""
+    status, body = await call(client, "GET", f"/api/v1/contact/{contact_id}/identity-log")
+    assert status == 200, body
+    return list(body["entries"])
+
+
+async def _timeline_page(client: Any, contact_id: int) -> dict[str, Any]:
     status, page = await call(client, "GET", f"/api/v1/contact/{contact_id}/events", params={"limit": "1000"})
     assert status == 200, page
+    return dict(page)
+
+
+async def timeline_events(client: Any, contact_id: int) -> list[dict[str, Any]]:
+    """The first page (up to 1000) of a contact's timeline."""
+    return list((await _timeline_page(client, contact_id))["events"])
+
+
+async def timeline_ids(client: Any, contact_id: int) -> list[str]:
+    """The event ids on a contact's timeline (one page of up to 1000, which must be the whole of it)."""
+    page = await _timeline_page(client, contact_id)
     assert page["next"] is None
     return [e["id"] for e in page["events"]]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ConcurrentUpdate", "ContactNotFound", "DomainError", "ExternalIdConflict", "ImportNotFound",
-           "ImportsBusy",
+__all__ = ["ConcurrentUpdate", "ContactNotFound", "DomainError", "ExternalIdConflict", "FieldErrors",
+           "ImportNotFound", "ImportsBusy",
            "InvalidIdentifier", "ValidationFailed"]
 
 
@@ -36,6 +36,23 @@ class ValidationFailed(DomainError):
     def __init__(self, errors: list[dict[str, str]]) -> None:
         super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
         self.errors = errors
+
+
+class FieldErrors:
+    """The bad fields found while a body is read, refused together in one ``ValidationFailed``."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, str]] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append({"field": where, "message": message})
+
+    def extend(self, exc: ValidationFailed) -> None:
+        self.items.extend(exc.errors)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ValidationFailed(self.items)
 
 
 class InvalidIdentifier(ValidationFailed):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from stitcher.domain.errors import ContactNotFound, ExternalIdConflict, InvalidIdentifier, ValidationFailed
+from stitcher.domain.errors import ContactNotFound, ExternalIdConflict, FieldErrors, InvalidIdentifier, ValidationFailed
 from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser
 
 __all__ = [
@@ -234,7 +234,7 @@ def event_identity(params: Sequence[tuple[str, Any]], key_value: Any, normaliser
     more likely its own customer number) nor as a push token (indistinguishable from an external ID).
     Raises ``ValidationFailed`` when nothing names a person.
     """
-    errors: list[dict[str, str]] = []
+    errors = FieldErrors()
     contact_id: int | None = None
     external_id: str | None = None
     by_kind: dict[IdentifierKind, list[str]] = {k: [] for k in LOOKUP_ORDER}
@@ -257,9 +257,8 @@ def event_identity(params: Sequence[tuple[str, Any]], key_value: Any, normaliser
                 by_kind[IdentifierKind.MOBILEPUSH].append(token)
                 by_kind[IdentifierKind.WEBPUSH].append(token)
         except ValidationFailed as exc:
-            errors.extend(exc.errors)
-    if errors:
-        raise ValidationFailed(errors)
+            errors.extend(exc)
+    errors.raise_if_any()
     channels = tuple(dict.fromkeys((k, v) for k in LOOKUP_ORDER for v in by_kind[k]))
     identity = Identity(contact_id=contact_id, external_id=external_id, channels=channels)
     if contact_id is None and external_id is None and not channels and not _blank(key_value, normaliser):

@@ -7,9 +7,8 @@ from aiohttp import web
 
 from stitcher.events.payload import MAX_EVENT_BYTES, parse_event
 from stitcher.events.service import EventService
-from stitcher.http_input import DB, NORMALISER, read_json
+from stitcher.http_input import DB, NORMALISER, int_param, read_json
 from stitcher.store import held_events
-from tracker.errors import ValidationFailed
 from tracker.http import json_response
 
 EVENTS = web.AppKey("events", EventService)
@@ -30,17 +29,9 @@ async def post_event(request: web.Request) -> web.StreamResponse:
 @routes.get("/api/v1/events/held")
 async def list_held(request: web.Request) -> web.StreamResponse:
     """Held events, oldest first: ``?limit=`` (≤ 1000) and ``?after=`` the previous page's ``next``."""
-    limit = _number(request, "limit", 100, 1, MAX_HELD_PAGE)
-    after = _number(request, "after", 0, 0, 2**63 - 1)
+    limit = int_param(request, "limit", 100, 1, MAX_HELD_PAGE)
+    after = int_param(request, "after", 0, 0, 2**63 - 1)
     async with request.app[DB].reader() as s:
         page = await held_events.held(s, limit=limit, after=after)
     return json_response({"events": page.events, "next": page.next})
 
-
-def _number(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not lo <= int(raw) <= hi:
-        raise ValidationFailed([{"field": name, "message": f"must be an integer from {lo} to {hi}"}])
-    return int(raw)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stitcher.domain.errors import ValidationFailed
+from stitcher.domain.errors import FieldErrors, ValidationFailed
 from stitcher.domain.identifiers import Identity, Normaliser
 from stitcher.domain.rules import event_identity
 
@@ -44,16 +44,15 @@ def parse_event(payload: Any, normaliser: Normaliser, idempotency_key: str | Non
     ``eventId`` param. ``params`` given as one object is read as a one-element list."""
     if not isinstance(payload, Mapping):
         raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
-    errors: list[dict[str, str]] = []
+    errors = FieldErrors()
     type_key = payload.get("eventTypeKey")
     if not isinstance(type_key, str) or not type_key.strip() or len(type_key.strip()) > MAX_TYPE_KEY \
             or not type_key.strip().isprintable():
-        errors.append({"field": "eventTypeKey",
-                       "message": f"must be a string of 1-{MAX_TYPE_KEY} printable characters"})
+        errors.add("eventTypeKey", f"must be a string of 1-{MAX_TYPE_KEY} printable characters")
     key_value = payload.get("keyValue")
     if key_value is not None and (isinstance(key_value, bool) or not isinstance(key_value, str | int)
                                   or len(str(key_value)) > MAX_KEY_VALUE):
-        errors.append({"field": "keyValue", "message": f"must be a string of at most {MAX_KEY_VALUE} characters"})
+        errors.add("keyValue", f"must be a string of at most {MAX_KEY_VALUE} characters")
         key_value = None
     raw_params = payload.get("params")
     if raw_params is None:
@@ -61,38 +60,34 @@ def parse_event(payload: Any, normaliser: Normaliser, idempotency_key: str | Non
     elif isinstance(raw_params, Mapping):
         raw_params = [raw_params]
     if not isinstance(raw_params, list):
-        errors.append({"field": "params", "message": "must be a list of {name, value} objects"})
+        errors.add("params", "must be a list of {name, value} objects")
         raw_params = []
     params: list[tuple[str, Any]] = []
     for i, item in enumerate(raw_params):
         name = item.get("name") if isinstance(item, Mapping) else None
         if not isinstance(item, Mapping):
-            errors.append({"field": f"params[{i}]", "message": "must be an object {name, value}"})
+            errors.add(f"params[{i}]", "must be an object {name, value}")
         elif not isinstance(name, str) or not name.strip() or len(name) > MAX_PARAM_NAME:
-            errors.append({"field": f"params[{i}].name",
-                           "message": f"must be a string of 1-{MAX_PARAM_NAME} characters"})
+            errors.add(f"params[{i}].name", f"must be a string of 1-{MAX_PARAM_NAME} characters")
         # one entry per body item, so the rules name params by the body's index; a bad one names nobody
         params.append((name, item.get("value")) if isinstance(name, str) and isinstance(item, Mapping)
                       else ("", None))
     key = idempotency_key
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()):
-        errors.append({"field": "Idempotency-Key",
-                       "message": f"must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"})
+        errors.add("Idempotency-Key", f"must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters")
     for i, (name, value) in enumerate(params):
         if key is None and name.strip().lower() == EVENT_ID_PARAM and value is not None:
             text = str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else ""
             if not 0 < len(text) <= MAX_IDEMPOTENCY_KEY:
-                errors.append({"field": f"params[{i}].value",
-                               "message": f"an eventId must be a string of 1-{MAX_IDEMPOTENCY_KEY} characters"})
+                errors.add(f"params[{i}].value", f"an eventId must be a string of 1-{MAX_IDEMPOTENCY_KEY} characters")
             else:
                 key = text
     identity = Identity()
     try:
         identity = event_identity(params, key_value, normaliser)
     except ValidationFailed as exc:
-        errors.extend(exc.errors)
-    if errors:
-        raise ValidationFailed(errors)
+        errors.extend(exc)
+    errors.raise_if_any()
     data = {"keyValue": key_value, "params": [dict(item) for item in raw_params]}
     assert isinstance(type_key, str)
     return EventCommand(event_id(key), type_key.strip(), identity, data, keyed=key is not None)

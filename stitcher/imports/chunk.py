@@ -21,7 +21,7 @@ from stitcher.domain.identifiers import IdentifierKind, Normaliser
 from stitcher.domain.rules import Action, DedupeOn, ImportLookup, ImportRow, RowDecision, dedupe_keys, plan_import
 from stitcher.imports.request import ImportRequest
 from stitcher.payload import parse_contact
-from stitcher.store import bulk, held_events, identity_keys, import_sessions, repo
+from stitcher.store import audit, bulk, held_events, identity_keys, import_sessions, repo
 from stitcher.store.db import Database
 from stitcher.store.repo import now_ms
 
@@ -150,8 +150,8 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, pars
         await bulk.add_memberships(db, s, [(real[t], g) for t, v in targets.items()
                                            for g in dict.fromkeys((*group_ids, *(own[n] for n in v.groups)))],
                                    None, now)
-        await bulk.add_audit(db, s, [(real[t], action, detail) for t, v in targets.items()
-                                     for action, detail in v.audit], request_id, now)
+        audit.record_all(s, [(real[t], action, detail) for t, v in targets.items()
+                             for action, detail in v.audit], request_id, now)
         await held_events.attach(db, s, {real[t]: v.keys for t, v in targets.items()})
         await _record(db, s, import_id, parsed, decisions, real, now)
     return True

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stitcher.domain.errors import ValidationFailed
+from stitcher.domain.errors import FieldErrors, ValidationFailed
 from stitcher.domain.rules import DedupeOn
 
 MAX_ROWS = 3000
@@ -48,10 +48,8 @@ def parse_import(body: Any) -> ImportRequest:
     """``{contacts: [...], dedupeOn, fieldId?, contactFields?, groupNames?, restoreDeleted?}``."""
     if not isinstance(body, Mapping):
         raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
-    errors: list[dict[str, str]] = []
-
-    def bad(where: str, message: str) -> None:
-        errors.append({"field": where, "message": message})
+    errors = FieldErrors()
+    bad = errors.add
 
     contacts = body.get("contacts")
     if not isinstance(contacts, list) or not 1 <= len(contacts) <= MAX_ROWS:
@@ -89,8 +87,7 @@ def parse_import(body: Any) -> ImportRequest:
     restore = body.get("restoreDeleted", False)
     if not isinstance(restore, bool):
         bad("restoreDeleted", "must be true or false")
-    if errors:
-        raise ValidationFailed(errors)
+    errors.raise_if_any()
     assert dedupe_on is not None
     return ImportRequest(contacts, dedupe_on, field_id, contact_fields, tuple(dict.fromkeys(names)), restore)
 

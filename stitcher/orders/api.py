@@ -6,12 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from stitcher.http_input import DB, NORMALISER, int_param, path_contact_id, query, read_json, request_id
+from stitcher.http_input import DB, NORMALISER, int_param, keyset_after, path_contact_id, read_json, request_id
 from stitcher.orders.payload import OrdersRejected, parse_orders
 from stitcher.orders.service import OrderService
 from stitcher.store import orders as store
 from stitcher.views import live_contact
-from tracker.errors import ValidationFailed
 from tracker.http import json_response
 
 ORDERS = web.AppKey("orders", OrderService)
@@ -39,22 +38,12 @@ async def post_orders(request: web.Request) -> web.StreamResponse:
                           "failed": [r.body() for r in parsed.rejected], "orders": bodies})
 
 
-def _before(request: web.Request) -> tuple[int, int] | None:
-    cursor = query(request).get("after")
-    if not cursor:
-        return None
-    t, _, row = cursor.partition(".")
-    if not all(part.isascii() and part.isdigit() and len(part) <= 19 and int(part) < 2**63 for part in (t, row)):
-        raise ValidationFailed([{"field": "after", "message": "must be the `next` of a previous page"}])
-    return int(t), int(row)
-
-
 @routes.get("/api/v1/contact/{contact_id}/orders")
 async def contact_orders(request: web.Request) -> web.StreamResponse:
     """A contact's orders, newest first: ``?limit=`` (≤ 1000) and ``?after=`` the previous page's ``next``."""
     contact_id = path_contact_id(request)
     limit = int_param(request, "limit", 100, 1, 1000)
-    before = _before(request)
+    before = keyset_after(request)
     async with request.app[DB].reader() as s:
         await live_contact(s, contact_id)
         rows, total = await store.page_of(s, contact_id, limit, before)

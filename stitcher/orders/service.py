@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from stitcher.domain.orders import OrderCommand, OrderOutcome, OrderPlan, OrderStatus, plan, timeline_event_id
 from stitcher.domain.rules import Candidate, decide_order_owner
-from stitcher.store import held_events, identity_keys, repo
+from stitcher.store import audit, bulk, held_events, identity_keys, repo
 from stitcher.store import orders as store
 from stitcher.store.db import Contention, Database
 from stitcher.store.models import Contact, Order
@@ -109,12 +109,12 @@ class OrderService:
         ids = await store.insert_many(self.db, s, Contact, [
             {"external_customer_id": o.identity.external_id, "first_name": o.first_name, "last_name": o.last_name,
              "created_at": now, "updated_at": now} for o in new])
-        await store.add_identifiers(self.db, s, [
-            (cid, kind, value) for cid, o in zip(ids, new, strict=True) for kind, value in o.identity.channels])
-        await store.audit_many(s, [
-            {"contact_id": cid, "action": "created", "request_id": request_id,
-             "detail": {"externalCustomerId": o.identity.external_id, "source": "order",
-                        "externalOrderId": o.external_order_id}} for cid, o in zip(ids, new, strict=True)])
+        await bulk.add_identifiers(self.db, s, [(cid, kind, value, None) for cid, o in zip(ids, new, strict=True)
+                                                for kind, value in o.identity.channels], repo.now_ms())
+        audit.record_all(s, [
+            (cid, "created", {"externalCustomerId": o.identity.external_id, "source": "order",
+                              "externalOrderId": o.external_order_id}) for cid, o in zip(ids, new, strict=True)],
+            request_id)
         if ids:
             await held_events.attach(self.db, s, {
                 cid: identity_keys.of_request(o.identity, ()) for cid, o in zip(ids, new, strict=True)})

@@ -1,30 +1,40 @@
 """The identity log's rows (DESIGN invariant 9), collected while a transaction runs and written in one insert
-just before it commits (``Database.transaction``): a call that creates, links and merges pays one statement
-for its audit, and a rolled-back transaction leaves none."""
+just before it commits (``Database.transaction``): every writer (the single-contact calls, the import's
+chunks, the orders) records, this one insert writes — a call that creates, links and merges pays one
+statement for its audit, a chunk of a thousand rows one ``unnest`` on PostgreSQL, and a rolled-back
+transaction leaves none."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stitcher.store.models import IdentityLog
+from stitcher.store.multirow import insert_many
+from stitcher.store.tables import AUDIT
 
-AUDIT: Table = IdentityLog.__table__  # type: ignore[attr-defined]
+if TYPE_CHECKING:  # the Database calls ``write`` from its transactions
+    from stitcher.store.db import Database
+
 _PENDING = "stitcher.audit"  # the session.info key of the rows waiting for the commit
-_INSERT = insert(AUDIT)
 
 
 def record(session: AsyncSession, contact_id: int, action: str, request_id: str | None, **detail: Any) -> None:
     """Log an identity change of ``contact_id``; it is written with the transaction, in the order recorded."""
-    session.info.setdefault(_PENDING, []).append({
-        "contact_id": contact_id, "action": action, "detail": detail or None, "at": int(time.time() * 1000),
-        "request_id": request_id})
+    record_all(session, [(contact_id, action, detail or None)], request_id)
 
 
-async def write(session: AsyncSession) -> None:
+def record_all(session: AsyncSession, entries: Iterable[tuple[int, str, dict[str, Any] | None]],
+               request_id: str | None, at: int | None = None) -> None:
+    """Log identity changes given as (contact id, action, detail), at ``at`` (ms; default now)."""
+    when = int(time.time() * 1000) if at is None else at
+    session.info.setdefault(_PENDING, []).extend(
+        {"contact_id": c, "action": a, "detail": d, "at": when, "request_id": request_id} for c, a, d in entries)
+
+
+async def write(db: Database, session: AsyncSession) -> None:
     """Insert the rows recorded in this session so far (the transaction calls it before its commit)."""
     if rows := session.info.pop(_PENDING, None):
-        await session.execute(_INSERT, rows)
+        await insert_many(db, session, AUDIT, rows)

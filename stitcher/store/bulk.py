@@ -1,9 +1,9 @@
 """Set-based statements: find, lock and write many contacts at once, a few round trips however many rows.
 
 Written for the bulk import and general enough for the single-contact add/update: "upsert these contacts,
-identifiers, group memberships and audit rows in one go". Inserts are Core ``executemany`` calls, which
-SQLAlchemy sends as multi-row ``INSERT … VALUES`` batches (insertmanyvalues) on both dialects; the caller
-holds the identity keys (``Database.lock_keys``) before calling ``lock_contacts`` and writing.
+identifiers and group memberships in one go" (their identity-log rows go through ``audit.record_all``).
+Inserts are one statement a table (``multirow.insert_many``); the caller holds the identity keys
+(``Database.lock_keys``) before calling ``lock_contacts`` and writing.
 """
 
 from __future__ import annotations
@@ -13,16 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    ColumnElement,
-    Integer,
-    Table,
-    Text,
     and_,
-    any_,
     bindparam,
     insert,
     or_,
@@ -30,20 +22,15 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.domain.rules import Candidate
+from stitcher.store import contact_rows
 from stitcher.store.db import Database
-from stitcher.store.models import Contact, GroupMember, Identifier, IdentityLog
+from stitcher.store.multirow import insert_many, pg_arrays, pg_unnest, pg_value
+from stitcher.store.tables import CONTACTS, IDENTIFIERS, MEMBERS, by_column, one_of, pg_one_of
 
-CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
-IDENTIFIERS: Table = Identifier.__table__  # type: ignore[attr-defined]
-AUDIT: Table = IdentityLog.__table__  # type: ignore[attr-defined]
-MEMBERS: Table = GroupMember.__table__  # type: ignore[attr-defined]
-# profile attributes (``ContactCommand.profile``) whose column is named otherwise
-_COLUMN = {"custom_fields": "fields"}
 _PROFILE_COLUMNS = ("first_name", "last_name", "language_code", "address", "fields")
 _CHANNEL_KINDS = {k.value for k in IdentifierKind}
 
@@ -61,22 +48,14 @@ class Found:
         return sorted({*self.by_external_id.values(), *(i for ids in self.by_key.values() for i in ids)})
 
 
-def _one_of(session: AsyncSession, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
-    """``column IN values``; on PostgreSQL ``= ANY(array)``: one parameter however many values (a long IN
-    list costs SQLAlchemy a bind parameter, and its rendering, per value)."""
-    if session.get_bind().dialect.name == "postgresql":
-        element = BigInteger() if isinstance(column.type, Integer) else Text()
-        return column == any_(bindparam(None, list(values), type_=ARRAY(element)))
-    return column.in_(values)
-
-
 async def find(session: AsyncSession, external_ids: Iterable[str], keys: Iterable[str]) -> Found:
     """The contacts behind these external IDs and keys, in at most four queries (no locks taken)."""
+    one = pg_one_of if session.get_bind().dialect.name == "postgresql" else one_of
     by_ext: dict[str, int] = {}
     exts = sorted(set(external_ids))
     if exts:
         rows = await session.execute(select(CONTACTS.c.external_customer_id, CONTACTS.c.id)
-                                     .where(_one_of(session, CONTACTS.c.external_customer_id, exts)))
+                                     .where(one(CONTACTS.c.external_customer_id, "exts")), {"exts": exts})
         by_ext = {e: i for e, i in rows}
     wanted = sorted(set(keys))
     by_key: dict[str, list[int]] = {k: [] for k in wanted}
@@ -97,13 +76,13 @@ async def find(session: AsyncSession, external_ids: Iterable[str], keys: Iterabl
         matches = await session.execute(
             select(IDENTIFIERS.c.kind, IDENTIFIERS.c.value, IDENTIFIERS.c.contact_id)
             .join(CONTACTS, CONTACTS.c.id == IDENTIFIERS.c.contact_id)
-            .where(or_(*[and_(IDENTIFIERS.c.kind == k, _one_of(session, IDENTIFIERS.c.value, v))
-                         for k, v in channels.items()]))
-            .where(live).order_by(IDENTIFIERS.c.contact_id))
+            .where(or_(*[and_(IDENTIFIERS.c.kind == k, one(IDENTIFIERS.c.value, f"v_{k}")) for k in channels]))
+            .where(live).order_by(IDENTIFIERS.c.contact_id), {f"v_{k}": v for k, v in channels.items()})
         for kind, value, cid in matches:
             by_key[f"{kind}:{value}"].append(cid)
     if ids:
-        for (cid,) in await session.execute(select(CONTACTS.c.id).where(_one_of(session, CONTACTS.c.id, ids), live)):
+        for (cid,) in await session.execute(select(CONTACTS.c.id).where(one(CONTACTS.c.id, "ids"), live),
+                                            {"ids": ids}):
             by_key[f"id:{cid}"].append(cid)
     for field_id, values in fields.items():
         for cid, value in await _by_field(session, field_id, values):
@@ -132,65 +111,8 @@ async def lock_contacts(session: AsyncSession, ids: Sequence[int]) -> dict[int, 
     read them as the rules see them, each with whether it has been merged away meanwhile."""
     if not ids:
         return {}
-    rows = await session.execute(
-        select(CONTACTS.c.id, CONTACTS.c.external_customer_id, CONTACTS.c.deleted_at, CONTACTS.c.updated_at,
-               CONTACTS.c.merged_into_id)
-        .where(_one_of(session, CONTACTS.c.id, sorted(set(ids)))).order_by(CONTACTS.c.id).with_for_update())
-    return {cid: (Candidate(cid, ext, deleted is not None, updated / 1000), merged is not None)
-            for cid, ext, deleted, updated, merged in rows}
-
-
-def _columns(profile: Mapping[str, Any]) -> dict[str, Any]:
-    return {_COLUMN.get(attr, attr): value for attr, value in profile.items()}
-
-
-def _pg_type(table: Table, column: str) -> str:
-    """The PostgreSQL array element type a column's values travel as (JSON travels as text, cast after)."""
-    kind = table.c[column].type
-    if isinstance(kind, JSON):
-        return "jsonb"
-    return "bigint" if isinstance(kind, Integer) else "text"  # BigInteger is an Integer
-
-
-def _pg_arrays(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """One parameter per column: the column's values of every row (JSON encoded to text)."""
-    params: dict[str, list[Any]] = {}
-    for i, c in enumerate(columns):
-        values = [row[c] for row in rows]
-        if _pg_type(table, c) == "jsonb":
-            values = [None if v is None else orjson.dumps(v).decode() for v in values]
-        params[f"p{i}"] = values
-    return params
-
-
-def _pg_unnest(table: Table, columns: Sequence[str]) -> str:
-    """``unnest(…) AS u(c0, c1, …)`` over one array parameter per column."""
-    arrays = ", ".join(f"CAST(:p{i} AS {'text' if _pg_type(table, c) == 'jsonb' else _pg_type(table, c)}[])"
-                       for i, c in enumerate(columns))
-    return f"unnest({arrays}) AS u({', '.join(f'c{i}' for i in range(len(columns)))})"
-
-
-def _pg_value(table: Table, column: str, i: int) -> str:
-    return f"u.c{i}::jsonb" if _pg_type(table, column) == "jsonb" else f"u.c{i}"
-
-
-async def insert_many(db: Database, session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]],
-                      *, ignore: Sequence[str] | None = None) -> None:
-    """Insert rows (dicts with the same keys) in one statement: ``unnest`` over one array per column on
-    PostgreSQL (one round trip, one plan, no bind-parameter limit), a Core executemany on SQLite.
-    ``ignore`` names the unique columns whose conflicts are skipped (``ON CONFLICT … DO NOTHING``)."""
-    if not rows:
-        return
-    if db.dialect != "postgresql":
-        statement = db.insert_ignore(table, ignore) if ignore else insert(table)
-        await session.execute(statement, list(rows))
-        return
-    columns = list(rows[0])
-    values = ", ".join(_pg_value(table, c, i) for i, c in enumerate(columns))
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {values} FROM {_pg_unnest(table, columns)}"
-    if ignore:
-        sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
-    await session.execute(text(sql), _pg_arrays(table, columns, rows))
+    return {r.id: (contact_rows.candidate(r), r.merged_into_id is not None)
+            for r in await contact_rows.lock_rows(session, sorted(set(ids)))}
 
 
 async def insert_contacts(db: Database, session: AsyncSession,
@@ -198,7 +120,7 @@ async def insert_contacts(db: Database, session: AsyncSession,
     """Insert contacts given as (external ID, profile attributes); their ids, in the given order."""
     if not contacts:
         return []
-    rows = [{**dict.fromkeys(_PROFILE_COLUMNS), **_columns(profile), "external_customer_id": ext,
+    rows = [{**dict.fromkeys(_PROFILE_COLUMNS), **by_column(profile), "external_customer_id": ext,
              "created_at": now, "updated_at": now} for ext, profile in contacts]
     if db.dialect != "postgresql":
         result = await session.execute(insert(CONTACTS).returning(CONTACTS.c.id, sort_by_parameter_order=True), rows)
@@ -217,16 +139,16 @@ async def update_contacts(db: Database, session: AsyncSession, changes: Mapping[
     and ``updated_at``: one statement per distinct set of attributes."""
     by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for cid, attrs in changes.items():
-        cols = _columns(attrs)
+        cols = by_column(attrs)
         by_columns[tuple(sorted(cols))].append({"id": cid, **cols})
     for names, rows in by_columns.items():
         if db.dialect == "postgresql":
             columns = ["id", *names]
-            sets = ", ".join(["updated_at = :now", *(f"{c} = {_pg_value(CONTACTS, c, i + 1)}"
+            sets = ", ".join(["updated_at = :now", *(f"{c} = {pg_value(CONTACTS, c, i + 1)}"
                                                      for i, c in enumerate(names))])
-            await session.execute(text(f"UPDATE contacts SET {sets} FROM {_pg_unnest(CONTACTS, columns)} "
+            await session.execute(text(f"UPDATE contacts SET {sets} FROM {pg_unnest(CONTACTS, columns)} "
                                        "WHERE contacts.id = u.c0"),
-                                  {"now": now, **_pg_arrays(CONTACTS, columns, rows)})
+                                  {"now": now, **pg_arrays(CONTACTS, columns, rows)})
             continue
         statement = (update(CONTACTS).where(CONTACTS.c.id == bindparam("b_id"))
                      .values({"updated_at": bindparam("b_updated_at"), **{c: bindparam(f"b_{c}") for c in names}}))
@@ -247,9 +169,3 @@ async def add_memberships(db: Database, session: AsyncSession, rows: Iterable[tu
     params = [{"contact_id": c, "group_id": g, "form_type": form_type, "added_at": now} for c, g in rows]
     await insert_many(db, session, MEMBERS, params, ignore=("group_id", "contact_id"))
 
-
-async def add_audit(db: Database, session: AsyncSession, rows: Iterable[tuple[int, str, dict[str, Any] | None]],
-                    request_id: str | None, now: int) -> None:
-    """Identity-log rows given as (contact id, action, detail)."""
-    params = [{"contact_id": c, "action": a, "detail": d, "at": now, "request_id": request_id} for c, a, d in rows]
-    await insert_many(db, session, AUDIT, params)

@@ -4,8 +4,8 @@ Every statement is built once, at import, with bind parameters (expanding ones f
 binds values and SQLAlchemy finds the compiled form in its cache: no ORM identity map, no flush, no refresh.
 A call costs one lookup (contact id, external ID and every channel in one UNION ALL), one ``FOR UPDATE``
 of the rows it changes, one insert or update of the contact (``RETURNING`` its id), one insert of its
-identifiers; the audit rows go in one insert at commit (``repo.audit``). Table and column names follow
-``stitcher/store/bulk.py`` (the import's set-based statements) so both can share them.
+identifiers; the audit rows go in one insert at commit (``repo.audit``). The tables and profile columns are
+``stitcher/store/tables.py``'s, shared with ``stitcher/store/bulk.py`` (the import's set-based statements).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     String,
-    Table,
     and_,
-    any_,
     bindparam,
     insert,
     literal_column,
@@ -32,35 +30,18 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
 from stitcher.store import audit, repo
 from stitcher.store.db import Database
-from stitcher.store.models import Contact, Identifier, VisitorLink
-
-CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
-IDENTIFIERS: Table = Identifier.__table__  # type: ignore[attr-defined]
-LINKS: Table = VisitorLink.__table__  # type: ignore[attr-defined]
-# profile attributes (``ContactCommand.profile``) whose column is named otherwise
-_COLUMN = {"custom_fields": "fields"}
+from stitcher.store.tables import CONTACTS, IDENTIFIERS, LINKS, by_column, one_of, pg_one_of
 
 _C, _I, _L = CONTACTS.c, IDENTIFIERS.c, LINKS.c
 _ROW = (_C.id, _C.external_customer_id, _C.deleted_at, _C.updated_at, _C.merged_into_id)
 # how a lookup row was found: 0 by contact id, 1 by external ID, 2 by a channel (kind, value)
 _BY_ID, _BY_EXT, _BY_CHANNEL = 0, 1, 2
-
-
-def _pg_one_of(column: Any, name: str) -> Any:
-    """``column = ANY(:name)``, the list bound as one array: the SQL text never changes with its length."""
-    return column == any_(bindparam(name, type_=ARRAY(column.type)))
-
-
-def _one_of(column: Any, name: str) -> Any:
-    """``column IN (…)``, expanded at each execution (SQLite has no arrays)."""
-    return column.in_(bindparam(name, expanding=True))
 
 
 @dataclass(frozen=True)
@@ -69,12 +50,11 @@ class _Statements:
     open_links: Any
 
 
-def _statements(one_of: Callable[[Any, str], Any]) -> _Statements:
+def _statements(one: Callable[[Any, str], Any]) -> _Statements:
     return _Statements(
-        lock=(select(_C.id, _C.external_customer_id, _C.deleted_at, _C.merged_into_id)
-              .where(one_of(_C.id, "ids")).order_by(_C.id).with_for_update()),
+        lock=select(*_ROW).where(one(_C.id, "ids")).order_by(_C.id).with_for_update(),
         open_links=(select(_L.id, _L.visitor_id, _L.contact_id, _L.stitched_at)
-                    .where(one_of(_L.visitor_id, "vids"), _L.unlinked_at.is_(None))),
+                    .where(one(_L.visitor_id, "vids"), _L.unlinked_at.is_(None))),
     )
 
 
@@ -100,7 +80,7 @@ def _lookup(pairs: int) -> Any:
     return union_all(*parts)
 
 
-_PG, _OTHER = _statements(_pg_one_of), _statements(_one_of)
+_PG, _OTHER = _statements(pg_one_of), _statements(one_of)
 
 
 def _for(session: AsyncSession) -> _Statements:
@@ -180,16 +160,16 @@ async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[Iden
     return Lookup(by_contact_id, by_external_id, {k: tuple(v) for k, v in by_channel.items()})
 
 
+async def lock_rows(session: AsyncSession, ids: Sequence[int]) -> Sequence[Any]:
+    """``SELECT … FOR UPDATE`` of these contacts, in one statement ordered by id (the lock order's step 2): their
+    id, external ID, ``deleted_at``, ``updated_at`` and ``merged_into_id``; erased ones are missing."""
+    return (await session.execute(_for(session).lock, {"ids": list(ids)})).all()
+
+
 async def lock(session: AsyncSession, ids: Sequence[int]) -> dict[int, Locked]:
-    """``SELECT … FOR UPDATE`` of these contacts, in one statement ordered by id (the lock order's step 2);
-    erased ones are missing from the answer."""
-    rows = await session.execute(_for(session).lock, {"ids": list(ids)})
+    """The contacts under their lock (``lock_rows``)."""
     return {r.id: Locked(r.id, r.external_customer_id, r.deleted_at is not None, r.merged_into_id is not None)
-            for r in rows}
-
-
-def _columns(profile: Mapping[str, Any]) -> dict[str, Any]:
-    return {_COLUMN.get(attr, attr): value for attr, value in profile.items()}
+            for r in await lock_rows(session, ids)}
 
 
 async def create(db: Database, session: AsyncSession, external_id: str | None, profile: Mapping[str, Any],
@@ -199,7 +179,7 @@ async def create(db: Database, session: AsyncSession, external_id: str | None, p
     PostgreSQL; elsewhere (or for a profile column that statement does not name) two, the audit row going
     with the transaction's others (``audit.record``)."""
     detail = {"externalCustomerId": external_id}
-    columns = _columns(profile)
+    columns = by_column(profile)
     if db.dialect != "postgresql" or not columns.keys() <= {*_PG_TEXT_COLUMNS, *_PG_JSON_COLUMNS}:
         values = {**columns, "external_customer_id": external_id, "created_at": now, "updated_at": now}
         cid = int((await session.execute(_INSERT_CONTACT, values)).scalar_one())
@@ -217,7 +197,7 @@ async def create(db: Database, session: AsyncSession, external_id: str | None, p
 
 async def update_contact(session: AsyncSession, contact_id: int, changes: Mapping[str, Any], now: int) -> None:
     """Set profile attributes (and ``external_customer_id``, ``deleted_at`` when given) and ``updated_at``."""
-    await session.execute(_UPDATE_CONTACT, {**_columns(changes), "updated_at": now, "target_id": contact_id})
+    await session.execute(_UPDATE_CONTACT, {**by_column(changes), "updated_at": now, "target_id": contact_id})
 
 
 async def open_links(session: AsyncSession, visitor_ids: Sequence[str]) -> dict[str, OpenLink]:

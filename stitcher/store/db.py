@@ -87,11 +87,11 @@ class Database:
         if self._write_lock is None:
             async with self.sessions() as session, session.begin():
                 yield session
-                await audit.write(session)
+                await audit.write(self, session)
             return
         async with self._write_lock, self.sessions() as session, session.begin():
             yield session
-            await audit.write(session)
+            await audit.write(self, session)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stitcher.store import bulk
 from stitcher.store.db import Database
 from stitcher.store.models import ImportRow, ImportSession
+from stitcher.store.multirow import insert_many
 
 IMPORTS: Table = ImportSession.__table__  # type: ignore[attr-defined]
 ROWS: Table = ImportRow.__table__  # type: ignore[attr-defined]
@@ -48,7 +48,7 @@ async def record_chunk(db: Database, s: AsyncSession, import_id: str, end: int, 
                        counts: Mapping[str, int], now: int) -> None:
     """A chunk's per-row results (``idx``, ``contact_id``, ``action``, ``error``), its counts added to the
     import's, and the import's progress moved to ``end``."""
-    await bulk.insert_many(db, s, ROWS, [{"import_id": import_id, **r} for r in results])
+    await insert_many(db, s, ROWS, [{"import_id": import_id, **r} for r in results])
     await s.execute(update(IMPORTS).where(IMPORTS.c.id == import_id).values(
         next_row=end, status="IMPORTING", updated_at=now,
         **{name: getattr(IMPORTS.c, name) + counts.get(name, 0) for name in COUNTERS}))

@@ -15,8 +15,7 @@ from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
 from stitcher.store.contact_rows import candidate
 from stitcher.store.db import Database
-from stitcher.store.models import Contact, Identifier, IdentityLog, Order, TimelineEvent
-from stitcher.store.repo import now_ms
+from stitcher.store.models import Contact, Identifier, Order, TimelineEvent
 
 
 async def by_external_id(s: AsyncSession, external_order_ids: Iterable[str], *,
@@ -122,26 +121,10 @@ async def insert_many(db: Database, s: AsyncSession, model: type[Contact] | type
     return ids
 
 
-async def add_identifiers(db: Database, s: AsyncSession,
-                          rows: Iterable[tuple[int, IdentifierKind, str]]) -> None:
-    now = now_ms()
-    values = [{"contact_id": cid, "kind": kind.value, "value": value, "device": None, "created_at": now}
-              for cid, kind, value in rows]
-    if values:
-        await s.execute(db.insert_ignore(Identifier, ["contact_id", "kind", "value"]), values)
-
-
 async def update_orders(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Rewrite changed orders (``id``, ``status``, ``ordered_at``, ``data``, ``updated_at``), one executemany."""
     if rows:
         await s.execute(update(Order), list(rows))  # ORM bulk UPDATE by primary key
-
-
-async def audit_many(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Identity-log entries (``contact_id``, ``action``, ``detail``, ``request_id``) in one statement."""
-    if rows:
-        now = now_ms()
-        await s.execute(insert(getattr(IdentityLog, "__table__", IdentityLog)), [{"at": now, **row} for row in rows])
 
 
 async def add_timeline(db: Database, s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:

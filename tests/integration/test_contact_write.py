@@ -4,24 +4,12 @@ identity log's rows, written in one insert at commit."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tests.conftest import auth
 from tests.helpers import call, sql_scalar
+from tests.helpers import get_contact as _get
+from tests.helpers import identity_log as _log
 
 DEVICE = {"appId": "shop-app", "deviceModel": "Pixel 8", "os": "android"}
-
-
-async def _get(client: Any, cid: int) -> dict[str, Any]:
-    status, body = await call(client, "GET", f"/api/v1/contact/{cid}")
-    assert status == 200, body
-    return body
-
-
-async def _log(client: Any, cid: int) -> list[dict[str, Any]]:
-    status, body = await call(client, "GET", f"/api/v1/contact/{cid}/identity-log")
-    assert status == 200, body
-    return list(body["entries"])
 
 
 async def test_a_new_contact_reads_back_as_written_with_one_created_entry(client, database_url):

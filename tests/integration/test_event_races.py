@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 from tests.conftest import auth
+from tests.helpers import add_contact as add
 from tests.helpers import call, timeline_ids
 
 PAIRS = 40
@@ -21,12 +22,6 @@ async def post_event(client: Any, params: dict[str, Any], key: str) -> dict[str,
         "eventTypeKey": "signup", "params": [{"name": k, "value": v} for k, v in params.items()]})
     assert r.status == 200, await r.text()
     return dict(await r.json())
-
-
-async def add(client: Any, body: dict[str, Any]) -> int:
-    status, answer = await call(client, "POST", "/api/v1/contact", body)
-    assert status == 200, answer
-    return int(answer["id"])
 
 
 async def pair(client: Any, i: int, run: str) -> None:

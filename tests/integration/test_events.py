@@ -16,7 +16,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stitcher.app import WORKER
 from tests.conftest import auth
+from tests.helpers import add_contact as add
 from tests.helpers import call, sql_scalar, timeline_ids
+from tests.helpers import timeline_events as timeline
 
 
 def event(type_: str = "orderPaid", key_value: Any = None, **params: Any) -> dict[str, Any]:
@@ -33,20 +35,8 @@ async def post(client: Any, body: Any, *, path: str = "/api/v2/event", key: str 
     return dict(answer)
 
 
-async def add(client: Any, **contact: Any) -> int:
-    status, answer = await call(client, "POST", "/api/v1/contact", contact)
-    assert status == 200, answer
-    return int(answer["id"])
-
-
 def email(address: str) -> list[dict[str, str]]:
     return [{"type": "email", "value": address}]
-
-
-async def timeline(client: Any, contact_id: int) -> list[dict[str, Any]]:
-    status, page = await call(client, "GET", f"/api/v1/contact/{contact_id}/events", params={"limit": "1000"})
-    assert status == 200, page
-    return list(page["events"])
 
 
 async def held(client: Any, **params: str) -> dict[str, Any]:

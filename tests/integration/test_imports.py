@@ -9,7 +9,9 @@ import pytest
 
 from stitcher.imports.handlers import IMPORTS
 from tests.conftest import auth
+from tests.helpers import add_contact as add
 from tests.helpers import call, eventually, sql_scalar
+from tests.helpers import get_contact as contact
 
 
 async def start(client: Any, body: dict[str, Any]) -> str:
@@ -34,18 +36,6 @@ async def run(client: Any, contacts: list[Any], **options: Any) -> dict[str, Any
 
 def email(value: str, **extra: Any) -> dict[str, Any]:
     return {"channels": [{"type": "email", "value": value}], **extra}
-
-
-async def contact(client: Any, contact_id: int) -> dict[str, Any]:
-    status, body = await call(client, "GET", f"/api/v1/contact/{contact_id}")
-    assert status == 200, body
-    return dict(body)
-
-
-async def add(client: Any, body: dict[str, Any]) -> int:
-    status, answer = await call(client, "POST", "/api/v1/contact", body)
-    assert status == 200, answer
-    return int(answer["id"])
 
 
 def ids(report: dict[str, Any]) -> list[int]:

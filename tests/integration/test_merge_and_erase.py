@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.helpers import SENT_AT_MS, beacon, call, page_views, search_total, timeline_ids
+from tests.helpers import identity_log as actions
 from tracker.keys import VisitorKeys
 
 WORKER_DEADLINE_S = 2.0
@@ -33,12 +34,6 @@ async def wait_for_timeline(client: Any, contact_id: int, event_ids: list[str]) 
             raise AssertionError(f"events {sorted(set(event_ids) - set(ids))} not on contact {contact_id}'s "
                                  f"timeline after {WORKER_DEADLINE_S}s")
         await asyncio.sleep(0.05)
-
-
-async def actions(client: Any, contact_id: int) -> list[dict[str, Any]]:
-    status, log = await call(client, "GET", f"/api/v1/contact/{contact_id}/identity-log")
-    assert status == 200, log
-    return list(log["entries"])
 
 
 async def sql(database_url: str, query: str, **params: Any) -> list[tuple[Any, ...]]:

@@ -17,6 +17,7 @@ from sqlalchemy import event
 from stitcher.http_input import DB
 from tests.conftest import auth
 from tests.helpers import call, sql_scalar, timeline_ids
+from tests.helpers import timeline_events as events_of
 
 
 def order(ext: str, status: str = "INITIALIZED", **fields: Any) -> dict[str, Any]:
@@ -43,12 +44,6 @@ async def orders_of(client: Any, contact_id: int, **params: str) -> dict[str, An
     code, body = await call(client, "GET", f"/api/v1/contact/{contact_id}/orders", params=params)
     assert code == 200, body
     return dict(body)
-
-
-async def events_of(client: Any, contact_id: int) -> list[dict[str, Any]]:
-    code, page = await call(client, "GET", f"/api/v1/contact/{contact_id}/events", params={"limit": "1000"})
-    assert code == 200, page
-    return list(page["events"])
 
 
 async def test_an_order_life_cycle_puts_each_status_on_the_timeline_once(client):

@@ -1,0 +1,70 @@
+"""Many rows into one table in one statement: ``unnest`` over one array per column on PostgreSQL, a Core
+executemany on SQLite. The import's rows, its results and every transaction's identity-log rows go this way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import JSON, Integer, Table, TextClause, insert, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+if TYPE_CHECKING:  # the Database writes its transactions' audit rows through this module
+    from stitcher.store.db import Database
+
+
+def _pg_type(table: Table, column: str) -> str:
+    """The PostgreSQL array element type a column's values travel as (JSON travels as text, cast after)."""
+    kind = table.c[column].type
+    if isinstance(kind, JSON):
+        return "jsonb"
+    return "bigint" if isinstance(kind, Integer) else "text"  # BigInteger is an Integer
+
+
+def pg_arrays(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """One parameter per column: the column's values of every row (JSON encoded to text)."""
+    params: dict[str, list[Any]] = {}
+    for i, c in enumerate(columns):
+        values = [row[c] for row in rows]
+        if _pg_type(table, c) == "jsonb":
+            values = [None if v is None else orjson.dumps(v).decode() for v in values]
+        params[f"p{i}"] = values
+    return params
+
+
+def pg_unnest(table: Table, columns: Sequence[str]) -> str:
+    """``unnest(…) AS u(c0, c1, …)`` over one array parameter per column."""
+    arrays = ", ".join(f"CAST(:p{i} AS {'text' if _pg_type(table, c) == 'jsonb' else _pg_type(table, c)}[])"
+                       for i, c in enumerate(columns))
+    return f"unnest({arrays}) AS u({', '.join(f'c{i}' for i in range(len(columns)))})"
+
+
+def pg_value(table: Table, column: str, i: int) -> str:
+    return f"u.c{i}::jsonb" if _pg_type(table, column) == "jsonb" else f"u.c{i}"
+
+
+async def insert_many(db: Database, session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]],
+                      *, ignore: Sequence[str] | None = None) -> None:
+    """Insert rows (dicts with the same keys) in one statement: ``unnest`` over one array per column on
+    PostgreSQL (one round trip, one plan, no bind-parameter limit), a Core executemany on SQLite.
+    ``ignore`` names the unique columns whose conflicts are skipped (``ON CONFLICT … DO NOTHING``)."""
+    if not rows:
+        return
+    if db.dialect != "postgresql":
+        statement = db.insert_ignore(table, ignore) if ignore else insert(table)
+        await session.execute(statement, list(rows))
+        return
+    columns = tuple(rows[0])
+    await session.execute(_pg_insert(table, columns, tuple(ignore or ())), pg_arrays(table, columns, rows))
+
+
+@lru_cache(maxsize=64)
+def _pg_insert(table: Table, columns: tuple[str, ...], ignore: tuple[str, ...]) -> TextClause:
+    """The ``INSERT … SELECT … FROM unnest(…)`` of these columns, built once: a call only binds its arrays."""
+    values = ", ".join(pg_value(table, c, i) for i, c in enumerate(columns))
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {values} FROM {pg_unnest(table, columns)}"
+    if ignore:
+        sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
+    return text(sql)
