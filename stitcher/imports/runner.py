@@ -55,6 +55,7 @@ class ImportRunner:
         self._slots = asyncio.Semaphore(concurrency)
         self._intake, self._receiving = intake, 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: set[str] = set()  # imports this process runs: a resume scan must not start them twice
 
     @property
     def bodies_arriving(self) -> int:
@@ -95,18 +96,24 @@ class ImportRunner:
             except Exception as exc:  # unreachable or failing database: try again, as the API's 503 says
                 log.warning("cannot read unfinished imports yet", error=type(exc).__name__)
                 await asyncio.sleep(RESUME_RETRY_S)
-        for import_id in ids:
+        resumed = [i for i in ids if i not in self._running]  # one just submitted here is running already
+        for import_id in resumed:
             self._start(import_id)
-        if ids:
-            log.info("resuming unfinished imports", count=len(ids))
+        if resumed:
+            log.info("resuming unfinished imports", count=len(resumed))
 
     def _start(self, import_id: str) -> None:
-        self._spawn(self._run(import_id), f"import-{import_id}")
+        if import_id in self._running:
+            return
+        self._running.add(import_id)
+        task = self._spawn(self._run(import_id), f"import-{import_id}")
+        task.add_done_callback(lambda _task: self._running.discard(import_id))
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def wait(self) -> None:
         """Until every running import has ended (tests, benchmarks)."""

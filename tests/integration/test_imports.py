@@ -503,3 +503,28 @@ async def test_import_bodies_past_the_intake_limit_are_a_429_and_the_others_land
         assert report["status"] == "FINISHED" and report["created"] == 1
     # and the slot is free again
     assert (await run(client, [email("one@example.com")]))["created"] == 1
+
+
+async def test_a_resume_scan_never_starts_an_import_this_process_is_running(client: Any, monkeypatch: Any) -> None:
+    """An import submitted while the start-up scan for unfinished imports runs is STARTED in SQL and already
+    running here: the scan must not start it a second time (a second run could finish an import the first
+    ended in ERROR)."""
+    from collections import Counter
+
+    from stitcher.imports.runner import ImportRunner
+
+    runs: Counter[str] = Counter()
+    real_run = ImportRunner._run
+
+    async def counted(self: ImportRunner, import_id: str) -> None:
+        runs[import_id] += 1
+        await real_run(self, import_id)
+
+    monkeypatch.setattr(ImportRunner, "_run", counted)
+    runner = client.server.app[IMPORTS]
+    async with runner._slots, runner._slots:  # every run slot taken: the import waits, STARTED
+        session_id = await start(client, {"contacts": [email("resume@example.com")], "dedupeOn": "email"})
+        await runner._resume_when_reachable()  # the scan a start-up runs
+    report = await finished(client, session_id)
+    assert report["status"] == "FINISHED" and report["created"] == 1
+    assert runs[session_id] == 1
