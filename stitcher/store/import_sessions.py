@@ -39,9 +39,11 @@ async def load(s: AsyncSession, import_id: str) -> Any:
                                    IMPORTS.c.status).where(IMPORTS.c.id == import_id))).one_or_none()
 
 
-async def next_row(s: AsyncSession, import_id: str) -> int:
-    """The first row not applied yet (read under the import's key lock)."""
-    return int((await s.execute(select(IMPORTS.c.next_row).where(IMPORTS.c.id == import_id))).scalar_one())
+async def next_row(s: AsyncSession, import_id: str) -> int | None:
+    """The first row not applied yet (read under the import's key lock); None once the import has ended, so
+    that another runner of it (a second process resuming it) applies nothing after an ERROR."""
+    row = (await s.execute(select(IMPORTS.c.next_row, IMPORTS.c.status).where(IMPORTS.c.id == import_id))).one()
+    return int(row.next_row) if row.status in RUNNING else None
 
 
 async def record_chunk(db: Database, s: AsyncSession, import_id: str, end: int, results: Sequence[Mapping[str, Any]],
@@ -55,8 +57,9 @@ async def record_chunk(db: Database, s: AsyncSession, import_id: str, end: int, 
 
 
 async def end(s: AsyncSession, import_id: str, status: str, description: str, now: int) -> None:
-    """End an import (``FINISHED`` or ``ERROR``); its request is no longer needed."""
-    await s.execute(update(IMPORTS).where(IMPORTS.c.id == import_id).values(
+    """End an import (``FINISHED`` or ``ERROR``); its request is no longer needed. The first end wins: an
+    import one runner ended is never ended again by another (an ERROR never turns FINISHED)."""
+    await s.execute(update(IMPORTS).where(IMPORTS.c.id == import_id, IMPORTS.c.status.in_(RUNNING)).values(
         status=status, description=description, request=None, updated_at=now))
 
 

@@ -528,3 +528,23 @@ async def test_a_resume_scan_never_starts_an_import_this_process_is_running(clie
     report = await finished(client, session_id)
     assert report["status"] == "FINISHED" and report["created"] == 1
     assert runs[session_id] == 1
+
+
+async def test_an_import_another_runner_ended_stays_ended_and_takes_no_more_rows(client: Any) -> None:
+    """Two processes resuming one import both run it: once one has ended it (ERROR), the other applies no
+    further chunk and cannot turn it FINISHED — the first end wins and its description stays exact."""
+    from stitcher.http_input import DB
+    from stitcher.store import import_sessions
+
+    db = client.server.app[DB]
+    async with db.transaction() as s:
+        await import_sessions.create(s, "00000000-0000-4000-8000-000000000001", 10, {"contacts": []}, None, 1)
+    async with db.transaction() as s:
+        assert await import_sessions.next_row(s, "00000000-0000-4000-8000-000000000001") == 0
+        await import_sessions.end(s, "00000000-0000-4000-8000-000000000001", "ERROR", "rows 0-4 applied", 2)
+    async with db.transaction() as s:
+        assert await import_sessions.next_row(s, "00000000-0000-4000-8000-000000000001") is None
+        await import_sessions.end(s, "00000000-0000-4000-8000-000000000001", "FINISHED", "10 rows processed", 3)
+    status, report = await call(client, "GET", "/api/v1/importstatus/00000000-0000-4000-8000-000000000001")
+    assert status == 200, report
+    assert report["status"] == "ERROR" and report["description"] == "rows 0-4 applied"
