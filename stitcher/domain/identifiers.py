@@ -30,7 +30,6 @@ __all__ = [
     "Ignored",
     "Normaliser",
     "as_list",
-    "parse_identity",
     "read_identity",
 ]
 
@@ -301,18 +300,6 @@ def as_list(value: Any) -> Any:
     """A single JSON object where the platform's schema has a list is read as a one-element list (clients
     built on it send ``"channels": {...}`` for one channel); anything else is returned as it is."""
     return [value] if isinstance(value, Mapping) else value
-
-
-def parse_identity(
-    payload: Mapping[str, Any],
-    normaliser: Normaliser,
-    *,
-    contact_id: int | None = None,
-    field_prefix: str = "",
-) -> Identity:
-    """The identity of an eSputnik-style contact payload (see ``read_identity``, which also says what it
-    ignored and which channels are stored only)."""
-    return read_identity(payload, normaliser, contact_id=contact_id, field_prefix=field_prefix).identity
 
 
 def read_identity(
