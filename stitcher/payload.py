@@ -24,7 +24,7 @@ _PROFILE = {"firstName": ("first_name", 256), "lastName": ("last_name", 256),
             "languageCode": ("language_code", 16)}
 MAX_VISITORS = 100
 MAX_GROUPS = 100
-MAX_DEVICE = 256  # characters of a channel's device (a string, or an object as JSON): its column's width
+MAX_DEVICE = 4096  # characters of a channel's device (a string, or an object as JSON): its column's width
 
 
 def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | None = None,
@@ -85,9 +85,10 @@ def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | Non
 
 def _devices(channels: Any, normaliser: Normaliser, prefix: str,
              ignored: list[Ignored]) -> dict[tuple[IdentifierKind, str], str | None]:
-    """Each channel's ``device``: a string (cut to 256 characters) or an object (``{appId, deviceModel, os,
-    locale, appVersion}`` on push channels) kept as compact JSON, which must fit the same 256 characters.
-    Anything else is ignored and listed; bad channels themselves are reported by ``read_identity``."""
+    """Each channel's ``device``: a string, or an object (``{appId, deviceModel, os, locale, appVersion}`` on
+    push channels) kept as compact JSON, either whole up to ``MAX_DEVICE`` characters. A longer one, or
+    another type, is ignored and listed (the channel is still stored); bad channels themselves are reported
+    by ``read_identity``."""
     devices: dict[tuple[IdentifierKind, str], str | None] = {}
     for i, item in enumerate(channels if isinstance(channels, list) else []):
         if not isinstance(item, Mapping) or item.get("device") is None:
@@ -96,13 +97,12 @@ def _devices(channels: Any, normaliser: Normaliser, prefix: str,
         device = item["device"]
         if isinstance(device, Mapping):
             device = json.dumps(device, ensure_ascii=False, separators=(",", ":"))
-            if len(device) > MAX_DEVICE:
-                ignored.append({"field": where, "reason": f"longer than {MAX_DEVICE} characters as JSON"})
-                continue
-        elif isinstance(device, str):
-            device = device[:MAX_DEVICE]
-        else:
+        elif not isinstance(device, str):
             ignored.append({"field": where, "reason": "neither a string nor an object"})
+            continue
+        if len(device) > MAX_DEVICE:
+            ignored.append({"field": where, "reason": f"longer than {MAX_DEVICE} characters"
+                                                      + (" as JSON" if isinstance(item["device"], Mapping) else "")})
             continue
         try:
             kind = IdentifierKind(str(item.get("type", "")).strip().lower())

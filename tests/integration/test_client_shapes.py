@@ -197,12 +197,28 @@ async def test_mobile_token_with_a_device_object_is_kept_and_shown(client: Any) 
     assert contact["channels"][0] == {"type": "mobilepush", "value": "8900-7654-6456-9876-0011", "device": device}
 
 
-async def test_a_device_too_large_to_keep_is_ignored_not_refused(client: Any) -> None:
-    """A device object larger than its column is named under ``ignored``; the token itself is stored."""
+async def test_a_device_is_kept_whole_up_to_4_kib_and_a_larger_one_is_ignored_not_refused(client: Any) -> None:
+    """A device (object or string) is stored whole up to 4096 characters, 4-byte ones too; a larger one is
+    named under ``ignored`` and the token itself is still stored."""
+    big = {"note": "😀" * 4080}  # 4,091 characters of JSON, 16 KiB of UTF-8
     status, body = await send(client, "POST", "/api/v1/contact/", {"channels": [
-        {"type": "webpush", "value": "wp-token-1", "device": {"note": "x" * 300}}]})
+        {"type": "webpush", "value": "wp-token-1", "device": big},
+        {"type": "mobilepush", "value": "mp-token-1", "device": "d" * 4096}]})
+    assert status == 200 and body["ignored"] == [], body
+    status, contact = await send(client, "GET", f"/api/v1/contact/{body['id']}")
+    assert [c.get("device") for c in contact["channels"]] == [big, "d" * 4096]
+    status, body = await send(client, "POST", "/api/v1/contact/", {"channels": [
+        {"type": "webpush", "value": "wp-token-2", "device": {"note": "x" * 4090}},
+        {"type": "mobilepush", "value": "mp-token-2", "device": "d" * 4097},
+        {"type": "mobilepush", "value": "mp-token-3", "device": ["a"]}]})
     assert status == 200, body
-    assert body["ignored"] == [{"field": "channels[0].device", "reason": "longer than 256 characters as JSON"}]
+    assert body["ignored"] == [
+        {"field": "channels[0].device", "reason": "longer than 4096 characters as JSON"},
+        {"field": "channels[1].device", "reason": "longer than 4096 characters"},
+        {"field": "channels[2].device", "reason": "neither a string nor an object"}]
+    status, contact = await send(client, "GET", f"/api/v1/contact/{body['id']}")
+    assert [c["value"] for c in contact["channels"]] == ["wp-token-2", "mp-token-2", "mp-token-3"]
+    assert all("device" not in c for c in contact["channels"])
 
 
 async def test_viber_and_telegram_are_stored_and_shown_but_find_no_one(client: Any) -> None:

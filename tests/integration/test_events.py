@@ -349,10 +349,10 @@ async def test_occurred_sets_the_events_time_on_the_timeline_and_in_the_hold(cli
     for when, ms in (("2020-05-14T10:11:00+03:00", 1589440260000), ("2020-05-14T10:11", 1589451060000),
                      ("2020-05-14", 1589414400000), (1589440260, 1589440260000), (1589440260.5, 1589440260500)):
         answer = await post(client, {**event(email="t@example.com"), "occurred": when})
-        entry = [e for e in await timeline(client, cid) if e["id"] == answer["id"]][0]
+        entry = next(e for e in await timeline(client, cid) if e["id"] == answer["id"])
         assert entry["time"] == ms and entry["receivedAt"] > ms, (when, entry)
     plain = await post(client, event(email="t@example.com"))
-    entry = [e for e in await timeline(client, cid) if e["id"] == plain["id"]][0]
+    entry = next(e for e in await timeline(client, cid) if e["id"] == plain["id"])
     assert entry["time"] == entry["receivedAt"]
     # the timeline is oldest first by that time; a held event keeps it and takes it along when attached
     held_one = await post(client, {**event(email="later@example.com"), "occurred": "2019-01-01T00:00:00Z"})
