@@ -29,6 +29,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import select
 
 from tests.conftest import API_KEY
 
@@ -151,12 +152,40 @@ async def test_groups_and_channels_as_a_single_object(client: Any) -> None:
     assert [g["name"] for g in contact["groups"]] == ["Solo"]
 
 
-async def test_group_object_without_a_name_is_ignored_not_refused(client: Any) -> None:
-    """A group given only by id cannot be found by name: it is named under ``ignored``; the rest lands."""
-    status, body = await send(client, "POST", "/api/v1/contact/", {
-        "externalCustomerId": "G-1", "groups": [{"id": 5}, "Real"]})
+async def test_a_group_object_with_only_an_id_joins_that_group_or_is_ignored_not_refused(client: Any) -> None:
+    """``{"id": n}`` without a name joins the group with that id (add/update, PUT and subscribe, top-level
+    groups too); an id no group has, or no usable id, is named under ``ignored`` and the rest lands."""
+    status, body = await send(client, "POST", "/api/v1/contact/", {"externalCustomerId": "G-0",
+                                                                   "groups": ["Real", "Other"]})
     assert status == 200, body
-    assert body["ignored"] == [{"field": "groups[0].name", "reason": "missing (groups are found by name)"}]
+    real, other = [g["id"] for g in (await send(client, "GET", f"/api/v1/contact/{body['id']}"))[1]["groups"]]
+    status, body = await send(client, "POST", "/api/v1/contact/", {
+        "externalCustomerId": "G-1", "groups": [{"id": real}, {"id": 987654}, {"id": "x"}, {"type": "Static"}]})
+    assert status == 200, body
+    assert body["ignored"] == [{"field": "groups[2].id", "reason": "not a group id"},
+                               {"field": "groups[3].name", "reason": "missing"},
+                               {"field": "groups[1].id", "reason": "no group has this id"}]
+    contact = (await send(client, "GET", f"/api/v1/contact/{body['id']}"))[1]
+    assert contact["groups"] == [{"id": real, "name": "Real"}]
+    status, put = await send(client, "PUT", f"/api/v1/contact/{body['id']}/", {"groups": {"id": str(other)}})
+    assert status == 200 and put["ignored"] == [], put
+    assert [g["name"] for g in (await send(client, "GET", f"/api/v1/contact/{body['id']}"))[1]["groups"]] == \
+        ["Real", "Other"]
+    status, sub = await send(client, "POST", "/api/v1/contact/subscribe/", {
+        "contact": {"channels": [{"type": "email", "value": "gid@example.com"}], "groups": [{"id": other}]},
+        "groups": [{"id": real}, {"id": 2**62}, "Named"]})
+    assert status == 200, sub
+    assert sub["groups"] == ["Other", "Named", "Real"]
+    assert sub["ignored"] == [{"field": "groups[1].id", "reason": "no group has this id"}]
+    assert await groups_count(client) == 3  # an unknown id creates no group
+
+
+async def groups_count(client: Any) -> int:
+    from stitcher.http_input import DB
+    from stitcher.store.models import Group
+
+    async with client.app[DB].reader() as s:
+        return len((await s.execute(select(Group))).all())
 
 
 async def test_php_client_subscribe_with_group_names_fields_and_dedupe_on(client: Any) -> None:
