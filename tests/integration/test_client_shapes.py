@@ -299,7 +299,7 @@ async def test_account_info_and_version_check_a_key(client: Any) -> None:
     for path in ("/api/v1/version", "/api/v1/version/"):
         status, version = await send(client, "GET", path)
         assert status == 200 and set(version) == {"version", "protocolVersion"}
-        assert version["version"] and version["protocolVersion"] == "1"
+        assert version["version"] and version["protocolVersion"] == "1.0"  # both strings, as on the platform
     status, err = await send(client, "GET", "/api/v1/account/info/", headers={**WOO, "Authorization": basic("", "x")})
     assert status == 401 and err["status"] == 401 and err["error"] == "unauthorized"
 
