@@ -440,3 +440,30 @@ async def test_events_and_import_as_platform_clients_send_them(client: Any) -> N
     contact_id = report["mapping"][0]["contactId"]
     status, events = await send(client, "GET", f"/api/v1/contact/{contact_id}/events/")
     assert [e["type"] for e in events["events"]] == ["cartUpdated"]
+
+
+async def test_hostile_group_ids_devices_and_held_queries_never_answer_500(client: Any) -> None:
+    """Wrong types, huge numbers, nesting and NUL in the new shapes: a 200 with ``ignored`` or a 4xx with a
+    JSON body naming the place, never a 500."""
+    junk: list[Any] = [None, True, -1, 0, 1.5, 2**63 - 1, "", " ", "12\u0000", "٣", "1e3", [], [1], {}, {"id": 1},
+                       "x" * 5000, [[[[[[1]]]]]]]
+    for value in junk:
+        for body in ({"externalCustomerId": "H-1", "groups": [{"id": value}]},
+                     {"externalCustomerId": "H-1", "groups": {"id": value, "name": value}},
+                     {"externalCustomerId": "H-1",
+                      "channels": [{"type": "mobilepush", "value": "t", "device": value}]}):
+            status, answer = await send(client, "POST", "/api/v1/contact/", body)
+            assert status in (200, 400) and isinstance(answer, dict), (body, answer)
+            if status == 400:
+                assert answer["status"] == 400 and answer["errors"], answer
+        status, answer = await send(client, "POST", "/api/v1/contact/subscribe", {
+            "contact": {"channels": [{"type": "email", "value": "h@example.com"}]}, "groups": [{"id": value}]})
+        assert status in (200, 400) and isinstance(answer, dict), answer
+        status, answer = await send(client, "POST", "/api/v2/event", {
+            "eventTypeKey": "t", "keyValue": "h@example.com", "occurred": value})
+        assert status in (200, 400) and isinstance(answer, dict), (value, answer)
+    for identifier in ("\u0000", "email:", "ext:", "ext:" + "x" * 300, "mobilepush:" + "😀" * 300, "sms:abc",
+                       ":", "webpush:", "%", "x" * 60_000):
+        r = await client.get("/api/v1/events/held", params={"identifier": identifier}, headers=WOO)
+        assert r.status in (200, 400), (identifier, r.status)
+        assert isinstance(await r.json(), dict)
