@@ -81,7 +81,7 @@ def _upgrade(settings: Settings) -> None:
     upgrade(settings)
 
 
-def _positive(text: str) -> int:
+def _non_negative(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise argparse.ArgumentTypeError("must be a non-negative integer")
     return int(text)
@@ -110,16 +110,17 @@ def _held_events(settings: Settings, args: argparse.Namespace) -> int:
             if args.action == "expire":
                 print(orjson.dumps({"expired": await held_events.expire(db)}).decode())
                 return 0
-            after = args.after
+            after, left = args.after, args.limit
             async with db.reader() as s:
-                while True:  # every page up to --limit events
-                    page = await held_events.held(s, limit=min(args.limit, 1000), after=after, key=key)
+                while left > 0:  # pages of at most 1000, up to --limit events
+                    page = await held_events.held(s, limit=min(left, 1000), after=after, key=key)
                     for event in page.events:
                         sys.stdout.write(orjson.dumps(event).decode() + "\n")
-                    args.limit -= len(page.events)
-                    if page.next is None or args.limit <= 0:
-                        return 0
+                    left -= len(page.events)
+                    if page.next is None:
+                        break
                     after = page.next
+            return 0
         finally:
             await db.close()
 
@@ -143,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     held.add_argument("action", nargs="?", choices=["list", "expire"], default="list",
                       help="list (JSON lines, oldest first) or expire (delete those past HELD_EVENT_TTL_DAYS now)")
     held.add_argument("--identifier", help="only those of one person: an email, phone, external ID or heldUnder key")
-    held.add_argument("--limit", type=_positive, default=100, help="at most this many (default 100)")
-    held.add_argument("--after", type=_positive, default=0, help="after this row (a listed event's row)")
+    held.add_argument("--limit", type=_non_negative, default=100, help="at most this many (default 100)")
+    held.add_argument("--after", type=_non_negative, default=0, help="after this row (a listed event's row)")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
