@@ -13,7 +13,11 @@ from aiohttp import web
 from tracker.http import json_response
 from tracker.routes import SETTINGS
 
-PROTOCOL_VERSION = "1"  # the platform's API version whose paths and shapes this service follows (v1)
+# The platform's answer to GET /v1/version ("the version of the protocol") is two strings, a build number and
+# the protocol's version; the clients that read it carry "1.0" in their fixtures (a PHP client's test of this
+# call: {"version": "55810", "protocolVersion": "1.0"}). Stitcher speaks that v1 protocol, so it answers "1.0";
+# its own package version goes in ``version``.
+PROTOCOL_VERSION = "1.0"
 routes = web.RouteTableDef()
 
 

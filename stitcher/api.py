@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from stitcher import views
+from stitcher import group_refs, views
 from stitcher.contacts import ContactService
 from stitcher.domain.rules import Mode
 from stitcher.http_input import DB, NORMALISER, int_param, keyset_after, path_contact_id, query, read_json, request_id
@@ -18,7 +18,8 @@ routes = web.RouteTableDef()
 
 @routes.post("/api/v1/contact")
 async def add_update(request: web.Request) -> web.StreamResponse:
-    contact = parse_contact(await read_json(request), request.app[NORMALISER])
+    contact = await group_refs.contact(request.app[DB], parse_contact(await read_json(request),
+                                                                       request.app[NORMALISER]))
     outcome = await request.app[CONTACTS].upsert(Mode.ADD_UPDATE, contact, request_id=request_id(request))
     return json_response({**outcome.body(), "ignored": list(contact.ignored)})
 
@@ -26,14 +27,16 @@ async def add_update(request: web.Request) -> web.StreamResponse:
 @routes.put("/api/v1/contact/{contact_id}")
 async def update(request: web.Request) -> web.StreamResponse:
     contact_id = path_contact_id(request)
-    contact = parse_contact(await read_json(request), request.app[NORMALISER], contact_id=contact_id)
+    contact = await group_refs.contact(request.app[DB], parse_contact(await read_json(request),
+                                                                       request.app[NORMALISER], contact_id=contact_id))
     outcome = await request.app[CONTACTS].upsert(Mode.UPDATE, contact, request_id=request_id(request))
     return json_response({**outcome.body(), "ignored": list(contact.ignored)})
 
 
 @routes.post("/api/v1/contact/subscribe")
 async def subscribe(request: web.Request) -> web.StreamResponse:
-    sub = parse_subscribe(await read_json(request), request.app[NORMALISER])
+    sub = await group_refs.subscribe(request.app[DB], parse_subscribe(await read_json(request),
+                                                                       request.app[NORMALISER]))
     outcome = await request.app[CONTACTS].upsert(Mode.SUBSCRIBE, sub.contact, groups=sub.groups,
                                                  form_type=sub.form_type, request_id=request_id(request))
     groups = list(dict.fromkeys((*sub.contact.groups, *sub.groups)))

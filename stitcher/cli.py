@@ -1,4 +1,4 @@
-"""The ``stitcher`` command: serve, db upgrade, replay."""
+"""The ``stitcher`` command: serve, db upgrade, replay, held-events."""
 
 from __future__ import annotations
 
@@ -81,6 +81,52 @@ def _upgrade(settings: Settings) -> None:
     upgrade(settings)
 
 
+def _non_negative(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise argparse.ArgumentTypeError("must be a non-negative integer")
+    return int(text)
+
+
+def _held_events(settings: Settings, args: argparse.Namespace) -> int:
+    """``held-events``: the held API events as JSON lines (oldest first; ``--after`` the last line's ``row``
+    to go on), or ``expire``: delete those past ``HELD_EVENT_TTL_DAYS`` now, as the worker's sweeper does."""
+    import orjson
+
+    from stitcher.app import normaliser
+    from stitcher.domain.errors import ValidationFailed
+    from stitcher.store import held_events
+    from stitcher.store.db import Database
+
+    try:
+        key = held_events.held_key(args.identifier, normaliser(settings), "--identifier") \
+            if args.identifier is not None else None
+    except ValidationFailed as exc:
+        print(f"stitcher: {exc.message}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        db = Database(settings.effective_database_url)
+        try:
+            if args.action == "expire":
+                print(orjson.dumps({"expired": await held_events.expire(db)}).decode())
+                return 0
+            after, left = args.after, args.limit
+            async with db.reader() as s:
+                while left > 0:  # pages of at most 1000, up to --limit events
+                    page = await held_events.held(s, limit=min(left, 1000), after=after, key=key)
+                    for event in page.events:
+                        sys.stdout.write(orjson.dumps(event).decode() + "\n")
+                    left -= len(page.events)
+                    if page.next is None:
+                        break
+                    after = page.next
+            return 0
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stitcher", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("file")
     replay.add_argument("--url", default="http://127.0.0.1:8080")
     replay.add_argument("--api-key", default=None, help="defaults to the first of API_KEYS")
+    held = sub.add_parser("held-events", help="list the API events held for people not known yet, or expire them")
+    held.add_argument("action", nargs="?", choices=["list", "expire"], default="list",
+                      help="list (JSON lines, oldest first) or expire (delete those past HELD_EVENT_TTL_DAYS now)")
+    held.add_argument("--identifier", help="only those of one person: an email, phone, external ID or heldUnder key")
+    held.add_argument("--limit", type=_non_negative, default=100, help="at most this many (default 100)")
+    held.add_argument("--after", type=_non_negative, default=0, help="after this row (a listed event's row)")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -108,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _upgrade(settings)
         print("database schema is up to date")
         return 0
+    if args.command == "held-events":
+        return _held_events(settings, args)
     if args.command == "replay":
         from stitcher.replay import replay_file_cli
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from stitcher.domain.commands import ContactCommand, SubscribeCommand
+from stitcher.domain.commands import ContactCommand, GroupId, SubscribeCommand
 from stitcher.domain.errors import FieldErrors, InvalidIdentifier, ValidationFailed
 from stitcher.domain.identifiers import (
     IdentifierKind,
@@ -24,7 +24,7 @@ _PROFILE = {"firstName": ("first_name", 256), "lastName": ("last_name", 256),
             "languageCode": ("language_code", 16)}
 MAX_VISITORS = 100
 MAX_GROUPS = 100
-MAX_DEVICE = 256  # characters of a channel's device (a string, or an object as JSON): its column's width
+MAX_DEVICE = 4096  # characters of a channel's device (a string, or an object as JSON): its column's width
 
 
 def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | None = None,
@@ -68,7 +68,7 @@ def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | Non
         else:
             profile["custom_fields"] = fields
     visitor_ids = _visitor_ids(payload.get("visitorIds"), prefix, errors)
-    groups = parse_groups(payload.get("groups"), prefix + "groups", errors, ignored)
+    groups, group_ids = parse_groups(payload.get("groups"), prefix + "groups", errors, ignored)
     identity = reading.identity
     if contact_id is None and not errors.items and identity.external_id is None and not identity.channels \
             and identity.contact_id is None:
@@ -80,14 +80,15 @@ def parse_contact(payload: Any, normaliser: Normaliser, *, contact_id: int | Non
                                             "mobilepush or webpush channel")
     errors.raise_if_any()
     return ContactCommand(identity, devices, profile, visitor_ids, groups=groups,
-                          stored_only=reading.stored_only, ignored=tuple(ignored))
+                          stored_only=reading.stored_only, ignored=tuple(ignored), group_ids=group_ids)
 
 
 def _devices(channels: Any, normaliser: Normaliser, prefix: str,
              ignored: list[Ignored]) -> dict[tuple[IdentifierKind, str], str | None]:
-    """Each channel's ``device``: a string (cut to 256 characters) or an object (``{appId, deviceModel, os,
-    locale, appVersion}`` on push channels) kept as compact JSON, which must fit the same 256 characters.
-    Anything else is ignored and listed; bad channels themselves are reported by ``read_identity``."""
+    """Each channel's ``device``: a string, or an object (``{appId, deviceModel, os, locale, appVersion}`` on
+    push channels) kept as compact JSON, either whole up to ``MAX_DEVICE`` characters. A longer one, or
+    another type, is ignored and listed (the channel is still stored); bad channels themselves are reported
+    by ``read_identity``."""
     devices: dict[tuple[IdentifierKind, str], str | None] = {}
     for i, item in enumerate(channels if isinstance(channels, list) else []):
         if not isinstance(item, Mapping) or item.get("device") is None:
@@ -96,13 +97,12 @@ def _devices(channels: Any, normaliser: Normaliser, prefix: str,
         device = item["device"]
         if isinstance(device, Mapping):
             device = json.dumps(device, ensure_ascii=False, separators=(",", ":"))
-            if len(device) > MAX_DEVICE:
-                ignored.append({"field": where, "reason": f"longer than {MAX_DEVICE} characters as JSON"})
-                continue
-        elif isinstance(device, str):
-            device = device[:MAX_DEVICE]
-        else:
+        elif not isinstance(device, str):
             ignored.append({"field": where, "reason": "neither a string nor an object"})
+            continue
+        if len(device) > MAX_DEVICE:
+            ignored.append({"field": where, "reason": f"longer than {MAX_DEVICE} characters"
+                                                      + (" as JSON" if isinstance(item["device"], Mapping) else "")})
             continue
         try:
             kind = IdentifierKind(str(item.get("type", "")).strip().lower())
@@ -113,32 +113,50 @@ def _devices(channels: Any, normaliser: Normaliser, prefix: str,
     return devices
 
 
-def parse_groups(raw: Any, where: str, errors: FieldErrors, ignored: list[Ignored]) -> tuple[str, ...]:
-    """Group names from names or ``{"id"?, "name", "type"?}`` objects, or one such object alone.
+def parse_groups(raw: Any, where: str, errors: FieldErrors,
+                 ignored: list[Ignored]) -> tuple[tuple[str, ...], tuple[GroupId, ...]]:
+    """Group names from names or ``{"id"?, "name", "type"?}`` objects, or one such object alone, and the
+    groups named by an id alone (``{"id": 7}``), which the caller resolves (``group_refs``).
 
-    Groups are found (and created) by name: an object without a name, or a blank name, is ignored and
-    listed; a name that is not a string of 1-256 characters is an error.
+    Groups are found (and created) by name; an object without a usable name is taken by its id when that is
+    a positive integer (or its digits), else ignored and listed, as is a blank name; a name that is not a
+    string of 1-256 characters is an error.
     """
     raw = as_list(raw)
     if raw is None:
-        return ()
+        return (), ()
     if not isinstance(raw, list) or len(raw) > MAX_GROUPS:
         errors.add(where, f"must be a list of at most {MAX_GROUPS} group names or {{name}} objects")
-        return ()
+        return (), ()
     names: list[str] = []
+    ids: list[GroupId] = []
     for i, item in enumerate(raw):
         at = f"{where}[{i}]"
         name = item.get("name") if isinstance(item, Mapping) else item
+        if isinstance(item, Mapping) and (name is None or (isinstance(name, str) and not name.strip())):
+            if item.get("id") is None:
+                ignored.append({"field": at + ".name", "reason": "blank" if name is not None else "missing"})
+            elif (group_id := _group_id(item["id"])) is None:
+                ignored.append({"field": at + ".id", "reason": "not a group id"})
+            else:
+                ids.append((group_id, at + ".id"))
+            continue
         if isinstance(item, Mapping):
             at += ".name"
         if name is None or (isinstance(name, str) and not name.strip()):
-            ignored.append({"field": at, "reason": "blank" if name is not None else "missing (groups are found "
-                                                                                     "by name)"})
+            ignored.append({"field": at, "reason": "blank" if name is not None else "missing"})
         elif not isinstance(name, str) or len(name) > 256:
             errors.add(at, "must be a group name of 1-256 characters")
         else:
             names.append(name.strip())
-    return tuple(dict.fromkeys(names))
+    return tuple(dict.fromkeys(names)), tuple(dict.fromkeys(ids))
+
+
+def _group_id(value: Any) -> int | None:
+    text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not 0 < int(text) < 2**63:
+        return None
+    return int(text)
 
 
 def _visitor_ids(raw: Any, prefix: str, errors: FieldErrors) -> tuple[str, ...]:
@@ -172,7 +190,7 @@ def parse_subscribe(payload: Any, normaliser: Normaliser) -> SubscribeCommand:
     except ValidationFailed as exc:
         errors.extend(exc)
     ignored: list[Ignored] = []
-    groups = parse_groups(payload.get("groups"), "groups", errors, ignored)
+    groups, group_ids = parse_groups(payload.get("groups"), "groups", errors, ignored)
     form_type = payload.get("formType")
     if form_type is not None and (not isinstance(form_type, str) or len(form_type) > 128):
         errors.add("formType", "must be a string of at most 128 characters")
@@ -180,4 +198,4 @@ def parse_subscribe(payload: Any, normaliser: Normaliser) -> SubscribeCommand:
     assert contact is not None
     if ignored:
         contact = replace(contact, ignored=(*contact.ignored, *ignored))
-    return SubscribeCommand(contact, groups, form_type)
+    return SubscribeCommand(contact, groups, form_type, group_ids)

@@ -12,7 +12,9 @@ from typing import Any
 
 from stitcher.domain.identifiers import IdentifierKind, Identity, Ignored
 
-__all__ = ["ContactCommand", "SubscribeCommand"]
+__all__ = ["ContactCommand", "GroupId", "SubscribeCommand"]
+
+GroupId = tuple[int, str]  # a group named only by its id, and where the request named it (``groups[2].id``)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class ContactCommand:
     groups: tuple[str, ...] = ()  # group names, created when missing
     stored_only: tuple[tuple[IdentifierKind, str], ...] = ()
     ignored: tuple[Ignored, ...] = ()  # {"field", "reason"} of each value treated as absent
+    group_ids: tuple[GroupId, ...] = ()  # groups named only by id: joined if they exist, else ignored
 
     def channels(self) -> list[tuple[IdentifierKind, str, str | None]]:
         """Every channel to store with its device, in request order: the identity's, then the stored-only."""
@@ -41,3 +44,4 @@ class SubscribeCommand:
     contact: ContactCommand
     groups: tuple[str, ...] = ()
     form_type: str | None = None
+    group_ids: tuple[GroupId, ...] = ()  # top-level groups named only by id

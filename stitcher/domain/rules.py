@@ -262,7 +262,7 @@ def event_identity(params: Sequence[tuple[str, Any]], key_value: Any, normaliser
     channels = tuple(dict.fromkeys((k, v) for k in LOOKUP_ORDER for v in by_kind[k]))
     identity = Identity(contact_id=contact_id, external_id=external_id, channels=channels)
     if contact_id is None and external_id is None and not channels and not _blank(key_value, normaliser):
-        identity = _read_key_value(key_value, normaliser)
+        identity = read_key_value(key_value, normaliser)
     if identity.contact_id is None and identity.external_id is None and not identity.channels:
         names = "contactId, externalCustomerId, email, phone or pushToken"
         raise ValidationFailed([{"field": "keyValue",
@@ -286,12 +286,14 @@ def _contact_id(value: Any, where: str) -> int:
     return value
 
 
-def _read_key_value(value: Any, normaliser: Normaliser) -> Identity:
+def read_key_value(value: Any, normaliser: Normaliser, field: str = "keyValue") -> Identity:
+    """One identifier read by its shape, as an event's ``keyValue`` is: with an ``@`` an email, starting
+    with ``+`` or ``00`` a phone number, anything else an external customer ID."""
     if isinstance(value, str) and "@" in value:
-        return Identity(channels=((IdentifierKind.EMAIL, normaliser.email(value, "keyValue")),))
+        return Identity(channels=((IdentifierKind.EMAIL, normaliser.email(value, field)),))
     if isinstance(value, str) and value.strip().startswith(("+", "00")):
-        return Identity(channels=((IdentifierKind.SMS, normaliser.phone(value, "keyValue")),))
-    return Identity(external_id=normaliser.external_id(value, "keyValue"))
+        return Identity(channels=((IdentifierKind.SMS, normaliser.phone(value, field)),))
+    return Identity(external_id=normaliser.external_id(value, field))
 
 
 @dataclass(frozen=True)
@@ -314,11 +316,12 @@ def route_event(identity: Identity, found: Lookup) -> EventRoute:
     (an event about customer X never lands on customer Y's timeline). When nothing is found, the event is
     held under its highest-priority identifier other than contactId — external ID, else email, else phone,
     else push token (held as ``mobilepush``; a web push token claims it as well) — and joins the timeline of
-    the first contact that gets that identifier. An unknown contactId alone raises ``ContactNotFound``: no
-    contact will ever get that id.
+    the first contact that gets that identifier. A contactId of a merged contact names the contact it was
+    merged into (the store puts that one in ``by_contact_id``). An unknown contactId alone raises
+    ``ContactNotFound``: no contact will ever get that id.
     """
     by_id = found.by_contact_id
-    if identity.contact_id is not None and by_id is not None and by_id.id == identity.contact_id:
+    if identity.contact_id is not None and by_id is not None:  # the named contact, or the one it was merged into
         return EventRoute(by_id.id, "contactId")
     ext = identity.external_id
     if ext is not None and found.by_external_id is not None:

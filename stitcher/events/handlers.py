@@ -7,7 +7,7 @@ from aiohttp import web
 
 from stitcher.events.payload import MAX_EVENT_BYTES, parse_event
 from stitcher.events.service import EventService
-from stitcher.http_input import DB, NORMALISER, int_param, read_json
+from stitcher.http_input import DB, NORMALISER, int_param, query, read_json
 from stitcher.store import held_events
 from tracker.http import json_response
 
@@ -28,10 +28,13 @@ async def post_event(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/v1/events/held")
 async def list_held(request: web.Request) -> web.StreamResponse:
-    """Held events, oldest first: ``?limit=`` (≤ 1000) and ``?after=`` the previous page's ``next``."""
+    """Held events, oldest first: ``?limit=`` (≤ 1000), ``?after=`` the previous page's ``next`` and
+    ``?identifier=`` (an email, phone, external ID or a ``heldUnder`` key) for those of one person."""
     limit = int_param(request, "limit", 100, 1, MAX_HELD_PAGE)
     after = int_param(request, "after", 0, 0, 2**63 - 1)
+    identifier = query(request).get("identifier")
+    key = held_events.held_key(identifier, request.app[NORMALISER]) if identifier is not None else None
     async with request.app[DB].reader() as s:
-        page = await held_events.held(s, limit=limit, after=after)
+        page = await held_events.held(s, limit=limit, after=after, key=key)
     return json_response({"events": page.events, "next": page.next})
 

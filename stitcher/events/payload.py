@@ -4,6 +4,7 @@ every bad field is named in one 400."""
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 from stitcher.domain.errors import FieldErrors, ValidationFailed
 from stitcher.domain.identifiers import Identity, Normaliser
+from stitcher.domain.instants import BadInstant, read_instant
 from stitcher.domain.rules import event_identity
 
 MAX_EVENT_BYTES = 20 * 1024  # the platform's limit of an event's content (413 past it)
@@ -19,6 +21,8 @@ MAX_KEY_VALUE = 1024
 MAX_PARAM_NAME = 256
 MAX_IDEMPOTENCY_KEY = 256
 EVENT_ID_PARAM = "eventid"  # a param that makes a resend a no-op, like the Idempotency-Key header
+OCCURRED = "occurred"  # when the event happened: the platform's field of an event's time (its past events)
+MAX_CLOCK_SKEW_MS = 5 * 60_000  # how far ahead of this service's clock a sender's clock may be
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class EventCommand:
     identity: Identity
     data: dict[str, Any]  # {"keyValue", "params"}: what goes on the timeline as the event's data
     keyed: bool = False  # an Idempotency-Key or eventId was given: a resend may come
+    occurred_ms: int | None = None  # when it happened, if the sender said (``occurred``); else its receipt
 
 
 def event_id(key: str | None) -> str:
@@ -39,9 +44,12 @@ def event_id(key: str | None) -> str:
     return "api:" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
-def parse_event(payload: Any, normaliser: Normaliser, idempotency_key: str | None = None) -> EventCommand:
+def parse_event(payload: Any, normaliser: Normaliser, idempotency_key: str | None = None, *,
+                now_ms: int | None = None) -> EventCommand:
     """Validate an event body; ``idempotency_key`` is the ``Idempotency-Key`` header, which wins over an
-    ``eventId`` param. ``params`` given as one object is read as a one-element list."""
+    ``eventId`` param. ``params`` given as one object is read as a one-element list. ``occurred`` (ISO 8601,
+    or seconds since 1970) is when the event happened: from 1970 to at most ``MAX_CLOCK_SKEW_MS`` past
+    ``now_ms`` (this service's clock)."""
     if not isinstance(payload, Mapping):
         raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
     errors = FieldErrors()
@@ -54,6 +62,13 @@ def parse_event(payload: Any, normaliser: Normaliser, idempotency_key: str | Non
                                   or len(str(key_value)) > MAX_KEY_VALUE):
         errors.add("keyValue", f"must be a string of at most {MAX_KEY_VALUE} characters")
         key_value = None
+    occurred: int | None = None
+    if payload.get(OCCURRED) is not None:
+        latest = (now_ms if now_ms is not None else int(time.time() * 1000)) + MAX_CLOCK_SKEW_MS
+        try:
+            occurred = read_instant(payload[OCCURRED], epoch=True, latest_ms=latest)
+        except BadInstant as exc:
+            errors.add(OCCURRED, str(exc))
     raw_params = payload.get("params")
     if raw_params is None:
         raw_params = []
@@ -90,4 +105,5 @@ def parse_event(payload: Any, normaliser: Normaliser, idempotency_key: str | Non
     errors.raise_if_any()
     data = {"keyValue": key_value, "params": [dict(item) for item in raw_params]}
     assert isinstance(type_key, str)
-    return EventCommand(event_id(key), type_key.strip(), identity, data, keyed=key is not None)
+    return EventCommand(event_id(key), type_key.strip(), identity, data, keyed=key is not None,
+                        occurred_ms=occurred)

@@ -10,13 +10,13 @@ contact — never lost, never twice. The event's id is its idempotency key: a re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stitcher.domain.rules import LOOKUP_ORDER, route_event
+from stitcher.domain.rules import LOOKUP_ORDER, Lookup, route_event
 from stitcher.events.payload import EventCommand
 from stitcher.stitch import insert_timeline
 from stitcher.store import contact_rows, held_events, identity_keys, repo
@@ -64,9 +64,13 @@ class EventService:
             seen = await held_events.receipt(s, command.event_id) if command.keyed else None
             if seen is not None:
                 return await _resent(s, command.event_id, *seen)
-            route = route_event(identity, await contact_rows.lookup(s, identity, LOOKUP_ORDER))
+            found = await contact_rows.lookup(s, identity, LOOKUP_ORDER)
+            if identity.contact_id is not None and found.by_contact_id is None:
+                found = await _follow_merge(s, identity.contact_id, found)
+            route = route_event(identity, found)
             now = repo.now_ms()
-            event = ApiEvent(event_id=command.event_id, type=command.type, data=command.data, occurred_at=now,
+            event = ApiEvent(event_id=command.event_id, type=command.type, data=command.data,
+                             occurred_at=command.occurred_ms if command.occurred_ms is not None else now,
                              received_at=now, expires_at=now + self.hold_ms)
             if route.contact_id is None:
                 assert route.hold is not None
@@ -85,6 +89,15 @@ class EventService:
             if event.held_key is not None or command.keyed:
                 await held_events.record(s, event)
             return outcome
+
+
+async def _follow_merge(s: AsyncSession, contact_id: int, found: Lookup) -> Lookup:
+    """A contactId of a contact merged into another names the survivor: a backend that stored the old id
+    keeps reaching the person (the merge moved its timeline there too)."""
+    winner = await repo.resolve_merged(s, contact_id)
+    if winner is None or winner.id == contact_id:
+        return found
+    return replace(found, by_contact_id=contact_rows.candidate(winner))
 
 
 async def _resent(s: AsyncSession, event_id: str, held_key: str | None, contact_id: int | None) -> EventOutcome:

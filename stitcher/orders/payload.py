@@ -17,6 +17,7 @@ from typing import Any
 from stitcher import jsonbody
 from stitcher.domain.errors import InvalidIdentifier, ValidationFailed
 from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser
+from stitcher.domain.instants import BadInstant, read_instant
 from stitcher.domain.orders import OrderCommand, OrderStatus
 
 MAX_ORDERS = 1000
@@ -24,7 +25,6 @@ MAX_ITEMS = 1000
 MAX_ERRORS = 20  # refused places named per order (and outside the orders)
 _ORDER_PLACE = re.compile(r"orders\[(\d+)\]")
 MAX_AMOUNT = Decimal(10) ** 15
-MIN_YEAR, MAX_YEAR = 1970, 2200
 # free text the platform names, with the longest value each may hold (characters)
 _TEXT = {"statusDescription": 1024, "storeId": 256, "deliveryMethod": 256, "paymentMethod": 256,
          "deliveryAddress": 1024, "source": 256, "restoreUrl": 2048}
@@ -213,25 +213,11 @@ class _OrderReader:
 
     def _date(self, value: Any) -> int | None:
         """ISO 8601 (``2017-05-14T10:11:10.7022176+03:00``; without an offset it is UTC) → Unix ms."""
-        message = "must be an ISO 8601 date and time, e.g. 2017-05-14T10:11:10+03:00"
-        if not isinstance(value, str) or len(value) > 64:
-            self.bad("date", message)
-            return None
         try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            self.bad("date", message)
+            return read_instant(value)
+        except BadInstant as exc:
+            self.bad("date", str(exc))
             return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        try:
-            year = parsed.astimezone(UTC).year
-        except OverflowError:  # 0001-01-01T00:00+14:00, 9999-12-31T23:59-14:00: the UTC instant fits no datetime
-            year = MIN_YEAR - 1
-        if not MIN_YEAR <= year <= MAX_YEAR:
-            self.bad("date", f"must be between the years {MIN_YEAR} and {MAX_YEAR}")
-            return None
-        return int(parsed.timestamp() * 1000)
 
     def _number(self, value: Any, where: str, *, required: bool) -> int | float | None:
         """A non-negative amount or count, as a JSON number or a decimal string (``"19.99"``)."""

@@ -20,7 +20,9 @@ from stitcher.domain.rules import Candidate, decide_order_owner
 from stitcher.store import audit, bulk, held_events, identity_keys, repo
 from stitcher.store import orders as store
 from stitcher.store.db import Contention, Database
-from stitcher.store.models import Contact, Order
+from stitcher.store.models import Order
+from stitcher.store.multirow import insert_returning_ids
+from stitcher.store.tables import CONTACTS, ORDERS
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class OrderService:
     async def _create_contacts(self, s: Any, new: list[OrderCommand], now: int,
                                request_id: str | None) -> list[int]:
         """The buyers no contact matched: created with the order's names and identifiers, in one statement."""
-        ids = await store.insert_many(self.db, s, Contact, [
+        ids = await insert_returning_ids(self.db, s, CONTACTS, [
             {"external_customer_id": o.identity.external_id, "first_name": o.first_name, "last_name": o.last_name,
              "created_at": now, "updated_at": now} for o in new])
         await bulk.add_identifiers(self.db, s, [(cid, kind, value, None) for cid, o in zip(ids, new, strict=True)
@@ -124,7 +126,7 @@ class OrderService:
                             plans: dict[str, OrderPlan], now: int) -> dict[str, int]:
         """Insert the new orders and rewrite the changed ones; the order id of every external order id."""
         created = [ext for ext, p in plans.items() if p.outcome is OrderOutcome.CREATED]
-        ids = await store.insert_many(self.db, s, Order, [
+        ids = await insert_returning_ids(self.db, s, ORDERS, [
             {"external_order_id": ext, "contact_id": owners[ext], "status": plans[ext].final.status.value,
              "ordered_at": plans[ext].final.ordered_at, "data": dict(plans[ext].final.data),
              "created_at": now, "updated_at": now} for ext in created])

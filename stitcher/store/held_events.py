@@ -19,7 +19,10 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser
+from stitcher.domain.rules import read_key_value
 from stitcher.stitch import insert_timeline
+from stitcher.store import identity_keys
 from stitcher.store.db import Database
 from stitcher.store.models import ApiEvent, Contact
 from stitcher.store.repo import now_ms, resolve_merged
@@ -27,6 +30,8 @@ from stitcher.store.repo import now_ms, resolve_merged
 # the kinds of key an event can be held under; a web push token claims what a push token left (held as mobilepush)
 HOLDABLE = ("ext:", "email:", "sms:", "mobilepush:")
 _WEBPUSH = "webpush:"
+_HELD_KINDS = {"email": IdentifierKind.EMAIL, "sms": IdentifierKind.SMS, "mobilepush": IdentifierKind.MOBILEPUSH,
+               "webpush": IdentifierKind.MOBILEPUSH}
 
 
 def timeline_row(contact_id: int, event: ApiEvent) -> dict[str, Any]:
@@ -120,13 +125,32 @@ class HeldPage:
     next: int | None  # the ``after`` of the next page, None on the last
 
 
-async def held(session: AsyncSession, *, limit: int, after: int = 0) -> HeldPage:
-    """Held events, oldest first, keyset-paginated by row id (for operators)."""
-    rows = list((await session.execute(
-        select(ApiEvent).where(col(ApiEvent.held_key).is_not(None), col(ApiEvent.id) > after)
-        .order_by(col(ApiEvent.id)).limit(limit + 1))).scalars())
+def held_key(identifier: str, normaliser: Normaliser, field: str = "identifier") -> str:
+    """The key events for this identifier are held under, for an operator's search: a key as the held list
+    shows it (``ext:C-1``, ``email:…``, ``sms:…``, ``mobilepush:…``; ``webpush:`` is read as ``mobilepush:``),
+    else the identifier read by its shape like an event's ``keyValue`` (email, phone, else external ID).
+    A malformed value raises ``ValidationFailed`` naming ``field``."""
+    prefix, colon, value = identifier.partition(":")
+    kind = _HELD_KINDS.get(prefix.strip().lower()) if colon else None
+    if kind is None and not (colon and prefix.strip().lower() == "ext"):
+        identity = read_key_value(identifier, normaliser, field)
+    elif kind is None:
+        identity = Identity(external_id=normaliser.external_id(value, field))
+    else:
+        identity = Identity(channels=((kind, normaliser.channel(kind, value, field)),))
+    return identity_keys.of_request(identity, ())[0]
+
+
+async def held(session: AsyncSession, *, limit: int, after: int = 0, key: str | None = None) -> HeldPage:
+    """Held events, oldest first, keyset-paginated by row id (for operators); only those held under ``key``
+    when it is given (``held_key``)."""
+    query = select(ApiEvent).where(col(ApiEvent.held_key).is_not(None), col(ApiEvent.id) > after)
+    if key is not None:
+        query = query.where(col(ApiEvent.held_key) == key)
+    rows = list((await session.execute(query.order_by(col(ApiEvent.id)).limit(limit + 1))).scalars())
     more = len(rows) > limit
     rows = rows[:limit]
-    events = [{"id": r.event_id, "eventTypeKey": r.type, "heldUnder": r.held_key, "occurredAt": r.occurred_at,
-               "receivedAt": r.received_at, "expiresAt": r.expires_at, **(r.data or {})} for r in rows]
+    events = [{"id": r.event_id, "row": r.id, "eventTypeKey": r.type, "heldUnder": r.held_key,
+               "occurredAt": r.occurred_at, "receivedAt": r.received_at, "expiresAt": r.expires_at,
+               **(r.data or {})} for r in rows]
     return HeldPage(events, rows[-1].id if more and rows else None)

@@ -58,7 +58,7 @@ class Identifier(SQLModel, table=True):
     contact_id: int = _fk("contacts.id", index=False)
     kind: str = Field(max_length=16)
     value: str = Field(max_length=1024)
-    device: str | None = Field(default=None, max_length=256)
+    device: str | None = Field(default=None, max_length=4096)  # payload.MAX_DEVICE
     created_at: int = _ms()
 
 

@@ -1,5 +1,6 @@
 """Many rows into one table in one statement: ``unnest`` over one array per column on PostgreSQL, a Core
-executemany on SQLite. The import's rows, its results and every transaction's identity-log rows go this way."""
+executemany on SQLite. The import's rows, its results and every transaction's identity-log rows go this way;
+rows whose new ids the caller needs (orders, the contacts orders create) go through ``insert_returning_ids``."""
 
 from __future__ import annotations
 
@@ -68,3 +69,25 @@ def _pg_insert(table: Table, columns: tuple[str, ...], ignore: tuple[str, ...]) 
     if ignore:
         sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
     return text(sql)
+
+
+async def insert_returning_ids(db: Database, session: AsyncSession, table: Table,
+                               rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Insert rows of a table with an autoincrement ``id`` in one or two multi-row statements; their ids, in
+    the order of ``rows``.
+
+    PostgreSQL returns the ids of a multi-row INSERT in parameter order. SQLite cannot promise an order for
+    RETURNING (SQLAlchemy then falls back to one INSERT a row), so there the first row is inserted alone and
+    the others are given the ids that follow it: its write lock, taken by that first insert, keeps every
+    other writer out until the commit, and AUTOINCREMENT never hands out an id at or below one it gave.
+    """
+    if not rows:
+        return []
+    if db.dialect == "postgresql":
+        result = await session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows))
+        return [int(i) for i in result.scalars()]
+    first = int((await session.execute(insert(table).returning(table.c.id), [rows[0]])).scalar_one())
+    ids = list(range(first, first + len(rows)))
+    if len(rows) > 1:
+        await session.execute(insert(table), [{**row, "id": i} for row, i in zip(rows[1:], ids[1:], strict=True)])
+    return ids

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Text, and_, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import Text, and_, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -96,29 +96,6 @@ async def lock_contacts(s: AsyncSession, ids: Iterable[int]) -> dict[int, Contac
     rows = await s.execute(select(Contact).where(col(Contact.id).in_(wanted)).order_by(col(Contact.id))
                            .with_for_update().execution_options(populate_existing=True))
     return {c.id: c for c in rows.scalars() if c.id is not None}
-
-
-async def insert_many(db: Database, s: AsyncSession, model: type[Contact] | type[Order],
-                      rows: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Insert rows of a table with an autoincrement id in one or two multi-row statements; their ids, in the
-    order of ``rows``.
-
-    PostgreSQL returns the ids of a multi-row INSERT in parameter order. SQLite cannot promise an order for
-    RETURNING (SQLAlchemy then falls back to one INSERT a row), so there the first row is inserted alone and
-    the others are given the ids that follow it: its write lock, taken by that first insert, keeps every
-    other writer out until the commit, and AUTOINCREMENT never hands out an id at or below one it gave.
-    """
-    if not rows:
-        return []
-    table: Any = getattr(model, "__table__", model)
-    if db.dialect == "postgresql":
-        result = await s.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), list(rows))
-        return [int(i) for i in result.scalars()]
-    first = int((await s.execute(insert(table).returning(table.c.id), [rows[0]])).scalar_one())
-    ids = list(range(first, first + len(rows)))
-    if len(rows) > 1:
-        await s.execute(insert(table), [{**row, "id": i} for row, i in zip(rows[1:], ids[1:], strict=True)])
-    return ids
 
 
 async def update_orders(s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:

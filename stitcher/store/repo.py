@@ -78,6 +78,14 @@ async def groups_of(session: AsyncSession, contact_id: int) -> list[Group]:
     )).scalars())
 
 
+async def group_names(session: AsyncSession, ids: Sequence[int]) -> dict[int, str]:
+    """The names of the groups among these ids (those that exist)."""
+    if not ids:
+        return {}
+    rows = await session.execute(select(col(Group.id), col(Group.name)).where(col(Group.id).in_(list(ids))))
+    return {gid: name for gid, name in rows if gid is not None}
+
+
 async def ensure_groups(db: Database, session: AsyncSession, names: Sequence[str]) -> list[int]:
     """Ids of the named static groups, creating the missing ones (concurrent creators are harmless)."""
     if not names:

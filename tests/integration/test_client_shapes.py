@@ -29,6 +29,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import select
 
 from tests.conftest import API_KEY
 
@@ -151,12 +152,40 @@ async def test_groups_and_channels_as_a_single_object(client: Any) -> None:
     assert [g["name"] for g in contact["groups"]] == ["Solo"]
 
 
-async def test_group_object_without_a_name_is_ignored_not_refused(client: Any) -> None:
-    """A group given only by id cannot be found by name: it is named under ``ignored``; the rest lands."""
-    status, body = await send(client, "POST", "/api/v1/contact/", {
-        "externalCustomerId": "G-1", "groups": [{"id": 5}, "Real"]})
+async def test_a_group_object_with_only_an_id_joins_that_group_or_is_ignored_not_refused(client: Any) -> None:
+    """``{"id": n}`` without a name joins the group with that id (add/update, PUT and subscribe, top-level
+    groups too); an id no group has, or no usable id, is named under ``ignored`` and the rest lands."""
+    status, body = await send(client, "POST", "/api/v1/contact/", {"externalCustomerId": "G-0",
+                                                                   "groups": ["Real", "Other"]})
     assert status == 200, body
-    assert body["ignored"] == [{"field": "groups[0].name", "reason": "missing (groups are found by name)"}]
+    real, other = [g["id"] for g in (await send(client, "GET", f"/api/v1/contact/{body['id']}"))[1]["groups"]]
+    status, body = await send(client, "POST", "/api/v1/contact/", {
+        "externalCustomerId": "G-1", "groups": [{"id": real}, {"id": 987654}, {"id": "x"}, {"type": "Static"}]})
+    assert status == 200, body
+    assert body["ignored"] == [{"field": "groups[2].id", "reason": "not a group id"},
+                               {"field": "groups[3].name", "reason": "missing"},
+                               {"field": "groups[1].id", "reason": "no group has this id"}]
+    contact = (await send(client, "GET", f"/api/v1/contact/{body['id']}"))[1]
+    assert contact["groups"] == [{"id": real, "name": "Real"}]
+    status, put = await send(client, "PUT", f"/api/v1/contact/{body['id']}/", {"groups": {"id": str(other)}})
+    assert status == 200 and put["ignored"] == [], put
+    assert [g["name"] for g in (await send(client, "GET", f"/api/v1/contact/{body['id']}"))[1]["groups"]] == \
+        ["Real", "Other"]
+    status, sub = await send(client, "POST", "/api/v1/contact/subscribe/", {
+        "contact": {"channels": [{"type": "email", "value": "gid@example.com"}], "groups": [{"id": other}]},
+        "groups": [{"id": real}, {"id": 2**62}, "Named"]})
+    assert status == 200, sub
+    assert sub["groups"] == ["Other", "Named", "Real"]
+    assert sub["ignored"] == [{"field": "groups[1].id", "reason": "no group has this id"}]
+    assert await groups_count(client) == 3  # an unknown id creates no group
+
+
+async def groups_count(client: Any) -> int:
+    from stitcher.http_input import DB
+    from stitcher.store.models import Group
+
+    async with client.app[DB].reader() as s:
+        return len((await s.execute(select(Group))).all())
 
 
 async def test_php_client_subscribe_with_group_names_fields_and_dedupe_on(client: Any) -> None:
@@ -197,12 +226,28 @@ async def test_mobile_token_with_a_device_object_is_kept_and_shown(client: Any) 
     assert contact["channels"][0] == {"type": "mobilepush", "value": "8900-7654-6456-9876-0011", "device": device}
 
 
-async def test_a_device_too_large_to_keep_is_ignored_not_refused(client: Any) -> None:
-    """A device object larger than its column is named under ``ignored``; the token itself is stored."""
+async def test_a_device_is_kept_whole_up_to_4_kib_and_a_larger_one_is_ignored_not_refused(client: Any) -> None:
+    """A device (object or string) is stored whole up to 4096 characters, 4-byte ones too; a larger one is
+    named under ``ignored`` and the token itself is still stored."""
+    big = {"note": "😀" * 4080}  # 4,091 characters of JSON, 16 KiB of UTF-8
     status, body = await send(client, "POST", "/api/v1/contact/", {"channels": [
-        {"type": "webpush", "value": "wp-token-1", "device": {"note": "x" * 300}}]})
+        {"type": "webpush", "value": "wp-token-1", "device": big},
+        {"type": "mobilepush", "value": "mp-token-1", "device": "d" * 4096}]})
+    assert status == 200 and body["ignored"] == [], body
+    status, contact = await send(client, "GET", f"/api/v1/contact/{body['id']}")
+    assert [c.get("device") for c in contact["channels"]] == [big, "d" * 4096]
+    status, body = await send(client, "POST", "/api/v1/contact/", {"channels": [
+        {"type": "webpush", "value": "wp-token-2", "device": {"note": "x" * 4090}},
+        {"type": "mobilepush", "value": "mp-token-2", "device": "d" * 4097},
+        {"type": "mobilepush", "value": "mp-token-3", "device": ["a"]}]})
     assert status == 200, body
-    assert body["ignored"] == [{"field": "channels[0].device", "reason": "longer than 256 characters as JSON"}]
+    assert body["ignored"] == [
+        {"field": "channels[0].device", "reason": "longer than 4096 characters as JSON"},
+        {"field": "channels[1].device", "reason": "longer than 4096 characters"},
+        {"field": "channels[2].device", "reason": "neither a string nor an object"}]
+    status, contact = await send(client, "GET", f"/api/v1/contact/{body['id']}")
+    assert [c["value"] for c in contact["channels"]] == ["wp-token-2", "mp-token-2", "mp-token-3"]
+    assert all("device" not in c for c in contact["channels"])
 
 
 async def test_viber_and_telegram_are_stored_and_shown_but_find_no_one(client: Any) -> None:
@@ -254,7 +299,7 @@ async def test_account_info_and_version_check_a_key(client: Any) -> None:
     for path in ("/api/v1/version", "/api/v1/version/"):
         status, version = await send(client, "GET", path)
         assert status == 200 and set(version) == {"version", "protocolVersion"}
-        assert version["version"] and version["protocolVersion"] == "1"
+        assert version["version"] and version["protocolVersion"] == "1.0"  # both strings, as on the platform
     status, err = await send(client, "GET", "/api/v1/account/info/", headers={**WOO, "Authorization": basic("", "x")})
     assert status == 401 and err["status"] == 401 and err["error"] == "unauthorized"
 
@@ -395,3 +440,30 @@ async def test_events_and_import_as_platform_clients_send_them(client: Any) -> N
     contact_id = report["mapping"][0]["contactId"]
     status, events = await send(client, "GET", f"/api/v1/contact/{contact_id}/events/")
     assert [e["type"] for e in events["events"]] == ["cartUpdated"]
+
+
+async def test_hostile_group_ids_devices_and_held_queries_never_answer_500(client: Any) -> None:
+    """Wrong types, huge numbers, nesting and NUL in the new shapes: a 200 with ``ignored`` or a 4xx with a
+    JSON body naming the place, never a 500."""
+    junk: list[Any] = [None, True, -1, 0, 1.5, 2**63 - 1, "", " ", "12\u0000", "٣", "1e3", [], [1], {}, {"id": 1},
+                       "x" * 5000, [[[[[[1]]]]]]]
+    for value in junk:
+        for body in ({"externalCustomerId": "H-1", "groups": [{"id": value}]},
+                     {"externalCustomerId": "H-1", "groups": {"id": value, "name": value}},
+                     {"externalCustomerId": "H-1",
+                      "channels": [{"type": "mobilepush", "value": "t", "device": value}]}):
+            status, answer = await send(client, "POST", "/api/v1/contact/", body)
+            assert status in (200, 400) and isinstance(answer, dict), (body, answer)
+            if status == 400:
+                assert answer["status"] == 400 and answer["errors"], answer
+        status, answer = await send(client, "POST", "/api/v1/contact/subscribe", {
+            "contact": {"channels": [{"type": "email", "value": "h@example.com"}]}, "groups": [{"id": value}]})
+        assert status in (200, 400) and isinstance(answer, dict), answer
+        status, answer = await send(client, "POST", "/api/v2/event", {
+            "eventTypeKey": "t", "keyValue": "h@example.com", "occurred": value})
+        assert status in (200, 400) and isinstance(answer, dict), (value, answer)
+    for identifier in ("\u0000", "email:", "ext:", "ext:" + "x" * 300, "mobilepush:" + "😀" * 300, "sms:abc",
+                       ":", "webpush:", "%", "x" * 60_000):
+        r = await client.get("/api/v1/events/held", params={"identifier": identifier}, headers=WOO)
+        assert r.status in (200, 400), (identifier, r.status)
+        assert isinstance(await r.json(), dict)

@@ -313,3 +313,132 @@ async def test_an_event_follows_its_contact_through_a_merge(client: Any) -> None
     later = await post(client, event(phone="+380679998877"))
     assert later["contactId"] == by_email
     assert await timeline_ids(client, by_email) == [first["id"], later["id"]]
+
+
+async def test_a_contact_id_of_a_merged_contact_puts_the_event_on_the_survivor(client: Any) -> None:
+    """A backend holding an id that a merge retired still reaches the person: the event joins the survivor."""
+    survivor = await add(client, channels=email("s@example.com"))
+    loser = await add(client, channels=[{"type": "sms", "value": "+380679998866"}])
+    status, merged = await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "S-1", "channels": [
+        {"type": "email", "value": "s@example.com"}, {"type": "sms", "value": "+380679998866"}]})
+    assert status == 200 and merged["mergedContactIds"] == [loser]
+    answer = await post(client, event(contactId=str(loser), total="5"))
+    assert answer["status"] == "stored" and answer["contactId"] == survivor
+    assert answer["id"] in await timeline_ids(client, survivor)
+    # a merged contact said where it went before, and still does on GET
+    status, gone = await call(client, "GET", f"/api/v1/contact/{loser}")
+    assert status == 404 and gone["mergedInto"] == survivor
+
+
+async def test_a_contact_id_of_an_erased_survivor_is_still_a_404(client: Any, database_url: str) -> None:
+    """Following a merge never invents a contact: when the survivor was erased, the old id is a 404."""
+    survivor = await add(client, channels=email("e@example.com"))
+    loser = await add(client, channels=[{"type": "sms", "value": "+380679998855"}])
+    await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "E-1", "channels": [
+        {"type": "email", "value": "e@example.com"}, {"type": "sms", "value": "+380679998855"}]})
+    status, _ = await call(client, "DELETE", f"/api/v1/contact/{survivor}", params={"erase": "true"})
+    assert status in (200, 204)
+    status, body = await call(client, "POST", "/api/v2/event", event(contactId=loser))
+    assert status == 404 and body["status"] == 404, body
+    assert await rows(database_url, "api_events") == 0
+
+
+async def test_occurred_sets_the_events_time_on_the_timeline_and_in_the_hold(client: Any) -> None:
+    """``occurred`` (ISO 8601, a date, or epoch seconds) is the event's time; without it, its receipt."""
+    cid = await add(client, channels=email("t@example.com"))
+    for when, ms in (("2020-05-14T10:11:00+03:00", 1589440260000), ("2020-05-14T10:11", 1589451060000),
+                     ("2020-05-14", 1589414400000), (1589440260, 1589440260000), (1589440260.5, 1589440260500)):
+        answer = await post(client, {**event(email="t@example.com"), "occurred": when})
+        entry = next(e for e in await timeline(client, cid) if e["id"] == answer["id"])
+        assert entry["time"] == ms and entry["receivedAt"] > ms, (when, entry)
+    plain = await post(client, event(email="t@example.com"))
+    entry = next(e for e in await timeline(client, cid) if e["id"] == plain["id"])
+    assert entry["time"] == entry["receivedAt"]
+    # the timeline is oldest first by that time; a held event keeps it and takes it along when attached
+    held_one = await post(client, {**event(email="later@example.com"), "occurred": "2019-01-01T00:00:00Z"})
+    [waiting] = (await held(client))["events"]
+    assert waiting["occurredAt"] == 1546300800000
+    newcomer = await add(client, channels=email("later@example.com"))
+    [attached] = await timeline(client, newcomer)
+    assert attached["id"] == held_one["id"] and attached["time"] == 1546300800000
+
+
+@pytest.mark.parametrize("when", [
+    "yesterday", "2020-13-01", "", " ", 0.5e300, -1, True, [], {"at": 1}, "9999-01-01", "1969-12-31T23:00:00Z",
+    "0001-01-01T00:00+14:00", 1589440260000, "x" * 65, "2020-05-14\u0000", float("2e18"),
+])
+async def test_a_bad_occurred_is_a_400_naming_it(client: Any, database_url: str, when: Any) -> None:
+    """A time that is no ISO 8601 or epoch seconds, before 1970 or in a far year (milliseconds too) → 400."""
+    await add(client, channels=email("bad@example.com"))
+    status, body = await call(client, "POST", "/api/v2/event", {**event(email="bad@example.com"), "occurred": when})
+    assert status == 400, body
+    assert "occurred" in [e["field"] for e in body["errors"]] or body["errors"][0]["field"].startswith("occurred")
+    assert await rows(database_url, "timeline") == 0
+
+
+async def test_an_occurred_in_the_future_past_the_clock_skew_is_a_400(client: Any, database_url: str) -> None:
+    """A few minutes ahead is a sender's clock; an hour ahead is a mistake: 400 naming ``occurred``."""
+    import time
+
+    await add(client, channels=email("f@example.com"))
+    soon = await post(client, {**event(email="f@example.com"), "occurred": time.time() + 60})
+    assert soon["status"] == "stored"
+    status, body = await call(client, "POST", "/api/v2/event",
+                              {**event(email="f@example.com"), "occurred": time.time() + 3600})
+    assert status == 400 and body["errors"] == [{"field": "occurred", "message": "must not be in the future"}]
+
+
+async def test_held_events_of_one_person_by_identifier(client: Any) -> None:
+    """``?identifier=`` takes an email, phone, external ID or a ``heldUnder`` key; a bad one is a 400."""
+    by_email = await post(client, event(email="Who@Example.com"))
+    by_phone = await post(client, event(phone="+380671110000"))
+    by_ext = await post(client, event(externalCustomerId="shop:77"))
+    by_token = await post(client, event(pushToken="tok-1"))
+    for identifier, wanted in (("who@example.com", by_email), ("email:WHO@example.com", by_email),
+                               ("+380 67 111 00 00", by_phone), ("sms:+380671110000", by_phone),
+                               ("shop:77", by_ext), ("ext:shop:77", by_ext), ("mobilepush:tok-1", by_token),
+                               ("webpush:tok-1", by_token)):
+        page = await held(client, identifier=identifier)
+        assert [e["id"] for e in page["events"]] == [wanted["id"]], identifier
+    assert (await held(client, identifier="nobody@example.com"))["events"] == []
+    for bad in ("", "email:nope", "+12", "x" * 300, "a\u0000b"):
+        status, body = await call(client, "GET", "/api/v1/events/held", params={"identifier": bad})
+        assert status == 400 and body["status"] == 400, (bad, body)
+
+
+async def run_cli(database_url: str, *args: str) -> tuple[int, str, str]:
+    import os
+    import sys
+
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_JSON": "1"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "stitcher.cli", "held-events", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_held_events_cli_lists_json_lines_and_expires(client: Any, database_url: str) -> None:
+    """``stitcher held-events`` prints one JSON object a line (``--identifier``, ``--limit``, ``--after``);
+    ``stitcher held-events expire`` deletes those past their time, as the worker's sweeper does."""
+    import json
+
+    ids = [(await post(client, event(email=f"cli{i}@example.com")))["id"] for i in range(3)]
+    code, out, _ = await run_cli(database_url)
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [e["id"] for e in listed] == ids and listed[0]["heldUnder"] == "email:cli0@example.com"
+    code, out, _ = await run_cli(database_url, "--limit", "1", "--after", str(listed[0]["row"]))
+    assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == ids[1:2]
+    code, out, _ = await run_cli(database_url, "--identifier", "CLI2@example.com")
+    assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == ids[2:]
+    code, out, err = await run_cli(database_url, "--identifier", "email:not-an-email")
+    assert code == 2 and out == "" and "--identifier" in err
+    code, _, err = await run_cli(database_url, "--limit", "-3")
+    assert code == 2 and "--limit" in err
+    engine = create_async_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE api_events SET expires_at = 1 WHERE event_id = :e"), {"e": ids[0]})
+    await engine.dispose()
+    code, out, _ = await run_cli(database_url, "expire")
+    assert code == 0 and json.loads(out) == {"expired": 1}
+    assert [e["id"] for e in (await held(client))["events"]] == ids[1:]

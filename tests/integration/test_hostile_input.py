@@ -380,11 +380,11 @@ async def test_client_shapes_taken_apart_are_a_400_or_ignored_never_a_500(client
     status, answer = await call(client, "POST", "/api/v1/contact/", {"externalCustomerId": x, "channels": [
         {"type": "telegram", "value": 123456789},
         {"type": "mobilepush", "value": "tok", "device": [1, 2]},
-        {"type": "webpush", "value": "wp", "device": {"k": "\U0001F600" * 300}}]})
+        {"type": "webpush", "value": "wp", "device": {"k": "\U0001F600" * 4100}}]})
     assert status == 200, answer
     assert answer["ignored"] == [
         {"field": "channels[1].device", "reason": "neither a string nor an object"},
-        {"field": "channels[2].device", "reason": "longer than 256 characters as JSON"}]
+        {"field": "channels[2].device", "reason": "longer than 4096 characters as JSON"}]
     status, contact = await call(client, "GET", f"/api/v1/contact/{answer['id']}")
     assert {"type": "telegram", "value": "123456789"} in contact["channels"]
 

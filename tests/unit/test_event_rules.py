@@ -87,6 +87,14 @@ def test_contact_id_outranks_everything() -> None:
     assert (route.contact_id, route.found_by) == (1, "contactId")
 
 
+def test_a_merged_contact_id_routes_to_the_contact_it_was_merged_into() -> None:
+    """The store puts the survivor of a merge in ``by_contact_id``; the event goes there, before any other
+    identifier, and says it was found by contactId."""
+    found = Lookup(by_contact_id=contact(5, "S-1"), by_channel={(EMAIL, "a"): (contact(3),)})
+    route = route_event(Identity(contact_id=4, channels=((EMAIL, "a"),)), found)
+    assert (route.contact_id, route.found_by) == (5, "contactId")
+
+
 def test_unknown_contact_id_falls_through_to_the_next_identifier() -> None:
     found = Lookup(by_external_id=contact(2, "X"))
     assert route_event(Identity(contact_id=9, external_id="X"), found).contact_id == 2

@@ -26,13 +26,23 @@ def test_contact_groups_in_every_shape(groups: Any, names: tuple[str, ...]) -> N
     assert parse_contact({**EXT, "groups": groups}, N).groups == names
 
 
-def test_a_group_without_a_usable_name_is_ignored_and_named() -> None:
-    """Groups are found by name: a name-less object or a blank name is listed, not refused."""
-    command = parse_contact({**EXT, "groups": [{"id": 4}, " ", "Kept"]}, N, prefix="contact.")
+def test_a_group_without_a_usable_name_is_taken_by_its_id_or_ignored_and_named() -> None:
+    """An object without a usable name is taken by its id (resolved later, ``group_refs``); one without a
+    usable id either, or a blank name, is listed, not refused."""
+    command = parse_contact({**EXT, "groups": [{"id": 4}, " ", "Kept", {"id": "12", "name": ""}, {"type": "x"},
+                                               {"id": 0}, {"id": "x"}, {"id": True}, {"id": [1]}, {"id": 4},
+                                               {"id": 2**70}]}, N, prefix="contact.")
     assert command.groups == ("Kept",)
+    assert command.group_ids == ((4, "contact.groups[0].id"), (12, "contact.groups[3].id"),
+                                 (4, "contact.groups[9].id"))
     assert command.ignored == (
-        {"field": "contact.groups[0].name", "reason": "missing (groups are found by name)"},
         {"field": "contact.groups[1]", "reason": "blank"},
+        {"field": "contact.groups[4].name", "reason": "missing"},
+        {"field": "contact.groups[5].id", "reason": "not a group id"},
+        {"field": "contact.groups[6].id", "reason": "not a group id"},
+        {"field": "contact.groups[7].id", "reason": "not a group id"},
+        {"field": "contact.groups[8].id", "reason": "not a group id"},
+        {"field": "contact.groups[10].id", "reason": "not a group id"},
     )
 
 
@@ -80,5 +90,5 @@ def test_subscribe_takes_group_objects_and_reports_what_it_ignored() -> None:
     """Subscribe's top-level groups take the contact's shapes; what either ignored is on the contact."""
     sub = parse_subscribe({"contact": {**EXT, "groups": {"name": "Inner"}, "addressBookId": 1, "contactKey": "k"},
                            "groups": [{"name": "Outer"}, {"id": 9}], "dedupeOn": "email", "fields": []}, N)
-    assert sub.contact.groups == ("Inner",) and sub.groups == ("Outer",)
-    assert sub.contact.ignored == ({"field": "groups[1].name", "reason": "missing (groups are found by name)"},)
+    assert sub.contact.groups == ("Inner",) and sub.groups == ("Outer",) and sub.group_ids == ((9, "groups[1].id"),)
+    assert sub.contact.ignored == ()
