@@ -130,8 +130,9 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, pars
         rows = [row for _, _, row in parsed.good]
         found = await bulk.find(s, [r.identity.external_id for r in rows if r.identity.external_id is not None],
                                 {k for r in rows for k in r.keys})
-        locked = await bulk.lock_contacts(s, found.ids())
-        if len(locked) != len(found.ids()) or any(merged for _, merged in locked.values()):
+        wanted = found.ids()
+        locked = await bulk.lock_contacts(s, wanted)
+        if len(locked) != len(wanted) or any(merged for _, merged in locked.values()):
             raise StaleCandidates(import_id)
         lookup = ImportLookup({e: locked[i][0] for e, i in found.by_external_id.items()},
                               {k: tuple(locked[i][0] for i in ids) for k, ids in found.by_key.items()})
@@ -167,9 +168,11 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
             continue
         assert decision.target is not None
         t = targets.setdefault(decision.target, _Target())
-        is_new = decision.target < 0
-        allowed = None if is_new else request.contact_fields
-        t.attrs.update({k: v for k, v in command.profile.items() if allowed is None or k in allowed})
+        allowed = None if decision.target < 0 else request.contact_fields
+        if allowed is None:
+            t.attrs.update(command.profile)
+        else:
+            t.attrs.update({k: v for k, v in command.profile.items() if k in allowed})
         ext = decision.set_external_id
         if decision.action is Action.CREATE:
             t.audit.append(("created", {"externalCustomerId": ext, "source": "import"}))
@@ -208,11 +211,9 @@ async def _own_groups(db: Database, s: AsyncSession, targets: Iterable[_Target])
 async def _record(db: Database, s: AsyncSession, import_id: str, parsed: Parsed,
                   decisions: Sequence[RowDecision], real: Mapping[int, int], now: int) -> None:
     """The chunk's per-row results and the import's progress, in the chunk's transaction."""
-    results: list[dict[str, Any]] = [{"idx": i, "contact_id": None, "action": "failed", "error": error}
-                                     for i, error in parsed.bad]
+    results: list[tuple[int, int | None, str, str | None]] = [(i, None, "failed", error) for i, error in parsed.bad]
     for (index, _, _), d in zip(parsed.good, decisions, strict=True):
         target = real.get(d.target, d.target) if d.target is not None else None
-        results.append({"idx": index, "contact_id": target, "action": d.action.value if d.action else "failed",
-                        "error": d.reason})
-    counts = Counter(r["action"] for r in results)
+        results.append((index, target, d.action.value if d.action else "failed", d.reason))
+    counts = Counter(action for _, _, action, _ in results)
     await import_sessions.record_chunk(db, s, import_id, parsed.end, results, counts, now)

@@ -11,12 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.store.db import Database
 from stitcher.store.models import ImportRow, ImportSession
-from stitcher.store.multirow import insert_many
+from stitcher.store.multirow import insert_rows
 
 IMPORTS: Table = ImportSession.__table__  # type: ignore[attr-defined]
 ROWS: Table = ImportRow.__table__  # type: ignore[attr-defined]
 RUNNING = ("STARTED", "IMPORTING")
 COUNTERS = ("created", "updated", "restored", "skipped", "failed")
+_ROW_COLUMNS = ("import_id", "idx", "contact_id", "action", "error")
 
 
 async def create(s: AsyncSession, import_id: str, total: int, request: Mapping[str, Any], request_id: str | None,
@@ -46,11 +47,12 @@ async def next_row(s: AsyncSession, import_id: str) -> int | None:
     return int(row.next_row) if row.status in RUNNING else None
 
 
-async def record_chunk(db: Database, s: AsyncSession, import_id: str, end: int, results: Sequence[Mapping[str, Any]],
-                       counts: Mapping[str, int], now: int) -> None:
-    """A chunk's per-row results (``idx``, ``contact_id``, ``action``, ``error``), its counts added to the
-    import's, and the import's progress moved to ``end``."""
-    await insert_many(db, s, ROWS, [{"import_id": import_id, **r} for r in results])
+async def record_chunk(db: Database, s: AsyncSession, import_id: str, end: int,
+                       results: Sequence[tuple[int, int | None, str, str | None]], counts: Mapping[str, int],
+                       now: int) -> None:
+    """A chunk's per-row results (index, contact id, action, error), its counts added to the import's, and the
+    import's progress moved to ``end``."""
+    await insert_rows(db, s, ROWS, _ROW_COLUMNS, [(import_id, *r) for r in results])
     await s.execute(update(IMPORTS).where(IMPORTS.c.id == import_id).values(
         next_row=end, status="IMPORTING", updated_at=now,
         **{name: getattr(IMPORTS.c, name) + counts.get(name, 0) for name in COUNTERS}))
