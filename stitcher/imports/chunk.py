@@ -34,19 +34,17 @@ class StaleCandidates(Exception):
 
 @dataclass
 class Parsed:
-    """Rows ``[start, end)`` after parsing: the good ones (index, command, row) and the bad ones (index, error)."""
+    """Rows ``[start, end)`` after parsing: the good ones (index, command, row, the identity keys it touches —
+    worked out where it is parsed, in the parser process when there is one) and the bad ones (index, error)."""
 
     start: int
     end: int
-    good: list[tuple[int, ContactCommand, ImportRow]] = field(default_factory=list)
+    good: list[tuple[int, ContactCommand, ImportRow, frozenset[str]]] = field(default_factory=list)
     bad: list[tuple[int, str]] = field(default_factory=list)
 
     def lock_keys(self, import_id: str) -> set[str]:
         """Every identity key the chunk touches, and the import's own key (one runner per chunk)."""
-        keys = {f"import:{import_id}"}
-        for _, command, row in self.good:
-            keys.update(_row_keys(command, row))
-        return keys
+        return {f"import:{import_id}"}.union(*(keys for *_, keys in self.good))
 
     def split(self, max_keys: int) -> list[Parsed]:
         """Consecutive parts, each locking at most ``max_keys`` identity keys (a row with more is a part of
@@ -55,9 +53,9 @@ class Parsed:
         parts = [Parsed(self.start, self.start)]
         keys = 0
         bad = dict(self.bad)
-        good = {index: (index, command, row) for index, command, row in self.good}
+        good = {g[0]: g for g in self.good}
         for index in range(self.start, self.end):
-            n = len(_row_keys(good[index][1], good[index][2])) if index in good else 0
+            n = len(good[index][3]) if index in good else 0
             if keys + n > max_keys and keys:
                 parts.append(Parsed(index, index))
                 keys = 0
@@ -69,10 +67,6 @@ class Parsed:
             else:
                 part.bad.append((index, bad[index]))
         return parts
-
-
-def _row_keys(command: ContactCommand, row: ImportRow) -> set[str]:
-    return {*identity_keys.of_request(command.identity, ()), *row.keys}
 
 
 def parse_rows(request: ImportRequest, start: int, end: int, normaliser: Normaliser) -> Parsed:
@@ -93,7 +87,8 @@ def parse_slice(contacts: Sequence[Any], start: int, dedupe_on: DedupeOn, field_
             out.bad.append((index, exc.message))
             continue
         keys = dedupe_keys(dedupe_on, command.identity, field_id, field_value)
-        out.good.append((index, command, ImportRow(command.identity, keys)))
+        out.good.append((index, command, ImportRow(command.identity, keys),
+                         frozenset((*identity_keys.of_request(command.identity, ()), *keys))))
     return out
 
 
@@ -127,7 +122,7 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, pars
         await db.lock_keys(s, parsed.lock_keys(import_id))
         if await import_sessions.next_row(s, import_id) != parsed.start:
             return False
-        rows = [row for _, _, row in parsed.good]
+        rows = [row for _, _, row, _ in parsed.good]
         found = await bulk.find(s, [r.identity.external_id for r in rows if r.identity.external_id is not None],
                                 {k for r in rows for k in r.keys})
         wanted = found.ids()
@@ -163,7 +158,7 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
     """Fold the rows' decisions into what to write on each contact, rows in order (a later row wins field by
     field); ``request.contact_fields`` limits the attributes written on contacts that existed before."""
     targets: dict[int, _Target] = {}
-    for (_, command, _row), decision in zip(parsed.good, decisions, strict=True):
+    for (_, command, _, _), decision in zip(parsed.good, decisions, strict=True):
         if decision.action not in (Action.CREATE, Action.UPDATE, Action.RESTORE):
             continue
         assert decision.target is not None
@@ -212,7 +207,7 @@ async def _record(db: Database, s: AsyncSession, import_id: str, parsed: Parsed,
                   decisions: Sequence[RowDecision], real: Mapping[int, int], now: int) -> None:
     """The chunk's per-row results and the import's progress, in the chunk's transaction."""
     results: list[tuple[int, int | None, str, str | None]] = [(i, None, "failed", error) for i, error in parsed.bad]
-    for (index, _, _), d in zip(parsed.good, decisions, strict=True):
+    for (index, *_), d in zip(parsed.good, decisions, strict=True):
         target = real.get(d.target, d.target) if d.target is not None else None
         results.append((index, target, d.action.value if d.action else "failed", d.reason))
     counts = Counter(action for _, _, action, _ in results)

@@ -32,7 +32,6 @@ from stitcher.store.multirow import insert_many, insert_rows, pg_arrays, pg_unne
 from stitcher.store.tables import CONTACTS, IDENTIFIERS, MEMBERS, by_column, one_of, pg_one_of
 
 _PROFILE_COLUMNS = ("first_name", "last_name", "language_code", "address", "fields")
-_NEW_CONTACT_COLUMNS = ("id", "external_customer_id", "created_at", "updated_at", *_PROFILE_COLUMNS)
 _CHANNEL_KINDS = {k.value for k in IdentifierKind}
 
 
@@ -130,9 +129,9 @@ async def insert_contacts(db: Database, session: AsyncSession,
     ids = [r[0] for r in await pg_direct.fetch(
         session, "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) FROM generate_series(1, $1)", len(contacts))]
     profiles = [by_column(profile) for _, profile in contacts]
-    await insert_rows(db, session, CONTACTS, _NEW_CONTACT_COLUMNS, [
-        (i, ext, now, now, *(p.get(c) for c in _PROFILE_COLUMNS))
-        for i, (ext, _), p in zip(ids, contacts, profiles, strict=True)])
+    given = [c for c in _PROFILE_COLUMNS if any(c in p for p in profiles)]  # the others stay NULL
+    await insert_rows(db, session, CONTACTS, ("id", "external_customer_id", "created_at", "updated_at", *given), [
+        (i, ext, now, now, *[p.get(c) for c in given]) for i, (ext, _), p in zip(ids, contacts, profiles, strict=True)])
     return ids
 
 

@@ -71,7 +71,7 @@ async def of_person(s: AsyncSession, contact_id: int) -> tuple[list[int], set[st
 
 def of_request(identity: Identity, visitors: Sequence[str]) -> list[str]:
     """The keys of the identifiers and visitors one request names."""
-    keys = [f"{k.value}:{v}" for k, v in identity.channels] + [visitor(v) for v in visitors]
+    keys = [f"{k}:{v}" for k, v in identity.channels] + [visitor(v) for v in visitors]  # a StrEnum formats as its value
     if identity.external_id is not None:
         keys.append(f"ext:{identity.external_id}")
     if identity.contact_id is not None:

@@ -74,10 +74,14 @@ async def insert_rows(db: Database, session: AsyncSession, table: Table, columns
     if db.dialect != "postgresql":
         await session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    json = {i for i, c in enumerate(columns) if _pg_type(table, c) == "jsonb"}
+    json = [i for i, c in enumerate(columns) if _pg_type(table, c) == "jsonb"]
     if json:
-        rows = [tuple(orjson.dumps(v).decode() if i in json and v is not None else v for i, v in enumerate(row))
-                for row in rows]
+        encoded = [list(row) for row in rows]
+        for row in encoded:
+            for i in json:
+                if row[i] is not None:
+                    row[i] = orjson.dumps(row[i]).decode()
+        rows = [tuple(row) for row in encoded]
     await pg_direct.copy(session, table.name, columns, rows)
 
 
