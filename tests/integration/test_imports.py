@@ -475,7 +475,7 @@ async def test_rows_with_many_identifiers_fit_the_lock_table(client: Any) -> Non
 async def test_a_chunk_splits_by_lock_keys_in_row_order() -> None:
     """A parsed chunk splits into consecutive parts of at most the key budget, bad rows kept in place."""
     from stitcher.app import normaliser
-    from stitcher.imports.chunk import parse_rows
+    from stitcher.imports.parse import parse_rows
     from stitcher.imports.request import parse_import
     from tracker.settings import Settings
 
