@@ -67,7 +67,10 @@ async def end(s: AsyncSession, import_id: str, status: str, description: str, no
 
 async def report(s: AsyncSession, import_id: str) -> tuple[Any, list[Any]] | None:
     """An import and its per-row results in row order; None if there is no such import."""
-    imp = (await s.execute(select(IMPORTS).where(IMPORTS.c.id == import_id))).one_or_none()
+    # every column but the request (up to 3,000 rows of JSON, kept until the import ends): a status poll
+    # must not read it
+    imp = (await s.execute(select(*(c for c in IMPORTS.c if c.name != "request"))
+                           .where(IMPORTS.c.id == import_id))).one_or_none()
     if imp is None:
         return None
     rows = (await s.execute(select(ROWS.c.idx, ROWS.c.contact_id, ROWS.c.action, ROWS.c.error)
