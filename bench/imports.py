@@ -87,6 +87,19 @@ async def _copy(url: str, contacts: list[tuple[Any, ...]], emails: list[str]) ->
         await conn.close()
 
 
+def _postgres_cpu(database: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving ``database`` (by pid, from /proc; the server runs
+    on this machine): a backend's CPU is the import's too."""
+    out: dict[int, float] = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f" {database} ".encode() in cmdline.read_bytes():
+                out[int(cmdline.parent.name)] = cpu_seconds(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return out
+
+
 def _descendants(pid: int) -> list[int]:
     """The processes started by ``pid`` and theirs (the import's parser process), from /proc."""
     parents: dict[int, list[int]] = {}
@@ -104,10 +117,10 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-async def _import(base_url: str, bodies: list[bytes], service_pid: int) -> dict[str, Any]:
+async def _import(base_url: str, bodies: list[bytes], service_pid: int, database: str) -> dict[str, Any]:
     headers = {"Content-Type": "application/json",
                "Authorization": aiohttp.BasicAuth("bench", API_KEY).encode()}
-    cpu0 = cpu_seconds(service_pid)
+    cpu0, pg0 = cpu_seconds(service_pid), _postgres_cpu(database)
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http:
         ids = []
@@ -134,12 +147,15 @@ async def _import(base_url: str, bodies: list[bytes], service_pid: int) -> dict[
     elapsed = time.perf_counter() - started
     # the parser process (started by the first import) is still running: its CPU is the import's too
     parser_cpu = sum(cpu_seconds(child) for child in _descendants(service_pid))
+    pg_cpu = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in _postgres_cpu(database).items())
     totals = {k: sum(r[k] for r in reports.values()) for k in ("created", "updated", "restored", "skipped")}
     totals["failed"] = sum(len(r["failedContacts"]) for r in reports.values())
     totals["errors"] = sum(r["status"] == "ERROR" for r in reports.values())
     return {"elapsed_s": round(elapsed, 2), "accepted_s": round(accepted, 2),
             "contacts_per_s": round(ROWS / elapsed), "service_cpu_s": round(cpu_seconds(service_pid) - cpu0, 2),
-            "parser_cpu_s": round(parser_cpu, 2),
+            "parser_cpu_s": round(parser_cpu, 2), "postgres_cpu_s": round(pg_cpu, 2),
+            "cpu_us_per_row": {"service": round((cpu_seconds(service_pid) - cpu0) / ROWS * 1e6),
+                               "parser": round(parser_cpu / ROWS * 1e6), "postgres": round(pg_cpu / ROWS * 1e6)},
             **totals}
 
 
@@ -252,7 +268,7 @@ def main() -> dict[str, Any]:
             _, redis_url = start_redis(children, tmp)
             service, base_url = start_service(children, tmp, "postgresql", url, redis_url)
             say(f"   importing {ROWS:,} rows in {len(bodies)} requests ...")
-            results["import"] = asyncio.run(_import(base_url, bodies, service.pid))
+            results["import"] = asyncio.run(_import(base_url, bodies, service.pid, name))
         raw_rows = [(f"R{i}" if i % 4 == 1 else None, f"Raw{i}") for i in range(ROWS)]
         raw_s = asyncio.run(_copy(url, raw_rows, [f"raw{i}@example.com" for i in range(ROWS)]))
         results["raw"] = {"elapsed_s": round(raw_s, 2), "contacts_per_s": round(ROWS / raw_s)}
@@ -266,8 +282,10 @@ def main() -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     imp = results["import"]
     results["pass"] = imp["contacts_per_s"] >= TARGET_RATE and results["ratio"] >= TARGET_RATIO and not imp["errors"]
+    per_row = ", ".join(f"{k} {v}" for k, v in imp["cpu_us_per_row"].items())
     say(f"   import: {imp['contacts_per_s']:,} contacts/s ({imp['elapsed_s']} s; answered in {imp['accepted_s']} s; "
-         f"service CPU {imp['service_cpu_s']} s, its parser process {imp['parser_cpu_s']} s); "
+         f"service CPU {imp['service_cpu_s']} s, its parser process {imp['parser_cpu_s']} s, PostgreSQL "
+         f"{imp['postgres_cpu_s']} s; CPU µs a row: {per_row}); "
          f"created {imp['created']:,}, updated {imp['updated']:,}, "
          f"failed {imp['failed']}, errors {imp['errors']}")
     say(f"   raw COPY: {results['raw']['contacts_per_s']:,} contacts/s ({results['raw']['elapsed_s']} s)")

@@ -8,7 +8,7 @@ rule of SPEC §1/§3 and of the DESIGN merge policy lives here and nowhere else.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -429,9 +429,9 @@ def plan_import(rows: Sequence[ImportRow], found: ImportLookup, *, dedupe_on: De
         matches = {key: [contacts[cid] for cid in by_key.get(key, ())] for key in row.keys}
         holder = contacts[by_ext[row.identity.external_id]] if row.identity.external_id in by_ext else None
         decision = _import_row(row, holder, matches, dedupe_on, restore_deleted)
-        if decision.action is Action.CREATE:
+        if decision.action is Action.CREATE:  # a CREATE names nothing but its external ID
             created += 1
-            decision = replace(decision, target=-created)
+            decision = RowDecision(Action.CREATE, -created, decision.set_external_id)
         decisions.append(decision)
         if decision.action not in (Action.CREATE, Action.UPDATE, Action.RESTORE):
             continue

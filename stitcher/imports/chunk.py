@@ -15,12 +15,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stitcher.domain.commands import ContactCommand
-from stitcher.domain.errors import ValidationFailed
-from stitcher.domain.identifiers import IdentifierKind, Normaliser
-from stitcher.domain.rules import Action, DedupeOn, ImportLookup, ImportRow, RowDecision, dedupe_keys, plan_import
+from stitcher.domain.identifiers import IdentifierKind
+from stitcher.domain.rules import Action, ImportLookup, RowDecision, plan_import
+from stitcher.imports.parse import Parsed
 from stitcher.imports.request import ImportRequest
-from stitcher.payload import parse_contact
 from stitcher.store import audit, bulk, held_events, identity_keys, import_sessions, repo
 from stitcher.store.db import Database
 from stitcher.store.repo import now_ms
@@ -30,82 +28,6 @@ GROUPS_PER_STATEMENT = 500  # group names per lookup (SQLite binds each; rows ma
 
 class StaleCandidates(Exception):
     """A contact the chunk found was merged or erased before its row lock was taken: run the chunk again."""
-
-
-@dataclass
-class Parsed:
-    """Rows ``[start, end)`` after parsing: the good ones (index, command, row) and the bad ones (index, error)."""
-
-    start: int
-    end: int
-    good: list[tuple[int, ContactCommand, ImportRow]] = field(default_factory=list)
-    bad: list[tuple[int, str]] = field(default_factory=list)
-
-    def lock_keys(self, import_id: str) -> set[str]:
-        """Every identity key the chunk touches, and the import's own key (one runner per chunk)."""
-        keys = {f"import:{import_id}"}
-        for _, command, row in self.good:
-            keys.update(_row_keys(command, row))
-        return keys
-
-    def split(self, max_keys: int) -> list[Parsed]:
-        """Consecutive parts, each locking at most ``max_keys`` identity keys (a row with more is a part of
-        its own): PostgreSQL keeps every lock of every transaction in one shared table of fixed size
-        (``max_locks_per_transaction`` times connections, 6,400 by default)."""
-        parts = [Parsed(self.start, self.start)]
-        keys = 0
-        bad = dict(self.bad)
-        good = {index: (index, command, row) for index, command, row in self.good}
-        for index in range(self.start, self.end):
-            n = len(_row_keys(good[index][1], good[index][2])) if index in good else 0
-            if keys + n > max_keys and keys:
-                parts.append(Parsed(index, index))
-                keys = 0
-            part = parts[-1]
-            part.end = index + 1
-            keys += n
-            if index in good:
-                part.good.append(good[index])
-            else:
-                part.bad.append((index, bad[index]))
-        return parts
-
-
-def _row_keys(command: ContactCommand, row: ImportRow) -> set[str]:
-    return {*identity_keys.of_request(command.identity, ()), *row.keys}
-
-
-def parse_rows(request: ImportRequest, start: int, end: int, normaliser: Normaliser) -> Parsed:
-    """Parse rows ``[start, end)`` with the contact API's own parser; a bad row is kept with its error."""
-    return parse_slice(request.contacts[start:end], start, request.dedupe_on, request.field_id, normaliser)
-
-
-def parse_slice(contacts: Sequence[Any], start: int, dedupe_on: DedupeOn, field_id: str | None,
-                normaliser: Normaliser) -> Parsed:
-    """``parse_rows`` of the rows given, the first being row ``start``: what a parser process is sent (the
-    chunk's rows, not the whole request)."""
-    out = Parsed(start, start + len(contacts))
-    for index, raw in enumerate(contacts, start):
-        try:
-            command = parse_contact(raw, normaliser)
-            field_value = _field_value(raw, field_id) if dedupe_on is DedupeOn.FIELD else None
-        except ValidationFailed as exc:
-            out.bad.append((index, exc.message))
-            continue
-        keys = dedupe_keys(dedupe_on, command.identity, field_id, field_value)
-        out.good.append((index, command, ImportRow(command.identity, keys)))
-    return out
-
-
-def _field_value(raw: Mapping[str, Any], field_id: str | None) -> str | None:
-    for item in raw.get("fields") or ():
-        if str(item.get("id")) == field_id:
-            value = item.get("value")
-            if isinstance(value, bool) or not isinstance(value, str | int):
-                raise ValidationFailed([{"field": "fields", "message": f"field {field_id} must be text or an "
-                                                                        "integer to dedupe on"}])
-            return str(value)
-    return None
 
 
 @dataclass
@@ -127,11 +49,12 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, pars
         await db.lock_keys(s, parsed.lock_keys(import_id))
         if await import_sessions.next_row(s, import_id) != parsed.start:
             return False
-        rows = [row for _, _, row in parsed.good]
+        rows = [row for _, _, row, _ in parsed.good]
         found = await bulk.find(s, [r.identity.external_id for r in rows if r.identity.external_id is not None],
                                 {k for r in rows for k in r.keys})
-        locked = await bulk.lock_contacts(s, found.ids())
-        if len(locked) != len(found.ids()) or any(merged for _, merged in locked.values()):
+        wanted = found.ids()
+        locked = await bulk.lock_contacts(s, wanted)
+        if len(locked) != len(wanted) or any(merged for _, merged in locked.values()):
             raise StaleCandidates(import_id)
         lookup = ImportLookup({e: locked[i][0] for e, i in found.by_external_id.items()},
                               {k: tuple(locked[i][0] for i in ids) for k, ids in found.by_key.items()})
@@ -162,14 +85,16 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
     """Fold the rows' decisions into what to write on each contact, rows in order (a later row wins field by
     field); ``request.contact_fields`` limits the attributes written on contacts that existed before."""
     targets: dict[int, _Target] = {}
-    for (_, command, _row), decision in zip(parsed.good, decisions, strict=True):
+    for (_, command, _, _), decision in zip(parsed.good, decisions, strict=True):
         if decision.action not in (Action.CREATE, Action.UPDATE, Action.RESTORE):
             continue
         assert decision.target is not None
         t = targets.setdefault(decision.target, _Target())
-        is_new = decision.target < 0
-        allowed = None if is_new else request.contact_fields
-        t.attrs.update({k: v for k, v in command.profile.items() if allowed is None or k in allowed})
+        allowed = None if decision.target < 0 else request.contact_fields
+        if allowed is None:
+            t.attrs.update(command.profile)
+        else:
+            t.attrs.update({k: v for k, v in command.profile.items() if k in allowed})
         ext = decision.set_external_id
         if decision.action is Action.CREATE:
             t.audit.append(("created", {"externalCustomerId": ext, "source": "import"}))
@@ -208,11 +133,9 @@ async def _own_groups(db: Database, s: AsyncSession, targets: Iterable[_Target])
 async def _record(db: Database, s: AsyncSession, import_id: str, parsed: Parsed,
                   decisions: Sequence[RowDecision], real: Mapping[int, int], now: int) -> None:
     """The chunk's per-row results and the import's progress, in the chunk's transaction."""
-    results: list[dict[str, Any]] = [{"idx": i, "contact_id": None, "action": "failed", "error": error}
-                                     for i, error in parsed.bad]
-    for (index, _, _), d in zip(parsed.good, decisions, strict=True):
+    results: list[tuple[int, int | None, str, str | None]] = [(i, None, "failed", error) for i, error in parsed.bad]
+    for (index, *_), d in zip(parsed.good, decisions, strict=True):
         target = real.get(d.target, d.target) if d.target is not None else None
-        results.append({"idx": index, "contact_id": target, "action": d.action.value if d.action else "failed",
-                        "error": d.reason})
-    counts = Counter(r["action"] for r in results)
+        results.append((index, target, d.action.value if d.action else "failed", d.reason))
+    counts = Counter(action for _, _, action, _ in results)
     await import_sessions.record_chunk(db, s, import_id, parsed.end, results, counts, now)

@@ -23,7 +23,8 @@ from sqlalchemy.exc import IntegrityError
 
 from stitcher.domain.errors import ImportNotFound, ImportsBusy
 from stitcher.domain.identifiers import Normaliser
-from stitcher.imports.chunk import Parsed, StaleCandidates, apply_chunk, parse_rows, parse_slice
+from stitcher.imports.chunk import StaleCandidates, apply_chunk
+from stitcher.imports.parse import Parsed, parse_rows, parse_slice
 from stitcher.imports.request import ImportRequest
 from stitcher.store import import_sessions, repo
 from stitcher.store.db import Database

@@ -22,7 +22,7 @@ from stitcher.store import orders as store
 from stitcher.store.db import Contention, Database
 from stitcher.store.models import Order
 from stitcher.store.multirow import insert_returning_ids
-from stitcher.store.tables import CONTACTS, ORDERS
+from stitcher.store.tables import ORDERS
 
 
 @dataclass(frozen=True)
@@ -108,9 +108,8 @@ class OrderService:
     async def _create_contacts(self, s: Any, new: list[OrderCommand], now: int,
                                request_id: str | None) -> list[int]:
         """The buyers no contact matched: created with the order's names and identifiers, in one statement."""
-        ids = await insert_returning_ids(self.db, s, CONTACTS, [
-            {"external_customer_id": o.identity.external_id, "first_name": o.first_name, "last_name": o.last_name,
-             "created_at": now, "updated_at": now} for o in new])
+        ids = await bulk.insert_contacts(self.db, s, [
+            (o.identity.external_id, {"first_name": o.first_name, "last_name": o.last_name}) for o in new], now)
         await bulk.add_identifiers(self.db, s, [(cid, kind, value, None) for cid, o in zip(ids, new, strict=True)
                                                 for kind, value in o.identity.channels], repo.now_ms())
         audit.record_all(s, [

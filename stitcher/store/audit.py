@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stitcher.store.multirow import insert_many
+from stitcher.store.multirow import insert_rows
 from stitcher.store.tables import AUDIT
 
 if TYPE_CHECKING:  # the Database calls ``write`` from its transactions
     from stitcher.store.db import Database
 
 _PENDING = "stitcher.audit"  # the session.info key of the rows waiting for the commit
+_COLUMNS = ("contact_id", "action", "detail", "at", "request_id")
 
 
 def record(session: AsyncSession, contact_id: int, action: str, request_id: str | None, **detail: Any) -> None:
@@ -30,11 +31,10 @@ def record_all(session: AsyncSession, entries: Iterable[tuple[int, str, dict[str
                request_id: str | None, at: int | None = None) -> None:
     """Log identity changes given as (contact id, action, detail), at ``at`` (ms; default now)."""
     when = int(time.time() * 1000) if at is None else at
-    session.info.setdefault(_PENDING, []).extend(
-        {"contact_id": c, "action": a, "detail": d, "at": when, "request_id": request_id} for c, a, d in entries)
+    session.info.setdefault(_PENDING, []).extend((c, a, d, when, request_id) for c, a, d in entries)
 
 
 async def write(db: Database, session: AsyncSession) -> None:
     """Insert the rows recorded in this session so far (the transaction calls it before its commit)."""
     if rows := session.info.pop(_PENDING, None):
-        await insert_many(db, session, AUDIT, rows)
+        await insert_rows(db, session, AUDIT, _COLUMNS, rows)

@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import (
     and_,
     bindparam,
-    insert,
     or_,
     select,
     text,
@@ -26,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.domain.rules import Candidate
-from stitcher.store import contact_rows
+from stitcher.store import contact_rows, pg_direct
 from stitcher.store.db import Database
-from stitcher.store.multirow import insert_many, pg_arrays, pg_unnest, pg_value
+from stitcher.store.multirow import insert_many, insert_returning_ids, insert_rows, pg_arrays, pg_unnest, pg_value
 from stitcher.store.tables import CONTACTS, IDENTIFIERS, MEMBERS, by_column, one_of, pg_one_of
 
 _PROFILE_COLUMNS = ("first_name", "last_name", "language_code", "address", "fields")
@@ -120,16 +119,17 @@ async def insert_contacts(db: Database, session: AsyncSession,
     """Insert contacts given as (external ID, profile attributes); their ids, in the given order."""
     if not contacts:
         return []
-    rows = [{**dict.fromkeys(_PROFILE_COLUMNS), **by_column(profile), "external_customer_id": ext,
-             "created_at": now, "updated_at": now} for ext, profile in contacts]
     if db.dialect != "postgresql":
-        result = await session.execute(insert(CONTACTS).returning(CONTACTS.c.id, sort_by_parameter_order=True), rows)
-        return [int(i) for i in result.scalars()]
+        rows = [{**dict.fromkeys(_PROFILE_COLUMNS), **by_column(profile), "external_customer_id": ext,
+                 "created_at": now, "updated_at": now} for ext, profile in contacts]
+        return await insert_returning_ids(db, session, CONTACTS, rows)
     # ids drawn from the sequence first, so each row's id is known without relying on RETURNING's order
-    ids = [int(i) for i in (await session.execute(text(
-        "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) FROM generate_series(1, :n)"),
-        {"n": len(rows)})).scalars()]
-    await insert_many(db, session, CONTACTS, [{"id": i, **row} for i, row in zip(ids, rows, strict=True)])
+    ids = [r[0] for r in await pg_direct.fetch(
+        session, "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) FROM generate_series(1, $1)", len(contacts))]
+    profiles = [by_column(profile) for _, profile in contacts]
+    given = [c for c in _PROFILE_COLUMNS if any(c in p for p in profiles)]  # the others stay NULL
+    await insert_rows(db, session, CONTACTS, ("id", "external_customer_id", "created_at", "updated_at", *given), [
+        (i, ext, now, now, *[p.get(c) for c in given]) for i, (ext, _), p in zip(ids, contacts, profiles, strict=True)])
     return ids
 
 
@@ -144,11 +144,10 @@ async def update_contacts(db: Database, session: AsyncSession, changes: Mapping[
     for names, rows in by_columns.items():
         if db.dialect == "postgresql":
             columns = ["id", *names]
-            sets = ", ".join(["updated_at = :now", *(f"{c} = {pg_value(CONTACTS, c, i + 1)}"
-                                                     for i, c in enumerate(names))])
-            await session.execute(text(f"UPDATE contacts SET {sets} FROM {pg_unnest(CONTACTS, columns)} "
-                                       "WHERE contacts.id = u.c0"),
-                                  {"now": now, **pg_arrays(CONTACTS, columns, rows)})
+            sets = ", ".join(["updated_at = $1", *(f"{c} = {pg_value(CONTACTS, c, i + 1)}"
+                                                   for i, c in enumerate(names))])
+            await pg_direct.execute(session, f"UPDATE contacts SET {sets} FROM {pg_unnest(CONTACTS, columns, 2)} "
+                                    "WHERE contacts.id = u.c0", now, *pg_arrays(CONTACTS, columns, rows))
             continue
         statement = (update(CONTACTS).where(CONTACTS.c.id == bindparam("b_id"))
                      .values({"updated_at": bindparam("b_updated_at"), **{c: bindparam(f"b_{c}") for c in names}}))

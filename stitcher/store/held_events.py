@@ -26,6 +26,7 @@ from stitcher.store import identity_keys
 from stitcher.store.db import Database
 from stitcher.store.models import ApiEvent, Contact
 from stitcher.store.repo import now_ms, resolve_merged
+from stitcher.store.tables import one_of, pg_one_of
 
 # the kinds of key an event can be held under; a web push token claims what a push token left (held as mobilepush)
 HOLDABLE = ("ext:", "email:", "sms:", "mobilepush:")
@@ -86,9 +87,12 @@ async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[i
     if not contact_of:
         return 0
     # FOR UPDATE re-checks the condition after waiting: a row another writer attached meanwhile drops out
+    # the keys bound as one array on PostgreSQL: a chunk of an import brings a thousand or more
+    one = pg_one_of if db.dialect == "postgresql" else one_of
     held = list((await session.execute(
-        select(ApiEvent).where(col(ApiEvent.held_key).in_(list(contact_of)))
-        .order_by(col(ApiEvent.id)).with_for_update().execution_options(populate_existing=True))).scalars())
+        select(ApiEvent).where(one(col(ApiEvent.held_key), "keys"))
+        .order_by(col(ApiEvent.id)).with_for_update().execution_options(populate_existing=True),
+        {"keys": list(contact_of)})).scalars())
     if not held:
         return 0
     rows = []

@@ -4,7 +4,8 @@ A request reaches a person through its contactId (``id:``), external ID (``ext:`
 (``email:…``, ``sms:…``, ``mobilepush:…``, ``webpush:…``) and visitors (``vid:…``); an order writer also
 locks its orders (``order:…``). Every writer locks the keys of what it touches in one batch before any
 contact row; one that finds it needs more keys than it locked raises ``NeedKeys`` and runs again with them
-in its first batch.
+in its first batch. How a request's keys are spelt is ``stitcher.domain.keys`` (pure: the import's parser
+process spells them without loading the store).
 """
 
 from __future__ import annotations
@@ -15,18 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from stitcher.domain.identifiers import Identity
+from stitcher.domain.keys import of_request, order, visitor
 from stitcher.store.models import Contact, Identifier, VisitorLink
 
-
-def visitor(vid: str) -> str:
-    """The key of one visitor (a stitch, the worker and a merge of its contact serialise on it)."""
-    return f"vid:{vid}"
-
-
-def order(external_order_id: str) -> str:
-    """The key of one order: two requests posting the same order serialise on it."""
-    return f"order:{external_order_id}"
+__all__ = ["NeedKeys", "of_contacts", "of_person", "of_request", "order", "require", "visitor"]
 
 
 class NeedKeys(Exception):
@@ -67,13 +60,3 @@ async def of_person(s: AsyncSession, contact_id: int) -> tuple[list[int], set[st
         ids += merged
         frontier = merged
     return ids, await of_contacts(s, ids)
-
-
-def of_request(identity: Identity, visitors: Sequence[str]) -> list[str]:
-    """The keys of the identifiers and visitors one request names."""
-    keys = [f"{k.value}:{v}" for k, v in identity.channels] + [visitor(v) for v in visitors]
-    if identity.external_id is not None:
-        keys.append(f"ext:{identity.external_id}")
-    if identity.contact_id is not None:
-        keys.append(f"id:{identity.contact_id}")
-    return keys

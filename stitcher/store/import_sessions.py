@@ -11,12 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.store.db import Database
 from stitcher.store.models import ImportRow, ImportSession
-from stitcher.store.multirow import insert_many
+from stitcher.store.multirow import insert_rows
 
 IMPORTS: Table = ImportSession.__table__  # type: ignore[attr-defined]
 ROWS: Table = ImportRow.__table__  # type: ignore[attr-defined]
 RUNNING = ("STARTED", "IMPORTING")
 COUNTERS = ("created", "updated", "restored", "skipped", "failed")
+_ROW_COLUMNS = ("import_id", "idx", "contact_id", "action", "error")
 
 
 async def create(s: AsyncSession, import_id: str, total: int, request: Mapping[str, Any], request_id: str | None,
@@ -46,11 +47,12 @@ async def next_row(s: AsyncSession, import_id: str) -> int | None:
     return int(row.next_row) if row.status in RUNNING else None
 
 
-async def record_chunk(db: Database, s: AsyncSession, import_id: str, end: int, results: Sequence[Mapping[str, Any]],
-                       counts: Mapping[str, int], now: int) -> None:
-    """A chunk's per-row results (``idx``, ``contact_id``, ``action``, ``error``), its counts added to the
-    import's, and the import's progress moved to ``end``."""
-    await insert_many(db, s, ROWS, [{"import_id": import_id, **r} for r in results])
+async def record_chunk(db: Database, s: AsyncSession, import_id: str, end: int,
+                       results: Sequence[tuple[int, int | None, str, str | None]], counts: Mapping[str, int],
+                       now: int) -> None:
+    """A chunk's per-row results (index, contact id, action, error), its counts added to the import's, and the
+    import's progress moved to ``end``."""
+    await insert_rows(db, s, ROWS, _ROW_COLUMNS, [(import_id, *r) for r in results])
     await s.execute(update(IMPORTS).where(IMPORTS.c.id == import_id).values(
         next_row=end, status="IMPORTING", updated_at=now,
         **{name: getattr(IMPORTS.c, name) + counts.get(name, 0) for name in COUNTERS}))
@@ -65,7 +67,10 @@ async def end(s: AsyncSession, import_id: str, status: str, description: str, no
 
 async def report(s: AsyncSession, import_id: str) -> tuple[Any, list[Any]] | None:
     """An import and its per-row results in row order; None if there is no such import."""
-    imp = (await s.execute(select(IMPORTS).where(IMPORTS.c.id == import_id))).one_or_none()
+    # every column but the request (up to 3,000 rows of JSON, kept until the import ends): a status poll
+    # must not read it
+    imp = (await s.execute(select(*(c for c in IMPORTS.c if c.name != "request"))
+                           .where(IMPORTS.c.id == import_id))).one_or_none()
     if imp is None:
         return None
     rows = (await s.execute(select(ROWS.c.idx, ROWS.c.contact_id, ROWS.c.action, ROWS.c.error)

@@ -1,6 +1,7 @@
-"""Many rows into one table in one statement: ``unnest`` over one array per column on PostgreSQL, a Core
-executemany on SQLite. The import's rows, its results and every transaction's identity-log rows go this way;
-rows whose new ids the caller needs (orders, the contacts orders create) go through ``insert_returning_ids``."""
+"""Many rows into one table in one statement: a binary ``COPY`` (or ``unnest`` over one array per column, to
+skip conflicts) on PostgreSQL, a Core executemany on SQLite. The import's rows, its results and every
+transaction's identity-log rows go this way; rows whose new ids the caller needs (orders, the contacts orders
+create) go through ``insert_returning_ids``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import JSON, Integer, Table, TextClause, insert, text
+from sqlalchemy import JSON, Integer, Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from stitcher.store import pg_direct
 
 if TYPE_CHECKING:  # the Database writes its transactions' audit rows through this module
     from stitcher.store.db import Database
@@ -24,20 +27,20 @@ def _pg_type(table: Table, column: str) -> str:
     return "bigint" if isinstance(kind, Integer) else "text"  # BigInteger is an Integer
 
 
-def pg_arrays(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """One parameter per column: the column's values of every row (JSON encoded to text)."""
-    params: dict[str, list[Any]] = {}
-    for i, c in enumerate(columns):
+def pg_arrays(table: Table, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """One array per column: the column's values of every row (JSON encoded to text)."""
+    arrays: list[list[Any]] = []
+    for c in columns:
         values = [row[c] for row in rows]
         if _pg_type(table, c) == "jsonb":
             values = [None if v is None else orjson.dumps(v).decode() for v in values]
-        params[f"p{i}"] = values
-    return params
+        arrays.append(values)
+    return arrays
 
 
-def pg_unnest(table: Table, columns: Sequence[str]) -> str:
-    """``unnest(…) AS u(c0, c1, …)`` over one array parameter per column."""
-    arrays = ", ".join(f"CAST(:p{i} AS {'text' if _pg_type(table, c) == 'jsonb' else _pg_type(table, c)}[])"
+def pg_unnest(table: Table, columns: Sequence[str], first: int = 1) -> str:
+    """``unnest($first::…[], …) AS u(c0, c1, …)`` over one array parameter per column."""
+    arrays = ", ".join(f"${first + i}::{'text' if _pg_type(table, c) == 'jsonb' else _pg_type(table, c)}[]"
                        for i, c in enumerate(columns))
     return f"unnest({arrays}) AS u({', '.join(f'c{i}' for i in range(len(columns)))})"
 
@@ -48,27 +51,47 @@ def pg_value(table: Table, column: str, i: int) -> str:
 
 async def insert_many(db: Database, session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]],
                       *, ignore: Sequence[str] | None = None) -> None:
-    """Insert rows (dicts with the same keys) in one statement: ``unnest`` over one array per column on
-    PostgreSQL (one round trip, one plan, no bind-parameter limit), a Core executemany on SQLite.
-    ``ignore`` names the unique columns whose conflicts are skipped (``ON CONFLICT … DO NOTHING``)."""
+    """Insert rows (dicts with the same keys) in one statement: without ``ignore`` as ``insert_rows`` does;
+    with it (the unique columns whose conflicts are skipped, ``ON CONFLICT … DO NOTHING``) an ``unnest``
+    over one array per column on PostgreSQL, sent on the driver connection (``pg_direct``), and a Core
+    executemany on SQLite."""
+    if not rows:
+        return
+    columns = tuple(rows[0])
+    if not ignore:
+        await insert_rows(db, session, table, columns, [tuple(row[c] for c in columns) for row in rows])
+    elif db.dialect != "postgresql":
+        await session.execute(db.insert_ignore(table, ignore), list(rows))
+    else:
+        await pg_direct.execute(session, _pg_insert(table, columns, tuple(ignore)), *pg_arrays(table, columns, rows))
+
+
+async def insert_rows(db: Database, session: AsyncSession, table: Table, columns: Sequence[str],
+                      rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert rows given as tuples of ``columns``' values: a binary ``COPY`` on PostgreSQL (JSON values
+    encoded here), a Core executemany on SQLite."""
     if not rows:
         return
     if db.dialect != "postgresql":
-        statement = db.insert_ignore(table, ignore) if ignore else insert(table)
-        await session.execute(statement, list(rows))
+        await session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    columns = tuple(rows[0])
-    await session.execute(_pg_insert(table, columns, tuple(ignore or ())), pg_arrays(table, columns, rows))
+    json = [i for i, c in enumerate(columns) if _pg_type(table, c) == "jsonb"]
+    if json:
+        encoded = [list(row) for row in rows]
+        for row in encoded:
+            for i in json:
+                if row[i] is not None:
+                    row[i] = orjson.dumps(row[i]).decode()
+        rows = [tuple(row) for row in encoded]
+    await pg_direct.copy(session, table.name, columns, rows)
 
 
 @lru_cache(maxsize=64)
-def _pg_insert(table: Table, columns: tuple[str, ...], ignore: tuple[str, ...]) -> TextClause:
-    """The ``INSERT … SELECT … FROM unnest(…)`` of these columns, built once: a call only binds its arrays."""
+def _pg_insert(table: Table, columns: tuple[str, ...], ignore: tuple[str, ...]) -> str:
+    """The ``INSERT … SELECT … FROM unnest(…) ON CONFLICT … DO NOTHING`` of these columns, built once."""
     values = ", ".join(pg_value(table, c, i) for i, c in enumerate(columns))
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {values} FROM {pg_unnest(table, columns)}"
-    if ignore:
-        sql += f" ON CONFLICT ({', '.join(ignore)}) DO NOTHING"
-    return text(sql)
+    return (f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {values} FROM {pg_unnest(table, columns)} "
+            f"ON CONFLICT ({', '.join(ignore)}) DO NOTHING")
 
 
 async def insert_returning_ids(db: Database, session: AsyncSession, table: Table,

@@ -411,6 +411,55 @@ async def test_a_failing_chunk_ends_the_import_in_error_naming_the_applied_rows(
     assert await sql_scalar(database_url, "SELECT count(*) FROM identifiers") == 100
 
 
+async def test_a_chunk_failing_after_its_bulk_writes_leaves_none_of_its_rows(client: Any, monkeypatch: Any,
+                                                                            database_url: str) -> None:
+    """The second chunk fails after its contacts, identifiers, groups and per-row results were sent (binary
+    COPY and array statements on PostgreSQL): none of them stays, the first chunk's rows are whole."""
+    from stitcher.imports import chunk
+
+    client.app[IMPORTS].chunk_rows = 100
+    original = chunk.import_sessions.record_chunk
+    calls = 0
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await original(*args, **kwargs)
+        if calls == 2:
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(chunk.import_sessions, "record_chunk", failing)
+    report = await run(client, [email(f"e{i}@example.com", firstName=f"E{i}", externalCustomerId=f"X{i}",
+                                      groups=["Own"]) for i in range(250)], groupNames=["Shared"])
+    assert report["status"] == "ERROR"
+    assert report["description"] == "rows 0-99 applied (see mapping); rows 100-249 not applied: RuntimeError"
+    assert [m["index"] for m in report["mapping"]] == list(range(100)) and report["created"] == 100
+    for table, rows in (("contacts", 100), ("identifiers", 100), ("group_members", 200), ("import_rows", 100),
+                        ("identity_log", 100)):
+        assert await sql_scalar(database_url, f"SELECT count(*) FROM {table}") == rows, table
+    landed = await contact(client, report["mapping"][99]["contactId"])
+    assert (landed["firstName"], landed["externalCustomerId"]) == ("E99", "X99")
+
+
+async def test_a_duplicate_row_in_a_bulk_write_is_an_integrity_error_and_writes_nothing(client: Any,
+                                                                                       database_url: str) -> None:
+    """A unique violation inside a bulk write (a ``COPY`` on PostgreSQL) is SQLAlchemy's ``IntegrityError``, which
+    the import's retry expects, and its transaction leaves nothing."""
+    from sqlalchemy.exc import IntegrityError
+
+    from stitcher.store import import_sessions
+    from stitcher.store.multirow import insert_rows
+
+    db = client.app[IMPORTS].db
+    async with db.transaction() as s:
+        await import_sessions.create(s, "0" * 36, 2, {}, None, 0)
+    with pytest.raises(IntegrityError):
+        async with db.transaction() as s:
+            await insert_rows(db, s, import_sessions.ROWS, ("import_id", "idx", "action"),
+                              [("0" * 36, 0, "created"), ("0" * 36, 1, "created"), ("0" * 36, 0, "created")])
+    assert await sql_scalar(database_url, "SELECT count(*) FROM import_rows") == 0
+
+
 async def test_rows_with_many_identifiers_fit_the_lock_table(client: Any) -> None:
     """3000 rows of four identifiers each in one chunk still land: a transaction locks at most a bounded
     number of identity keys (PostgreSQL's shared lock table is 6,400 locks by default)."""
@@ -426,7 +475,7 @@ async def test_rows_with_many_identifiers_fit_the_lock_table(client: Any) -> Non
 async def test_a_chunk_splits_by_lock_keys_in_row_order() -> None:
     """A parsed chunk splits into consecutive parts of at most the key budget, bad rows kept in place."""
     from stitcher.app import normaliser
-    from stitcher.imports.chunk import parse_rows
+    from stitcher.imports.parse import parse_rows
     from stitcher.imports.request import parse_import
     from tracker.settings import Settings
 

@@ -46,3 +46,15 @@ def test_the_domain_imports_nothing_from_the_edge_or_the_store() -> None:
                 assert not name.startswith(("tracker", "aiohttp", "sqlalchemy", "sqlmodel", "redis",
                                             "stitcher.store", "stitcher.api", "stitcher.payload")), \
                     f"{path.name} imports {name}"
+
+
+def test_the_import_parser_process_loads_no_store() -> None:
+    """What the import's parser process runs (``stitcher.imports.parse``) loads neither SQLAlchemy nor the
+    store: a spawned parser starts in a fraction of the service's start-up."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, stitcher.imports.parse; "
+             "print(sorted(m for m in sys.modules if m.startswith(('sqlalchemy', 'sqlmodel', 'stitcher.store'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
