@@ -19,8 +19,10 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     String,
+    Text,
     and_,
     bindparam,
+    cast,
     insert,
     literal_column,
     null,
@@ -30,11 +32,12 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
-from stitcher.store import audit, repo
+from stitcher.store import audit, pg_driver, repo
 from stitcher.store.db import Database
 from stitcher.store.tables import CONTACTS, IDENTIFIERS, LINKS, by_column, one_of, pg_one_of
 
@@ -112,6 +115,28 @@ _PG_CREATE = text("""
 _UPDATE_CONTACT = update(CONTACTS).where(_C.id == bindparam("target_id"))
 _UNLINK = update(LINKS).where(_L.id == bindparam("link_id")).values(unlinked_at=bindparam("at"))
 _LINK = insert(LINKS)
+_PG_LINK = text("INSERT INTO visitor_links (visitor_id, contact_id, linked_at) "
+                "SELECT v, :cid, :now FROM unnest(CAST(:vids AS text[])) AS v")
+
+
+@lru_cache(maxsize=64)
+def _pg_update(columns: tuple[str, ...]) -> Any:
+    """The contact's update setting these columns, JSON ones bound as text (built once per set of columns)."""
+    values = {c: cast(bindparam(c, type_=Text), JSONB) if c in _PG_JSON_COLUMNS else bindparam(c)
+              for c in columns}
+    return update(CONTACTS).where(_C.id == bindparam("target_id", type_=BigInteger)).values(values)
+
+
+class _Row:
+    """An asyncpg record read as SQLAlchemy's rows are (``row.column``)."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return self._record[name]
 
 
 @dataclass(frozen=True)
@@ -146,7 +171,10 @@ async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[Iden
     params: dict[str, Any] = {"cid": identity.contact_id, "ext": identity.external_id}
     for i, (kind, value) in enumerate(wanted):
         params[f"k{i}"], params[f"v{i}"] = kind.value, value
-    rows = await session.execute(_lookup(len(wanted)), params)
+    if (conn := await pg_driver.driver(session)) is not None:
+        rows: Any = [_Row(r) for r in await conn.fetch(_lookup(len(wanted)), params)]
+    else:
+        rows = await session.execute(_lookup(len(wanted)), params)
     by_contact_id = by_external_id = None
     by_channel: dict[tuple[IdentifierKind, str], list[Candidate]] = {pair: [] for pair in wanted}
     for row in rows:
@@ -168,8 +196,12 @@ async def lock_rows(session: AsyncSession, ids: Sequence[int]) -> Sequence[Any]:
 
 async def lock(session: AsyncSession, ids: Sequence[int]) -> dict[int, Locked]:
     """The contacts under their lock (``lock_rows``)."""
+    if (conn := await pg_driver.driver(session)) is not None:
+        rows: Any = [_Row(r) for r in await conn.fetch(_PG.lock, {"ids": list(ids)})]
+    else:
+        rows = await lock_rows(session, ids)
     return {r.id: Locked(r.id, r.external_customer_id, r.deleted_at is not None, r.merged_into_id is not None)
-            for r in await lock_rows(session, ids)}
+            for r in rows}
 
 
 async def create(db: Database, session: AsyncSession, external_id: str | None, profile: Mapping[str, Any],
@@ -192,28 +224,49 @@ async def create(db: Database, session: AsyncSession, external_id: str | None, p
     params.update(ext=external_id, now=now, detail=orjson.dumps(detail).decode(), request_id=request_id,
                   kinds=[k.value for k, _, _ in channels], values=[v for _, v, _ in channels],
                   devices=[d for _, _, d in channels])
-    return int((await session.execute(_PG_CREATE, params)).scalar_one())
+    conn = await pg_driver.driver(session)
+    assert conn is not None
+    return int(await conn.fetchval(_PG_CREATE, params))
 
 
 async def update_contact(session: AsyncSession, contact_id: int, changes: Mapping[str, Any], now: int) -> None:
     """Set profile attributes (and ``external_customer_id``, ``deleted_at`` when given) and ``updated_at``."""
-    await session.execute(_UPDATE_CONTACT, {**by_column(changes), "updated_at": now, "target_id": contact_id})
+    values = {**by_column(changes), "updated_at": now}
+    if (conn := await pg_driver.driver(session)) is None:
+        await session.execute(_UPDATE_CONTACT, {**values, "target_id": contact_id})
+        return
+    for column in _PG_JSON_COLUMNS:  # as SQLAlchemy's JSON type binds it: None is JSON null
+        if column in values:
+            values[column] = orjson.dumps(values[column]).decode()
+    await conn.execute(_pg_update(tuple(values)), {**values, "target_id": contact_id})
 
 
 async def open_links(session: AsyncSession, visitor_ids: Sequence[str]) -> dict[str, OpenLink]:
     """The open link of each of these visitors that has one."""
     if not visitor_ids:
         return {}
-    rows = await session.execute(_for(session).open_links, {"vids": list(visitor_ids)})
+    params = {"vids": list(visitor_ids)}
+    if (conn := await pg_driver.driver(session)) is not None:
+        rows: Any = [_Row(r) for r in await conn.fetch(_PG.open_links, params)]
+    else:
+        rows = await session.execute(_OTHER.open_links, params)
     return {r.visitor_id: OpenLink(r.id, r.visitor_id, r.contact_id, r.stitched_at is not None) for r in rows}
 
 
 async def unlink(session: AsyncSession, link_id: int, now: int) -> None:
-    await session.execute(_UNLINK, {"link_id": link_id, "at": now})
+    params = {"link_id": link_id, "at": now}
+    if (conn := await pg_driver.driver(session)) is not None:
+        await conn.execute(_UNLINK, params)
+    else:
+        await session.execute(_UNLINK, params)
 
 
 async def link(session: AsyncSession, contact_id: int, visitor_ids: Sequence[str], now: int) -> None:
     """Open links from these visitors to the contact (their earlier open links closed before)."""
-    if visitor_ids:
+    if not visitor_ids:
+        return
+    if (conn := await pg_driver.driver(session)) is not None:
+        await conn.execute(_PG_LINK, {"vids": list(visitor_ids), "cid": contact_id, "now": now})
+    else:
         await session.execute(_LINK, [{"visitor_id": v, "contact_id": contact_id, "linked_at": now}
-                                              for v in visitor_ids])
+                                      for v in visitor_ids])

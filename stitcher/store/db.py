@@ -16,13 +16,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
-from stitcher.store import audit
+from stitcher.store import audit, pg_driver
 
 T = TypeVar("T")
 ATTEMPTS = 5
 log = structlog.get_logger("db")
 # what the database says when two transactions collide rather than when a statement is wrong: retried
 _CONTENTION = ("deadlock detected", "could not serialize access", "database is locked", "database table is locked")
+
+
+_LOCK_KEYS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ks AS bigint[])) AS k")
 
 
 class Contention(Exception):
@@ -57,7 +60,10 @@ def make_engine(url: str) -> AsyncEngine:
     # no pool_pre_ping: with asyncpg it costs three round trips per checkout; a dead connection fails the
     # transaction, which the caller sees as a 503 and retries
     # bounded waits: an unreachable or stuck server becomes a 503 in seconds, not a hang
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=5,
+    # pool_size covers the requests one process has in flight: a connection past it is closed when returned,
+    # so a steady load above it would open one per request (a server process, type introspection, and the
+    # prepared statements of the connection lost)
+    return create_async_engine(url, pool_size=20, max_overflow=10, pool_timeout=5,
                                connect_args={"timeout": 5, "command_timeout": 30}, **json)
 
 
@@ -117,8 +123,9 @@ class Database:
         digests = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big", signed=True)
                    for k in sorted(set(keys))]
         if digests:  # one round trip; unnest keeps the array's order, so the locks are taken in that order
-            await session.execute(text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ks AS bigint[])) AS k"),
-                                  {"ks": digests})
+            conn = await pg_driver.driver(session)
+            assert conn is not None
+            await conn.execute(_LOCK_KEYS, {"ks": digests})
 
     async def retry(self, work: Callable[[], Awaitable[T]], *, also: tuple[type[BaseException], ...] = (),
                     attempts: int = ATTEMPTS) -> T:

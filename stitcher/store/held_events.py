@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from stitcher.stitch import insert_timeline
+from stitcher.store import pg_driver
 from stitcher.store.db import Database
 from stitcher.store.models import ApiEvent, Contact
 from stitcher.store.repo import now_ms, resolve_merged
@@ -27,6 +28,7 @@ from stitcher.store.repo import now_ms, resolve_merged
 # the kinds of key an event can be held under; a web push token claims what a push token left (held as mobilepush)
 HOLDABLE = ("ext:", "email:", "sms:", "mobilepush:")
 _WEBPUSH = "webpush:"
+_PG_ANY_HELD = text("SELECT EXISTS (SELECT 1 FROM api_events WHERE held_key = ANY(CAST(:keys AS text[])))")
 
 
 def timeline_row(contact_id: int, event: ApiEvent) -> dict[str, Any]:
@@ -79,6 +81,11 @@ async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[i
             if key.startswith(HOLDABLE):
                 contact_of.setdefault(key, contact_id)
     if not contact_of:
+        return 0
+    # the keys are locked, so no event can be held under them meanwhile: most calls find none, and learn it
+    # from one index probe (its plan kept on the connection) before any row is loaded and locked
+    if (conn := await pg_driver.driver(session)) is not None and not await conn.fetchval(
+            _PG_ANY_HELD, {"keys": list(contact_of)}):
         return 0
     # FOR UPDATE re-checks the condition after waiting: a row another writer attached meanwhile drops out
     held = list((await session.execute(
