@@ -65,6 +65,17 @@ async def lock_live_contact(session: AsyncSession, contact_id: int) -> int | Non
     return winner.id if winner is not None else None
 
 
+def held_keys(keys: Iterable[str]) -> list[str]:
+    """The keys among these (``identity_keys`` spelling) that an event can be held under, as it is held."""
+    out = []
+    for key in keys:
+        if key.startswith(_WEBPUSH):
+            key = "mobilepush:" + key.removeprefix(_WEBPUSH)
+        if key.startswith(HOLDABLE):
+            out.append(key)
+    return out
+
+
 async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[int, Iterable[str]]) -> int:
     """Move the events held under these identity keys onto each contact's timeline; returns how many.
 
@@ -75,11 +86,8 @@ async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[i
     """
     contact_of: dict[str, int] = {}
     for contact_id, keys in keys_by_contact.items():
-        for key in keys:
-            if key.startswith(_WEBPUSH):
-                key = "mobilepush:" + key.removeprefix(_WEBPUSH)
-            if key.startswith(HOLDABLE):
-                contact_of.setdefault(key, contact_id)
+        for key in held_keys(keys):
+            contact_of.setdefault(key, contact_id)
     if not contact_of:
         return 0
     # the keys are locked, so no event can be held under them meanwhile: most calls find none, and learn it

@@ -46,6 +46,14 @@ class Driver:
         except asyncpg.PostgresError as error:
             raise self._translated(sql, error) from error
 
+    async def fetchrow(self, statement: ClauseElement, params: Mapping[str, Any]) -> asyncpg.Record | None:
+        """The first row of ``statement``, None if it has none."""
+        sql, args = _args(statement, params)
+        try:
+            return await self._adapter._connection.fetchrow(sql, *args)
+        except asyncpg.PostgresError as error:
+            raise self._translated(sql, error) from error
+
     async def fetchval(self, statement: ClauseElement, params: Mapping[str, Any]) -> Any:
         """The first column of the first row of ``statement``."""
         sql, args = _args(statement, params)
