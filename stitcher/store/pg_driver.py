@@ -40,33 +40,24 @@ class Driver:
 
     async def fetch(self, statement: ClauseElement, params: Mapping[str, Any]) -> list[asyncpg.Record]:
         """The rows of ``statement`` (``row["column"]``)."""
-        sql, args = _args(statement, params)
-        try:
-            return list(await self._adapter._connection.fetch(sql, *args))
-        except asyncpg.PostgresError as error:
-            raise self._translated(sql, error) from error
+        return list(await self._send("fetch", statement, params))
 
     async def fetchrow(self, statement: ClauseElement, params: Mapping[str, Any]) -> asyncpg.Record | None:
         """The first row of ``statement``, None if it has none."""
-        sql, args = _args(statement, params)
-        try:
-            return await self._adapter._connection.fetchrow(sql, *args)
-        except asyncpg.PostgresError as error:
-            raise self._translated(sql, error) from error
+        return await self._send("fetchrow", statement, params)
 
     async def fetchval(self, statement: ClauseElement, params: Mapping[str, Any]) -> Any:
         """The first column of the first row of ``statement``."""
-        sql, args = _args(statement, params)
-        try:
-            return await self._adapter._connection.fetchval(sql, *args)
-        except asyncpg.PostgresError as error:
-            raise self._translated(sql, error) from error
+        return await self._send("fetchval", statement, params)
 
     async def execute(self, statement: ClauseElement, params: Mapping[str, Any]) -> None:
         """Run ``statement`` for its effect."""
-        sql, args = _args(statement, params)
+        await self._send("execute", statement, params)
+
+    async def _send(self, method: str, statement: ClauseElement, params: Mapping[str, Any]) -> Any:
+        sql, names = compiled(statement)
         try:
-            await self._adapter._connection.execute(sql, *args)
+            return await getattr(self._adapter._connection, method)(sql, *[params[n] for n in names])
         except asyncpg.PostgresError as error:
             raise self._translated(sql, error) from error
 
@@ -102,8 +93,3 @@ def compiled(statement: ClauseElement) -> tuple[str, tuple[str, ...]]:
     """The statement's asyncpg SQL and the names of its parameters in ``$n`` order (compiled once)."""
     c = statement.compile(dialect=_DIALECT)
     return c.string, tuple(getattr(c, "positiontup", None) or ())
-
-
-def _args(statement: ClauseElement, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    sql, names = compiled(statement)
-    return sql, [params[n] for n in names]
