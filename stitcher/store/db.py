@@ -41,6 +41,11 @@ def is_contention(exc: BaseException) -> bool:
     return any(marker in text_ for marker in _CONTENTION)
 
 
+def lock_id(key: str) -> int:
+    """The advisory lock id (a signed 64-bit int) of an identity key."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
 def make_engine(url: str) -> AsyncEngine:
     """An engine tuned per dialect: SQLite in WAL mode with a busy timeout and foreign keys on."""
     # hide_parameters: an error's text must not carry emails, phones or tokens into the logs (invariant 10)
@@ -120,8 +125,7 @@ class Database:
         """
         if self.dialect != "postgresql":
             return
-        digests = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big", signed=True)
-                   for k in sorted(set(keys))]
+        digests = [lock_id(k) for k in sorted(set(keys))]
         if digests:  # one round trip; unnest keeps the array's order, so the locks are taken in that order
             conn = await pg_driver.driver(session)
             assert conn is not None

@@ -58,18 +58,26 @@ class Driver:
         sql, names = compiled(statement)
         try:
             return await getattr(self._adapter._connection, method)(sql, *[params[n] for n in names])
-        except asyncpg.PostgresError as error:
-            raise self._translated(sql, error) from error
+        except Exception as error:
+            translated = self._translated(sql, error)
+            if translated is None:
+                raise
+            raise translated from error
 
-    def _translated(self, sql: str, error: asyncpg.PostgresError) -> exc.StatementError:
-        """What ``session.execute`` raises for this error (its parameters hidden: invariant 10)."""
+    def _translated(self, sql: str, error: Exception) -> exc.StatementError | None:
+        """What ``session.execute`` raises for this error (its parameters hidden: invariant 10): a database
+        or connection error as SQLAlchemy's ``IntegrityError``, ``InterfaceError`` …; None for the errors
+        SQLAlchemy lets through as they are (a timeout)."""
         dbapi = self._adapter.dbapi
         try:
             self._adapter._handle_exception(error)  # raises the adapter's IntegrityError, Error …
-        except Exception as dbapi_error:
-            return exc.DBAPIError.instance(sql, None, dbapi_error, dbapi.Error, hide_parameters=True,
-                                           dialect=_DIALECT)
-        raise AssertionError("unreachable")
+        except dbapi.Error as dbapi_error:
+            translated: exc.StatementError = exc.DBAPIError.instance(
+                sql, None, dbapi_error, dbapi.Error, hide_parameters=True, dialect=_DIALECT)
+            return translated
+        except Exception:  # raised again by the caller as it is, as SQLAlchemy would
+            pass
+        return None
 
 
 async def driver(session: AsyncSession) -> Driver | None:

@@ -6,12 +6,12 @@ same assertions hold."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.store import contact_rows, pg_driver
-from stitcher.store.db import Database
+from stitcher.store.db import Database, lock_id
 from stitcher.store.models import Contact
 from tests.helpers import sql_scalar
 
@@ -85,3 +85,25 @@ async def test_the_driver_is_there_on_postgresql_only(db: Database) -> None:
         driver = await pg_driver.driver(s)
         assert (driver is not None) == (db.dialect == "postgresql")
 
+
+
+
+async def test_a_lock_wait_cut_short_fails_as_it_would_through_sqlalchemy(db: Database) -> None:
+    """A statement the server cancels (a lock wait past ``statement_timeout``) raises the same SQLAlchemy
+    exception through the driver as through ``session.execute``, its parameters hidden (invariant 10)."""
+    if db.dialect != "postgresql":
+        pytest.skip("the driver path is PostgreSQL's")
+    raised = []
+    async with db.transaction() as holder:
+        await db.lock_keys(holder, ["ext:RB-7"])
+        for through_driver in (True, False):
+            with pytest.raises(DBAPIError) as caught:
+                async with db.transaction() as s:
+                    await s.execute(text("SET LOCAL statement_timeout = '100ms'"))
+                    if through_driver:
+                        await db.lock_keys(s, ["ext:RB-7"])
+                    else:
+                        await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_id("ext:RB-7")})
+            raised.append(caught.value)
+    assert type(raised[0]) is type(raised[1]) and "statement timeout" in str(raised[0])
+    assert "RB-7" not in str(raised[0]) and str(lock_id("ext:RB-7")) not in str(raised[0])
