@@ -95,14 +95,18 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction, committed on success and rolled back on error; the identity-log rows
         it recorded (``audit.record``) are inserted, in one statement, just before the commit."""
+        # the session begins by itself with its first statement (no greenlet round of its own for a begin);
+        # leaving it without the commit (an error) rolls back
         if self._write_lock is None:
-            async with self.sessions() as session, session.begin():
+            async with self.sessions() as session:
                 yield session
                 await audit.write(self, session)
+                await session.commit()
             return
-        async with self._write_lock, self.sessions() as session, session.begin():
+        async with self._write_lock, self.sessions() as session:
             yield session
             await audit.write(self, session)
+            await session.commit()
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:

@@ -87,8 +87,10 @@ async def driver(session: AsyncSession) -> Driver | None:
     if found is None:
         if session.get_bind().dialect.name != "postgresql":
             return None
-        raw = await (await session.connection()).get_raw_connection()
-        found = session.info[_DRIVER] = Driver(raw.dbapi_connection)
+        # the connection is checked out now: reading its pool entry needs no I/O (and no greenlet)
+        checked_out = (await session.connection()).sync_connection
+        assert checked_out is not None
+        found = session.info[_DRIVER] = Driver(checked_out.connection.dbapi_connection)
     if session.new or session.dirty or session.deleted:
         await session.flush()
     if found._adapter._transaction is None:  # SQLAlchemy's adapter sends BEGIN with its first statement
