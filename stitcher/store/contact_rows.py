@@ -2,10 +2,13 @@
 
 Every statement is built once, at import, with bind parameters (expanding ones for lists), so a call only
 binds values and SQLAlchemy finds the compiled form in its cache: no ORM identity map, no flush, no refresh.
-A call costs one lookup (contact id, external ID and every channel in one UNION ALL), one ``FOR UPDATE``
-of the rows it changes, one insert or update of the contact (``RETURNING`` its id), one insert of its
-identifiers; the audit rows go in one insert at commit (``repo.audit``). The tables and profile columns are
-``stitcher/store/tables.py``'s, shared with ``stitcher/store/bulk.py`` (the import's set-based statements).
+A call costs one lookup (contact id, external ID, every channel and whether events are held under its
+keys, in one UNION ALL) and one write: on PostgreSQL a new contact with its identifiers and audit row is one
+statement, and so is an update (the row locked and read as it was, updated, its new identifiers inserted);
+SQLite takes a few more. On PostgreSQL they go straight through the session's asyncpg connection
+(``pg_driver``); other audit rows go in one insert at commit (``repo.audit``). The tables and profile
+columns are ``stitcher/store/tables.py``'s, shared with ``stitcher/store/bulk.py`` (the import's set-based
+statements).
 """
 
 from __future__ import annotations
