@@ -48,18 +48,21 @@ class _StaleDecision(Exception):
     """A contact the decision rests on changed after it was read (a concurrent request): decide again."""
 
 
-async def _recheck(s: Any, decision: Decision, found: Lookup) -> dict[int, contact_rows.Locked]:
-    """Lock the contacts the decision updates or merges and check they are as the rules saw them.
+async def _recheck(s: Any, decision: Decision, found: Lookup) -> None:
+    """Lock the contacts the decision updates and merges and check they are as the rules saw them.
 
     The request's own identifier locks do not cover a contact found through them that another request
     reaches by a different identifier; the row lock does, and reading under it catches an external ID given
-    or a merge done meanwhile. Returns the locked rows.
+    or a merge done meanwhile.
     """
     ids = ([decision.target] if decision.target is not None else []) + list(decision.merge)
-    if not ids:
-        return {}
+    if ids:
+        _check(ids, await contact_rows.lock(s, ids), found)
+
+
+def _check(ids: Sequence[int], rows: dict[int, contact_rows.Locked], found: Lookup) -> None:
+    """Raise ``_StaleDecision`` unless the contacts ``ids``, as locked (``rows``), are as the lookup saw them."""
     seen = {c.id: c for c in _candidates(found)}
-    rows = await contact_rows.lock(s, ids)
     if len(rows) != len(set(ids)):
         raise _StaleDecision(ids)  # erased meanwhile
     for row in rows.values():
@@ -68,7 +71,6 @@ async def _recheck(s: Any, decision: Decision, found: Lookup) -> dict[int, conta
             continue
         if row.merged or row.external_id != before.external_id or row.deleted != before.deleted:
             raise _StaleDecision(row.id)
-    return rows
 
 
 def _candidates(found: Lookup) -> list[Candidate]:
@@ -127,15 +129,17 @@ class ContactService:
         async with self.db.transaction() as s:
             locked = {*identity_keys.of_request(identity, command.visitor_ids), *extra}
             await self.db.lock_keys(s, locked)
-            found = await contact_rows.lookup(s, identity, lookup_kinds(mode))
+            held_keys = held_events.held_keys(identity_keys.of_request(identity, ()))
+            found, held = await contact_rows.lookup_held(s, identity, lookup_kinds(mode), held_keys)
             decision = decide(mode, identity, found)
             # a stitch onto a loser in flight must finish before its timeline moves: its visitors' keys
             losers_visitors = [v for loser in decision.merge for v in await repo.visitors_of(s, loser)]
             identity_keys.require(locked, {identity_keys.visitor(v) for v in losers_visitors})
-            rows = await _recheck(s, decision, found)
-            cid, external_id = await self._target(s, decision, found, command, rows, request_id)
-            # events held for this person's identifiers (all locked above) join its timeline now
-            await held_events.attach(self.db, s, {cid: identity_keys.of_request(identity, ())})
+            if decision.merge:  # the target and the losers, in one statement (lock order step 2)
+                await _recheck(s, decision, found)
+            cid, external_id = await self._target(s, decision, found, command, request_id)
+            if held:  # events held for this person's identifiers (all locked above) join its timeline now
+                await held_events.attach(self.db, s, {cid: held_keys})
             to_stitch: list[tuple[str, int]] = []
             for loser in decision.merge:
                 # under the row lock now: a visitor linked to the loser meanwhile needs its key too
@@ -158,28 +162,34 @@ class ContactService:
         return outcome, list(dict.fromkeys(to_stitch))
 
     async def _target(self, s: Any, decision: Decision, found: Lookup, command: ContactCommand,
-                      rows: dict[int, contact_rows.Locked], request_id: str | None) -> tuple[int, str | None]:
-        """Create or update the decision's contact (``rows``: the contacts locked for it) and give it the
-        request's channels; returns its id and external ID."""
+                      request_id: str | None) -> tuple[int, str | None]:
+        """Create or update the decision's contact and give it the request's channels; returns its id and
+        external ID. An update locks the contact and checks it is as the rules saw it (``_check``)."""
         now = repo.now_ms()
         if decision.action is Action.CREATE:
             cid = await contact_rows.create(self.db, s, decision.set_external_id, command.profile,
                                             command.channels(), now, request_id)
             return cid, decision.set_external_id
         assert decision.target is not None
-        cid, external_id = decision.target, rows[decision.target].external_id
+        cid = decision.target
         changes: dict[str, Any] = dict(command.profile)
         if decision.action is Action.RESTORE:
             changes["deleted_at"] = None
+        if decision.set_external_id is not None:
+            changes["external_customer_id"] = decision.set_external_id
+        # the channels the lookup found on the target stay as they are (their keys are locked): no insert
+        held = {pair for pair, holders in found.by_channel.items() if any(c.id == cid for c in holders)}
+        locked = await contact_rows.update_locked(self.db, s, cid, changes,
+                                                  [c for c in command.channels() if c[:2] not in held], now)
+        _check([cid], {cid: locked} if locked is not None else {}, found)  # else the update rolls back
+        assert locked is not None
+        external_id = locked.external_id
+        if decision.action is Action.RESTORE:
             repo.audit(s, cid, "restored", request_id)
         if decision.set_external_id is not None:
             repo.audit(s, cid, "assigned_external_id", request_id, externalCustomerId=decision.set_external_id,
                        previous=external_id, foundBy=decision.found_by)
-            changes["external_customer_id"] = external_id = decision.set_external_id
-        await contact_rows.update_contact(s, cid, changes, now)
-        # the channels the lookup found on the target stay as they are (their keys are locked): no insert
-        held = {pair for pair, holders in found.by_channel.items() if any(c.id == cid for c in holders)}
-        await repo.add_identifiers(self.db, s, cid, [c for c in command.channels() if c[:2] not in held])
+            external_id = decision.set_external_id
         return cid, external_id
 
     async def _link_visitors(self, s: Any, cid: int, visitor_ids: Sequence[str],

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.domain.rules import Candidate
-from stitcher.store import contact_rows, pg_direct
+from stitcher.store import contact_rows, pg_driver
 from stitcher.store.db import Database
 from stitcher.store.multirow import insert_many, insert_returning_ids, insert_rows, pg_arrays, pg_unnest, pg_value
 from stitcher.store.tables import CONTACTS, IDENTIFIERS, MEMBERS, by_column, one_of, pg_one_of
@@ -124,8 +124,8 @@ async def insert_contacts(db: Database, session: AsyncSession,
                  "created_at": now, "updated_at": now} for ext, profile in contacts]
         return await insert_returning_ids(db, session, CONTACTS, rows)
     # ids drawn from the sequence first, so each row's id is known without relying on RETURNING's order
-    ids = [r[0] for r in await pg_direct.fetch(
-        session, "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) FROM generate_series(1, $1)", len(contacts))]
+    ids = [r[0] for r in await (await pg_driver.require(session)).fetch_sql(
+        "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) FROM generate_series(1, $1)", len(contacts))]
     profiles = [by_column(profile) for _, profile in contacts]
     given = [c for c in _PROFILE_COLUMNS if any(c in p for p in profiles)]  # the others stay NULL
     await insert_rows(db, session, CONTACTS, ("id", "external_customer_id", "created_at", "updated_at", *given), [
@@ -146,8 +146,9 @@ async def update_contacts(db: Database, session: AsyncSession, changes: Mapping[
             columns = ["id", *names]
             sets = ", ".join(["updated_at = $1", *(f"{c} = {pg_value(CONTACTS, c, i + 1)}"
                                                    for i, c in enumerate(names))])
-            await pg_direct.execute(session, f"UPDATE contacts SET {sets} FROM {pg_unnest(CONTACTS, columns, 2)} "
-                                    "WHERE contacts.id = u.c0", now, *pg_arrays(CONTACTS, columns, rows))
+            await (await pg_driver.require(session)).execute_sql(
+                f"UPDATE contacts SET {sets} FROM {pg_unnest(CONTACTS, columns, 2)} WHERE contacts.id = u.c0",
+                now, *pg_arrays(CONTACTS, columns, rows))
             continue
         statement = (update(CONTACTS).where(CONTACTS.c.id == bindparam("b_id"))
                      .values({"updated_at": bindparam("b_updated_at"), **{c: bindparam(f"b_{c}") for c in names}}))

@@ -2,10 +2,13 @@
 
 Every statement is built once, at import, with bind parameters (expanding ones for lists), so a call only
 binds values and SQLAlchemy finds the compiled form in its cache: no ORM identity map, no flush, no refresh.
-A call costs one lookup (contact id, external ID and every channel in one UNION ALL), one ``FOR UPDATE``
-of the rows it changes, one insert or update of the contact (``RETURNING`` its id), one insert of its
-identifiers; the audit rows go in one insert at commit (``repo.audit``). The tables and profile columns are
-``stitcher/store/tables.py``'s, shared with ``stitcher/store/bulk.py`` (the import's set-based statements).
+A call costs one lookup (contact id, external ID, every channel and whether events are held under its
+keys, in one UNION ALL) and one write: on PostgreSQL a new contact with its identifiers and audit row is one
+statement, and so is an update (the row locked and read as it was, updated, its new identifiers inserted);
+SQLite takes a few more. On PostgreSQL they go straight through the session's asyncpg connection
+(``pg_driver``); other audit rows go in one insert at commit (``repo.audit``). The tables and profile
+columns are ``stitcher/store/tables.py``'s, shared with ``stitcher/store/bulk.py`` (the import's set-based
+statements).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    exists,
     insert,
     literal_column,
     null,
@@ -34,14 +38,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import Candidate, Lookup
-from stitcher.store import audit, repo
+from stitcher.store import audit, pg_driver, repo
 from stitcher.store.db import Database
-from stitcher.store.tables import CONTACTS, IDENTIFIERS, LINKS, by_column, one_of, pg_one_of
+from stitcher.store.tables import API_EVENTS, CONTACTS, IDENTIFIERS, LINKS, by_column, one_of, pg_one_of
 
-_C, _I, _L = CONTACTS.c, IDENTIFIERS.c, LINKS.c
+_C, _I, _L, _E = CONTACTS.c, IDENTIFIERS.c, LINKS.c, API_EVENTS.c
 _ROW = (_C.id, _C.external_customer_id, _C.deleted_at, _C.updated_at, _C.merged_into_id)
-# how a lookup row was found: 0 by contact id, 1 by external ID, 2 by a channel (kind, value)
-_BY_ID, _BY_EXT, _BY_CHANNEL = 0, 1, 2
+# how a lookup row was found: 0 by contact id, 1 by external ID, 2 by a channel (kind, value); 3 says that
+# events are held under one of the request's keys
+_BY_ID, _BY_EXT, _BY_CHANNEL, _HELD = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,12 @@ def _statements(one: Callable[[Any, str], Any]) -> _Statements:
     )
 
 
-@lru_cache(maxsize=32)
-def _lookup(pairs: int) -> Any:
+@lru_cache(maxsize=64)
+def _lookup(pairs: int, held: int = 0) -> Any:
     """The lookup for a request with ``pairs`` channels: one ``(kind = :kN AND value = :vN)`` per channel, so
     each is a probe of the (kind, value) index whatever plan the database keeps for the statement (two
-    ``= ANY`` arrays let PostgreSQL's generic plan scan every identifier of the kind)."""
+    ``= ANY`` arrays let PostgreSQL's generic plan scan every identifier of the kind); with ``held`` keys
+    (``:h0`` …), one more row when an event is held under one of them."""
     parts = [
         select(literal_column(str(_BY_ID)).label("via"), null().cast(String).label("kind"),
                null().cast(String).label("value"), *_ROW)
@@ -77,6 +83,11 @@ def _lookup(pairs: int) -> Any:
             .where(or_(*[and_(_I.kind == bindparam(f"k{i}", type_=String), _I.value == bindparam(f"v{i}", type_=String))
                          for i in range(pairs)]),
                    _C.deleted_at.is_(None), _C.merged_into_id.is_(None)))
+    if held:
+        parts.append(select(literal_column(str(_HELD)), null().cast(String), null().cast(String),
+                            *[null() for _ in _ROW])
+                     .where(exists().where(_E.held_key.in_([bindparam(f"h{i}", type_=String)
+                                                            for i in range(held)]))))
     return union_all(*parts)
 
 
@@ -112,6 +123,43 @@ _PG_CREATE = text("""
 _UPDATE_CONTACT = update(CONTACTS).where(_C.id == bindparam("target_id"))
 _UNLINK = update(LINKS).where(_L.id == bindparam("link_id")).values(unlinked_at=bindparam("at"))
 _LINK = insert(LINKS)
+_PG_LINK = text("INSERT INTO visitor_links (visitor_id, contact_id, linked_at) "
+                "SELECT v, :cid, :now FROM unnest(CAST(:vids AS text[])) AS v")
+
+
+@lru_cache(maxsize=64)
+def _pg_update(columns: tuple[str, ...]) -> Any:
+    """``update_locked``'s statement setting these columns (JSON ones bound as text), built once per set of
+    columns: the row locked and read as it was, updated, and its new identifiers inserted."""
+    unknown = set(columns) - set(CONTACTS.c.keys())
+    assert not unknown, unknown  # the names come from the code (``by_column``), never from a request
+    sets = ", ".join(f"{c} = CAST(CAST(:{c} AS text) AS jsonb)" if c in _PG_JSON_COLUMNS else f"{c} = :{c}"
+                     for c in columns)
+    return text(f"""
+        WITH old AS (
+            SELECT id, external_customer_id, deleted_at, merged_into_id FROM contacts
+            WHERE id = :target_id FOR UPDATE
+        ), u AS (
+            UPDATE contacts SET {sets} FROM old WHERE contacts.id = old.id
+        ), i AS (
+            INSERT INTO identifiers (contact_id, kind, value, device, created_at)
+            SELECT old.id, n.k, n.v, n.d, :updated_at
+            FROM old, unnest(CAST(:kinds AS text[]), CAST(:values AS text[]), CAST(:devices AS text[])) AS n(k, v, d)
+            ON CONFLICT (contact_id, kind, value) DO NOTHING
+        )
+        SELECT id, external_customer_id, deleted_at, merged_into_id FROM old""")
+
+
+class _Row:
+    """An asyncpg record read as SQLAlchemy's rows are (``row.column``)."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return self._record[name]
 
 
 @dataclass(frozen=True)
@@ -142,12 +190,26 @@ def candidate(row: Any) -> Candidate:
 async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[IdentifierKind]) -> Lookup:
     """Every contact the request's identifiers point at, in one query (merged contacts never, deleted ones
     only by contact id or external ID)."""
+    return (await lookup_held(session, identity, kinds, ()))[0]
+
+
+async def lookup_held(session: AsyncSession, identity: Identity, kinds: Sequence[IdentifierKind],
+                      held_keys: Sequence[str]) -> tuple[Lookup, bool]:
+    """``lookup``, and in the same query whether events are held under any of ``held_keys`` (locked by the
+    caller, so none can be held under them meanwhile)."""
     wanted = list(dict.fromkeys((k, v) for k, v in identity.channels if k in kinds))
     params: dict[str, Any] = {"cid": identity.contact_id, "ext": identity.external_id}
     for i, (kind, value) in enumerate(wanted):
         params[f"k{i}"], params[f"v{i}"] = kind.value, value
-    rows = await session.execute(_lookup(len(wanted)), params)
+    for i, key in enumerate(held_keys):
+        params[f"h{i}"] = key
+    statement = _lookup(len(wanted), len(held_keys))
+    if (conn := await pg_driver.driver(session)) is not None:
+        rows: Any = [_Row(r) for r in await conn.fetch(statement, params)]
+    else:
+        rows = await session.execute(statement, params)
     by_contact_id = by_external_id = None
+    held = False
     by_channel: dict[tuple[IdentifierKind, str], list[Candidate]] = {pair: [] for pair in wanted}
     for row in rows:
         if row.via == _BY_ID:
@@ -155,9 +217,11 @@ async def lookup(session: AsyncSession, identity: Identity, kinds: Sequence[Iden
                 by_contact_id = candidate(row)
         elif row.via == _BY_EXT:
             by_external_id = candidate(row)
+        elif row.via == _HELD:
+            held = True
         else:
             by_channel[(IdentifierKind(row.kind), row.value)].append(candidate(row))
-    return Lookup(by_contact_id, by_external_id, {k: tuple(v) for k, v in by_channel.items()})
+    return Lookup(by_contact_id, by_external_id, {k: tuple(v) for k, v in by_channel.items()}), held
 
 
 async def lock_rows(session: AsyncSession, ids: Sequence[int]) -> Sequence[Any]:
@@ -168,8 +232,12 @@ async def lock_rows(session: AsyncSession, ids: Sequence[int]) -> Sequence[Any]:
 
 async def lock(session: AsyncSession, ids: Sequence[int]) -> dict[int, Locked]:
     """The contacts under their lock (``lock_rows``)."""
+    if (conn := await pg_driver.driver(session)) is not None:
+        rows: Any = [_Row(r) for r in await conn.fetch(_PG.lock, {"ids": list(ids)})]
+    else:
+        rows = await lock_rows(session, ids)
     return {r.id: Locked(r.id, r.external_customer_id, r.deleted_at is not None, r.merged_into_id is not None)
-            for r in await lock_rows(session, ids)}
+            for r in rows}
 
 
 async def create(db: Database, session: AsyncSession, external_id: str | None, profile: Mapping[str, Any],
@@ -192,28 +260,62 @@ async def create(db: Database, session: AsyncSession, external_id: str | None, p
     params.update(ext=external_id, now=now, detail=orjson.dumps(detail).decode(), request_id=request_id,
                   kinds=[k.value for k, _, _ in channels], values=[v for _, v, _ in channels],
                   devices=[d for _, _, d in channels])
-    return int((await session.execute(_PG_CREATE, params)).scalar_one())
+    conn = await pg_driver.driver(session)
+    assert conn is not None
+    return int(await conn.fetchval(_PG_CREATE, params))
 
 
-async def update_contact(session: AsyncSession, contact_id: int, changes: Mapping[str, Any], now: int) -> None:
-    """Set profile attributes (and ``external_customer_id``, ``deleted_at`` when given) and ``updated_at``."""
-    await session.execute(_UPDATE_CONTACT, {**by_column(changes), "updated_at": now, "target_id": contact_id})
+async def update_locked(db: Database, session: AsyncSession, contact_id: int, changes: Mapping[str, Any],
+                        channels: Sequence[tuple[IdentifierKind, str, str | None]], now: int) -> Locked | None:
+    """Lock the contact (``FOR UPDATE``), set profile attributes (and ``external_customer_id``,
+    ``deleted_at`` when given) and ``updated_at``, and give it these channels; returns the row as it was
+    under the lock, before the update (None if erased), for the caller to check that it is still the row it
+    decided on, rolling back otherwise. One statement on PostgreSQL; elsewhere three."""
+    values = {**by_column(changes), "updated_at": now}
+    if (conn := await pg_driver.driver(session)) is None:
+        rows = await lock(session, [contact_id])
+        if contact_id in rows:
+            await session.execute(_UPDATE_CONTACT, {**values, "target_id": contact_id})
+            await repo.add_identifiers(db, session, contact_id, channels)
+        return rows.get(contact_id)
+    for column in _PG_JSON_COLUMNS:  # as SQLAlchemy's JSON type binds it: None is JSON null
+        if column in values:
+            values[column] = orjson.dumps(values[column]).decode()
+    row = await conn.fetchrow(_pg_update(tuple(values)), {
+        **values, "target_id": contact_id, "kinds": [k.value for k, _, _ in channels],
+        "values": [v for _, v, _ in channels], "devices": [d for _, _, d in channels]})
+    if row is None:
+        return None
+    return Locked(row["id"], row["external_customer_id"], row["deleted_at"] is not None,
+                  row["merged_into_id"] is not None)
 
 
 async def open_links(session: AsyncSession, visitor_ids: Sequence[str]) -> dict[str, OpenLink]:
     """The open link of each of these visitors that has one."""
     if not visitor_ids:
         return {}
-    rows = await session.execute(_for(session).open_links, {"vids": list(visitor_ids)})
+    params = {"vids": list(visitor_ids)}
+    if (conn := await pg_driver.driver(session)) is not None:
+        rows: Any = [_Row(r) for r in await conn.fetch(_PG.open_links, params)]
+    else:
+        rows = await session.execute(_OTHER.open_links, params)
     return {r.visitor_id: OpenLink(r.id, r.visitor_id, r.contact_id, r.stitched_at is not None) for r in rows}
 
 
 async def unlink(session: AsyncSession, link_id: int, now: int) -> None:
-    await session.execute(_UNLINK, {"link_id": link_id, "at": now})
+    params = {"link_id": link_id, "at": now}
+    if (conn := await pg_driver.driver(session)) is not None:
+        await conn.execute(_UNLINK, params)
+    else:
+        await session.execute(_UNLINK, params)
 
 
 async def link(session: AsyncSession, contact_id: int, visitor_ids: Sequence[str], now: int) -> None:
     """Open links from these visitors to the contact (their earlier open links closed before)."""
-    if visitor_ids:
+    if not visitor_ids:
+        return
+    if (conn := await pg_driver.driver(session)) is not None:
+        await conn.execute(_PG_LINK, {"vids": list(visitor_ids), "cid": contact_id, "now": now})
+    else:
         await session.execute(_LINK, [{"visitor_id": v, "contact_id": contact_id, "linked_at": now}
-                                              for v in visitor_ids])
+                                      for v in visitor_ids])

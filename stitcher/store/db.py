@@ -16,13 +16,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
-from stitcher.store import audit
+from stitcher.store import audit, pg_driver
 
 T = TypeVar("T")
 ATTEMPTS = 5
 log = structlog.get_logger("db")
 # what the database says when two transactions collide rather than when a statement is wrong: retried
 _CONTENTION = ("deadlock detected", "could not serialize access", "database is locked", "database table is locked")
+
+
+_LOCK_KEYS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ks AS bigint[])) AS k")
 
 
 class Contention(Exception):
@@ -36,6 +39,11 @@ def is_contention(exc: BaseException) -> bool:
         return True
     text_ = str(getattr(exc, "orig", None) or exc).lower()
     return any(marker in text_ for marker in _CONTENTION)
+
+
+def lock_id(key: str) -> int:
+    """The advisory lock id (a signed 64-bit int) of an identity key."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -57,7 +65,10 @@ def make_engine(url: str) -> AsyncEngine:
     # no pool_pre_ping: with asyncpg it costs three round trips per checkout; a dead connection fails the
     # transaction, which the caller sees as a 503 and retries
     # bounded waits: an unreachable or stuck server becomes a 503 in seconds, not a hang
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_timeout=5,
+    # pool_size covers the requests one process has in flight: a connection past it is closed when returned,
+    # so a steady load above it would open one per request (a server process, type introspection, and the
+    # prepared statements of the connection lost)
+    return create_async_engine(url, pool_size=20, max_overflow=10, pool_timeout=5,
                                connect_args={"timeout": 5, "command_timeout": 30}, **json)
 
 
@@ -84,14 +95,18 @@ class Database:
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction, committed on success and rolled back on error; the identity-log rows
         it recorded (``audit.record``) are inserted, in one statement, just before the commit."""
+        # the session begins by itself with its first statement (no greenlet round of its own for a begin);
+        # leaving it without the commit (an error) rolls back
         if self._write_lock is None:
-            async with self.sessions() as session, session.begin():
+            async with self.sessions() as session:
                 yield session
                 await audit.write(self, session)
+                await session.commit()
             return
-        async with self._write_lock, self.sessions() as session, session.begin():
+        async with self._write_lock, self.sessions() as session:
             yield session
             await audit.write(self, session)
+            await session.commit()
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:
@@ -114,11 +129,11 @@ class Database:
         """
         if self.dialect != "postgresql":
             return
-        digests = [int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), "big", signed=True)
-                   for k in sorted(set(keys))]
+        digests = [lock_id(k) for k in sorted(set(keys))]
         if digests:  # one round trip; unnest keeps the array's order, so the locks are taken in that order
-            await session.execute(text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ks AS bigint[])) AS k"),
-                                  {"ks": digests})
+            conn = await pg_driver.driver(session)
+            assert conn is not None
+            await conn.execute(_LOCK_KEYS, {"ks": digests})
 
     async def retry(self, work: Callable[[], Awaitable[T]], *, also: tuple[type[BaseException], ...] = (),
                     attempts: int = ATTEMPTS) -> T:

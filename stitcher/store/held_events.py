@@ -15,14 +15,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from stitcher.domain.identifiers import IdentifierKind, Identity, Normaliser
 from stitcher.domain.rules import read_key_value
 from stitcher.stitch import insert_timeline
-from stitcher.store import identity_keys
+from stitcher.store import identity_keys, pg_driver
 from stitcher.store.db import Database
 from stitcher.store.models import ApiEvent, Contact
 from stitcher.store.repo import now_ms, resolve_merged
@@ -33,6 +33,7 @@ HOLDABLE = ("ext:", "email:", "sms:", "mobilepush:")
 _WEBPUSH = "webpush:"
 _HELD_KINDS = {"email": IdentifierKind.EMAIL, "sms": IdentifierKind.SMS, "mobilepush": IdentifierKind.MOBILEPUSH,
                "webpush": IdentifierKind.MOBILEPUSH}
+_PG_ANY_HELD = text("SELECT EXISTS (SELECT 1 FROM api_events WHERE held_key = ANY(CAST(:keys AS text[])))")
 
 
 def timeline_row(contact_id: int, event: ApiEvent) -> dict[str, Any]:
@@ -69,6 +70,17 @@ async def lock_live_contact(session: AsyncSession, contact_id: int) -> int | Non
     return winner.id if winner is not None else None
 
 
+def held_keys(keys: Iterable[str]) -> list[str]:
+    """The keys among these (``identity_keys`` spelling) that an event can be held under, as it is held."""
+    out = []
+    for key in keys:
+        if key.startswith(_WEBPUSH):
+            key = "mobilepush:" + key.removeprefix(_WEBPUSH)
+        if key.startswith(HOLDABLE):
+            out.append(key)
+    return out
+
+
 async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[int, Iterable[str]]) -> int:
     """Move the events held under these identity keys onto each contact's timeline; returns how many.
 
@@ -79,12 +91,14 @@ async def attach(db: Database, session: AsyncSession, keys_by_contact: Mapping[i
     """
     contact_of: dict[str, int] = {}
     for contact_id, keys in keys_by_contact.items():
-        for key in keys:
-            if key.startswith(_WEBPUSH):
-                key = "mobilepush:" + key.removeprefix(_WEBPUSH)
-            if key.startswith(HOLDABLE):
-                contact_of.setdefault(key, contact_id)
+        for key in held_keys(keys):
+            contact_of.setdefault(key, contact_id)
     if not contact_of:
+        return 0
+    # the keys are locked, so no event can be held under them meanwhile: most calls find none, and learn it
+    # from one index probe (its plan kept on the connection) before any row is loaded and locked
+    if (conn := await pg_driver.driver(session)) is not None and not await conn.fetchval(
+            _PG_ANY_HELD, {"keys": list(contact_of)}):
         return 0
     # FOR UPDATE re-checks the condition after waiting: a row another writer attached meanwhile drops out
     # the keys bound as one array on PostgreSQL: a chunk of an import brings a thousand or more

@@ -13,7 +13,7 @@ import orjson
 from sqlalchemy import JSON, Integer, Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stitcher.store import pg_direct
+from stitcher.store import pg_driver
 
 if TYPE_CHECKING:  # the Database writes its transactions' audit rows through this module
     from stitcher.store.db import Database
@@ -53,7 +53,7 @@ async def insert_many(db: Database, session: AsyncSession, table: Table, rows: S
                       *, ignore: Sequence[str] | None = None) -> None:
     """Insert rows (dicts with the same keys) in one statement: without ``ignore`` as ``insert_rows`` does;
     with it (the unique columns whose conflicts are skipped, ``ON CONFLICT … DO NOTHING``) an ``unnest``
-    over one array per column on PostgreSQL, sent on the driver connection (``pg_direct``), and a Core
+    over one array per column on PostgreSQL, sent on the driver connection (``pg_driver``), and a Core
     executemany on SQLite."""
     if not rows:
         return
@@ -63,7 +63,8 @@ async def insert_many(db: Database, session: AsyncSession, table: Table, rows: S
     elif db.dialect != "postgresql":
         await session.execute(db.insert_ignore(table, ignore), list(rows))
     else:
-        await pg_direct.execute(session, _pg_insert(table, columns, tuple(ignore)), *pg_arrays(table, columns, rows))
+        driver = await pg_driver.require(session)
+        await driver.execute_sql(_pg_insert(table, columns, tuple(ignore)), *pg_arrays(table, columns, rows))
 
 
 async def insert_rows(db: Database, session: AsyncSession, table: Table, columns: Sequence[str],
@@ -83,7 +84,7 @@ async def insert_rows(db: Database, session: AsyncSession, table: Table, columns
                 if row[i] is not None:
                     row[i] = orjson.dumps(row[i]).decode()
         rows = [tuple(row) for row in encoded]
-    await pg_direct.copy(session, table.name, columns, rows)
+    await (await pg_driver.require(session)).copy(table.name, columns, rows)
 
 
 @lru_cache(maxsize=64)

@@ -7,12 +7,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.store import audit as audit_log
+from stitcher.store import pg_driver
 from stitcher.store.db import Database
 from stitcher.store.models import (
     Contact,
@@ -30,14 +31,28 @@ def now_ms() -> int:
 
 
 audit = audit_log.record  # an identity-log row, written with the transaction
+_PG_ADD_IDENTIFIERS = text("""
+    INSERT INTO identifiers (contact_id, kind, value, device, created_at)
+    SELECT :cid, u.k, u.v, u.d, :now
+    FROM unnest(CAST(:kinds AS text[]), CAST(:values AS text[]), CAST(:devices AS text[])) AS u(k, v, d)
+    ON CONFLICT (contact_id, kind, value) DO NOTHING
+""")
 
 
 async def add_identifiers(db: Database, session: AsyncSession, contact_id: int,
                           channels: Iterable[tuple[IdentifierKind, str, str | None]]) -> None:
-    rows = [{"contact_id": contact_id, "kind": k.value, "value": v, "device": d, "created_at": now_ms()}
-            for k, v, d in channels]
-    if rows:
-        await session.execute(db.insert_ignore(Identifier, ["contact_id", "kind", "value"]), rows)
+    channels = list(channels)
+    if not channels:
+        return
+    now = now_ms()
+    if (conn := await pg_driver.driver(session)) is not None:
+        await conn.execute(_PG_ADD_IDENTIFIERS, {
+            "cid": contact_id, "now": now, "kinds": [k.value for k, _, _ in channels],
+            "values": [v for _, v, _ in channels], "devices": [d for _, _, d in channels]})
+        return
+    await session.execute(db.insert_ignore(Identifier, ["contact_id", "kind", "value"]), [
+        {"contact_id": contact_id, "kind": k.value, "value": v, "device": d, "created_at": now}
+        for k, v, d in channels])
 
 
 async def channels_of(session: AsyncSession, contact_id: int) -> list[Identifier]:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Table, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from stitcher.store.models import Contact, GroupMember, Identifier, IdentityLog, Order, VisitorLink
+from stitcher.store.models import ApiEvent, Contact, GroupMember, Identifier, IdentityLog, Order, VisitorLink
 
 CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
 IDENTIFIERS: Table = Identifier.__table__  # type: ignore[attr-defined]
@@ -18,6 +18,7 @@ LINKS: Table = VisitorLink.__table__  # type: ignore[attr-defined]
 MEMBERS: Table = GroupMember.__table__  # type: ignore[attr-defined]
 AUDIT: Table = IdentityLog.__table__  # type: ignore[attr-defined]
 ORDERS: Table = Order.__table__  # type: ignore[attr-defined]
+API_EVENTS: Table = ApiEvent.__table__  # type: ignore[attr-defined]
 # profile attributes whose column is named otherwise
 _COLUMN = {"custom_fields": "fields"}
 
