@@ -275,7 +275,7 @@ async def _shut_down_the_app(settings: Any, ticks: int, seconds: float,
     its inner call completes (redis-py sends every command through it)."""
     from aiohttp import web
 
-    from stitcher.app import WORKER, init_app
+    from stitcher.app import STOP_GRACE_S, WORKER, init_app
 
     runner = web.AppRunner(init_app(settings))
     await runner.setup()
@@ -302,7 +302,9 @@ async def _shut_down_the_app(settings: Any, ticks: int, seconds: float,
     took = time.monotonic() - started
     assert task.done(), f"the worker survived the shutdown ({ticks} steps, {seconds} s)"
     assert task.cancelled() or task.exception() is None, task.exception()
-    assert took < 3, f"shutdown took {took:.1f} s ({ticks} steps, {seconds} s in)"
+    # below the worker's grace (STOP_GRACE_S = 5 s): a worker that ignored the stop would use all of it; the
+    # margin is for a loaded 2-core machine, where a prompt stop has been seen to take 3.9 s
+    assert took < STOP_GRACE_S - 0.5, f"shutdown took {took:.1f} s ({ticks} steps, {seconds} s in)"
 
 
 async def test_the_apps_shutdown_stops_the_worker_at_any_moment(settings):
