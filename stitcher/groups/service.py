@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from stitcher import views
+from stitcher.domain.errors import ValidationFailed
 from stitcher.domain.segments import FieldKind, GroupSpec, GroupType, Match, parse_group
 from stitcher.store import groups, segments
 from stitcher.store.db import Database
 from stitcher.store.models import Group
 from stitcher.store.repo import now_ms
-from tracker.errors import DomainError, NotFound, ValidationFailed
+from tracker.errors import DomainError, NotFound
 
 
 class GroupNotFound(NotFound):
