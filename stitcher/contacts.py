@@ -102,7 +102,7 @@ class ContactService:
 
         async def attempt() -> tuple[Outcome, list[tuple[str, int]]]:
             try:
-                return await self._apply(mode, command, (groups, group_ids), form_type, request_id, extra)
+                return await self._apply(mode, command, groups, group_ids, form_type, request_id, extra)
             except NeedKeys as exc:
                 extra.update(exc.keys)
                 raise
@@ -119,7 +119,7 @@ class ContactService:
                 outcome.stitched += stitched
         return outcome
 
-    async def _apply(self, mode: Mode, command: ContactCommand, groups: tuple[Sequence[str], Sequence[int]],
+    async def _apply(self, mode: Mode, command: ContactCommand, groups: Sequence[str], group_ids: Sequence[int],
                      form_type: str | None, request_id: str | None,
                      extra: set[str]) -> tuple[Outcome, list[tuple[str, int]]]:
         """One transaction: decide, write the contact, merge, link visitors. Returns the stitches to run.
@@ -155,8 +155,8 @@ class ContactService:
                                reason="merge")
             to_stitch += await self._link_visitors(s, cid, command.visitor_ids, request_id)
             # the contact's own groups (add/update, PUT, subscribe) and subscribe's top-level ones
-            names, ids = tuple(dict.fromkeys((*command.groups, *groups[0]))), (*(g for g, _ in command.group_ids),
-                                                                                 *groups[1])
+            names = tuple(dict.fromkeys((*command.groups, *groups)))
+            ids = [*(g for g, _ in command.group_ids), *group_ids]  # never created: joined while they exist
             if names or ids:
                 await repo.add_to_groups(self.db, s, cid, [*await repo.ensure_groups(self.db, s, names), *ids],
                                          form_type)

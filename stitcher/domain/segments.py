@@ -16,7 +16,8 @@ from typing import Any
 from stitcher.domain.errors import FieldErrors
 from stitcher.domain.instants import BadInstant, read_instant
 
-__all__ = ["Condition", "FieldKind", "GroupSpec", "Match", "Op", "parse_group"]
+__all__ = ["DAY_MS", "FIELDS", "OPS", "Condition", "FieldKind", "GroupSpec", "GroupType", "Match", "Op",
+           "parse_condition", "parse_group"]
 
 MAX_NAME = 256
 MAX_CONDITIONS = 50
