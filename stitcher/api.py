@@ -38,9 +38,10 @@ async def subscribe(request: web.Request) -> web.StreamResponse:
     sub = await group_refs.subscribe(request.app[DB], parse_subscribe(await read_json(request),
                                                                        request.app[NORMALISER]))
     outcome = await request.app[CONTACTS].upsert(Mode.SUBSCRIBE, sub.contact, groups=sub.groups,
-                                                 form_type=sub.form_type, request_id=request_id(request))
-    groups = list(dict.fromkeys((*sub.contact.groups, *sub.groups)))
-    return json_response({**outcome.body(), "groups": groups, "ignored": list(sub.contact.ignored)})
+                                                 group_ids=[g for g, _ in sub.group_ids], form_type=sub.form_type,
+                                                 request_id=request_id(request))
+    return json_response({**outcome.body(), "groups": group_refs.joined_names(sub.contact, sub),
+                          "ignored": list(sub.contact.ignored)})
 
 
 @routes.get("/api/v1/contact/{contact_id}")

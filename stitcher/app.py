@@ -15,6 +15,7 @@ from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
 from stitcher.events import handlers as events
 from stitcher.events.service import EventService
+from stitcher.groups import handlers as groups
 from stitcher.http_input import DB, NORMALISER
 from stitcher.imports import handlers as imports
 from stitcher.imports.runner import ImportRunner
@@ -52,6 +53,7 @@ def init_app(settings: Settings) -> web.Application:
     app.add_routes(account.routes)
     app.add_routes(imports.routes)
     app.add_routes(order_routes)
+    app.add_routes(groups.routes)
     return app
 
 

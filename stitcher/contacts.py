@@ -87,10 +87,13 @@ class ContactService:
         self.stitcher = stitcher
 
     async def upsert(self, mode: Mode, command: ContactCommand, *, groups: Sequence[str] = (),
-                     form_type: str | None = None, request_id: str | None = None) -> Outcome:
+                     group_ids: Sequence[int] = (), form_type: str | None = None,
+                     request_id: str | None = None) -> Outcome:
         """Add/update (or subscribe) one contact and stitch the given visitors' history onto it.
 
-        The contact joins ``command.groups`` and ``groups`` (subscribe's top-level list), created when missing.
+        The contact joins ``command.groups`` and ``groups`` (subscribe's top-level list), created when missing,
+        and the groups ``command.group_ids`` and ``group_ids`` name by id (checked by ``group_refs``) if they
+        still exist.
 
         When this returns, the anonymous history of ``command.visitor_ids`` is on the timeline. A decision
         gone stale (409 after the retries), a unique-key race (two creators of one external ID: the retry
@@ -101,7 +104,7 @@ class ContactService:
 
         async def attempt() -> tuple[Outcome, list[tuple[str, int]]]:
             try:
-                return await self._apply(mode, command, groups, form_type, request_id, extra)
+                return await self._apply(mode, command, groups, group_ids, form_type, request_id, extra)
             except NeedKeys as exc:
                 extra.update(exc.keys)
                 raise
@@ -118,8 +121,9 @@ class ContactService:
                 outcome.stitched += stitched
         return outcome
 
-    async def _apply(self, mode: Mode, command: ContactCommand, groups: Sequence[str], form_type: str | None,
-                     request_id: str | None, extra: set[str]) -> tuple[Outcome, list[tuple[str, int]]]:
+    async def _apply(self, mode: Mode, command: ContactCommand, groups: Sequence[str], group_ids: Sequence[int],
+                     form_type: str | None, request_id: str | None,
+                     extra: set[str]) -> tuple[Outcome, list[tuple[str, int]]]:
         """One transaction: decide, write the contact, merge, link visitors. Returns the stitches to run.
 
         ``extra`` are keys an earlier attempt found it needed (a merge loser's visitors): locked with the
@@ -155,8 +159,11 @@ class ContactService:
                                reason="merge")
             to_stitch += await self._link_visitors(s, cid, command.visitor_ids, request_id)
             # the contact's own groups (add/update, PUT, subscribe) and subscribe's top-level ones
-            if names := tuple(dict.fromkeys((*command.groups, *groups))):
-                await repo.add_to_groups(self.db, s, cid, await repo.ensure_groups(self.db, s, names), form_type)
+            names = tuple(dict.fromkeys((*command.groups, *groups)))
+            ids = [*(g for g, _ in command.group_ids), *group_ids]  # never created: joined while they exist
+            if names or ids:
+                await repo.add_to_groups(self.db, s, cid, [*await repo.ensure_groups(self.db, s, names), *ids],
+                                         form_type)
             status = "merged" if decision.merged else decision.action.value
             outcome = Outcome(cid, status, external_id, list(decision.merge), list(command.visitor_ids))
         return outcome, list(dict.fromkeys(to_stitch))

@@ -1,8 +1,10 @@
-"""Groups a contact payload names only by id (``{"id": 7}``): the existing ones are joined by their name, as
-every other group is; an id that names no group is listed under ``ignored``, never a 400 for the contact.
+"""The groups a contact payload names, checked before the write: a group named only by its id (``{"id": 7}``)
+that no group has, and any group (by id or by name) that is dynamic, are listed under ``ignored`` — never a
+400 for the contact, and a dynamic group never gets static members (its conditions decide who is in it).
 
-Resolved before the write: a group's id and name never change once it exists (groups are created, never
-renamed or removed), so reading them outside the write's transaction decides nothing differently.
+Groups named by id keep their id (``group_ids`` then holds ``(id, name)``): the write joins them by id and
+never creates one by their name, so a group deleted between this check and the write is simply not joined
+(``stitcher.store.groups.joinable``), never re-created, never a 500.
 """
 
 from __future__ import annotations
@@ -12,38 +14,57 @@ from dataclasses import replace
 
 from stitcher.domain.commands import ContactCommand, GroupId, SubscribeCommand
 from stitcher.domain.identifiers import Ignored
-from stitcher.store import repo
+from stitcher.store import groups
 from stitcher.store.db import Database
+from stitcher.store.models import Group
+
+DYNAMIC = "a dynamic group takes no members: its conditions decide who is in it"
 
 
-async def _names(db: Database, refs: Sequence[GroupId]) -> dict[int, str]:
+async def _resolve(db: Database, refs: Sequence[GroupId], names: Sequence[str], where: str
+                   ) -> tuple[tuple[GroupId, ...], tuple[str, ...], tuple[Ignored, ...]]:
+    """The static groups among ``refs`` as ``(id, name)``, the names that are not dynamic groups', and what
+    was left out and why."""
     async with db.reader() as s:
-        return await repo.group_names(s, [group_id for group_id, _ in refs])
+        found: dict[int, Group] = await groups.by_ids(s, [g for g, _ in refs]) if refs else {}
+        dynamic = await groups.dynamic_names(s, names)
+    ignored: list[Ignored] = []
+    kept: list[GroupId] = []
+    for group_id, at in refs:
+        group = found.get(group_id)
+        if group is None:
+            ignored.append({"field": at, "reason": "no group has this id"})
+        elif group.type != "static":
+            ignored.append({"field": at, "reason": DYNAMIC})
+        else:
+            kept.append((group_id, group.name))
+    ignored += [{"field": where, "reason": f"{name!r}: {DYNAMIC}"} for name in names if name in dynamic]
+    return tuple(kept), tuple(n for n in names if n not in dynamic), tuple(ignored)
 
 
-def _missing(refs: Sequence[GroupId], names: dict[int, str]) -> tuple[Ignored, ...]:
-    return tuple({"field": where, "reason": "no group has this id"} for group_id, where in refs
-                 if group_id not in names)
-
-
-async def contact(db: Database, command: ContactCommand) -> ContactCommand:
-    """The command with its groups named by id among its group names."""
-    if not command.group_ids:
+async def contact(db: Database, command: ContactCommand, where: str = "groups") -> ContactCommand:
+    """The command with its groups checked: ``group_ids`` the static groups it names by id, as ``(id, name)``;
+    ``where`` is where the request lists them."""
+    if not command.group_ids and not command.groups:
         return command
-    names = await _names(db, command.group_ids)
-    return replace(command, group_ids=(), ignored=(*command.ignored, *_missing(command.group_ids, names)),
-                   groups=tuple(dict.fromkeys((*command.groups, *(names[g] for g, _ in command.group_ids
-                                                                  if g in names)))))
+    kept, names, ignored = await _resolve(db, command.group_ids, command.groups, where)
+    return replace(command, group_ids=kept, groups=names, ignored=(*command.ignored, *ignored))
 
 
 async def subscribe(db: Database, command: SubscribeCommand) -> SubscribeCommand:
-    """The command with the groups its contact and its top-level list name by id among their names; what
-    either could not find is listed on the contact (subscribe's answer lists the contact's ``ignored``)."""
-    person = await contact(db, command.contact)
-    if not command.group_ids:
+    """The command with the groups its contact and its top-level list name checked as ``contact`` does; what
+    either left out is listed on the contact (subscribe's answer lists the contact's ``ignored``)."""
+    person = await contact(db, command.contact, "contact.groups")
+    if not command.group_ids and not command.groups:
         return replace(command, contact=person)
-    names = await _names(db, command.group_ids)
-    return replace(command, group_ids=(),
-                   contact=replace(person, ignored=(*person.ignored, *_missing(command.group_ids, names))),
-                   groups=tuple(dict.fromkeys((*command.groups, *(names[g] for g, _ in command.group_ids
-                                                                  if g in names)))))
+    kept, names, ignored = await _resolve(db, command.group_ids, command.groups, "groups")
+    return replace(command, group_ids=kept, groups=names, contact=replace(person, ignored=(*person.ignored, *ignored)))
+
+
+def joined_names(command: ContactCommand, top: SubscribeCommand | None = None) -> list[str]:
+    """The names of the groups a request puts the contact in, as its answer lists them: the contact's own (by
+    name, then by id), then subscribe's top-level ones."""
+    parts = [*command.groups, *(name for _, name in command.group_ids)]
+    if top is not None:
+        parts += [*top.groups, *(name for _, name in top.group_ids)]
+    return list(dict.fromkeys(parts))

@@ -128,5 +128,10 @@ async def search(s: AsyncSession, q: Search) -> tuple[list[dict[str, Any]], int]
         query = query.where(func.lower(col(Contact.last_name)) == q.last_name.lower())
     total = await repo.count(s, query)
     contacts = list((await s.execute(query.order_by(col(Contact.id)).offset(q.start - 1).limit(q.max_rows))).scalars())
+    return await list_bodies(s, contacts), total
+
+
+async def list_bodies(s: AsyncSession, contacts: list[Contact]) -> list[dict[str, Any]]:
+    """Contacts as a list shows them (search, a group's members): with their channels, in one query."""
     channels = await repo.channels_of_many(s, [c.id for c in contacts if c.id is not None])
-    return [contact_body(c, channels[c.id], [], []) for c in contacts if c.id is not None], total
+    return [contact_body(c, channels[c.id], [], []) for c in contacts if c.id is not None]

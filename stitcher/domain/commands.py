@@ -14,7 +14,9 @@ from stitcher.domain.identifiers import IdentifierKind, Identity, Ignored
 
 __all__ = ["ContactCommand", "GroupId", "SubscribeCommand"]
 
-GroupId = tuple[int, str]  # a group named only by its id, and where the request named it (``groups[2].id``)
+# a group named only by its id, and where the request named it (``groups[2].id``); once ``group_refs`` has
+# checked it, its id and name
+GroupId = tuple[int, str]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.domain.rules import Candidate
-from stitcher.store import contact_rows, pg_driver
+from stitcher.store import contact_rows, groups, pg_driver
 from stitcher.store.db import Database
 from stitcher.store.multirow import insert_many, insert_returning_ids, insert_rows, pg_arrays, pg_unnest, pg_value
 from stitcher.store.tables import CONTACTS, IDENTIFIERS, MEMBERS, by_column, one_of, pg_one_of
@@ -165,7 +165,11 @@ async def add_identifiers(db: Database, session: AsyncSession,
 
 async def add_memberships(db: Database, session: AsyncSession, rows: Iterable[tuple[int, int]],
                           form_type: str | None, now: int) -> None:
-    """Put contacts in groups, given as (contact id, group id); existing memberships stay as they are."""
-    params = [{"contact_id": c, "group_id": g, "form_type": form_type, "added_at": now} for c, g in rows]
+    """Put contacts in groups, given as (contact id, group id); existing memberships stay as they are, and a
+    group deleted meanwhile or dynamic is left out (``groups.joinable``)."""
+    rows = list(rows)
+    joinable = await groups.joinable(db, session, {g for _, g in rows})
+    params = [{"contact_id": c, "group_id": g, "form_type": form_type, "added_at": now} for c, g in rows
+              if g in joinable]
     await insert_many(db, session, MEMBERS, params, ignore=("group_id", "contact_id"))
 

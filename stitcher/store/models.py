@@ -15,6 +15,8 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
 # ids are handed to API clients: SQLite must never reuse the id of an erased row (max(rowid)+1 would)
 SQLITE_AUTOINCREMENT = {"sqlite_autoincrement": True}
+LIVE = "deleted_at IS NULL AND merged_into_id IS NULL"
+LIVE_NO_EXTERNAL_ID = f"external_customer_id IS NULL AND {LIVE}"
 
 
 def _ms() -> Any:
@@ -30,7 +32,13 @@ class Contact(SQLModel, table=True):
     """A person. ``external_customer_id`` is the only unique identifier (SPEC §1, DESIGN invariant 6)."""
 
     __tablename__ = "contacts"
-    __table_args__ = (SQLITE_AUTOINCREMENT,)
+    __table_args__ = (
+        # groups read live contacts by id (stitcher.store.segments); the seed's check, "no external ID", too
+        Index("ix_contacts_live", "id", sqlite_where=text(LIVE), postgresql_where=text(LIVE)),
+        Index("ix_contacts_live_no_external_id", "id", sqlite_where=text(LIVE_NO_EXTERNAL_ID),
+              postgresql_where=text(LIVE_NO_EXTERNAL_ID)),
+        SQLITE_AUTOINCREMENT,
+    )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     external_customer_id: str | None = Field(default=None, sa_column=Column(String(256), unique=True))
     first_name: str | None = Field(default=None, max_length=256)
@@ -104,12 +112,16 @@ class TimelineEvent(SQLModel, table=True):
 
 
 class Group(SQLModel, table=True):
+    """A group: static (members in ``group_members``) or dynamic (``conditions`` joined by ``match``, as the
+    client gave them; evaluated when read, see ``stitcher.store.segments``)."""
+
     __tablename__ = "groups"
     __table_args__ = (SQLITE_AUTOINCREMENT,)
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     name: str = Field(sa_column=Column(String(256), unique=True, nullable=False))
     type: str = Field(default="static", max_length=16)
     conditions: list[dict[str, Any]] | None = Field(default=None, sa_type=Json)
+    match: str = Field(default="all", max_length=8, sa_column_kwargs={"server_default": "all"})
     created_at: int = _ms()
 
 

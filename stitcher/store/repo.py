@@ -13,7 +13,7 @@ from sqlmodel import col
 
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.store import audit as audit_log
-from stitcher.store import pg_driver
+from stitcher.store import groups, pg_driver
 from stitcher.store.db import Database
 from stitcher.store.models import (
     Contact,
@@ -102,7 +102,8 @@ async def group_names(session: AsyncSession, ids: Sequence[int]) -> dict[int, st
 
 
 async def ensure_groups(db: Database, session: AsyncSession, names: Sequence[str]) -> list[int]:
-    """Ids of the named static groups, creating the missing ones (concurrent creators are harmless)."""
+    """Ids of the named groups, creating the missing ones as static (concurrent creators are harmless); a name
+    that is a dynamic group's gives its id, which ``add_to_groups`` then leaves out."""
     if not names:
         return []
     await session.execute(db.insert_ignore(Group, ["name"]),
@@ -114,10 +115,11 @@ async def ensure_groups(db: Database, session: AsyncSession, names: Sequence[str
 
 async def add_to_groups(db: Database, session: AsyncSession, contact_id: int, group_ids: Sequence[int],
                         form_type: str | None) -> None:
-    if group_ids:
+    """Put the contact in those of the groups that still exist and are static (``groups.joinable``)."""
+    if joinable := await groups.joinable(db, session, group_ids):
         await session.execute(db.insert_ignore(GroupMember, ["group_id", "contact_id"]), [
             {"group_id": g, "contact_id": contact_id, "form_type": form_type, "added_at": now_ms()}
-            for g in group_ids])
+            for g in dict.fromkeys(group_ids) if g in joinable])
 
 
 @dataclass

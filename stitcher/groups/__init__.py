@@ -1,0 +1,1 @@
+"""Groups and dynamic segments: static groups filled by contact writes, dynamic ones evaluated in SQL."""

@@ -1,0 +1,96 @@
+"""Groups: create (a dynamic group's conditions checked whole, the groups they name too), list, read, delete,
+and the members of a group, a page and the total, evaluated in SQL when read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stitcher import views
+from stitcher.domain.errors import ValidationFailed
+from stitcher.domain.segments import FieldKind, GroupSpec, GroupType, Match, parse_group
+from stitcher.store import groups, segments
+from stitcher.store.db import Database
+from stitcher.store.models import Group
+from stitcher.store.repo import now_ms
+from tracker.errors import DomainError, NotFound
+
+
+class GroupNotFound(NotFound):
+    code = "group_not_found"
+
+    def __init__(self, group_id: int) -> None:
+        super().__init__(f"no group has the id {group_id}", groupId=group_id)
+
+
+class GroupNameTaken(DomainError):
+    status = 409
+    code = "group_exists"
+
+    def __init__(self, name: str, group_id: int | None) -> None:
+        super().__init__("a group with this name exists", name=name, groupId=group_id)
+
+
+def group_body(group: Group) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": group.id, "name": group.name, "type": group.type}
+    if group.type == GroupType.DYNAMIC.value:
+        body |= {"match": group.match, "conditions": group.conditions or []}
+    return body
+
+
+def _spec(group: Group) -> GroupSpec:
+    """A stored group parsed again (its conditions were checked when it was created)."""
+    return parse_group({"name": group.name, "type": group.type, "match": group.match,
+                        "conditions": group.conditions})
+
+
+class GroupService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, body: Any) -> int:
+        """The new group's id: 400 naming every bad field or condition, 409 when the name is taken."""
+        spec = parse_group(body)
+        named = {int(c.value or 0): i for i, c in enumerate(spec.conditions) if c.kind is FieldKind.GROUP}
+        async with self.db.reader() as s:
+            found = await groups.by_ids(s, named) if named else {}
+            bad = [{"field": f"conditions[{i}].value", "message": "no static group has this id"}
+                   for gid, i in named.items() if gid not in found or found[gid].type != GroupType.STATIC.value]
+            if bad:
+                raise ValidationFailed(sorted(bad, key=lambda e: e["field"]))
+        try:
+            return await groups.create(self.db, spec, now_ms())
+        except groups.DuplicateName:
+            async with self.db.reader() as s:
+                taken = await groups.id_by_name(s, spec.name)
+            raise GroupNameTaken(spec.name, taken) from None
+
+    async def listing(self) -> list[dict[str, Any]]:
+        async with self.db.reader() as s:
+            return [group_body(g) for g in await groups.listing(s)]
+
+    async def get(self, group_id: int) -> dict[str, Any]:
+        async with self.db.reader() as s:
+            group = await groups.get(s, group_id)
+        if group is None:
+            raise GroupNotFound(group_id)
+        return group_body(group)
+
+    async def delete(self, group_id: int) -> None:
+        """Delete the group and its memberships (the contacts and their identity logs stay as they are)."""
+        if not await groups.remove(self.db, group_id):
+            raise GroupNotFound(group_id)
+
+    async def contacts(self, group_id: int, start: int, max_rows: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the group's live members by id (``start`` 1-based) and how many there are."""
+        async with self.db.reader() as s:
+            group = await groups.get(s, group_id)
+            if group is None:
+                raise GroupNotFound(group_id)
+            if group.type == GroupType.DYNAMIC.value:
+                spec = _spec(group)
+                members = segments.dynamic_members(spec.conditions, Match(spec.match), self.db.dialect, now_ms())
+            else:
+                members = segments.static_members(group_id)
+            total = await segments.count(s, members)
+            page = await segments.page(s, members, start, max_rows) if total >= start else []
+            return await views.list_bodies(s, page), total

@@ -1,0 +1,153 @@
+"""The SQL of groups: a dynamic group's conditions as one filter on ``contacts`` (SQLAlchemy Core, the same on
+SQLite and PostgreSQL but for the JSON of custom fields), and the live members of a group, page and count.
+
+Live means neither deleted nor merged; the partial indexes of migration 0008 hold exactly those rows (and,
+for the seed's check, those without an external ID), so a page is an index range and a count an index-only
+scan instead of a pass over the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from stitcher.domain.segments import DAY_MS, Condition, FieldKind, Match, Op
+from stitcher.store.models import Contact, GroupMember, Identifier, TimelineEvent, VisitorLink
+from stitcher.store.tables import CONTACTS, MEMBERS
+
+CONTACT = CONTACTS.c
+LIVE = (CONTACT.deleted_at.is_(None), CONTACT.merged_into_id.is_(None))
+
+
+def _like(value: str) -> str:
+    """A ``LIKE`` pattern matching ``value`` anywhere, lower-cased, with ``!`` escaping the wildcards."""
+    return "%" + value.lower().replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+
+
+def _profile(c: Condition) -> ColumnElement[bool]:
+    """A text column; blank counts as not set, except an external ID, which is never stored blank — so "no
+    external ID" is exactly the predicate of its partial index."""
+    column = CONTACT[c.target]
+    blank_stored = c.target != "external_customer_id"
+    match c.op:
+        case Op.IS_SET:
+            return and_(column.is_not(None), column != "") if blank_stored else column.is_not(None)
+        case Op.NOT_SET:
+            return or_(column.is_(None), column == "") if blank_stored else column.is_(None)
+        case Op.EQUALS:
+            return column == c.value
+        case Op.NOT_EQUALS:
+            return or_(column.is_(None), column != c.value)
+    return func.lower(column).like(_like(str(c.value)), escape="!")
+
+
+def _channel(c: Condition) -> ColumnElement[bool]:
+    ident = exists().where(col(Identifier.contact_id) == CONTACT.id, col(Identifier.kind) == c.target)
+    match c.op:
+        case Op.IS_SET:
+            return ident
+        case Op.NOT_SET:
+            return ~ident
+        case Op.EQUALS:
+            return ident.where(col(Identifier.value) == c.value)
+        case Op.NOT_EQUALS:
+            return ~ident.where(col(Identifier.value) == c.value)
+    return ident.where(func.lower(col(Identifier.value)).like(_like(str(c.value)), escape="!"))
+
+
+def _custom(c: Condition, n: int, dialect: str) -> ColumnElement[bool]:
+    """A custom field of the contact's ``fields`` list (``[{id, value}]``), compared as text."""
+    if dialect == "postgresql":
+        fid, fvalue = "e->>'id'", "e->>'value'"
+        source = ("jsonb_array_elements(CASE jsonb_typeof(contacts.fields) WHEN 'array' THEN contacts.fields "
+                  "ELSE '[]'::jsonb END) AS e")
+    else:
+        source = "json_each(CASE json_type(contacts.fields) WHEN 'array' THEN contacts.fields ELSE '[]' END) AS e"
+        fid, fvalue = "CAST(json_extract(e.value, '$.id') AS TEXT)", "CAST(json_extract(e.value, '$.value') AS TEXT)"
+    params: dict[str, Any] = {f"fid{n}": c.target}
+    has = f"{fvalue} IS NOT NULL AND {fvalue} <> ''"
+    if c.op in (Op.EQUALS, Op.NOT_EQUALS):
+        has, params = f"{fvalue} = :fv{n}", {**params, f"fv{n}": c.value}
+    elif c.op is Op.CONTAINS:
+        has, params = f"lower({fvalue}) LIKE :fv{n} ESCAPE '!'", {**params, f"fv{n}": _like(str(c.value))}
+    negated = "NOT " if c.op in (Op.NOT_SET, Op.NOT_EQUALS) else ""
+    return text(f"{negated}EXISTS (SELECT 1 FROM {source} WHERE {fid} = :fid{n} AND {has})"  # type: ignore[return-value]
+                ).bindparams(**params)
+
+
+def _time(c: Condition, now_ms: int) -> ColumnElement[bool]:
+    column = CONTACT[c.target]
+    if c.op is Op.BEFORE:
+        return column < c.value
+    if c.op is Op.AFTER:
+        return column > c.value
+    return column >= now_ms - int(c.value or 0) * DAY_MS
+
+
+def _event(c: Condition, now_ms: int) -> ColumnElement[bool]:
+    has = exists().where(col(TimelineEvent.contact_id) == CONTACT.id)
+    if c.event_type is not None:
+        has = has.where(col(TimelineEvent.type) == c.event_type)
+    if c.op is Op.WITHIN_DAYS:
+        has = has.where(col(TimelineEvent.occurred_at) >= now_ms - int(c.value or 0) * DAY_MS)
+    return ~has if c.op in (Op.NOT_SET, Op.NOT_EQUALS) else has
+
+
+def condition(c: Condition, n: int, dialect: str, now_ms: int) -> ColumnElement[bool]:
+    """The SQL of one condition on a ``contacts`` row; ``n`` keeps its bound names apart from the others'."""
+    if c.kind is FieldKind.PROFILE:
+        return _profile(c)
+    if c.kind is FieldKind.CHANNEL:
+        return _channel(c)
+    if c.kind is FieldKind.CUSTOM:
+        return _custom(c, n, dialect)
+    if c.kind is FieldKind.TIME:
+        return _time(c, now_ms)
+    if c.kind is FieldKind.EVENT:
+        return _event(c, now_ms)
+    if c.kind is FieldKind.GROUP:
+        member = exists().where(col(GroupMember.contact_id) == CONTACT.id, col(GroupMember.group_id) == c.value)
+        return member if c.op is Op.EQUALS else ~member
+    linked = exists().where(col(VisitorLink.contact_id) == CONTACT.id, col(VisitorLink.unlinked_at).is_(None))
+    return linked if c.op is Op.IS_SET else ~linked
+
+
+def dynamic_filter(conditions: Sequence[Condition], match: Match, dialect: str, now_ms: int) -> ColumnElement[bool]:
+    """Every condition (``all``) or one of them (``any``) as one SQL filter."""
+    parts = [condition(c, n, dialect, now_ms) for n, c in enumerate(conditions)]
+    if not parts:
+        return false()
+    return and_(*parts) if match is Match.ALL else or_(*parts)
+
+
+def dynamic_members(conditions: Sequence[Condition], match: Match, dialect: str, now_ms: int) -> Select[Any]:
+    """The live contacts a dynamic group holds now."""
+    return select(Contact).where(*LIVE, dynamic_filter(conditions, match, dialect, now_ms))
+
+
+def static_members(group_id: int) -> Select[Any]:
+    """The live contacts in a static group."""
+    return select(Contact).join(MEMBERS, MEMBERS.c.contact_id == CONTACT.id).where(
+        MEMBERS.c.group_id == group_id, *LIVE)
+
+
+def page_query(members: Select[Any], start: int, max_rows: int) -> Select[Any]:
+    """The members ``start``.. (1-based), ``max_rows`` of them, by id (an index range: see the module doc)."""
+    return members.order_by(CONTACT.id).offset(start - 1).limit(max_rows)
+
+
+async def page(s: AsyncSession, members: Select[Any], start: int, max_rows: int) -> list[Contact]:
+    return list((await s.execute(page_query(members, start, max_rows))).scalars())
+
+
+def count_query(members: Select[Any]) -> Select[Any]:
+    """How many members: ``count(*)`` over the same rows (an index-only scan where a partial index fits)."""
+    return members.with_only_columns(func.count(), maintain_column_froms=True)
+
+
+async def count(s: AsyncSession, members: Select[Any]) -> int:
+    return int((await s.execute(count_query(members))).scalar_one())
