@@ -47,9 +47,14 @@ def request_id(request: web.Request) -> str | None:
 
 
 def path_contact_id(request: web.Request) -> int:
-    raw = request.match_info["contact_id"]
+    return path_id(request, "contact_id", "contactId")
+
+
+def path_id(request: web.Request, name: str, field: str) -> int:
+    """The positive integer id in the path's ``{name}``; a 400 naming ``field`` otherwise."""
+    raw = request.match_info[name]
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:  # the length first, see _int
-        raise ValidationFailed([{"field": "contactId", "message": "must be a positive integer"}])
+        raise ValidationFailed([{"field": field, "message": "must be a positive integer"}])
     return int(raw)
 
 
