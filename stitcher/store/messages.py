@@ -119,15 +119,29 @@ def add_receipt(s: AsyncSession, key: str, answer: Mapping[str, Any]) -> None:
     s.add(SendReceipt(key=key, answer=dict(answer), created_at=repo.now_ms()))
 
 
-async def claim_due(db: Database, s: AsyncSession, channel: str, now: int, limit: int) -> list[OutboxEntry]:
-    """Queued rows of a channel that are due, locked for this worker: ``FOR UPDATE SKIP LOCKED`` on
-    PostgreSQL (another service process takes other rows), SQLite's one writer elsewhere."""
-    q = (select(OutboxEntry).where(col(OutboxEntry.state) == QUEUED, col(OutboxEntry.channel) == channel,
-                                   col(OutboxEntry.next_attempt_at) <= now)
+async def claim_due(db: Database, s: AsyncSession, channel: str, now: int, limit: int,
+                    lease_until: int) -> list[OutboxEntry]:
+    """Lease the queued rows of a channel that are due to this worker until ``lease_until``.
+
+    The rows are picked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (another process's worker takes other
+    rows), and the lease is a conditional UPDATE: a row another worker leased meanwhile (on SQLite, whose
+    driver reads outside the write transaction) no longer matches and is left to it.
+    """
+    due = (col(OutboxEntry.state) == QUEUED, col(OutboxEntry.channel) == channel,
+           col(OutboxEntry.next_attempt_at) <= now)
+    q = (select(col(OutboxEntry.id)).where(*due)
          .order_by(col(OutboxEntry.next_attempt_at), col(OutboxEntry.id)).limit(limit))
     if db.dialect == "postgresql":
         q = q.with_for_update(skip_locked=True)
-    return list((await s.execute(q)).scalars())
+    ids = list((await s.execute(q)).scalars())
+    if not ids:
+        return []
+    leased = list((await s.execute(update(OutboxEntry).where(col(OutboxEntry.id).in_(ids), *due)
+                                   .values(next_attempt_at=lease_until).returning(col(OutboxEntry.id)))).scalars())
+    if not leased:
+        return []
+    return list((await s.execute(select(OutboxEntry).where(col(OutboxEntry.id).in_(leased))
+                                 .order_by(col(OutboxEntry.id)))).scalars())
 
 
 async def set_outcome(s: AsyncSession, row_id: int, values: Mapping[str, Any]) -> None:
