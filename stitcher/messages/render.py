@@ -9,7 +9,8 @@ rendered per recipient. What a template may do:
 - every operation that makes a longer string or list (``+``, ``*``, ``%``, ``~``, ``**``, filters and string
   methods) is checked before it runs: an integer argument above ``MAX_COUNT``, or a result longer than
   ``MAX_OUTPUT`` characters, fails the render; ``range`` stops at ``MAX_COUNT``;
-- the rendered output is streamed and fails past ``MAX_OUTPUT`` characters.
+- the rendered output is streamed and fails past ``MAX_OUTPUT`` characters, and all the loops of a render
+  together stop at ``MAX_ITERATIONS`` iterations (each ``{% for %}`` is wrapped in a counting filter).
 
 A failed render fails that recipient alone (``RenderFailed``, its message says why). An undefined placeholder
 renders empty, and so does any attribute or item of it (``ChainableUndefined``): a contact without a first
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
@@ -32,6 +34,8 @@ from jinja2.utils import Namespace
 
 MAX_OUTPUT = 256 * 1024  # characters of one rendered subject or body, and of any string made on the way
 MAX_COUNT = 10_000  # largest integer a filter, method or ``range`` may be given
+MAX_ITERATIONS = 100_000  # loop iterations of one render, all loops together
+_ITERATIONS: ContextVar[list[int]] = ContextVar("message_loop_iterations")
 _WIDE_FORMAT = re.compile(r"\d{5,}")  # a printf/format width of 10,000 or more
 _REFUSED = {nodes.Macro: "macros", nodes.CallBlock: "{% call %} blocks", nodes.FilterBlock: "{% filter %} blocks",
             nodes.AssignBlock: "{% set %} blocks", nodes.Extends: "{% extends %}", nodes.Include: "{% include %}",
@@ -90,6 +94,17 @@ def _guarded_filter(name: str, original: Callable[..., Any]) -> Callable[..., An
     return guarded
 
 
+def _loop_budget(items: Iterable[Any]) -> Iterator[Any]:
+    """Every ``{% for %}`` iterates through this (put there at parse time): all the loops of one render
+    together stop at ``MAX_ITERATIONS``, so nested loops cannot spin for minutes without output."""
+    spent = _ITERATIONS.get()
+    for item in items:
+        spent[0] += 1
+        if spent[0] > MAX_ITERATIONS:
+            raise RenderFailed(f"the message's loops ran past {MAX_ITERATIONS} iterations")
+        yield item
+
+
 def _bounded_range(*args: int) -> range:
     _check_ints(args, {})
     result = range(*args)
@@ -116,6 +131,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def __init__(self) -> None:
         super().__init__(undefined=ChainableUndefined, autoescape=False, keep_trailing_newline=True)
         self.filters = {name: _guarded_filter(name, f) for name, f in self.filters.items()}
+        # a name no template can write (the lexer reads `|loop-budget` as a subtraction), nor a jsonParam shadow
+        self.filters["loop-budget"] = _loop_budget
         self.globals = {"range": _bounded_range, "dict": self.globals["dict"]}
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
@@ -180,6 +197,8 @@ class Template:
             node = next(tree.find_all(kind), None)
             if node is not None:
                 raise TemplateRefused(f"line {node.lineno}: {what} are not available in messages")
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, "loop-budget", [], [], None, None, lineno=loop.lineno)
         try:
             self._template = _ENV.from_string(tree)
         except TemplateError as exc:
@@ -189,6 +208,7 @@ class Template:
         """The text for one recipient; ``RenderFailed`` past ``MAX_OUTPUT`` characters or on any error."""
         out: list[str] = []
         size = 0
+        token = _ITERATIONS.set([0])
         try:
             chunks: Iterator[str] = self._template.generate(context)
             for chunk in chunks:
@@ -201,4 +221,6 @@ class Template:
         except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, MemoryError,
                 RecursionError) as exc:
             raise RenderFailed(f"{type(exc).__name__}: {exc}"[:500]) from None
+        finally:
+            _ITERATIONS.reset(token)
         return "".join(out)

@@ -17,6 +17,11 @@ from stitcher.messages.render import MAX_OUTPUT, RenderFailed, Template, Templat
     ("{{ '%5s'|format('x') }}|{{ '{:>3}'.format(1) }}", {}, "    x|  1"),
     ("{{ fields['7'] }}", {"fields": {"7": "gold"}}, "gold"),
     ("{{ ''.__class__ }}{{ x.__init__.__globals__ }}", {}, ""),
+    ("{% for i in a %}{{ loop.index }}/{{ loop.length }}:{{ i }} {% else %}none{% endfor %}", {"a": [5, 6]},
+     "1/2:5 2/2:6 "),
+    ("{% for x in t recursive %}[{{ x.n }}{{ loop(x.c) }}]{% endfor %}",
+     {"t": [{"n": 1, "c": [{"n": 2, "c": []}]}]}, "[1[2]]"),
+    ("{% for i in a %}{{ i }}{% endfor %}", {"a": [1, 2], "loop-budget": "x"}, "12"),
 ])
 def test_templates_render_placeholders_and_hide_internals(source, context, expected):
     """Placeholders render, an undefined one (and anything under it) renders empty, internals are hidden."""
@@ -29,6 +34,7 @@ def test_templates_render_placeholders_and_hide_internals(source, context, expec
     "{{ ('x' * 200000).replace('x', 'yy') }}", "{{ [1]|batch(1000000000, 0)|list }}", "{{ 'a'.expandtabs(9) }}",
     "{{ 1 / 0 }}", "{{ [].append(1) }}", "{{ 2 ** 10000 }}", "{% for i in range(20) %}{{ s ~ s ~ s ~ s }}{% endfor %}",
     "{{ ('ab' * 100000) ~ ('ab' * 100000) }}", "{{ (s + s + s + s + s + s) }}",
+    "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
 ])
 def test_growth_and_unsafe_operations_fail_the_render(source):
     """Every path to a huge string, a huge loop or a mutation fails cleanly instead of allocating it."""
