@@ -11,11 +11,7 @@ request (which moves less with other load on the machine than the wall times).
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +19,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.common import Children, cpu_seconds, per_backend, say
-from bench.stitch import API_KEY, PG_BASE_URL, _pg_admin, drop_database, served
-from bench.tracker import start_redis
+from bench.common import cpu_seconds
+from bench.stitch import API_KEY, measure_served, own_database
 
 RECIPIENTS, REQUESTS = 1000, 5
 BODY = ("<p>Hello {{ firstName }} {{ lastName }},</p><p>your code is {{ code }}.</p>"
@@ -33,23 +28,7 @@ BODY = ("<p>Hello {{ firstName }} {{ lastName }},</p><p>your code is {{ code }}.
 
 
 def prepare(backend: str, tmp: Path) -> tuple[str, str | None]:
-    """An empty migrated database: its URL and the PostgreSQL database to drop after (None for SQLite)."""
-    from stitcher.store.migrate import upgrade
-    from tracker.settings import Settings
-
-    if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp / 'messages-bench.db'}"
-        upgrade(Settings(database_url=url))
-        return url, None
-    name = f"bench_messages_{os.getpid()}"
-    url = f"{PG_BASE_URL}/{name}"
-    _pg_admin(url, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'])
-    try:
-        upgrade(Settings(database_url=url))
-    except BaseException:
-        drop_database(url, name)
-        raise
-    return url, name
+    return own_database(backend, tmp, "messages")
 
 
 async def _seed(db_url: str) -> None:
@@ -105,22 +84,8 @@ async def measure(url: str, db_url: str, service_pid: int) -> dict[str, Any]:
 
 
 def main() -> dict[str, Any]:
-    results: dict[str, Any] = {"recipients_per_request": RECIPIENTS, "requests": REQUESTS, "backends": {}}
-    tmp = Path(tempfile.mkdtemp(prefix="stitcher-bench-messages-"))
-    try:
-        with Children() as children:
-            _, redis_url = start_redis(children, tmp)
-
-            def run(backend: str) -> dict[str, Any]:
-                with served(children, tmp, backend, redis_url, prepare) as (service, url, db_url):
-                    result = asyncio.run(measure(url, db_url, service.pid))
-                say(f"      {orjson.dumps(result).decode()}")
-                return result
-
-            results["backends"] = per_backend(run)
-    finally:
-        if os.environ.get("BENCH_KEEP_TMP") != "1":
-            shutil.rmtree(tmp, ignore_errors=True)
+    results: dict[str, Any] = {"recipients_per_request": RECIPIENTS, "requests": REQUESTS,
+                               "backends": measure_served("messages", measure, prepare)}
     results["pass"] = all("error" not in r for r in results["backends"].values())
     return results
 
