@@ -31,12 +31,10 @@ import orjson
 
 from bench.common import Children, cpu_seconds, per_backend, say
 from bench.stitch import (
-    PG_BASE_URL,
     Bench,
     _pct,
-    _pg_admin,
     _run,
-    drop_database,
+    own_database,
     served,
     start_redis,
 )
@@ -46,22 +44,7 @@ CONTACTS, CONCURRENCY, SECONDS, ROUNDS = 200, 16, 5.0, 2
 
 def prepare(backend: str, tmp: Path) -> tuple[str, str | None]:
     """An empty migrated database: its URL and the PostgreSQL database to drop after (None for SQLite)."""
-    from stitcher.store.migrate import upgrade
-    from tracker.settings import Settings
-
-    if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp / 'events-bench.db'}"
-        upgrade(Settings(database_url=url))
-        return url, None
-    name = f"bench_events_{os.getpid()}"
-    url = f"{PG_BASE_URL}/{name}"
-    _pg_admin(url, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'])
-    try:
-        upgrade(Settings(database_url=url))
-    except BaseException:
-        drop_database(url, name)
-        raise
-    return url, name
+    return own_database(backend, tmp, "events")
 
 
 def contact_body(tag: str, i: int, update: bool) -> bytes:

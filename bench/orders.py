@@ -16,22 +16,16 @@ work. No target is set for orders yet; the figures are for the README.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
-from bench.common import Children, cpu_seconds, per_backend, say
-from bench.stitch import API_KEY, served
-from bench.tracker import start_redis
+from bench.common import cpu_seconds
+from bench.stitch import API_KEY, measure_served
 
 ORDERS, REQUESTS = 1000, 5
 STATUSES = ("INITIALIZED", "IN_PROGRESS", "DELIVERED")
@@ -142,22 +136,8 @@ async def measure(url: str, db_url: str, service_pid: int) -> dict[str, Any]:
 
 
 def main() -> dict[str, Any]:
-    results: dict[str, Any] = {"orders_per_request": ORDERS, "requests": REQUESTS, "backends": {}}
-    tmp = Path(tempfile.mkdtemp(prefix="stitcher-bench-orders-"))
-    try:
-        with Children() as children:
-            _, redis_url = start_redis(children, tmp)
-
-            def run(backend: str) -> dict[str, Any]:
-                with served(children, tmp, backend, redis_url) as (service, url, db_url):
-                    result = asyncio.run(measure(url, db_url, service.pid))
-                say(f"      {orjson.dumps(result).decode()}")
-                return result
-
-            results["backends"] = per_backend(run)
-    finally:
-        if os.environ.get("BENCH_KEEP_TMP") != "1":
-            shutil.rmtree(tmp, ignore_errors=True)
+    results: dict[str, Any] = {"orders_per_request": ORDERS, "requests": REQUESTS,
+                               "backends": measure_served("orders", measure)}
     results["pass"] = all("error" not in r for r in results["backends"].values())
     return results
 

@@ -61,6 +61,7 @@ from bench.common import (
     cpu_seconds,
     free_port,
     machine_busy_seconds,
+    per_backend,
     say,
     wait_http,
 )
@@ -297,6 +298,49 @@ def served(children: Children, tmp: Path, backend: str, redis_url: str,
             children.stop(service)
     finally:
         drop_database(db_url, created)
+
+
+def measure_served(label: str, measure: Callable[[str, str, int], Awaitable[dict[str, Any]]],
+                   prepare: Callable[[str, Path], tuple[str, str | None]] = prepare_database) -> dict[str, Any]:
+    """``measure(service URL, database URL, service pid)`` against a real ``stitcher serve`` on SQLite, then on
+    PostgreSQL (each a fresh database made by ``prepare``, dropped after), beside one Redis of the run."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"stitcher-bench-{label}-"))
+    try:
+        with Children() as children:
+            _, redis_url = start_redis(children, tmp)
+
+            def run(backend: str) -> dict[str, Any]:
+                with served(children, tmp, backend, redis_url, prepare) as (service, url, db_url):
+                    result = asyncio.run(measure(url, db_url, service.pid))
+                say(f"      {orjson.dumps(result).decode()}")
+                return result
+
+            results: dict[str, Any] = per_backend(run)
+            return results
+    finally:
+        if os.environ.get("BENCH_KEEP_TMP") != "1":
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def own_database(backend: str, tmp: Path, label: str) -> tuple[str, str | None]:
+    """An empty migrated database: a temp SQLite file, or the PostgreSQL database ``bench_<label>_<pid>`` of
+    this run; its URL and the PostgreSQL database to drop after (None for SQLite)."""
+    from stitcher.store.migrate import upgrade
+    from tracker.settings import Settings
+
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp / f'{label}-bench.db'}"
+        upgrade(Settings(database_url=url))
+        return url, None
+    name = f"bench_{label}_{os.getpid()}"
+    url = f"{PG_BASE_URL}/{name}"
+    _pg_admin(url, [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'])
+    try:
+        upgrade(Settings(database_url=url))
+    except BaseException:
+        drop_database(url, name)
+        raise
+    return url, name
 
 
 _LOG_SINK: Any = None

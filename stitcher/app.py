@@ -19,6 +19,8 @@ from stitcher.groups import handlers as groups
 from stitcher.http_input import DB, NORMALISER
 from stitcher.imports import handlers as imports
 from stitcher.imports.runner import ImportRunner
+from stitcher.messages import handlers as messages
+from stitcher.messages.setup import messages_ctx
 from stitcher.orders.api import ORDERS
 from stitcher.orders.api import routes as order_routes
 from stitcher.orders.service import OrderService
@@ -54,6 +56,8 @@ def init_app(settings: Settings) -> web.Application:
     app.add_routes(imports.routes)
     app.add_routes(order_routes)
     app.add_routes(groups.routes)
+    app.add_routes(messages.routes)
+    app.cleanup_ctx.append(messages_ctx)
     return app
 
 

@@ -48,6 +48,8 @@ class Settings:
     held_event_ttl_days: int = 30  # API events for people not yet known wait this long (and resends are no-ops)
     import_chunk_rows: int = 1000  # rows of a bulk import per transaction
     import_parse_workers: int = 1  # processes parsing import rows beside the service (0: parse in it)
+    smtp_url: str | None = None  # smtp[s]://user:password@host:port: the delivery worker sends queued email there
+    sms_webhook_url: str | None = None  # the delivery worker posts queued SMS there (else they stay queued)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -87,6 +89,9 @@ class Settings:
             kw["organisation_name"] = env["ORGANISATION_NAME"]
         if env.get("USER_EMAIL"):
             kw["user_email"] = env["USER_EMAIL"]
+        for name, attr in (("SMTP_URL", "smtp_url"), ("SMS_WEBHOOK_URL", "sms_webhook_url")):
+            if env.get(name):
+                kw[attr] = env[name]
         if env.get("DEFAULT_PHONE_REGION"):
             kw["default_phone_region"] = env["DEFAULT_PHONE_REGION"]
         for name, attr in (

@@ -27,6 +27,7 @@ __all__ = [
     "Lookup",
     "Mode",
     "OrderOwner",
+    "RecipientMatch",
     "RowDecision",
     "choose",
     "decide",
@@ -36,6 +37,7 @@ __all__ = [
     "lookup_kinds",
     "plan_import",
     "ranked",
+    "resolve_recipient",
     "route_event",
 ]
 
@@ -503,3 +505,52 @@ def decide_order_owner(identity: Identity, found: Lookup) -> OrderOwner:
     """
     decision = decide(Mode.ORDER, identity, found)
     return OrderOwner(decision.target, decision.found_by)
+
+
+@dataclass(frozen=True)
+class RecipientMatch:
+    """The contact a message recipient is (``contact_id``, found by ``found_by``), or why it is none."""
+
+    contact_id: int | None
+    found_by: str | None = None
+    error: str | None = None
+
+
+def resolve_recipient(identity: Identity, found: Lookup) -> RecipientMatch:
+    """Which contact a smartsend recipient is: named by ``contactId > externalCustomerId > locator`` (SPEC §3).
+
+    The highest-priority field given decides; every lower one given must name the same contact (the
+    contact's external ID, one of its channels), else the recipient fails saying which field disagrees —
+    a message never goes to someone the caller did not mean. A locator alone means the contact ``choose``
+    picks among its live holders. An unknown or deleted contact fails. ``identity.channels`` holds the
+    locator (at most one); ``found`` is as for ``decide`` (``by_channel`` live contacts only).
+    """
+    ext = identity.external_id
+    locator = identity.channels[0] if identity.channels else None
+    target: Candidate | None
+    if identity.contact_id is not None:
+        target, named_by = found.by_contact_id, "contactId"
+        if target is None:
+            return RecipientMatch(None, error=f"contact {identity.contact_id} not found")
+    elif ext is not None:
+        target, named_by = found.by_external_id, "externalCustomerId"
+        if target is None:
+            return RecipientMatch(None, error="no contact has this externalCustomerId")
+    else:
+        assert locator is not None
+        target, named_by = choose(found.by_channel.get(locator, ())), "locator"
+        if target is None:
+            return RecipientMatch(None, error="no contact has this locator")
+    if target.deleted:
+        return RecipientMatch(None, error=f"contact {target.id} is deleted")
+    if named_by == "contactId" and ext is not None and target.external_id != ext:
+        holder = found.by_external_id
+        other = f"contact {holder.id}" if holder is not None else "no contact"
+        return RecipientMatch(None, error=f"externalCustomerId names {other}, not contact {target.id} "
+                                          "(named by contactId)")
+    if locator is not None and named_by != "locator" \
+            and all(c.id != target.id for c in found.by_channel.get(locator, ())):
+        holder = choose(found.by_channel.get(locator, ()))
+        other = f"contact {holder.id}" if holder is not None else "no contact"
+        return RecipientMatch(None, error=f"locator names {other}, not contact {target.id} (named by {named_by})")
+    return RecipientMatch(target.id, named_by)

@@ -232,3 +232,61 @@ class ApiEvent(SQLModel, table=True):
     occurred_at: int = _ms()
     received_at: int = _ms()
     expires_at: int = Field(sa_type=BigInteger, index=True)
+
+
+class Message(SQLModel, table=True):
+    """A prepared message (``POST /api/v1/messages``): its templates, rendered per recipient at send time."""
+
+    __tablename__ = "messages"
+    __table_args__ = (SQLITE_AUTOINCREMENT,)
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    channel: str = Field(max_length=16)  # email | sms
+    name: str = Field(max_length=256)
+    subject: str | None = Field(default=None, sa_type=Text)
+    sender: str | None = Field(default=None, max_length=320)
+    body: str = Field(sa_type=Text)
+    created_at: int = _ms()
+
+
+class OutboxEntry(SQLModel, table=True):
+    """One send to one contact, rendered: what the delivery worker delivers and the API reads back.
+
+    ``message_id`` is None for a one-off email. It follows its contact through merges and goes with it on
+    erase (the foreign key cascades); ``state`` is queued | sent | failed, retried at ``next_attempt_at``.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+        Index("ix_outbox_message", "message_id", "id"),
+        Index("ix_outbox_contact", "contact_id", "id"),
+        SQLITE_AUTOINCREMENT,
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    message_id: int | None = Field(default=None, sa_column=Column(BigId, ForeignKey("messages.id"), nullable=True))
+    contact_id: int = _fk("contacts.id", index=False)
+    channel: str = Field(max_length=16)
+    address: str = Field(max_length=1024)
+    sender: str | None = Field(default=None, max_length=320)
+    subject: str | None = Field(default=None, sa_type=Text)
+    body: str = Field(sa_type=Text)
+    plain_text: str | None = Field(default=None, sa_type=Text)
+    request_id: str = Field(sa_column=Column(String(36), unique=True, nullable=False))
+    state: str = Field(max_length=16)
+    attempts: int = 0
+    error: str | None = Field(default=None, sa_type=Text)
+    next_attempt_at: int = _ms()
+    created_at: int = _ms()
+    updated_at: int = _ms()
+
+
+class SendReceipt(SQLModel, table=True):
+    """The answer to a send made with an ``Idempotency-Key``: a repeat gets it back and sends nothing.
+
+    ``key`` is a digest of what was sent to (a prepared message's id, or the one-off email) and the key.
+    """
+
+    __tablename__ = "send_receipts"
+    key: str = Field(sa_column=Column(String(64), primary_key=True))
+    answer: dict[str, Any] = Field(sa_type=Json)
+    created_at: int = _ms()

@@ -21,6 +21,7 @@ from stitcher.store.models import (
     GroupMember,
     Identifier,
     Order,
+    OutboxEntry,
     TimelineEvent,
     VisitorLink,
 )
@@ -146,7 +147,7 @@ class MergeRecord:
 
 
 async def merge_into(db: Database, session: AsyncSession, loser_id: int, winner_id: int) -> MergeRecord:
-    """Fold an unidentified contact into the winner: identifiers, visitors, timeline, groups, orders.
+    """Fold an unidentified contact into the winner: identifiers, visitors, timeline, groups, orders, sends.
 
     Returns what moved; its ``visitors`` are the loser's open visitor ids, which the caller re-links to the
     winner in Redis.
@@ -186,6 +187,8 @@ async def merge_into(db: Database, session: AsyncSession, loser_id: int, winner_
     record.orders = sorted(i for i in (await session.execute(
         update(Order).where(col(Order.contact_id) == loser_id)
         .values(contact_id=winner_id).returning(col(Order.id)))).scalars() if i is not None)
+    await session.execute(update(OutboxEntry).where(col(OutboxEntry.contact_id) == loser_id)
+                          .values(contact_id=winner_id))  # the sends go with the person, as orders do
     await session.execute(update(Contact).where(col(Contact.id) == loser_id)
                           .values(merged_into_id=winner_id, updated_at=now))
     return record

@@ -2,7 +2,7 @@
 them without an external ID, for group pages and counts
 
 Revision ID: 0008_groups
-Revises: 0006
+Revises: 0007_messages
 Create Date: 2026-12-01
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision = '0008_groups'
-down_revision = '0006'
+down_revision = '0007_messages'
 branch_labels = None
 depends_on = None
 
