@@ -63,8 +63,9 @@ async def _raw(db_url: str, tag: str) -> float:
 
     from stitcher.domain.identifiers import Normaliser
     from stitcher.store.db import Database
-    from stitcher.store.models import Contact, Identifier, IdentityLog, Order, TimelineEvent
-    from stitcher.store.orders import insert_many
+    from stitcher.store.models import Identifier, IdentityLog, TimelineEvent
+    from stitcher.store.multirow import insert_returning_ids
+    from stitcher.store.tables import CONTACTS, ORDERS
 
     db = Database(db_url)
     normaliser = Normaliser()
@@ -74,7 +75,7 @@ async def _raw(db_url: str, tag: str) -> float:
         now = int(time.time() * 1000)
         async with db.transaction() as s:
             buyers = orders[::2]
-            ids = await insert_many(db, s, Contact, [
+            ids = await insert_returning_ids(db, s, CONTACTS, [
                 {"external_customer_id": o["externalCustomerId"], "first_name": "Ann", "last_name": "Lee",
                  "created_at": now, "updated_at": now} for o in buyers])
             await s.execute(insert(Identifier.__table__), [
@@ -85,7 +86,7 @@ async def _raw(db_url: str, tag: str) -> float:
             await s.execute(insert(IdentityLog.__table__), [
                 {"contact_id": cid, "action": "created", "detail": {"source": "order"}, "at": now}
                 for cid in ids])
-            order_ids = await insert_many(db, s, Order, [
+            order_ids = await insert_returning_ids(db, s, ORDERS, [
                 {"external_order_id": o["externalOrderId"], "contact_id": ids[i // 2], "status": o["status"],
                  "ordered_at": now, "data": o, "created_at": now, "updated_at": now} for i, o in enumerate(orders)])
             await s.execute(insert(TimelineEvent.__table__), [
