@@ -11,6 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stitcher import account, http_errors
 from stitcher.api import CONTACTS, routes
+from stitcher.console import handlers as console
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
 from stitcher.events import handlers as events
@@ -52,6 +53,7 @@ def init_app(settings: Settings) -> web.Application:
     app.add_routes(account.routes)
     app.add_routes(imports.routes)
     app.add_routes(order_routes)
+    console.setup(app)
     return app
 
 
