@@ -7,6 +7,8 @@ import uuid
 from typing import Any
 
 import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import auth
 from tests.helpers import beacon, call, page_views
@@ -162,3 +164,41 @@ async def test_overview_shows_rejections_held_events_and_imports(client):
     assert "bad-1" in html and "url: must be a string" in html and "<script>alert" not in html
     assert re.search(r'<dd id="held">1</dd>', html)
     assert "No import is running." in html
+
+
+async def test_overview_shows_a_running_import_with_its_progress(client, database_url):
+    """An import still running is listed with its rows done of its total."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(
+                "INSERT INTO imports (id, status, total, next_row, created, updated, restored, skipped, failed,"
+                " created_at, updated_at) VALUES ('imp-1', 'IMPORTING', 3000, 1000, 900, 100, 0, 0, 0, 1, 2)"))
+    finally:
+        await engine.dispose()
+    html = await page(client, "/console/overview")
+    assert "imp-1" in html and "1000 of 3000 rows" in html
+    assert '<progress max="3000" value="1000">' in html
+
+
+async def test_hostile_requests_are_4xx_pages(client):
+    """Wrong content types, huge, duplicate or nested bodies and odd methods never reach a 500."""
+    probes = [
+        ({"data": orjson.dumps({"q": "C-1"}), "headers": {"Content-Type": "application/json"}}, 400),
+        ({"data": b"q=" + b"x" * 3_000_000, "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 413),
+        ({"data": b"q=C-1&q=C-2&kind=any&kind=email"}, None),
+        ({"data": b"q=%FF%FE", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, None),
+        ({"data": {"q": "x" * 1024, "kind": "external"}}, None),
+    ]
+    for kw, expected in probes:
+        headers = {**auth(), **kw.pop("headers", {})}
+        r = await client.post("/console/search", headers=headers, **kw)
+        assert r.status < 500, (kw, await r.text())
+        if expected is not None:
+            assert r.status == expected
+    for path in ("/console/contact/1%00", "/console/contact/-1", "/console/contact/1?after=1.2.3",
+                 "/console/contact/1?after=99999999999999999999.1"):
+        r = await client.get(path, headers=auth())
+        assert 400 <= r.status < 500, path
+    r = await client.put("/console/search", headers=auth())
+    assert r.status == 405
