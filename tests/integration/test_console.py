@@ -80,6 +80,18 @@ async def test_hostile_names_are_escaped(client):
     html = await page(client, f"/console/contact/{cid}")
     assert "<script>alert" not in html and "<img src=x" not in html and "<b>" not in html
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+    r = await client.get(f"/console/contact/{cid}", headers=auth())
+    assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
+    assert r.headers["Cache-Control"] == "no-store"
+
+
+async def test_console_without_its_slash_goes_to_the_search(client):
+    """``/console`` redirects to ``/console/``; the static files load."""
+    r = await client.get("/console", allow_redirects=False)
+    assert r.status == 302 and r.headers["Location"] == "/console/"
+    for name in ("console.css", "console.js"):
+        r = await client.get(f"/console/static/{name}")
+        assert r.status == 200
 
 
 async def test_unknown_and_malformed_ids_are_pages_not_500(client):
