@@ -11,6 +11,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from stitcher import account, http_errors
 from stitcher.api import CONTACTS, routes
+from stitcher.console import handlers as console
 from stitcher.contacts import ContactService
 from stitcher.domain.identifiers import Normaliser
 from stitcher.events import handlers as events
@@ -58,6 +59,7 @@ def init_app(settings: Settings) -> web.Application:
     app.add_routes(groups.routes)
     app.add_routes(messages.routes)
     app.cleanup_ctx.append(messages_ctx)
+    console.setup(app)
     return app
 
 

@@ -118,7 +118,7 @@ def error_answer(request: web.Request, exc: Exception, request_id: str) -> tuple
     Domain errors answer as themselves; a backing store down, slow or refusing becomes a 503 with
     Retry-After (never a 500 or a hang); anything else is logged with its traceback and answers 500.
     """
-    status = exc.status if isinstance(exc, DomainError) else _registered_status(request.app, exc)
+    status = error_status(request.app, exc)
     if status is not None:
         response = error_body_response(exc.body(), status)  # type: ignore[attr-defined]
         if status in (429, 503):
@@ -134,7 +134,10 @@ def error_answer(request: web.Request, exc: Exception, request_id: str) -> tuple
     return error_response(500, "internal_error", "internal error", requestId=request_id), "internal_error"
 
 
-def _registered_status(app: web.Application, exc: Exception) -> int | None:
+def error_status(app: web.Application, exc: Exception) -> int | None:
+    """The HTTP status of a domain error (the tracker's own, or one another layer registered), else None."""
+    if isinstance(exc, DomainError):
+        return exc.status
     for cls, status in app.get(ERROR_STATUS, {}).items():
         if isinstance(exc, cls):
             return int(status)
