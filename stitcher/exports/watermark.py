@@ -53,7 +53,7 @@ async def export(db: Database, target: Target, progress: Progress, batch_rows: i
                         step = await batch(session, stream, rows, Watermark(max(mark.cursor, key), carried))
                     else:  # the last write takes the watermark to the window's end
                         step = Batch(Watermark((horizon.below, 0), horizon.running))
-                    if step.mark != mark:
+                    if rows or step.mark != mark:
                         await target.write(stream, step)
                         mark = step.mark
                 except Exception as exc:

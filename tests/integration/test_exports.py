@@ -23,6 +23,7 @@ from google.cloud.bigquery import SchemaField
 
 from stitcher.cli import main
 from stitcher.exports.command import run
+from stitcher.exports.postgres import dsn
 from tests.helpers import add_contact, beacon, call, eventually, page_views, timeline_ids
 from tests.integration.test_merge_and_erase import sql
 
@@ -189,6 +190,28 @@ async def test_each_kind_of_change_reaches_the_target_on_the_next_run(client, da
         column = "id" if table == "contacts" else "contact_id"
         assert not await target_rows(target, table, f"{column}, 1", f"{column} = {people['ann']}"), table
     assert (await export_pg(database_url, target))[1] == dict.fromkeys(STREAM_TABLES, 0)
+
+
+async def test_a_transaction_that_commits_after_a_run_reads_reaches_the_next_run(client, database_url, target):
+    """PostgreSQL: a transaction still running while a run reads, which commits after a later one (its rows
+    stamped below what the run took), reaches the target on the next run."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite writers are serialized: stamps commit in order")
+    cid = await add_contact(client, externalCustomerId="C-1")
+    conn = await asyncpg.connect(dsn(database_url))
+    slow = conn.transaction()
+    await slow.start()
+    await conn.execute("INSERT INTO timeline (contact_id, event_id, source, type, occurred_at, received_at) "
+                       "VALUES ($1, 'slow', 'api', 'slow', 0, 0)", cid)
+    status, answer = await call(client, "POST", "/api/v1/event", {"eventTypeKey": "fast", "keyValue": "C-1"})
+    assert status == 200, answer
+    code, done = await export_pg(database_url, target)
+    assert code == 0 and done["events"] == 1, done
+    await slow.commit()
+    await conn.close()
+    code, done = await export_pg(database_url, target)
+    assert code == 0 and done["events"] == 1 and done["contacts"] == 0, done
+    await assert_same(database_url, target)
 
 
 async def test_a_failed_batch_names_itself_and_leaves_the_committed_batches(client, database_url, target):
