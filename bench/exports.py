@@ -10,6 +10,9 @@ process (the export's own code, not a subprocess), batches of the default size:
 3. after ``CHANGED`` contacts are updated and as many events added: the incremental export.
 
 Then the same seed from a SQLite source (a file of this run, seeded by multi-row inserts) into a fresh schema.
+Last, what the change-sequence triggers cost a write: ``CONTACTS`` more timeline rows written (PostgreSQL:
+one COPY; SQLite: multi-row inserts) with the triggers, then as many without them (disabled / dropped
+for the measurement), best of ``TRIGGER_ROUNDS`` each.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from bench.stitch import PG_BASE_URL, _pg_admin
 CONTACTS = 100_000
 EVENTS_PER = 3
 CHANGED = 1000
+TRIGGER_ROUNDS = 3
 _T0 = 1_796_000_000_000
 
 
@@ -63,20 +67,74 @@ async def _seed_pg(url: str) -> None:
         await conn.close()
 
 
+def _insert_sqlite(db: Any, table: str, cols: list[str], rows: list[tuple[Any, ...]]) -> None:
+    per = 999 // len(cols)  # bound parameters of one multi-row insert
+    one = "(" + ", ".join("?" * len(cols)) + ")"
+    for k in range(0, len(rows), per):
+        chunk = rows[k:k + per]
+        db.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES {', '.join([one] * len(chunk))}",
+                   [v for row in chunk for v in row])
+
+
 def _seed_sqlite(path: Path) -> None:
     import sqlite3
 
     db = sqlite3.connect(path)
     for table, cols, rows in (("contacts", _CONTACT_COLS, _contacts()), ("identifiers", _IDENT_COLS, _identifiers()),
                               ("timeline", _EVENT_COLS, _events())):
-        per = 999 // len(cols)  # bound parameters of one multi-row insert
-        one = "(" + ", ".join("?" * len(cols)) + ")"
-        for k in range(0, len(rows), per):
-            chunk = rows[k:k + per]
-            db.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES {', '.join([one] * len(chunk))}",
-                       [v for row in chunk for v in row])
+        _insert_sqlite(db, table, cols, rows)
     db.commit()
     db.close()
+
+
+def _new_events(label: str) -> list[tuple[Any, ...]]:
+    return [(i, f"{label}-{i}", "web", "page_view", _T0, _T0, None, None) for i in range(1, CONTACTS + 1)]
+
+
+async def _trigger_cost_pg(url: str) -> dict[str, float]:
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    best: dict[str, float] = {"with": float("inf"), "without": float("inf")}
+    try:
+        for r in range(TRIGGER_ROUNDS):
+            for label in ("with", "without"):
+                rows = _new_events(f"{label}{r}")
+                if label == "without":
+                    await conn.execute("ALTER TABLE timeline DISABLE TRIGGER timeline_export_stamp")
+                started = time.perf_counter()
+                await conn.copy_records_to_table("timeline", records=rows, columns=_EVENT_COLS)
+                best[label] = min(best[label], time.perf_counter() - started)
+                await conn.execute("ALTER TABLE timeline ENABLE TRIGGER timeline_export_stamp")
+    finally:
+        await conn.close()
+    return best
+
+
+def _trigger_cost_sqlite(path: Path) -> dict[str, float]:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    best: dict[str, float] = {"with": float("inf"), "without": float("inf")}
+    trigger = db.execute("SELECT sql FROM sqlite_master WHERE name = 'timeline_export_insert'").fetchone()[0]
+    for r in range(TRIGGER_ROUNDS):
+        for label in ("with", "without"):
+            if label == "without":
+                db.execute("DROP TRIGGER timeline_export_insert")
+            started = time.perf_counter()
+            _insert_sqlite(db, "timeline", _EVENT_COLS, _new_events(f"{label}{r}"))
+            db.commit()
+            best[label] = min(best[label], time.perf_counter() - started)
+            if label == "without":
+                db.execute(trigger)
+    db.close()
+    return best
+
+
+def _cost(backend: str, best: dict[str, float]) -> dict[str, Any]:
+    out = {f"{k}_rows_per_s": round(CONTACTS / v) for k, v in best.items()}
+    out["extra_us_per_row"] = round((best["with"] - best["without"]) / CONTACTS * 1e6, 1)
+    say(f"      triggers ({backend}): {out['with_rows_per_s']:,} timeline rows/s with, {out['without_rows_per_s']:,} "
+        f"without: {out['extra_us_per_row']} µs a row")
+    return out
 
 
 async def _change(url: str) -> None:
@@ -140,6 +198,8 @@ def main() -> dict[str, Any]:
         _seed_sqlite(tmp / "source.db")
         say("   sqlite source:")
         results["sqlite"] = _runs(sqlite, target_url, "from_sqlite")
+        results["trigger_cost"] = {"postgresql": _cost("postgresql", asyncio.run(_trigger_cost_pg(source))),
+                                   "sqlite": _cost("sqlite", _trigger_cost_sqlite(tmp / "source.db"))}
     finally:
         _pg_admin(source, [f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in names])
         shutil.rmtree(tmp, ignore_errors=True)

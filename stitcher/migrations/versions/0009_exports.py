@@ -38,9 +38,15 @@ def _postgres() -> None:
         END $$""")
     op.execute("""
         CREATE FUNCTION export_touch_contact() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE tx bigint := pg_current_xact_id()::text::bigint;
         BEGIN
-            IF TG_OP <> 'INSERT' THEN UPDATE contacts SET change_seq = NULL WHERE id = OLD.contact_id; END IF;
-            IF TG_OP <> 'DELETE' THEN UPDATE contacts SET change_seq = NULL WHERE id = NEW.contact_id; END IF;
+            -- a contact this transaction already stamped (created or updated with its channels) is left alone
+            IF TG_OP <> 'INSERT' THEN
+                UPDATE contacts SET change_seq = tx WHERE id = OLD.contact_id AND change_seq IS DISTINCT FROM tx;
+            END IF;
+            IF TG_OP <> 'DELETE' THEN
+                UPDATE contacts SET change_seq = tx WHERE id = NEW.contact_id AND change_seq IS DISTINCT FROM tx;
+            END IF;
             RETURN NULL;
         END $$""")
     for table in EXPORTED:
