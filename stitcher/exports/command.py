@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+import asyncpg
+
 from stitcher.exports.bigquery import BigQueryTarget
 from stitcher.exports.postgres import PostgresTarget
 from stitcher.exports.progress import for_stream
@@ -25,7 +27,11 @@ async def run(database_url: str, target: str, *, url: str | None = None, schema:
     try:
         if target == "postgres":
             assert url is not None
-            pg = await PostgresTarget.connect(url, schema)
+            try:
+                pg = await PostgresTarget.connect(url, schema)
+            except (OSError, ValueError, asyncpg.PostgresError) as exc:  # TimeoutError is an OSError
+                print(f"stitcher export: cannot open the target: {type(exc).__name__}: {exc}", file=err)
+                return 1
             try:
                 await export(db, pg, progress, batch_rows)
             finally:

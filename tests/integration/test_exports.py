@@ -271,6 +271,14 @@ async def test_the_cli_prints_one_line_per_table_off_a_terminal(client, database
     assert _summary(capsys.readouterr().err)["contacts"] == 2
 
 
+async def test_an_unreachable_target_is_an_error_message_not_a_traceback(database_url, target_database):
+    """A target that cannot be opened (no such database, nothing listening): exit 1 and a one-line reason."""
+    for url in (target_database + "_missing", "postgresql://postgres@127.0.0.1:1/x"):
+        err = io.StringIO()
+        assert await run(database_url, "postgres", url=url, err=err) == 1
+        assert err.getvalue().startswith("stitcher export: cannot open the target: "), err.getvalue()
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
