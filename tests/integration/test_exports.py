@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -21,7 +22,6 @@ import asyncpg
 import pytest
 from google.cloud.bigquery import SchemaField
 
-from stitcher.cli import main
 from stitcher.exports.command import run
 from stitcher.exports.postgres import dsn
 from tests.helpers import add_contact, beacon, call, eventually, page_views, timeline_ids
@@ -263,12 +263,17 @@ async def test_a_dropped_connection_fails_the_batch_and_the_next_run_completes(c
     await assert_same(database_url, target)
 
 
-async def test_the_cli_prints_one_line_per_table_off_a_terminal(client, database_url, target, monkeypatch, capsys):
-    """``stitcher export postgres`` off a terminal: one summary line per table, exit 0."""
+async def test_the_cli_prints_one_line_per_table_off_a_terminal(client, database_url, target):
+    """``stitcher export postgres`` (a process of its own, its stderr a pipe): one summary line per table,
+    exit 0."""
     await seed(client)
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    assert await asyncio.to_thread(main, ["export", "postgres", "--target", target[0], "--schema", target[1]]) == 0
-    assert _summary(capsys.readouterr().err)["contacts"] == 2
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_JSON": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stitcher.cli", "export", "postgres", "--target", target[0], "--schema", target[1],
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    assert _summary(err.decode())["contacts"] == 2
 
 
 async def test_an_unreachable_target_is_an_error_message_not_a_traceback(database_url, target_database):

@@ -66,9 +66,10 @@ def _sqlite() -> None:
     for table in EXPORTED:
         stamp = f"UPDATE {table} SET change_seq = {seq} WHERE id = NEW.id;"
         op.execute(f"CREATE TRIGGER {table}_export_insert AFTER INSERT ON {table} BEGIN {bump} {stamp} END")
-        # the stamp's own UPDATE sets change_seq, so it does not fire this again
+        # the stamp's own UPDATE sets a new change_seq, so it does not fire this again; one that writes NULL
+        # (a whole row written back) is stamped like any other
         op.execute(f"CREATE TRIGGER {table}_export_update AFTER UPDATE ON {table} "
-                   f"WHEN NEW.change_seq IS OLD.change_seq BEGIN {bump} {stamp} END")
+                   f"WHEN NEW.change_seq IS OLD.change_seq OR NEW.change_seq IS NULL BEGIN {bump} {stamp} END")
         op.execute(f"CREATE TRIGGER {table}_export_tombstone AFTER DELETE ON {table} BEGIN {bump} "
                    f"INSERT INTO export_tombstones (seq, tbl, row_id) VALUES ({seq}, '{table}', OLD.id); END")
     for table in CONTACT_PARTS:
