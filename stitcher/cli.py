@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
@@ -146,6 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     held.add_argument("--identifier", help="only those of one person: an email, phone, external ID or heldUnder key")
     held.add_argument("--limit", type=_non_negative, default=100, help="at most this many (default 100)")
     held.add_argument("--after", type=_non_negative, default=0, help="after this row (a listed event's row)")
+    export = sub.add_parser("export", help="export contacts, events and orders to a warehouse (incremental)")
+    targets = export.add_subparsers(dest="target", required=True)
+    to_pg = targets.add_parser("postgres", help="into a PostgreSQL database")
+    to_pg.add_argument("--target", required=True, dest="url", help="e.g. postgresql://user@host/warehouse")
+    to_pg.add_argument("--schema", default="public", help="schema of the exported tables (default public)")
+    to_bq = targets.add_parser("bigquery", help="newline-delimited JSON files and schemas for bq load")
+    to_bq.add_argument("--out", required=True, type=Path, help="directory of the files (kept between runs)")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -162,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "held-events":
         return _held_events(settings, args)
+    if args.command == "export":
+        from stitcher.exports.command import run
+
+        return asyncio.run(run(settings.effective_database_url, args.target, url=getattr(args, "url", None),
+                               schema=getattr(args, "schema", "public"), out=getattr(args, "out", None)))
     if args.command == "replay":
         from stitcher.replay import replay_file_cli
 

@@ -108,8 +108,8 @@ def auth(key: str = API_KEY) -> dict[str, str]:
     return {"Authorization": aiohttp.encode_basic_auth("backend", key)}
 
 
-TABLES = ("send_receipts", "outbox", "messages", "api_events", "import_rows", "imports", "orders", "timeline",
-          "visitor_links", "group_members", "identifiers", "identity_log", "groups", "contacts")
+TABLES = ("send_receipts", "outbox", "messages", "api_events", "export_tombstones", "import_rows", "imports",
+          "orders", "timeline", "visitor_links", "group_members", "identifiers", "identity_log", "groups", "contacts")
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,12 @@ def _ms() -> Any:
     return Field(sa_type=BigInteger)
 
 
+def _change_seq() -> Any:
+    """Stamped by the database's triggers on every insert and update (migration 0009), never by the code:
+    what the exports read changes by."""
+    return Field(default=None, sa_type=BigInteger)
+
+
 def _fk(target: str, *, index: bool = True, nullable: bool = False) -> Any:
     return Field(sa_column=Column(BigId, ForeignKey(target, ondelete="CASCADE"), index=index,
                                   nullable=nullable))
@@ -37,6 +43,7 @@ class Contact(SQLModel, table=True):
         Index("ix_contacts_live", "id", sqlite_where=text(LIVE), postgresql_where=text(LIVE)),
         Index("ix_contacts_live_no_external_id", "id", sqlite_where=text(LIVE_NO_EXTERNAL_ID),
               postgresql_where=text(LIVE_NO_EXTERNAL_ID)),
+        Index("ix_contacts_change_seq", "change_seq", "id"),
         SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -51,6 +58,7 @@ class Contact(SQLModel, table=True):
     deleted_at: int | None = Field(default=None, sa_type=BigInteger)
     merged_into_id: int | None = Field(
         default=None, sa_column=Column(BigId, ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True))
+    change_seq: int | None = _change_seq()
 
 
 class Identifier(SQLModel, table=True):
@@ -98,6 +106,7 @@ class TimelineEvent(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("contact_id", "event_id", name="uq_timeline_contact_event"),
         Index("ix_timeline_contact_time", "contact_id", "occurred_at", "id"),
+        Index("ix_timeline_change_seq", "change_seq", "id"),
         SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -109,6 +118,7 @@ class TimelineEvent(SQLModel, table=True):
     received_at: int = _ms()
     visitor_id: str | None = Field(default=None, max_length=36)
     data: dict[str, Any] | None = Field(default=None, sa_type=Json)
+    change_seq: int | None = _change_seq()
 
 
 class Group(SQLModel, table=True):
@@ -199,6 +209,7 @@ class Order(SQLModel, table=True):
     __tablename__ = "orders"
     __table_args__ = (
         Index("ix_orders_contact_time", "contact_id", "ordered_at", "id"),
+        Index("ix_orders_change_seq", "change_seq", "id"),
         SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -209,6 +220,7 @@ class Order(SQLModel, table=True):
     data: dict[str, Any] = Field(sa_type=Json)
     created_at: int = _ms()
     updated_at: int = _ms()
+    change_seq: int | None = _change_seq()
 
 
 class ApiEvent(SQLModel, table=True):
@@ -290,3 +302,23 @@ class SendReceipt(SQLModel, table=True):
     key: str = Field(sa_column=Column(String(64), primary_key=True))
     answer: dict[str, Any] = Field(sa_type=Json)
     created_at: int = _ms()
+
+
+class ExportTombstone(SQLModel, table=True):
+    """A deleted contacts, timeline or orders row (an erase, a merge's duplicate events), written by a
+    trigger with the change sequence of its delete, so the exports remove it from their targets."""
+
+    __tablename__ = "export_tombstones"
+    __table_args__ = (Index("ix_export_tombstones_seq", "seq", "id"), SQLITE_AUTOINCREMENT)
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    seq: int = Field(sa_type=BigInteger)
+    tbl: str = Field(max_length=16)
+    row_id: int = Field(sa_type=BigInteger)
+
+
+class ExportSeq(SQLModel, table=True):
+    """SQLite's change sequence: one row, bumped by the triggers (PostgreSQL stamps transaction ids)."""
+
+    __tablename__ = "export_seq"
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    value: int = Field(sa_type=BigInteger)

@@ -1,0 +1,95 @@
+"""The PostgreSQL target (``stitcher export postgres``): the exported tables in a schema of another
+database, and the export's watermarks in a table of its own there (``_stitcher_export``), written in the
+same transaction as each batch. A batch is one transaction: its deletes, then per table a binary ``COPY``
+into a temporary staging table and one ``INSERT … ON CONFLICT DO UPDATE`` from it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+import orjson
+
+from stitcher.exports.changes import Batch, Watermark
+from stitcher.exports.tables import BY_NAME, POSTGRES_TYPES, TABLES, ExportTable, Kind
+
+STATE = "_stitcher_export"
+# what a delete finds its rows by, besides the keys
+_INDEXED = (("events", "contact_id"), ("orders", "contact_id"), ("order_items", "contact_id"))
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _ddl(schema: str, table: ExportTable) -> str:
+    columns = ", ".join(f"{_q(c.name)} {POSTGRES_TYPES[c.kind]}{' NOT NULL' if c.required else ''}"
+                        for c in table.columns)
+    key = ", ".join(map(_q, table.key))
+    return f"CREATE TABLE IF NOT EXISTS {_q(schema)}.{_q(table.name)} ({columns}, PRIMARY KEY ({key}))"
+
+
+def _encode(table: ExportTable, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A row as asyncpg's binary COPY takes it (JSON as text)."""
+    return tuple(orjson.dumps(row[c.name]).decode() if c.kind is Kind.JSON and row[c.name] is not None
+                 else row[c.name] for c in table.columns)
+
+
+def dsn(url: str) -> str:
+    """A libpq URL from a SQLAlchemy one (``postgresql+asyncpg://`` works as well as ``postgresql://``)."""
+    scheme, sep, rest = url.partition("://")
+    return ("postgresql" if scheme.startswith("postgresql") else scheme) + sep + rest
+
+
+class PostgresTarget:
+    def __init__(self, conn: asyncpg.Connection, schema: str) -> None:
+        self._conn, self._schema = conn, schema
+
+    @classmethod
+    async def connect(cls, url: str, schema: str) -> PostgresTarget:
+        """Connect and create what is missing: the schema, the tables, the cursor table."""
+        conn = await asyncpg.connect(dsn(url), timeout=10)
+        s = _q(schema)
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            for table in TABLES:
+                await conn.execute(_ddl(schema, table))
+            for name, column in _INDEXED:
+                await conn.execute(f"CREATE INDEX IF NOT EXISTS {_q(f'{name}_{column}_idx')} "
+                                   f"ON {s}.{_q(name)} ({_q(column)})")
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.{STATE} (stream text PRIMARY KEY, "
+                               "seq bigint NOT NULL, id bigint NOT NULL, pending bigint[] NOT NULL, "
+                               "at timestamptz NOT NULL DEFAULT now())")
+        return cls(conn, schema)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def watermarks(self) -> dict[str, Watermark]:
+        rows = await self._conn.fetch(f"SELECT stream, seq, id, pending FROM {_q(self._schema)}.{STATE}")
+        return {r["stream"]: Watermark((r["seq"], r["id"]), tuple(r["pending"])) for r in rows}
+
+    async def write(self, stream: str, batch: Batch) -> None:
+        s = _q(self._schema)
+        async with self._conn.transaction():
+            for delete in batch.deletes:
+                await self._conn.execute(f"DELETE FROM {s}.{_q(delete.table)} WHERE {_q(delete.column)} = ANY($1)",
+                                         delete.values)
+            for name, rows in batch.rows.items():
+                if rows:
+                    await self._upsert(BY_NAME[name], rows)
+            await self._conn.execute(
+                f"INSERT INTO {s}.{STATE} (stream, seq, id, pending) VALUES ($1, $2, $3, $4) ON CONFLICT (stream) "
+                "DO UPDATE SET seq = EXCLUDED.seq, id = EXCLUDED.id, pending = EXCLUDED.pending, at = now()",
+                stream, *batch.mark.cursor, list(batch.mark.pending))
+
+    async def _upsert(self, table: ExportTable, rows: list[dict[str, Any]]) -> None:
+        target, stage = f"{_q(self._schema)}.{_q(table.name)}", f"stage_{table.name}"
+        columns = ", ".join(map(_q, table.names))
+        await self._conn.execute(f"CREATE TEMP TABLE {stage} (LIKE {target}) ON COMMIT DROP")
+        await self._conn.copy_records_to_table(stage, records=[_encode(table, r) for r in rows],
+                                               columns=table.names)
+        updates = ", ".join(f"{_q(c)} = EXCLUDED.{_q(c)}" for c in table.names if c not in table.key)
+        await self._conn.execute(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage} "
+                                 f"ON CONFLICT ({', '.join(map(_q, table.key))}) DO UPDATE SET {updates}")
