@@ -12,6 +12,7 @@ rendered per recipient. What a template may do:
 - the rendered output is streamed and fails past ``MAX_OUTPUT`` characters, and all the loops of a render
   together stop at ``MAX_ITERATIONS`` iterations (each ``{% for %}`` is wrapped in a counting filter).
 
+A rendered text that cannot be stored (a NUL or a lone surrogate, which string literals can spell) fails too.
 A failed render fails that recipient alone (``RenderFailed``, its message says why). An undefined placeholder
 renders empty, and so does any attribute or item of it (``ChainableUndefined``): a contact without a first
 name gets ``Hello !`` rather than no message — the way the platform treats a missing variable.
@@ -31,6 +32,8 @@ from jinja2.exceptions import TemplateError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
+
+from stitcher.jsonbody import text_problem
 
 MAX_OUTPUT = 256 * 1024  # characters of one rendered subject or body, and of any string made on the way
 MAX_COUNT = 10_000  # largest integer a filter, method or ``range`` may be given
@@ -218,9 +221,12 @@ class Template:
                 out.append(chunk)
         except RenderFailed:
             raise
-        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, MemoryError,
+        except (TemplateError, ArithmeticError, AttributeError, TypeError, ValueError, LookupError, MemoryError,
                 RecursionError) as exc:
             raise RenderFailed(f"{type(exc).__name__}: {exc}"[:500]) from None
         finally:
             _ITERATIONS.reset(token)
-        return "".join(out)
+        text = "".join(out)
+        if (why := text_problem(text)) is not None:  # a literal such as '\ud800' or '\x00' cannot be stored
+            raise RenderFailed(f"the rendered text {why}")
+        return text
