@@ -3,6 +3,7 @@ service: each case here was once a 500 or a 2xx that stored garbage."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from typing import Any
 
@@ -38,3 +39,25 @@ async def test_a_template_that_fails_at_render_fails_its_recipient_and_stores_no
     assert result["status"] == "ERROR" and "could not be rendered" in result["message"], result
     code, box = await call(client, "GET", f"/api/v1/message/{created['id']}/outbox")
     assert code == 200 and box["total"] == 0, box
+
+
+@pytest.mark.parametrize("channel", [["email"], {"email": 1}])
+async def test_a_channel_of_the_wrong_type_is_a_400_naming_it(client, channel):
+    code, answer = await call(client, "POST", "/api/v1/messages", {"channel": channel, "name": "n", "body": "b"})
+    assert code == 400 and [e["field"] for e in answer["errors"]] == ["channel"], answer
+
+
+@pytest.mark.parametrize("path", ["/console/", "/api/v1/groups"])
+async def test_a_non_ascii_api_key_is_a_401(client, path):
+    """A password outside ASCII is simply a wrong key (hmac.compare_digest refuses non-ASCII str)."""
+    r = await client.get(path, headers={"Authorization": "Basic " + base64.b64encode("x:é".encode()).decode()})
+    assert r.status == 401, await r.text()
+
+
+@pytest.mark.parametrize(("raw", "content_type"), [
+    (b"q=\xff\xfe", "application/x-www-form-urlencoded"),  # not UTF-8
+    (b"q=ann1", "application/x-www-form-urlencoded; charset=bogus"),  # no such charset
+])
+async def test_an_unreadable_console_search_form_is_a_400(client, raw, content_type):
+    r = await client.post("/console/search", data=raw, headers={**auth(), "Content-Type": content_type})
+    assert r.status == 400, await r.text()
