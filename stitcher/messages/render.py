@@ -29,6 +29,7 @@ from typing import Any
 from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import TemplateError
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
@@ -79,11 +80,21 @@ def _replace_size(text: Any, old: Any, new: Any) -> None:
             raise RenderFailed(f"the message grew past {MAX_OUTPUT} characters")
 
 
+def _joined_size(separator: Any, parts: list[Any]) -> None:
+    if sum(map(_length, parts)) + _length(separator) * len(parts) > MAX_OUTPUT:
+        raise RenderFailed(f"the message grew past {MAX_OUTPUT} characters")
+
+
 def _guarded_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)  # keeps Jinja's pass_context / pass_environment mark
+    @functools.wraps(original)  # keeps Jinja's pass_context / pass_eval_context / pass_environment mark
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _check_ints(args, kwargs)
-        values = [a for a in args if not isinstance(a, (Context, _Sandbox))]
+        lead = tuple(a for a in args[:1] if isinstance(a, (Context, EvalContext, _Sandbox)))
+        values = list(args[len(lead):])
+        if name == "join" and values:
+            values[0] = list(values[0])  # a range or generator is walked once, here, to size the result
+            _joined_size(values[1] if len(values) > 1 else kwargs.get("d", ""), values[0])
+            args = (*lead, *values)
         if name == "replace" and len(values) >= 3:
             _replace_size(*values[:3])
         if name == "indent" and values and isinstance(values[0], str):
@@ -164,8 +175,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 _replace_size(owner, args[0], args[1])
             if name == "join" and args:
                 parts = list(args[0])
-                if sum(map(_length, parts)) + len(owner) * len(parts) > MAX_OUTPUT:
-                    raise RenderFailed(f"the message grew past {MAX_OUTPUT} characters")
+                _joined_size(owner, parts)
                 args = (parts, *args[1:])
         return _check_size(super().call(__context, __obj, *args, **kwargs))
 

@@ -3,6 +3,8 @@ internals or grow text past the cap (each refusal is a ``RenderFailed`` or, at c
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from stitcher.messages.render import MAX_OUTPUT, RenderFailed, Template, TemplateRefused
@@ -40,6 +42,23 @@ def test_growth_and_unsafe_operations_fail_the_render(source):
     """Every path to a huge string, a huge loop or a mutation fails cleanly instead of allocating it."""
     with pytest.raises(RenderFailed):
         Template(source).render({"s": "x" * (MAX_OUTPUT // 4)})
+
+
+@pytest.mark.parametrize("source", [
+    "{{ range(1000)|join(s) }}", "{{ (range(1000)|list)|join(s) }}", "{{ ('x' * 1000)|replace('x', s) }}",
+    "{{ ('x' * 1000)|replace('', s) }}",
+])
+def test_join_and_replace_filters_fail_before_they_build_the_text(source):
+    """``join`` and ``replace`` take Jinja's eval context first: their size is checked before they run, so a
+    render that would build ~256 MB fails having allocated next to nothing (it once took GBs and seconds)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderFailed):
+            Template(source).render({"s": "x" * (MAX_OUTPUT // 4)})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * MAX_OUTPUT
 
 
 @pytest.mark.parametrize("source", [
