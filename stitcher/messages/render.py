@@ -39,6 +39,7 @@ from stitcher.jsonbody import text_problem
 MAX_OUTPUT = 256 * 1024  # characters of one rendered subject or body, and of any string made on the way
 MAX_COUNT = 10_000  # largest integer a filter, method or ``range`` may be given
 MAX_ITERATIONS = 100_000  # loop iterations of one render, all loops together
+MAX_INDENT = 16  # widest ``tojson`` indent
 _ITERATIONS: ContextVar[list[int]] = ContextVar("message_loop_iterations")
 _WIDE_FORMAT = re.compile(r"\d{5,}")  # a printf/format width of 10,000 or more
 _REFUSED = {nodes.Macro: "macros", nodes.CallBlock: "{% call %} blocks", nodes.FilterBlock: "{% filter %} blocks",
@@ -91,10 +92,19 @@ def _guarded_filter(name: str, original: Callable[..., Any]) -> Callable[..., An
         _check_ints(args, kwargs)
         lead = tuple(a for a in args[:1] if isinstance(a, (Context, EvalContext, _Sandbox)))
         values = list(args[len(lead):])
-        if name == "join" and values:
+        if name in ("join", "groupby") and values:
             values[0] = list(values[0])  # a range or generator is walked once, here, to size the result
-            _joined_size(values[1] if len(values) > 1 else kwargs.get("d", ""), values[0])
             args = (*lead, *values)
+        if name == "join" and values:
+            _joined_size(values[1] if len(values) > 1 else kwargs.get("d", ""), values[0])
+        if name == "groupby" and values:  # each item without the attribute is keyed by a lower-cased default
+            default = values[2] if len(values) > 2 else kwargs.get("default")
+            if _length(default) * len(values[0]) > MAX_OUTPUT:
+                raise RenderFailed(f"the message grew past {MAX_OUTPUT} characters")
+        if name == "tojson":  # the indent is written once per line of the JSON
+            indent = values[1] if len(values) > 1 else kwargs.get("indent")
+            if (indent if isinstance(indent, int) else _length(indent)) > MAX_INDENT:
+                raise RenderFailed(f"tojson's indent is at most {MAX_INDENT}")
         if name == "replace" and len(values) >= 3:
             _replace_size(*values[:3])
         if name == "indent" and values and isinstance(values[0], str):
@@ -231,8 +241,8 @@ class Template:
                 out.append(chunk)
         except RenderFailed:
             raise
-        except (TemplateError, ArithmeticError, AttributeError, TypeError, ValueError, LookupError, MemoryError,
-                RecursionError) as exc:
+        except Exception as exc:  # the template is the client's code: whatever it raises (a filter's
+            # AssertionError, an AttributeError, …) fails this recipient, never the request
             raise RenderFailed(f"{type(exc).__name__}: {exc}"[:500]) from None
         finally:
             _ITERATIONS.reset(token)

@@ -37,6 +37,7 @@ def test_templates_render_placeholders_and_hide_internals(source, context, expec
     "{{ 1 / 0 }}", "{{ [].append(1) }}", "{{ 2 ** 10000 }}", "{% for i in range(20) %}{{ s ~ s ~ s ~ s }}{% endfor %}",
     "{{ ('ab' * 100000) ~ ('ab' * 100000) }}", "{{ (s + s + s + s + s + s) }}",
     "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    "{{ s|truncate(9999, true, s) }}",  # Jinja asserts the end fits: an AssertionError, once a 500
 ])
 def test_growth_and_unsafe_operations_fail_the_render(source):
     """Every path to a huge string, a huge loop or a mutation fails cleanly instead of allocating it."""
@@ -46,11 +47,13 @@ def test_growth_and_unsafe_operations_fail_the_render(source):
 
 @pytest.mark.parametrize("source", [
     "{{ range(1000)|join(s) }}", "{{ (range(1000)|list)|join(s) }}", "{{ ('x' * 1000)|replace('x', s) }}",
-    "{{ ('x' * 1000)|replace('', s) }}",
+    "{{ ('x' * 1000)|replace('', s) }}", "{{ ('x' * 1000)|groupby(10, s) }}", "{{ (range(1000)|list)|tojson(s) }}",
+    "{{ (range(1000)|list)|tojson(10000) }}",
 ])
-def test_join_and_replace_filters_fail_before_they_build_the_text(source):
-    """``join`` and ``replace`` take Jinja's eval context first: their size is checked before they run, so a
-    render that would build ~256 MB fails having allocated next to nothing (it once took GBs and seconds)."""
+def test_filters_that_multiply_their_arguments_fail_before_they_build_the_text(source):
+    """``join`` and ``replace`` (which take Jinja's eval context first), ``groupby`` (which lower-cases its
+    ``default`` once per item) and ``tojson`` (its ``indent`` once per line) are sized before they run, so a
+    render that would build ~64 MB fails having allocated next to nothing (it once took GBs and seconds)."""
     tracemalloc.start()
     try:
         with pytest.raises(RenderFailed):
