@@ -61,3 +61,16 @@ async def test_a_non_ascii_api_key_is_a_401(client, path):
 async def test_an_unreadable_console_search_form_is_a_400(client, raw, content_type):
     r = await client.post("/console/search", data=raw, headers={**auth(), "Content-Type": content_type})
     assert r.status == 400, await r.text()
+
+
+async def test_placeholders_are_not_autoescaped_and_e_escapes_them(client):
+    """As the platform: jsonParam HTML goes into an HTML body as it is; ``|e`` escapes a visitor-typed name."""
+    await add_contact(client, firstName="<i>Ann</i>", channels=[{"type": "email", "value": "ann@example.com"}])
+    code, created = await call(client, "POST", "/api/v1/messages", {
+        "channel": "email", "name": "n", "subject": "s", "body": "{{ block }}|{{ block|safe }}|{{ firstName|e }}"})
+    assert code == 200, created
+    r = await client.post(f"/api/v1/message/{created['id']}/smartsend", headers=auth(),
+                          json={"recipients": [{"locator": "ann@example.com", "jsonParam": {"block": "<b>x</b>"}}]})
+    assert r.status == 200 and (await r.json())["results"][0]["status"] == "OK"
+    code, box = await call(client, "GET", f"/api/v1/message/{created['id']}/outbox")
+    assert box["outbox"][0]["body"] == "<b>x</b>|<b>x</b>|&lt;i&gt;Ann&lt;/i&gt;", box
