@@ -187,7 +187,8 @@ def check_api_key(request: web.Request) -> None:
     """HTTP Basic auth, any user name, an API key as the password; raises a JSON 401 otherwise."""
     password = basic_auth_password(request.headers.get("Authorization", ""))
     keys: tuple[str, ...] = request.app[API_KEYS]
-    if not password or not any(hmac.compare_digest(password, k) for k in keys):
+    # as bytes: compare_digest refuses a str outside ASCII, and a client may send any password
+    if not password or not any(hmac.compare_digest(password.encode(), k.encode()) for k in keys):
         raise _Unauthorized()
 
 

@@ -107,7 +107,10 @@ def _search_context(text: str = "", kind: str = "any", **extra: Any) -> dict[str
 @console_page
 async def find(request: web.Request) -> web.StreamResponse:
     """One hit opens the contact (303, its id in the URL); several are listed; none says so."""
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError):  # a body that is not UTF-8, or a charset Python does not know
+        raise ValidationFailed([{"field": "query", "message": "the form is not readable text"}]) from None
     text, kind = str(form.get("q", "")).strip(), str(form.get("kind", "any"))
     problem = jsonbody.text_problem(text) or ("is too long" if len(text) > search.MAX_QUERY else None)
     if problem or not text:

@@ -115,7 +115,7 @@ def parse_message(payload: Any, normaliser: Normaliser) -> MessageDraft:
     errors = FieldErrors()
     channel: Channel | None = None
     raw = body.get("channel")
-    if raw not in {c.value for c in Channel}:
+    if not isinstance(raw, str) or raw not in {c.value for c in Channel}:
         errors.add("channel", 'must be "email" or "sms"')
     else:
         channel = Channel(raw)

@@ -12,6 +12,7 @@ rendered per recipient. What a template may do:
 - the rendered output is streamed and fails past ``MAX_OUTPUT`` characters, and all the loops of a render
   together stop at ``MAX_ITERATIONS`` iterations (each ``{% for %}`` is wrapped in a counting filter).
 
+A rendered text that cannot be stored (a NUL or a lone surrogate, which string literals can spell) fails too.
 A failed render fails that recipient alone (``RenderFailed``, its message says why). An undefined placeholder
 renders empty, and so does any attribute or item of it (``ChainableUndefined``): a contact without a first
 name gets ``Hello !`` rather than no message — the way the platform treats a missing variable.
@@ -28,13 +29,17 @@ from typing import Any
 from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import TemplateError
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
+from stitcher.jsonbody import text_problem
+
 MAX_OUTPUT = 256 * 1024  # characters of one rendered subject or body, and of any string made on the way
 MAX_COUNT = 10_000  # largest integer a filter, method or ``range`` may be given
 MAX_ITERATIONS = 100_000  # loop iterations of one render, all loops together
+MAX_INDENT = 16  # widest ``tojson`` indent
 _ITERATIONS: ContextVar[list[int]] = ContextVar("message_loop_iterations")
 _WIDE_FORMAT = re.compile(r"\d{5,}")  # a printf/format width of 10,000 or more
 _REFUSED = {nodes.Macro: "macros", nodes.CallBlock: "{% call %} blocks", nodes.FilterBlock: "{% filter %} blocks",
@@ -76,11 +81,30 @@ def _replace_size(text: Any, old: Any, new: Any) -> None:
             raise RenderFailed(f"the message grew past {MAX_OUTPUT} characters")
 
 
+def _joined_size(separator: Any, parts: list[Any]) -> None:
+    if sum(map(_length, parts)) + _length(separator) * len(parts) > MAX_OUTPUT:
+        raise RenderFailed(f"the message grew past {MAX_OUTPUT} characters")
+
+
 def _guarded_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)  # keeps Jinja's pass_context / pass_environment mark
+    @functools.wraps(original)  # keeps Jinja's pass_context / pass_eval_context / pass_environment mark
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _check_ints(args, kwargs)
-        values = [a for a in args if not isinstance(a, (Context, _Sandbox))]
+        lead = tuple(a for a in args[:1] if isinstance(a, (Context, EvalContext, _Sandbox)))
+        values = list(args[len(lead):])
+        if name in ("join", "groupby") and values:
+            values[0] = list(values[0])  # a range or generator is walked once, here, to size the result
+            args = (*lead, *values)
+        if name == "join" and values:
+            _joined_size(values[1] if len(values) > 1 else kwargs.get("d", ""), values[0])
+        if name == "groupby" and values:  # each item without the attribute is keyed by a lower-cased default
+            default = values[2] if len(values) > 2 else kwargs.get("default")
+            if _length(default) * len(values[0]) > MAX_OUTPUT:
+                raise RenderFailed(f"the message grew past {MAX_OUTPUT} characters")
+        if name == "tojson":  # the indent is written once per line of the JSON
+            indent = values[1] if len(values) > 1 else kwargs.get("indent")
+            if (indent if isinstance(indent, int) else _length(indent)) > MAX_INDENT:
+                raise RenderFailed(f"tojson's indent is at most {MAX_INDENT}")
         if name == "replace" and len(values) >= 3:
             _replace_size(*values[:3])
         if name == "indent" and values and isinstance(values[0], str):
@@ -161,8 +185,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 _replace_size(owner, args[0], args[1])
             if name == "join" and args:
                 parts = list(args[0])
-                if sum(map(_length, parts)) + len(owner) * len(parts) > MAX_OUTPUT:
-                    raise RenderFailed(f"the message grew past {MAX_OUTPUT} characters")
+                _joined_size(owner, parts)
                 args = (parts, *args[1:])
         return _check_size(super().call(__context, __obj, *args, **kwargs))
 
@@ -218,9 +241,12 @@ class Template:
                 out.append(chunk)
         except RenderFailed:
             raise
-        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, MemoryError,
-                RecursionError) as exc:
+        except Exception as exc:  # the template is the client's code: whatever it raises (a filter's
+            # AssertionError, an AttributeError, …) fails this recipient, never the request
             raise RenderFailed(f"{type(exc).__name__}: {exc}"[:500]) from None
         finally:
             _ITERATIONS.reset(token)
-        return "".join(out)
+        text = "".join(out)
+        if (why := text_problem(text)) is not None:  # a literal such as '\ud800' or '\x00' cannot be stored
+            raise RenderFailed(f"the rendered text {why}")
+        return text

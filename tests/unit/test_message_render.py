@@ -3,6 +3,8 @@ internals or grow text past the cap (each refusal is a ``RenderFailed`` or, at c
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from stitcher.messages.render import MAX_OUTPUT, RenderFailed, Template, TemplateRefused
@@ -35,11 +37,31 @@ def test_templates_render_placeholders_and_hide_internals(source, context, expec
     "{{ 1 / 0 }}", "{{ [].append(1) }}", "{{ 2 ** 10000 }}", "{% for i in range(20) %}{{ s ~ s ~ s ~ s }}{% endfor %}",
     "{{ ('ab' * 100000) ~ ('ab' * 100000) }}", "{{ (s + s + s + s + s + s) }}",
     "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+    "{{ s|truncate(9999, true, s) }}",  # Jinja asserts the end fits: an AssertionError, once a 500
 ])
 def test_growth_and_unsafe_operations_fail_the_render(source):
     """Every path to a huge string, a huge loop or a mutation fails cleanly instead of allocating it."""
     with pytest.raises(RenderFailed):
         Template(source).render({"s": "x" * (MAX_OUTPUT // 4)})
+
+
+@pytest.mark.parametrize("source", [
+    "{{ range(1000)|join(s) }}", "{{ (range(1000)|list)|join(s) }}", "{{ ('x' * 1000)|replace('x', s) }}",
+    "{{ ('x' * 1000)|replace('', s) }}", "{{ ('x' * 1000)|groupby(10, s) }}", "{{ (range(1000)|list)|tojson(s) }}",
+    "{{ (range(1000)|list)|tojson(10000) }}",
+])
+def test_filters_that_multiply_their_arguments_fail_before_they_build_the_text(source):
+    """``join`` and ``replace`` (which take Jinja's eval context first), ``groupby`` (which lower-cases its
+    ``default`` once per item) and ``tojson`` (its ``indent`` once per line) are sized before they run, so a
+    render that would build ~64 MB fails having allocated next to nothing (it once took GBs and seconds)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderFailed):
+            Template(source).render({"s": "x" * (MAX_OUTPUT // 4)})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * MAX_OUTPUT
 
 
 @pytest.mark.parametrize("source", [
