@@ -6,7 +6,8 @@ the same way: a 4xx naming the field, never a 500.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -16,6 +17,8 @@ from stitcher.domain.identifiers import Normaliser
 from stitcher.store.db import Database
 from tracker.errors import UnsupportedMediaType, ValidationFailed
 from tracker.http import REQUEST_ID, read_body
+
+T = TypeVar("T")
 
 DB = web.AppKey("db", Database)
 NORMALISER = web.AppKey("normaliser", Normaliser)
@@ -77,3 +80,14 @@ def keyset_after(request: web.Request) -> tuple[int, int] | None:
     if not all(part.isascii() and part.isdigit() and len(part) <= 19 and int(part) < 2**63 for part in (t, row)):
         raise ValidationFailed([{"field": "after", "message": "must be the `next` of a previous page"}])
     return int(t), int(row)
+
+
+def keyset_page(rows: Sequence[T], limit: int,
+                key: Callable[[T], tuple[int, int | None]]) -> tuple[list[T], str | None]:
+    """The first ``limit`` of ``rows`` (read ``limit + 1``, ordered by ``key``: time, then row id) and the
+    ``next`` cursor ``keyset_after`` reads back, ``<time>.<row id>``; None on the last page."""
+    page = list(rows[:limit])
+    if len(rows) <= limit:
+        return page, None
+    t, row = key(page[-1])
+    return page, f"{t}.{row}"

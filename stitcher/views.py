@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from stitcher.domain.errors import ContactNotFound
+from stitcher.http_input import keyset_page
 from stitcher.store import repo
 from stitcher.store.models import Contact, Identifier, IdentityLog, TimelineEvent
 
@@ -83,12 +84,11 @@ async def timeline(s: AsyncSession, contact_id: int, page: Page) -> dict[str, An
                     ((col(TimelineEvent.occurred_at) == t) & (col(TimelineEvent.id) > row)))
     rows = list((await s.execute(q.order_by(col(TimelineEvent.occurred_at), col(TimelineEvent.id))
                                  .limit(page.limit + 1))).scalars())
-    more = len(rows) > page.limit
-    rows = rows[: page.limit]
+    rows, cursor = keyset_page(rows, page.limit, lambda e: (e.occurred_at, e.id))
     total = int((await s.execute(select(func.count()).where(
         col(TimelineEvent.contact_id) == contact_id))).scalar_one())
     return {"contactId": contact_id, "total": total, "events": [_timeline_entry(e) for e in rows],
-            "next": f"{rows[-1].occurred_at}.{rows[-1].id}" if more else None}
+            "next": cursor}
 
 
 async def identity_log(s: AsyncSession, contact_id: int) -> dict[str, Any]:

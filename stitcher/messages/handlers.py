@@ -7,7 +7,16 @@ from typing import Any
 from aiohttp import web
 
 from stitcher.domain.errors import ValidationFailed
-from stitcher.http_input import DB, NORMALISER, int_param, keyset_after, path_contact_id, path_id, read_json
+from stitcher.http_input import (
+    DB,
+    NORMALISER,
+    int_param,
+    keyset_after,
+    keyset_page,
+    path_contact_id,
+    path_id,
+    read_json,
+)
 from stitcher.messages import payload
 from stitcher.messages.service import MessageService
 from stitcher.store import messages as store
@@ -48,12 +57,6 @@ def _outbox_body(o: OutboxEntry) -> dict[str, Any]:
             "error": o.error, "createdAt": o.created_at, "updatedAt": o.updated_at}
 
 
-def _page(rows: list[Any], limit: int) -> tuple[list[Any], str | None]:
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, f"{rows[-1].created_at}.{rows[-1].id}" if more else None
-
-
 @routes.post("/api/v1/messages")
 async def create_message(request: web.Request) -> web.StreamResponse:
     """Create a prepared message; a template that does not parse is a 400 naming its field."""
@@ -68,7 +71,7 @@ async def list_messages(request: web.Request) -> web.StreamResponse:
     before = keyset_after(request)
     async with request.app[DB].reader() as s:
         rows, total = await store.page_of_messages(s, limit, before)
-    rows, cursor = _page(rows, limit)
+    rows, cursor = keyset_page(rows, limit, lambda o: (o.created_at, o.id))
     return json_response({"total": total, "messages": [_message_body(m) for m in rows], "next": cursor})
 
 
@@ -105,7 +108,7 @@ async def message_outbox(request: web.Request) -> web.StreamResponse:
     await request.app[MESSAGES].message(message_id)
     async with request.app[DB].reader() as s:
         rows, total = await store.page_of_outbox(s, limit, before, message_id=message_id)
-    rows, cursor = _page(rows, limit)
+    rows, cursor = keyset_page(rows, limit, lambda o: (o.created_at, o.id))
     return json_response({"messageId": message_id, "total": total, "outbox": [_outbox_body(o) for o in rows],
                           "next": cursor})
 
@@ -119,6 +122,6 @@ async def contact_messages(request: web.Request) -> web.StreamResponse:
     async with request.app[DB].reader() as s:
         await live_contact(s, contact_id)
         rows, total = await store.page_of_outbox(s, limit, before, contact_id=contact_id)
-    rows, cursor = _page(rows, limit)
+    rows, cursor = keyset_page(rows, limit, lambda o: (o.created_at, o.id))
     return json_response({"contactId": contact_id, "total": total, "outbox": [_outbox_body(o) for o in rows],
                           "next": cursor})

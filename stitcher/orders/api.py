@@ -6,7 +6,16 @@ from typing import Any
 
 from aiohttp import web
 
-from stitcher.http_input import DB, NORMALISER, int_param, keyset_after, path_contact_id, read_json, request_id
+from stitcher.http_input import (
+    DB,
+    NORMALISER,
+    int_param,
+    keyset_after,
+    keyset_page,
+    path_contact_id,
+    read_json,
+    request_id,
+)
 from stitcher.orders.payload import OrdersRejected, parse_orders
 from stitcher.orders.service import OrderService
 from stitcher.store import orders as store
@@ -47,9 +56,7 @@ async def contact_orders(request: web.Request) -> web.StreamResponse:
     async with request.app[DB].reader() as s:
         await live_contact(s, contact_id)
         rows, total = await store.page_of(s, contact_id, limit, before)
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, cursor = keyset_page(rows, limit, lambda o: (o.ordered_at, o.id))
     orders: list[dict[str, Any]] = [{"id": o.id, "contactId": o.contact_id, **o.data, "createdAt": o.created_at,
                                      "updatedAt": o.updated_at} for o in rows]
-    return json_response({"contactId": contact_id, "total": total, "orders": orders,
-                          "next": f"{rows[-1].ordered_at}.{rows[-1].id}" if more else None})
+    return json_response({"contactId": contact_id, "total": total, "orders": orders, "next": cursor})
