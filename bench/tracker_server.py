@@ -12,9 +12,9 @@ import argparse
 import dataclasses
 
 import uvloop
-from aiohttp import web
 
 from tracker.app import init_app
+from tracker.edge.site import run
 from tracker.logs import configure_logging
 from tracker.settings import Settings
 
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.redis_url is None:
         raise SystemExit("REDIS_URL is required")
     configure_logging(settings.log_json)
-    web.run_app(init_app(settings), host=args.host, port=args.port, access_log=None, print=None,
-                loop=uvloop.new_event_loop())
+    run(init_app(settings), host=args.host, port=args.port, reuse_port=False, loop=uvloop.new_event_loop())
 
 
 if __name__ == "__main__":

@@ -20,9 +20,8 @@ log = structlog.get_logger("cli")
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from stitcher.app import init_app
+    from tracker.edge.site import run
 
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
@@ -41,8 +40,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
               f"(redis: {settings.redis_url}; database: {_safe(settings.effective_database_url)}; "
               f"dev API key: {settings.api_keys[0]!r}; demo: http://{settings.host}:{settings.port}/demo/)",
               flush=True)
-        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
-                    reuse_port=args.reuse_port, loop=_new_loop())
+        run(app, host=settings.host, port=settings.port, reuse_port=args.reuse_port, loop=_new_loop())
     finally:
         if embedded is not None:
             embedded.stop()

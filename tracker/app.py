@@ -11,15 +11,17 @@ from redis.backoff import NoBackoff
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
+from tracker.answers import UNAVAILABLE as TRACKER_UNAVAILABLE
+from tracker.answers import Tracking
 from tracker.beacon import Limits
 from tracker.connection import HANDLER_ARGS
 from tracker.eventlog import EventLog
 from tracker.groupcommit import GroupCommitter
-from tracker.http import API_KEYS, ERROR_STATUS, METRICS, TRACKER_UNAVAILABLE, UNAVAILABLE, edge_middleware
+from tracker.http import API_KEYS, ERROR_STATUS, METRICS, UNAVAILABLE, edge_middleware
 from tracker.logs import OUTPUT, flush_periodically
 from tracker.metrics import Metrics
 from tracker.resp import RespConnection
-from tracker.routes import EVENTLOG, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, routes
+from tracker.routes import EVENTLOG, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, TRACKING, routes
 from tracker.routing import answer_with_and_without_trailing_slash
 from tracker.script import Script
 from tracker.settings import Settings
@@ -74,6 +76,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[EVENTLOG] = EventLog(redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
                              history_cap=settings.history_cap, rejected_cap=settings.rejected_cap,
                              committer=committer)
+    app[TRACKING] = Tracking(eventlog=app[EVENTLOG], metrics=app[METRICS], limits=app[LIMITS], script=app[SCRIPT],
+                             allowed_origins=settings.allowed_origins, log_sample=settings.beacon_log_sample)
     yield
     await committer.stop()
     await stop_task(log_flusher)

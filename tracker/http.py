@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import itertools
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,10 +11,9 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
-from tracker.errors import DomainError, PayloadTooLarge, UnsupportedMediaType
-from tracker.limits import MAX_REQUEST_ID
+from tracker.answers import Reply, check_declared_length, check_encoding, error_reply, request_id_from
+from tracker.errors import DomainError, PayloadTooLarge
 from tracker.logs import log_request
 from tracker.metrics import Metrics
 
@@ -27,31 +24,18 @@ REQUEST_ID = web.RequestKey("request_id", str)  # the id a request is answered a
 # errors meaning "a backing store is down, slow or refusing": answered 503 + Retry-After, never 500; the
 # stitcher adds its SQL ones (the tracker itself never imports SQLAlchemy, DESIGN invariant 1)
 UNAVAILABLE = web.AppKey("unavailable_errors", tuple)
-TRACKER_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, TimeoutError, ConnectionError, OSError)
 # the statuses of other layers' errors (exception class → HTTP status; each has ``code`` and ``body()``): the
 # stitcher registers its domain errors here, so that they need know nothing of HTTP
 ERROR_STATUS = web.AppKey("error_status", dict)
 log = structlog.get_logger("http")
-# request ids: unique per process start plus a counter — as unique as uuid4 here, at a fraction of its cost
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count()
 # handlers that do the edge's work themselves (the beacon: there the generic path would cost about as much
 # as storing the events); see ``self_accounted``
 _SELF_ACCOUNTED: set[Handler] = set()
 
 
-def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-
-
 def request_id_of(request: web.Request) -> str:
-    """The caller's X-Request-Id if it is a sane one (1-``MAX_REQUEST_ID`` printable ASCII characters), else
-    a new id: it is echoed in the response, written to every log line of the request and to its identity-log
-    entries (a column of the same width)."""
-    given = request.headers.get("X-Request-Id")
-    if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable():
-        return given
-    return new_request_id()
+    """The request's id (``tracker.answers.request_id_from``)."""
+    return request_id_from(request.headers.get("X-Request-Id"))
 
 
 def self_accounted(handler: Handler) -> Handler:
@@ -83,12 +67,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     read no further than that (``read(n)`` returns what has arrived so far). A compressed body (any
     ``Content-Encoding`` but ``identity``) is a 415: no client of the service compresses one, and the parser
     leaves bodies encoded (``tracker.connection``), so no bomb is inflated."""
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding[:32]!r} is not accepted: send the body uncompressed")
+    check_encoding(request.headers)
     expected = request.content_length
-    if expected is not None and expected > limit:
-        raise PayloadTooLarge(f"body is {expected} bytes, the limit is {limit}")
+    check_declared_length(expected, limit)
     chunks: list[bytes] = []
     size = 0
     while size <= limit and (expected is None or size < expected):
@@ -113,25 +94,15 @@ def error_body_response(body: dict[str, Any], status: int) -> web.Response:
 
 
 def error_answer(request: web.Request, exc: Exception, request_id: str) -> tuple[web.Response, str]:
-    """The JSON answer to an exception a handler raised, and the error code for its request line.
+    """The JSON answer to an exception a handler raised, and the error code for its request line
+    (``tracker.answers.error_reply``, with the error classes other layers registered)."""
+    reply, code = error_reply(exc, request_id, request.app.get(ERROR_STATUS), request.app[UNAVAILABLE],
+                              request.path)
+    return to_response(reply), code
 
-    Domain errors answer as themselves; a backing store down, slow or refusing becomes a 503 with
-    Retry-After (never a 500 or a hang); anything else is logged with its traceback and answers 500.
-    """
-    status = error_status(request.app, exc)
-    if status is not None:
-        response = error_body_response(exc.body(), status)  # type: ignore[attr-defined]
-        if status in (429, 503):
-            response.headers["Retry-After"] = "1"
-        elif status == 401:
-            response.headers["WWW-Authenticate"] = 'Basic realm="stitcher"'
-        return response, str(exc.code)  # type: ignore[attr-defined]
-    if isinstance(exc, request.app[UNAVAILABLE]):
-        response = error_response(503, "unavailable", "storage is unavailable, retry shortly")
-        response.headers["Retry-After"] = "1"
-        return response, type(exc).__name__
-    log.exception("unhandled error", path=request.path, request_id=request_id)
-    return error_response(500, "internal_error", "internal error", requestId=request_id), "internal_error"
+
+def to_response(reply: Reply) -> web.Response:
+    return web.Response(status=reply.status, body=reply.body or None, headers=reply.headers)
 
 
 def error_status(app: web.Application, exc: Exception) -> int | None:

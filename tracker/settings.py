@@ -36,6 +36,7 @@ class Settings:
     rejected_cap: int = 100_000  # entries kept in the rejected-events stream
     partitions: int = 1024  # visitor partitions = Redis hash tags (DESIGN invariant 7)
     redis_timeout: float = 1.0  # seconds before a beacon gives up and answers 503
+    beacon_log_sample: float = 0.01  # the share of good beacons that write a request line (errors always do)
     placeholders: tuple[str, ...] | None = None  # None: the identity rules' own list (SPEC §1)
     default_phone_region: str | None = None
     worker_enabled: bool = True
@@ -105,6 +106,8 @@ class Settings:
                 kw[attr] = int(env[name])
         if env.get("WORKER_ENABLED"):
             kw["worker_enabled"] = env["WORKER_ENABLED"].lower() not in ("0", "false", "no")
+        if env.get("BEACON_LOG_SAMPLE"):
+            kw["beacon_log_sample"] = min(max(float(env["BEACON_LOG_SAMPLE"]), 0.0), 1.0)
         if env.get("LOG_JSON"):
             kw["log_json"] = env["LOG_JSON"].lower() in ("1", "true", "yes")
         return cls(**kw)  # type: ignore[arg-type]

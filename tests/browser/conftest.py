@@ -23,6 +23,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from tests.browser.fault_proxy import FaultProxy, fault_proxy
 from tests.conftest import private_redis
 from tracker.app import init_app
+from tracker.edge.site import EdgeSite
 from tracker.embedded_redis import EmbeddedRedis
 from tracker.settings import Settings
 
@@ -76,7 +77,7 @@ async def service(redis_server: RedisProcess, tmp_path: Path) -> AsyncIterator[s
                         var_dir=tmp_path)
     runner = web.AppRunner(init_app(settings))
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()  # the port the OS picks as it binds: no race for it
+    await EdgeSite(runner, "127.0.0.1", 0).start()  # as `stitcher serve` listens; the port the OS picks as it binds
     yield f"http://127.0.0.1:{bound_port(runner)}"
     await runner.cleanup()
 

@@ -17,6 +17,7 @@ from playwright.async_api import Error as PlaywrightError
 from stitcher.app import init_app
 from stitcher.replay import load_fixture, replay
 from tests.browser.conftest import API_KEY, LOOP, RedisProcess, bound_port
+from tracker.edge.site import EdgeSite
 from tracker.settings import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.asyncio(loop_scope="module")]
@@ -31,7 +32,7 @@ async def stitcher_service(redis_server: RedisProcess, database_url: str, tmp_pa
                         var_dir=tmp_path, import_parse_workers=0)
     runner = web.AppRunner(init_app(settings))
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await EdgeSite(runner, "127.0.0.1", 0).start()
     yield f"http://127.0.0.1:{bound_port(runner)}"
     await runner.cleanup()
 

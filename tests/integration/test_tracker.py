@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from tests.conftest import auth
+from tests.edge_server import EdgeTestServer
 from tracker.app import init_app
 from tracker.eventlog import dedupe_token
 from tracker.keys import REJECTED, VisitorKeys
@@ -93,14 +94,19 @@ async def all_keys(r: Redis) -> set[bytes]:
     return set(keys)
 
 
-@pytest.fixture
-def make_client(aiohttp_client: Any) -> MakeClient:
-    """A client for the tracker built from given settings; no cookie jar (tests send cookies explicitly)."""
+@pytest.fixture(params=["edge", "aiohttp"])
+def make_client(aiohttp_client: Any, request: pytest.FixtureRequest) -> MakeClient:
+    """A client for the tracker built from given settings; no cookie jar (tests send cookies explicitly).
+
+    Every test runs twice: through the edge (``stitcher serve``'s listener, which answers the tracking routes
+    itself) and through the aiohttp application alone (the routes' other front): both answer alike."""
 
     async def make(settings: Settings, **kwargs: Any) -> Client:
         kwargs.setdefault("cookie_jar", DummyCookieJar())
         kwargs.setdefault("headers", {"User-Agent": CHROME})
-        return await aiohttp_client(init_app(settings), **kwargs)  # type: ignore[no-any-return]
+        app = init_app(settings)
+        server = EdgeTestServer(app) if request.param == "edge" else app
+        return await aiohttp_client(server, **kwargs)  # type: ignore[no-any-return]
 
     return make
 
@@ -821,10 +827,13 @@ async def test_concurrent_beacons_share_pipelines_and_are_all_stored(
 
 # --- the beacon accounts for itself (it skips the generic edge middleware) ---------------------------------
 
-async def test_beacon_writes_one_request_line_and_echoes_the_request_id(client: Client) -> None:
-    """POST /t logs one canonical line with route, status and the request id it answered with."""
+async def test_beacon_writes_one_request_line_and_echoes_the_request_id(
+        make_client: MakeClient, tracker_settings: Settings) -> None:
+    """POST /t logs one canonical line with route, status and the request id it answered with (here every
+    good beacon is sampled: BEACON_LOG_SAMPLE=1)."""
     from structlog.testing import capture_logs
 
+    client = await make_client(dataclasses.replace(tracker_settings, beacon_log_sample=1.0))
     with capture_logs() as logs:
         ok = await post(client, beacon(), **{"X-Request-Id": "req-beacon-1"})
         bad = await post(client, b"{")
@@ -836,18 +845,36 @@ async def test_beacon_writes_one_request_line_and_echoes_the_request_id(client: 
     assert lines[0]["request_id"] == "req-beacon-1" and lines[1]["request_id"] == bad.headers["X-Request-Id"]
 
 
+@pytest.mark.parametrize("sample, logged", [(0.0, 0), (0.25, 2), (1.0, 8)])
+async def test_good_beacons_write_a_request_line_only_when_sampled(
+        make_client: MakeClient, tracker_settings: Settings, sample: float, logged: int) -> None:
+    """A collector taking thousands of beacons a second cannot write a line each: good beacons are logged one
+    in 1/BEACON_LOG_SAMPLE and counted in the metrics all the same; every error writes its line."""
+    from structlog.testing import capture_logs
+
+    client = await make_client(dataclasses.replace(tracker_settings, beacon_log_sample=sample))
+    with capture_logs() as logs:
+        for _ in range(8):
+            assert (await post(client, beacon())).status == 204
+        assert (await post(client, b"[")).status == 400
+    lines = [(e["status"], e["error"]) for e in logs if e.get("event") == "request"]
+    assert lines == [(204, None)] * logged + [(400, "validation_failed")]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'stitcher_http_requests_total{method="POST",route="/t",status="204"} 8.0' in metrics
+
+
 async def test_an_unexpected_beacon_failure_is_a_json_500_the_browser_can_read(
         make_client: MakeClient, tracker_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in the beacon path answers 500 JSON with the request id and CORS headers, logs the traceback
     and counts the request, like every other route."""
     from structlog.testing import capture_logs
 
-    import tracker.routes
+    import tracker.answers
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(tracker.routes, "parse_batch", broken)
+    monkeypatch.setattr(tracker.answers, "parse_batch", broken)
     client = await make_client(dataclasses.replace(tracker_settings, allowed_origins=(SHOP,)))
     with capture_logs() as logs:
         r = await post(client, beacon(), Origin=SHOP)

@@ -1,0 +1,254 @@
+"""The tracking routes' work, free of any HTTP server: a request's headers and body in, a ``Reply`` out.
+
+Two fronts serve these routes and answer alike: the edge (``tracker.edge``: the service's own listener, which
+answers the beacon routes without aiohttp's request machinery) and the aiohttp routes (``tracker.routes``,
+thin adapters: the application stays whole on its own, and every test client reaches it). Headers are looked
+up by lower-case name; aiohttp's case-insensitive mapping and the edge's plain dict both work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from redis.exceptions import RedisError
+
+from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
+from tracker.bots import is_bot
+from tracker.errors import DomainError, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationFailed
+from tracker.eventlog import EventLog
+from tracker.limits import MAX_REQUEST_ID
+from tracker.logs import log_request
+from tracker.metrics import Metrics
+from tracker.script import Script
+from tracker.visitor import COOKIE, COOKIE_MAX_AGE, choose_visitor_id
+
+Headers = Mapping[str, str]
+VISITOR_HEADER = "X-Stitcher-Visitor"
+# 1x1 transparent GIF
+PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c000000000100010000020144003b")
+_COOKIE_ATTRS = f"; Max-Age={COOKIE_MAX_AGE}; Path=/; HttpOnly; SameSite=Lax"
+_COOKIE_PREFIX = COOKIE + "="
+_EXPOSED = f"{VISITOR_HEADER}, Retry-After"
+_JSON = ("Content-Type", "application/json")
+# errors meaning "a backing store is down, slow or refusing": 503 + Retry-After, never a 500
+UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, TimeoutError, ConnectionError, OSError)
+log = structlog.get_logger("http")
+# request ids: unique per process start plus a counter — as unique as uuid4 here, at a fraction of its cost
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+@dataclass(slots=True)
+class Reply:
+    """One answer: status, header pairs in order, body."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+
+
+def request_id_from(given: str | None) -> str:
+    """The caller's X-Request-Id if it is a sane one (1-``MAX_REQUEST_ID`` printable ASCII characters), else
+    a new id: it is echoed in the response, written to the request's log line and its identity-log entries."""
+    if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable():
+        return given
+    return new_request_id()
+
+
+def check_encoding(headers: Headers) -> None:
+    """A compressed body (any ``Content-Encoding`` but ``identity``) is a 415: no client of the service sends
+    one, and bodies are never inflated (``tracker.connection``), so no bomb is."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding[:32]!r} is not accepted: send the body uncompressed")
+
+
+def check_declared_length(declared: int | None, limit: int) -> None:
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"body is {declared} bytes, the limit is {limit}")
+
+
+def cookie_value(header: str | None, name: str = COOKIE) -> str | None:
+    """The value of cookie ``name`` in a Cookie header (the last one, as aiohttp's parser takes), without
+    decoding the others."""
+    if not header or name not in header:
+        return None
+    found = None
+    for part in header.split(";"):
+        key, eq, value = part.partition("=")
+        if eq and key.strip() == name:
+            found = value.strip().strip('"')
+    return found
+
+
+def error_reply(exc: Exception, request_id: str, statuses: Mapping[type, int] | None = None,
+                unavailable: tuple[type[BaseException], ...] = UNAVAILABLE, path: str = "") -> tuple[Reply, str]:
+    """The JSON answer to an exception, and the error code for the request's log line.
+
+    Domain errors (the tracker's own, or another layer's registered in ``statuses``) answer as themselves
+    with their ``status`` in the body, as the platform's API does; a backing store down, slow or refusing
+    becomes a 503 with Retry-After (never a 500 or a hang); anything else is logged with its traceback and
+    answers 500.
+    """
+    status = exc.status if isinstance(exc, DomainError) else None
+    if status is None and statuses:
+        status = next((int(s) for cls, s in statuses.items() if isinstance(exc, cls)), None)
+    if status is not None:
+        reply = json_reply({**exc.body(), "status": status}, status)  # type: ignore[attr-defined]
+        if status in (429, 503):
+            reply.headers.append(("Retry-After", "1"))
+        elif status == 401:
+            reply.headers.append(("WWW-Authenticate", 'Basic realm="stitcher"'))
+        return reply, str(exc.code)  # type: ignore[attr-defined]
+    if isinstance(exc, unavailable):
+        reply = json_reply({"error": "unavailable", "message": "storage is unavailable, retry shortly",
+                            "status": 503}, 503)
+        reply.headers.append(("Retry-After", "1"))
+        return reply, type(exc).__name__
+    log.exception("unhandled error", path=path, request_id=request_id)
+    return json_reply({"error": "internal_error", "message": "internal error", "requestId": request_id,
+                       "status": 500}, 500), "internal_error"
+
+
+def json_reply(data: Any, status: int = 200) -> Reply:
+    return Reply(status, [_JSON], orjson.dumps(data))
+
+
+class Tracking:
+    """The beacon, the pixel, the preflight and the script, for one running service."""
+
+    def __init__(self, *, eventlog: EventLog, metrics: Metrics, limits: Limits, script: Script,
+                 allowed_origins: tuple[str, ...], log_sample: float) -> None:
+        self.eventlog = eventlog
+        self.metrics = metrics
+        self.limits = limits
+        self.script = script
+        self._any_origin = "*" in allowed_origins
+        self._origins = frozenset(allowed_origins)
+        # every n-th good beacon writes its request line (errors always do); 0: none
+        self._log_every = round(1 / log_sample) if log_sample > 0 else 0
+        self._beacons = 0
+
+    # --- routes ------------------------------------------------------------------------------------------
+
+    async def beacon(self, headers: Headers, body: bytes, secure: bool, started: float) -> Reply:
+        """POST /t: text/plain (sendBeacon, no preflight) or application/json; 204 once stored.
+
+        ``body`` is the whole body, read by the front within ``limits.max_body_bytes`` (a front that finds it
+        longer, or compressed, answers through ``refused``).
+        """
+        request_id = request_id_from(headers.get("x-request-id"))
+        error = None
+        try:
+            vid = await self._ingest(headers, body)
+            reply = Reply(204, self._visitor_headers(vid, secure))
+        except Exception as exc:  # answered here as JSON the browser can read (CORS)
+            reply, error = error_reply(exc, request_id, path="/t")
+        self._finish(headers, reply, request_id, started, error)
+        return reply
+
+    def refused(self, headers: Headers, exc: Exception, started: float) -> Reply:
+        """POST /t refused before its body was read (too large, compressed): answered and accounted as a beacon."""
+        request_id = request_id_from(headers.get("x-request-id"))
+        self.metrics.count_events("malformed_request", 1)
+        reply, error = error_reply(exc, request_id, path="/t")
+        self._finish(headers, reply, request_id, started, error)
+        return reply
+
+    async def pixel(self, headers: Headers, d: str | None, secure: bool) -> Reply:
+        """GET /t.gif?d=: the beacon's body base64url-encoded in ``d``; answers a 1x1 GIF (errors raise)."""
+        vid = await self._ingest(headers, decode_pixel(d))
+        return Reply(200, [("Content-Type", "image/gif"), ("Cache-Control", "no-store, max-age=0"),
+                           *self._visitor_headers(vid, secure)], PIXEL)
+
+    def preflight(self, headers: Headers) -> Reply:
+        """OPTIONS /t."""
+        reply = Reply(204)
+        self.cors(headers, reply.headers)
+        reply.headers += [("Access-Control-Allow-Methods", "POST, OPTIONS"),
+                          ("Access-Control-Allow-Headers", "Content-Type"), ("Access-Control-Max-Age", "86400")]
+        return reply
+
+    def script_reply(self, headers: Headers) -> Reply:
+        """GET /t.js: minified, gzipped to clients that accept it, with a strong ETag (304 when it matches)."""
+        s = self.script
+        out = [("ETag", s.etag), ("Cache-Control", "public, max-age=3600"), ("Vary", "Accept-Encoding")]
+        if_none_match = headers.get("if-none-match", "")
+        if s.etag in if_none_match or if_none_match.strip() == "*":
+            return Reply(304, out)
+        out.append(("Content-Type", "application/javascript"))
+        if "gzip" in headers.get("accept-encoding", ""):
+            return Reply(200, [*out, ("Content-Encoding", "gzip")], s.gzipped)
+        return Reply(200, out, s.minified)
+
+    def cors(self, headers: Headers, out: list[tuple[str, str]]) -> None:
+        origin = headers.get("origin")
+        if origin and (self._any_origin or origin in self._origins):
+            out += [("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true"),
+                    ("Access-Control-Expose-Headers", _EXPOSED), ("Vary", "Origin")]
+
+    # --- the work ----------------------------------------------------------------------------------------
+
+    async def _ingest(self, headers: Headers, raw: bytes) -> str:
+        """Validate, store and account for one beacon; returns the visitor id. Raises 400/413/503."""
+        metrics = self.metrics
+        received_at = int(time.time() * 1000)
+        try:
+            batch: Batch = parse_batch(raw, self.limits, received_at, bot=is_bot(headers.get("user-agent", "")))
+        except ValidationFailed:
+            metrics.count_events("malformed_request", 1)
+            raise
+        vid, _ = choose_visitor_id(cookie_value(headers.get("cookie")), batch.vid, batch.reset)
+        rejected = batch.rejected
+        try:
+            if batch.accepted:
+                stored, duplicates, over_cap = await self.eventlog.append(vid, batch.accepted)
+                metrics.count_events("accepted", stored)
+                metrics.count_events("duplicate", duplicates)
+                if over_cap:
+                    rejected += [{"id": i, "reason": "visitor history is at its cap", "event": ""} for i in over_cap]
+            if rejected:
+                metrics.count_events("rejected", len(rejected))
+                await self.eventlog.record_rejected(vid, rejected)  # bounded by the client's socket timeout
+        except UNAVAILABLE as exc:
+            raise Unavailable("event storage is unavailable, retry shortly") from exc
+        return vid
+
+    @staticmethod
+    def _visitor_headers(vid: str, secure: bool) -> list[tuple[str, str]]:
+        # written by hand: http.cookies' Morsel costs more than the rest of the response (vid is a plain UUID)
+        return [("Set-Cookie", f"{_COOKIE_PREFIX}{vid}{_COOKIE_ATTRS}{'; Secure' if secure else ''}"),
+                (VISITOR_HEADER, vid)]
+
+    def _finish(self, headers: Headers, reply: Reply, request_id: str, started: float, error: str | None) -> None:
+        """CORS, the request id, the metrics and maybe the request line of one beacon."""
+        self.cors(headers, reply.headers)
+        reply.headers.append(("X-Request-Id", request_id))
+        self.account("/t", "POST", reply.status, started, request_id, error)
+
+    def account(self, route: str, method: str, status: int, started: float, request_id: str,
+                error: str | None) -> None:
+        """Count and time one tracking request; write its line if it failed or is sampled (one in
+        1/``BEACON_LOG_SAMPLE``): a collector taking thousands a second cannot afford a line each."""
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request(route, method, status, elapsed)
+        self._beacons += 1
+        if error is not None or status >= 400 or (self._log_every and self._beacons % self._log_every == 0):
+            log_request(request_id, method, route, status, round(elapsed * 1000, 2), error)
+
+
+def is_secure(scheme_is_https: bool, headers: Headers) -> bool:
+    """Whether the visitor's connection is HTTPS (directly, or as a proxy in front says)."""
+    return scheme_is_https or headers.get("x-forwarded-proto") == "https"
+

@@ -1,0 +1,377 @@
+"""One client connection of the edge: the tracking routes answered here, anything else handed to aiohttp.
+
+llhttp (through ``httptools``) parses the bytes; a request for ``POST /t``, ``OPTIONS /t``, ``GET /t.gif`` or
+``GET /t.js`` is answered from ``tracker.answers`` with a response written as bytes, without aiohttp's
+request, response or middleware objects. A request for any other path (or method) hands the connection to
+aiohttp's own request handler at that request's first byte: the bytes received since then are replayed into
+it and it owns the connection from there on (the API, the console, HEAD, upgrades: all exactly as aiohttp
+serves them).
+
+That hand-over needs the request to start at the start of a received chunk, which is so for the first
+request of a connection and for every request of a client that waits for each answer (browsers, HTTP client
+libraries). A client that pipelines another path behind a tracking request in one chunk gets the tracking
+answers, then the connection closes at that request's boundary without an answer to it, as RFC 9112 §9.3
+lets a server do; the client retries it on a new connection, where it comes first.
+
+Requests of one connection are answered in order, one at a time. Limits, all answered as JSON with
+``Connection: close``: a request line of at most ``MAX_LINE_BYTES``, at most ``MAX_HEADERS`` headers of at
+most ``MAX_FIELD_BYTES`` each (431), a body of at most the beacon limit (413, also when declared), a whole
+request within ``REQUEST_SECONDS`` of its first byte (408). Idle connections close after ``IDLE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import httptools
+import structlog
+
+from tracker.answers import (
+    Reply,
+    Tracking,
+    check_declared_length,
+    check_encoding,
+    error_reply,
+    json_reply,
+    request_id_from,
+)
+from tracker.connection import MAX_LINE_BYTES
+from tracker.edge.wire import encode
+from tracker.errors import DomainError, PayloadTooLarge
+
+MAX_HEADERS, MAX_FIELD_BYTES = 128, 8190  # as aiohttp's parser (tracker.connection)
+REQUEST_SECONDS, IDLE_SECONDS = 30.0, 75.0
+MAX_QUEUED = 32  # pipelined requests read ahead of their answers before reading pauses
+# the routes answered here: (method, path) → which
+_ROUTES = {(b"POST", b"/t"): "beacon", (b"OPTIONS", b"/t"): "preflight", (b"GET", b"/t.gif"): "pixel",
+           (b"GET", b"/t.js"): "script"}
+_PATHS = {route: path.decode() for (_, path), route in _ROUTES.items()}
+_METHODS = {route: method.decode() for (method, _), route in _ROUTES.items()}
+# the headers the tracking routes read; others are counted and skipped
+_WANTED = frozenset([b"content-length", b"content-encoding", b"origin", b"cookie", b"user-agent", b"x-request-id",
+                     b"x-forwarded-proto", b"expect", b"if-none-match", b"accept-encoding"])
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+log = structlog.get_logger("http")
+
+
+class Connections:
+    """A site's edge connections; ``empty`` is set while there are none."""
+
+    def __init__(self) -> None:
+        self._open: set[EdgeProtocol] = set()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def add(self, connection: EdgeProtocol) -> None:
+        self._open.add(connection)
+        self.empty.clear()
+
+    def discard(self, connection: EdgeProtocol) -> None:
+        self._open.discard(connection)
+        if not self._open:
+            self.empty.set()
+
+    def __iter__(self) -> Iterator[EdgeProtocol]:
+        return iter(list(self._open))
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class _HandOver(Exception):
+    """Raised out of the parser: this request is not the edge's."""
+
+
+class _Refuse(Exception):
+    """Raised out of the parser: answer ``reply`` and close the connection."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+
+
+def _refusal(status: int, code: str, message: str) -> _Refuse:
+    return _Refuse(json_reply({"error": code, "message": message, "status": status}, status))
+
+
+class EdgeProtocol(asyncio.Protocol):
+    """See the module's text. ``fallback`` makes aiohttp's protocol for a hand-over."""
+
+    def __init__(self, tracking: Tracking, fallback: Callable[[], asyncio.Protocol], connections: Connections,
+                 secure: bool = False) -> None:
+        self._tracking = tracking
+        self._fallback = fallback
+        self._connections = connections
+        self._secure = secure
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._answering = False  # a task is answering the queue
+        self._reading_paused = False
+        self._writing_paused = False
+        self._done = False  # refused, handed over or closing: nothing more is parsed
+        self._pending_hand_over: bytes | None = None
+        self._close_when_answered = False
+        # the request being parsed
+        self._chunk = b""  # the bytes being fed to the parser
+        self._between = True  # no request is partly parsed
+        self._fresh = True  # the chunk being fed starts between requests (no callback of it has begun one)
+        self._aligned = False  # it began at the first byte of a chunk: its bytes so far are in _raw
+        self._raw: list[bytes] | None = None
+        self._url = b""
+        self._route: str | None = None
+        self._headers: dict[str, str] = {}
+        self._header_count = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._started = 0.0
+        self.last_active = time.monotonic()
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        self._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done = True
+        self._connections.discard(self)
+        self._queue.clear()  # a beacon being stored is stored; its answer has nobody to go to
+
+    def pause_writing(self) -> None:  # the client does not read its answers: stop reading its requests
+        self._writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if len(self._queue) < MAX_QUEUED:
+            self._resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        self.last_active = time.monotonic()
+        self._chunk = data
+        self._fresh = self._between
+        if self._raw is not None:
+            self._raw.append(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _HandOver):
+                self._hand_over_or_close()
+            elif isinstance(cause, _Refuse):
+                self._refuse(cause.reply)
+            else:
+                raise
+        except httptools.HttpParserUpgrade:
+            self._hand_over_or_close()
+        except httptools.HttpParserError as exc:
+            log.warning("request refused by the HTTP parser", error=type(exc).__name__)
+            self._refuse(json_reply({"error": "bad_request", "message": "malformed HTTP request",
+                                     "status": 400}, 400))
+        self._chunk = b""
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too (answers already queued are lost with it, as the client left)
+
+    # --- httptools callbacks -----------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._aligned = self._fresh
+        self._fresh = self._between = False
+        self._raw = [self._chunk] if self._aligned else None
+        self._url = b""
+        self._route = None
+        self._headers = {}
+        self._header_count = 0
+        self._body = []
+        self._body_size = 0
+        self._started = time.perf_counter()
+        self.last_active = time.monotonic()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_LINE_BYTES:
+            raise _refusal(414, "uri_too_long", f"the request line is longer than {MAX_LINE_BYTES} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._route is None:
+            self._choose_route()
+        self._header_count += 1
+        if self._header_count > MAX_HEADERS or len(name) + len(value) > MAX_FIELD_BYTES:
+            raise _refusal(431, "request_header_fields_too_large",
+                           f"at most {MAX_HEADERS} headers of at most {MAX_FIELD_BYTES} bytes each")
+        name = name.lower()
+        if name in _WANTED:
+            self._headers[name.decode()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        if self._route is None:
+            self._choose_route()
+        if self._parser.should_upgrade():
+            raise _HandOver()
+        if self._route == "beacon":
+            try:
+                length = self._headers.get("content-length")
+                check_declared_length(int(length) if length else None, self._tracking.limits.max_body_bytes)
+                check_encoding(self._headers)
+            except DomainError as exc:
+                raise _Refuse(self._tracking.refused(self._headers, exc, self._started)) from None
+            if self._headers.get("expect", "").lower() == "100-continue" and self._transport is not None:
+                self._transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._tracking.limits.max_body_bytes:
+            exc = PayloadTooLarge(f"body is larger than the limit of {self._tracking.limits.max_body_bytes} bytes")
+            raise _Refuse(self._tracking.refused(self._headers, exc, self._started))
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._between = True
+        self._raw = None
+        query = self._url.partition(b"?")[2]
+        self._queue.append((self._route, self._headers, b"".join(self._body), query,
+                            self._parser.should_keep_alive(), self._started))
+        if len(self._queue) >= MAX_QUEUED:
+            self._pause_reading()
+        if not self._answering:
+            self._answering = True
+            asyncio.get_running_loop().create_task(self._answer_queue())
+
+    # --- routing, answers and hand-over ------------------------------------------------------------------
+
+    def _choose_route(self) -> None:
+        path = self._url.partition(b"?")[0]
+        route = _ROUTES.get((self._parser.get_method(), path))
+        if route is None:
+            raise _HandOver()
+        self._route = route
+
+    async def _answer_queue(self) -> None:
+        tracking = self._tracking
+        try:
+            while self._queue:
+                route, headers, body, query, keep_alive, started = self._queue.popleft()
+                if route == "beacon":
+                    reply = await tracking.beacon(headers, body, self._secure or
+                                                  headers.get("x-forwarded-proto") == "https", started)
+                elif route == "refused":
+                    reply = body
+                else:
+                    reply = await self._other(route, headers, query, started)
+                keep_alive = keep_alive and not (self._close_when_answered and not self._queue)
+                self._write(reply, keep_alive)
+                if not keep_alive:
+                    self._close()
+                    return
+                if self._reading_paused and not self._writing_paused and len(self._queue) < MAX_QUEUED // 2:
+                    self._resume_reading()
+        finally:
+            self._answering = False
+        if self._pending_hand_over is not None:
+            self._hand_over(self._pending_hand_over)
+        elif self._close_when_answered:
+            self._close()
+
+    async def _other(self, route: str, headers: dict[str, str], query: bytes, started: float) -> Reply:
+        """The pixel, the preflight and the script: counted like the beacon, logged when they fail or are
+        sampled."""
+        tracking = self._tracking
+        error = None
+        request_id = request_id_from(headers.get("x-request-id"))
+        try:
+            if route == "preflight":
+                reply = tracking.preflight(headers)
+            elif route == "script":
+                reply = tracking.script_reply(headers)
+            else:
+                d = parse_qs(query.decode("latin-1")).get("d", [None])[-1]
+                reply = await tracking.pixel(headers, d, self._secure or headers.get("x-forwarded-proto") == "https")
+        except Exception as exc:
+            reply, error = error_reply(exc, request_id, path=_PATHS[route])
+        reply.headers.append(("X-Request-Id", request_id))
+        tracking.account(_PATHS[route], _METHODS[route], reply.status, started, request_id, error)
+        return reply
+
+    def _write(self, reply: Reply, keep_alive: bool) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(encode(reply, keep_alive))
+        self.last_active = time.monotonic()
+
+    def _refuse(self, reply: Reply) -> None:
+        """Answer ``reply`` after what is queued, then close: the stream cannot be trusted any further."""
+        self._done = True
+        self._pause_reading()
+        self._queue.append(("refused", {}, reply, b"", False, 0.0))
+        if not self._answering:
+            self._answering = True
+            asyncio.get_running_loop().create_task(self._answer_queue())
+
+    def _hand_over_or_close(self) -> None:
+        self._done = True
+        self._pause_reading()
+        if not self._aligned or self._raw is None:  # pipelined behind our answers: close at its boundary
+            self._close_when_answered = True
+            if not self._answering:
+                self._close()
+            return
+        raw = b"".join(self._raw)
+        if self._answering:  # earlier requests' answers go first
+            self._pending_hand_over = raw
+        else:
+            self._hand_over(raw)
+
+    def _hand_over(self, raw: bytes) -> None:
+        transport = self._transport
+        self._connections.discard(self)
+        if transport is None or transport.is_closing():
+            return
+        protocol = self._fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        transport.resume_reading()
+        protocol.data_received(raw)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self._done and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _close(self) -> None:
+        self._done = True
+        if self._transport is not None:
+            self._transport.close()
+
+    # --- for the site --------------------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Close the connection if it has been idle too long or a request is taking too long to arrive."""
+        if self._answering or self._done:
+            return
+        if self._between:
+            if now - self.last_active > IDLE_SECONDS:
+                self._close()
+        elif now - self.last_active > REQUEST_SECONDS:
+            self._refuse(json_reply({"error": "request_timeout", "status": 408,
+                                     "message": f"the request did not arrive within {REQUEST_SECONDS:.0f} s"}, 408))
+
+    def shut_down(self) -> None:
+        """The service is stopping: close now if idle, else once the queued requests are answered."""
+        if self._answering:
+            self._close_when_answered = True
+            self._done = True
+        else:
+            self._close()
