@@ -23,6 +23,8 @@ from tracker.groupcommit import GroupCommitter
 _LUA = Path(__file__).with_name("lua")
 LINK_TTL_SECONDS = 400 * 86_400  # as long as the visitor cookie lives
 CLAIM_TTL_SECONDS = 7 * 86_400
+_APPEND_ARGS = 11  # EVALSHA, sha, numkeys, 4 keys, ttl, cap, link ttl, visitor id: then 2 per event
+_HEADS = 16_384  # visitors whose APPEND frame head is kept
 
 
 class _Script:
@@ -76,7 +78,8 @@ class EventLog:
         self.rejected_cap = rejected_cap
         self.committer = committer
         self._script_lock = asyncio.Lock()
-        self._append_settings = (0, 0, b"")  # (anon_ttl, history_cap, APPEND's ARGV[1..3] as RESP)
+        self._heads: dict[str, bytes] = {}  # see _append_head
+        self._heads_settings = (0, 0)
 
     def keys(self, vid: str) -> keys.VisitorKeys:
         return keys.VisitorKeys(vid, self.partitions)
@@ -104,28 +107,46 @@ class EventLog:
         Returns once Redis has them. Ids already stored are skipped; events past the history cap are
         returned by id so the caller can record them as rejected.
         """
-        k = self.keys(vid)
-        keys_ = [k.events, k.ids, k.link, k.linked_stream]
-        argv: list[Any] = [self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid]
-        ttl, cap, settings = self._append_settings
-        if (ttl, cap) != (self.anon_ttl, self.history_cap):  # encoded once, again only if they change
-            settings = resp.command(*argv[:3]).partition(b"\n")[2]
-            self._append_settings = (self.anon_ttl, self.history_cap, settings)
-        # the RESP frame of this EVALSHA, built from pre-encoded parts: the hottest few lines of the beacon
-        frame = [f"*{len(keys_) + len(argv) + 3 + 2 * len(events)}\r\n{APPEND.resp_head}"
-                 f"{resp.ascii_bulks(str(len(keys_)), *keys_)}".encode(), settings,
-                 resp.ascii_bulks(vid).encode()]
-        for event_id, body in events:
-            token = dedupe_token(event_id)
-            argv.append(token)
-            argv.append(body)
+        tokens = [dedupe_token(event_id) for event_id, _ in events]
+        # the RESP frame of this EVALSHA: the visitor's part encoded once per visitor, then the events — the
+        # hottest few lines of the beacon
+        frame = [b"*%d\r\n" % (_APPEND_ARGS + 2 * len(events)), self._append_head(vid)]
+        for token, (_, body) in zip(tokens, events, strict=True):
             frame.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(token), token.encode(), len(body), body))
+        keys_: list[str] = []
+        argv: list[Any] = []
+        if self.committer is None:  # redis-py sends it: the arguments, not the frame
+            k = self.keys(vid)
+            keys_ = [k.events, k.ids, k.link, k.linked_stream]
+            argv = [self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid]
+            for token, (_, body) in zip(tokens, events, strict=True):
+                argv += [token, body]
         reply = await self._eval(APPEND, keys_, argv, b"".join(frame))
         over_cap = []
         if len(reply) > 2:  # rare: map the tokens back to the ids
-            by_token = {argv[i]: events[(i - 4) // 2][0] for i in range(4, len(argv), 2)}
+            by_token = {token: event_id for token, (event_id, _) in zip(tokens, events, strict=True)}
             over_cap = [by_token[_s(x)] for x in reply[2:]]
         return AppendResult(reply[0], reply[1], over_cap)
+
+    def _append_head(self, vid: str) -> bytes:
+        """APPEND's frame after its argument count and before the events: script, keys, settings, visitor id.
+
+        Kept per visitor (a visitor sends many beacons), at most ``_HEADS`` of them; built again when the
+        settings it holds change."""
+        settings = (self.anon_ttl, self.history_cap)
+        if self._heads_settings != settings:
+            self._heads.clear()
+            self._heads_settings = settings
+        head = self._heads.get(vid)
+        if head is None:
+            if len(self._heads) >= _HEADS:
+                self._heads.clear()
+            k = self.keys(vid)
+            keys_ = (k.events, k.ids, k.link, k.linked_stream)
+            head = self._heads[vid] = (
+                f"{APPEND.resp_head}{resp.ascii_bulks(str(len(keys_)), *keys_)}".encode()
+                + resp.command(self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid).partition(b"\n")[2])
+        return head
 
     async def history(self, vid: str) -> tuple[int | None, list[dict[str, Any]]]:
         """The contact the visitor is linked to, if any, and its anonymous history (plus any part held by
