@@ -8,11 +8,13 @@ up by lower-case name; aiohttp's case-insensitive mapping and the edge's plain d
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -22,7 +24,7 @@ from redis.exceptions import RedisError
 from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
 from tracker.bots import is_bot
 from tracker.errors import DomainError, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationFailed
-from tracker.eventlog import EventLog
+from tracker.eventlog import AppendResult, EventLog, is_noscript
 from tracker.limits import MAX_REQUEST_ID
 from tracker.logs import log_request
 from tracker.metrics import Metrics
@@ -92,7 +94,7 @@ def cookie_value(header: str | None, name: str = COOKIE) -> str | None:
     return found
 
 
-def error_reply(exc: Exception, request_id: str, statuses: Mapping[type, int] | None = None,
+def error_reply(exc: BaseException, request_id: str, statuses: Mapping[type, int] | None = None,
                 unavailable: tuple[type[BaseException], ...] = UNAVAILABLE, path: str = "") -> tuple[Reply, str]:
     """The JSON answer to an exception, and the error code for the request's log line.
 
@@ -125,6 +127,22 @@ def json_reply(data: Any, status: int = 200) -> Reply:
     return Reply(status, [_JSON], orjson.dumps(data))
 
 
+Answer = Callable[[Reply], None]
+_TASKS: set[asyncio.Task[None]] = set()  # the beacons finishing in a task: referenced until they end
+
+
+def _settle(fut: asyncio.Future[Reply], reply: Reply) -> None:
+    if not fut.done():  # the front stopped waiting (its client went away)
+        fut.set_result(reply)
+
+
+def spawn(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` in a task kept referenced until it ends (the loop holds tasks only weakly)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
 class Tracking:
     """The beacon, the pixel, the preflight and the script, for one running service."""
 
@@ -142,21 +160,62 @@ class Tracking:
 
     # --- routes ------------------------------------------------------------------------------------------
 
-    async def beacon(self, headers: Headers, body: bytes, secure: bool, started: float) -> Reply:
+    def beacon(self, headers: Headers, body: bytes, secure: bool, started: float, done: Answer) -> None:
         """POST /t: text/plain (sendBeacon, no preflight) or application/json; 204 once stored.
 
         ``body`` is the whole body, read by the front within ``limits.max_body_bytes`` (a front that finds it
-        longer, or compressed, answers through ``refused``).
+        longer, or compressed, answers through ``refused``). ``done`` is called once with the answer: at once
+        for a bad body, else when Redis has the events. The common beacon — all its events good — is stored
+        through the group committer's callback, with no task or future of its own; the rest (bad events to
+        record, events over the cap, Redis having lost the script) finish in a task.
         """
         request_id = request_id_from(headers.get("x-request-id"))
-        error = None
+
+        def answer(reply: Reply, error: str | None = None) -> None:
+            self._finish(headers, reply, request_id, started, error)
+            done(reply)
+
+        def failed(exc: BaseException) -> None:
+            answer(*error_reply(Unavailable("event storage is unavailable, retry shortly")
+                                if isinstance(exc, UNAVAILABLE) else exc, request_id, path="/t"))
+
         try:
-            vid = await self._ingest(headers, body)
-            reply = Reply(204, self._visitor_headers(vid, secure))
-        except Exception as exc:  # answered here as JSON the browser can read (CORS)
-            reply, error = error_reply(exc, request_id, path="/t")
-        self._finish(headers, reply, request_id, started, error)
-        return reply
+            vid, batch = self._validated(headers, body)
+        except Exception as exc:  # answered as JSON the browser can read (CORS)
+            failed(exc)
+            return
+        stored = Reply(204, self._visitor_headers(vid, secure))
+
+        async def slowly(appended: AppendResult | None) -> None:
+            try:
+                await self._store(vid, batch, appended)
+            except Exception as exc:
+                failed(exc)
+            else:
+                answer(stored)
+
+        if batch.rejected or self.eventlog.committer is None:
+            spawn(slowly(None))
+            return
+
+        def appended(outcome: AppendResult | BaseException) -> None:
+            if isinstance(outcome, AppendResult) and not outcome.over_cap:
+                self._count(outcome)
+                answer(stored)
+            elif isinstance(outcome, AppendResult):
+                spawn(slowly(outcome))  # the events over the cap are recorded as rejected
+            elif is_noscript(outcome):
+                spawn(slowly(None))  # nothing ran: append loads the script and sends them again
+            else:
+                failed(outcome)
+
+        self.eventlog.append_callback(vid, batch.accepted, appended)
+
+    async def beacon_reply(self, headers: Headers, body: bytes, secure: bool, started: float) -> Reply:
+        """``beacon`` for a front that awaits its answer (the aiohttp route)."""
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self.beacon(headers, body, secure, started, partial(_settle, fut))
+        return await fut
 
     def refused(self, headers: Headers, exc: Exception, started: float) -> Reply:
         """POST /t refused before its body was read (too large, compressed): answered and accounted as a beacon."""
@@ -202,28 +261,39 @@ class Tracking:
 
     async def _ingest(self, headers: Headers, raw: bytes) -> str:
         """Validate, store and account for one beacon; returns the visitor id. Raises 400/413/503."""
-        metrics = self.metrics
-        received_at = int(time.time() * 1000)
+        vid, batch = self._validated(headers, raw)
+        await self._store(vid, batch, None)
+        return vid
+
+    def _validated(self, headers: Headers, raw: bytes) -> tuple[str, Batch]:
+        """The beacon's visitor id and its events judged (400/413 for a malformed body)."""
         try:
-            batch: Batch = parse_batch(raw, self.limits, received_at, bot=is_bot(headers.get("user-agent", "")))
+            batch = parse_batch(raw, self.limits, int(time.time() * 1000), bot=is_bot(headers.get("user-agent", "")))
         except ValidationFailed:
-            metrics.count_events("malformed_request", 1)
+            self.metrics.count_events("malformed_request", 1)
             raise
         vid, _ = choose_visitor_id(cookie_value(headers.get("cookie")), batch.vid, batch.reset)
+        return vid, batch
+
+    async def _store(self, vid: str, batch: Batch, appended: AppendResult | None) -> None:
+        """Store the good events (unless ``appended`` already did) and record the bad ones. Raises 503."""
         rejected = batch.rejected
         try:
-            if batch.accepted:
-                stored, duplicates, over_cap = await self.eventlog.append(vid, batch.accepted)
-                metrics.count_events("accepted", stored)
-                metrics.count_events("duplicate", duplicates)
-                if over_cap:
-                    rejected += [{"id": i, "reason": "visitor history is at its cap", "event": ""} for i in over_cap]
+            if appended is None and batch.accepted:
+                appended = await self.eventlog.append(vid, batch.accepted)
+            if appended is not None:
+                self._count(appended)
+                rejected += [{"id": i, "reason": "visitor history is at its cap", "event": ""}
+                             for i in appended.over_cap]
             if rejected:
-                metrics.count_events("rejected", len(rejected))
+                self.metrics.count_events("rejected", len(rejected))
                 await self.eventlog.record_rejected(vid, rejected)  # bounded by the client's socket timeout
         except UNAVAILABLE as exc:
             raise Unavailable("event storage is unavailable, retry shortly") from exc
-        return vid
+
+    def _count(self, appended: AppendResult) -> None:
+        self.metrics.count_events("accepted", appended.stored)
+        self.metrics.count_events("duplicate", appended.duplicates)
 
     @staticmethod
     def _visitor_headers(vid: str, secure: bool) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -107,12 +108,7 @@ class EventLog:
         Returns once Redis has them. Ids already stored are skipped; events past the history cap are
         returned by id so the caller can record them as rejected.
         """
-        tokens = [dedupe_token(event_id) for event_id, _ in events]
-        # the RESP frame of this EVALSHA: the visitor's part encoded once per visitor, then the events — the
-        # hottest few lines of the beacon
-        frame = [b"*%d\r\n" % (_APPEND_ARGS + 2 * len(events)), self._append_head(vid)]
-        for token, (_, body) in zip(tokens, events, strict=True):
-            frame.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(token), token.encode(), len(body), body))
+        tokens, frame = self._append_frame(vid, events)
         keys_: list[str] = []
         argv: list[Any] = []
         if self.committer is None:  # redis-py sends it: the arguments, not the frame
@@ -121,12 +117,32 @@ class EventLog:
             argv = [self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid]
             for token, (_, body) in zip(tokens, events, strict=True):
                 argv += [token, body]
-        reply = await self._eval(APPEND, keys_, argv, b"".join(frame))
-        over_cap = []
-        if len(reply) > 2:  # rare: map the tokens back to the ids
-            by_token = {token: event_id for token, (event_id, _) in zip(tokens, events, strict=True)}
-            over_cap = [by_token[_s(x)] for x in reply[2:]]
-        return AppendResult(reply[0], reply[1], over_cap)
+        return _append_result(await self._eval(APPEND, keys_, argv, frame), tokens, events)
+
+    def append_callback(self, vid: str, events: list[tuple[str, bytes]],
+                        done: Callable[[AppendResult | BaseException], None]) -> None:
+        """``append`` through the group committer with a callback instead of a future (the edge's beacon path):
+        ``done`` gets the result, or the exception — a ``ResponseError`` starting with NOSCRIPT when Redis
+        lost the script (a restart), on which the caller retries with ``append``, which loads it."""
+        assert self.committer is not None
+        tokens, frame = self._append_frame(vid, events)
+
+        def outcome(reply: Any) -> None:
+            if isinstance(reply, BaseException):
+                done(reply)
+            else:
+                done(_append_result(reply, tokens, events))
+
+        self.committer.submit_callback(frame, outcome)
+
+    def _append_frame(self, vid: str, events: list[tuple[str, bytes]]) -> tuple[list[str], bytes]:
+        """The events' dedupe tokens and the RESP frame of APPEND's EVALSHA: the visitor's part encoded once
+        per visitor, then the events — the hottest few lines of the beacon."""
+        tokens = [dedupe_token(event_id) for event_id, _ in events]
+        frame = [b"*%d\r\n" % (_APPEND_ARGS + 2 * len(events)), self._append_head(vid)]
+        for token, (_, body) in zip(tokens, events, strict=True):
+            frame.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(token), token.encode(), len(body), body))
+        return tokens, b"".join(frame)
 
     def _append_head(self, vid: str) -> bytes:
         """APPEND's frame after its argument count and before the events: script, keys, settings, visitor id.
@@ -305,6 +321,19 @@ class EventLog:
             return bool(await asyncio.wait_for(self.redis.ping(), 1.0))
         except Exception:
             return False
+
+
+def _append_result(reply: Any, tokens: list[str], events: list[tuple[str, bytes]]) -> AppendResult:
+    over_cap = []
+    if len(reply) > 2:  # rare: map the tokens back to the ids
+        by_token = {token: event_id for token, (event_id, _) in zip(tokens, events, strict=True)}
+        over_cap = [by_token[_s(x)] for x in reply[2:]]
+    return AppendResult(reply[0], reply[1], over_cap)
+
+
+def is_noscript(exc: BaseException) -> bool:
+    """Whether Redis answered NOSCRIPT (it lost the script: a restart); ``append`` loads it and retries."""
+    return isinstance(exc, NoScriptError) or (isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT"))
 
 
 def dedupe_token(event_id: str) -> str:

@@ -1,8 +1,10 @@
 """Group commit: many requests' Redis commands share one pipelined round trip.
 
-Each request still awaits the reply to its own command, so a 2xx still means "written" (DESIGN invariant 2);
-what is shared is the network round trip and the per-call overhead. One flush is in flight at a time; the
-commands that arrive meanwhile form the next batch.
+Each request still waits for the reply to its own command, so a 2xx still means "written" (DESIGN invariant
+2); what is shared is the network round trip and the per-call overhead. One flush is in flight at a time; the
+commands that arrive meanwhile form the next batch. A caller either awaits a future (``submit``) or is
+called back with the outcome (``submit_callback``: no future, for the edge's beacon path, which answers
+from the callback without a task).
 """
 
 from __future__ import annotations
@@ -10,14 +12,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import structlog
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.resp import RespConnection
 from tracker.tasks import stop_task
 
-_Pending = tuple[bytes, "asyncio.Future[Any]", float]
+log = structlog.get_logger("groupcommit")
+
+Outcome = Callable[[Any], None]  # called once with the reply, or with the exception that stands for it
+_Pending = tuple[bytes, Outcome, float]
 
 
 class GroupCommitter:
@@ -45,19 +52,23 @@ class GroupCommitter:
         if self._task is not None:
             await stop_task(self._task)
             self._task = None
-        for _, fut, _ in self._pending:
-            if not fut.done():
-                fut.set_exception(ConnectionError("group committer stopped"))
-        self._pending.clear()
+        pending, self._pending = self._pending, []
+        for _, outcome, _ in pending:
+            _call(outcome, ConnectionError("group committer stopped"))
         self._connection.close()
 
     def submit(self, encoded: bytes) -> asyncio.Future[Any]:
         """Queue one RESP-encoded command (``resp.command``); the future resolves to its reply (or its error)
         after the shared flush."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((encoded, fut, time.monotonic()))
-        self._wakeup.set()
+        self.submit_callback(encoded, partial(_resolve, fut))
         return fut
+
+    def submit_callback(self, encoded: bytes, outcome: Outcome) -> None:
+        """Queue one RESP-encoded command; ``outcome`` is called once, after the shared flush, with its reply
+        or with an exception (an error reply, Redis unreachable or slow, the committer stopped)."""
+        self._pending.append((encoded, outcome, time.monotonic()))
+        self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
@@ -71,13 +82,11 @@ class GroupCommitter:
     async def _flush(self, batch: list[_Pending]) -> None:
         expired = time.monotonic() - self._timeout
         live = []
-        for args, fut, queued_at in batch:
-            if fut.done():  # the caller went away
-                continue
+        for args, outcome, queued_at in batch:
             if queued_at < expired:
-                fut.set_exception(RedisTimeoutError("redis write queued too long"))
+                _call(outcome, RedisTimeoutError("redis write queued too long"))
                 continue
-            live.append((args, fut))
+            live.append((args, outcome))
         if not live:
             return
         if self._on_flush is not None:
@@ -85,14 +94,25 @@ class GroupCommitter:
         try:
             replies = await self._connection.execute([args for args, _ in live])
         except Exception as exc:  # connection refused, timeout: every caller of this batch learns it
-            for _, fut in live:
-                if not fut.done():
-                    fut.set_exception(exc)
+            for _, outcome in live:
+                _call(outcome, exc)
             return
-        for (_, fut), reply in zip(live, replies, strict=True):
-            if fut.done():
-                continue
-            if isinstance(reply, Exception):
-                fut.set_exception(reply)
-            else:
-                fut.set_result(reply)
+        for (_, outcome), reply in zip(live, replies, strict=True):
+            _call(outcome, reply)
+
+
+def _resolve(fut: asyncio.Future[Any], reply: Any) -> None:
+    if fut.done():  # the caller went away
+        return
+    if isinstance(reply, BaseException):
+        fut.set_exception(reply)
+    else:
+        fut.set_result(reply)
+
+
+def _call(outcome: Outcome, reply: Any) -> None:
+    """One caller's outcome; a failing callback is logged and does not stop the others'."""
+    try:
+        outcome(reply)
+    except Exception:
+        log.exception("a group-commit callback failed")

@@ -45,7 +45,7 @@ async def beacon(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, tracking.limits.max_body_bytes)
     except DomainError as exc:
         return to_response(tracking.refused(headers, exc, started))
-    return to_response(await tracking.beacon(headers, body, is_secure(request.secure, headers), started))
+    return to_response(await tracking.beacon_reply(headers, body, is_secure(request.secure, headers), started))
 
 
 @routes.post("/t/forget")

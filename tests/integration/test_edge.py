@@ -265,6 +265,16 @@ async def test_too_many_headers_is_431_and_closes(connect) -> None:  # type: ign
     assert await conn.closed()
 
 
+async def test_a_head_growing_past_its_limit_is_431(connect) -> None:  # type: ignore[no-untyped-def]
+    """Repeated headers are counted by bytes: the whole head stays within a request line and 128 headers."""
+    conn = await connect()
+    conn.send(b"POST /t HTTP/1.1\r\nHost: t\r\n" + b"X-Same: " + b"v" * 8000 + b"\r\n")
+    for _ in range(150):
+        conn.send(b"X-Same: " + b"v" * 8000 + b"\r\n")
+    [answer] = await conn.answers(1)
+    assert answer.status == 431 and await conn.closed()
+
+
 async def test_a_header_over_8190_bytes_is_431(connect) -> None:  # type: ignore[no-untyped-def]
     conn = await connect()
     conn.send(post_t(beacon_body(str(uuid.uuid4())), "X-Big: " + "a" * 9000))

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from tests.conftest import API_KEY, private_redis
+from tests.edge_server import EdgeTestServer
 from tracker.app import init_app
 from tracker.embedded_redis import EmbeddedRedis
 from tracker.keys import VisitorKeys
@@ -46,9 +47,11 @@ def settings(own_redis: EmbeddedRedis, tmp_path: Path) -> Settings:
                     static_dir=Path(os.environ.get("TMP_STATIC", Settings.static_dir)))
 
 
-@pytest.fixture
-async def client(aiohttp_client: Any, settings: Settings) -> AsyncIterator[Client]:
-    yield await aiohttp_client(init_app(settings), cookie_jar=DummyCookieJar())
+@pytest.fixture(params=["edge", "aiohttp"])
+async def client(aiohttp_client: Any, settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """Through the edge (as ``stitcher serve`` listens) and through the aiohttp application alone."""
+    app = init_app(settings)
+    yield await aiohttp_client(EdgeTestServer(app) if request.param == "edge" else app, cookie_jar=DummyCookieJar())
 
 
 @pytest.fixture

@@ -39,12 +39,14 @@ from tracker.answers import (
     error_reply,
     json_reply,
     request_id_from,
+    spawn,
 )
 from tracker.connection import MAX_LINE_BYTES
 from tracker.edge.wire import encode
 from tracker.errors import DomainError, PayloadTooLarge
 
 MAX_HEADERS, MAX_FIELD_BYTES = 128, 8190  # as aiohttp's parser (tracker.connection)
+MAX_HEAD_BYTES = MAX_LINE_BYTES + MAX_HEADERS * (MAX_FIELD_BYTES + 4)  # a whole request line and header block
 REQUEST_SECONDS, IDLE_SECONDS = 30.0, 75.0
 MAX_QUEUED = 32  # pipelined requests read ahead of their answers before reading pauses
 # the routes answered here: (method, path) → which
@@ -98,6 +100,11 @@ def _refusal(status: int, code: str, message: str) -> _Refuse:
     return _Refuse(json_reply({"error": code, "message": message, "status": status}, status))
 
 
+def _too_many_headers() -> _Refuse:
+    return _refusal(431, "request_header_fields_too_large",
+                    f"at most {MAX_HEADERS} headers of at most {MAX_FIELD_BYTES} bytes each")
+
+
 class EdgeProtocol(asyncio.Protocol):
     """See the module's text. ``fallback`` makes aiohttp's protocol for a hand-over."""
 
@@ -108,9 +115,19 @@ class EdgeProtocol(asyncio.Protocol):
         self._connections = connections
         self._secure = secure
         self._transport: asyncio.Transport | None = None
+        # the parser's per-field callbacks are C methods of the request's containers: no Python frame per
+        # header, URL piece or body chunk (httptools looks them up once, as it is made)
+        self._fields: dict[bytes, bytes] = {}
+        self._url_parts: list[bytes] = []
+        self._body: list[bytes] = []
+        self.on_header = self._fields.__setitem__
+        self.on_url = self._url_parts.append
+        self.on_body = self._body.append
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[tuple[Any, ...]] = deque()
-        self._answering = False  # a task is answering the queue
+        self._answering = False  # the request at the head of the queue is being answered
+        self._in_answer_next = False
+        self._keep_alive = True  # that request's connection stays open after its answer
         self._reading_paused = False
         self._writing_paused = False
         self._done = False  # refused, handed over or closing: nothing more is parsed
@@ -122,12 +139,11 @@ class EdgeProtocol(asyncio.Protocol):
         self._fresh = True  # the chunk being fed starts between requests (no callback of it has begun one)
         self._aligned = False  # it began at the first byte of a chunk: its bytes so far are in _raw
         self._raw: list[bytes] | None = None
+        self._in_head = False  # its request line and headers are arriving
+        self._head_bytes = 0  # bytes received since it began, while in its head
         self._url = b""
         self._route: str | None = None
         self._headers: dict[str, str] = {}
-        self._header_count = 0
-        self._body: list[bytes] = []
-        self._body_size = 0
         self._started = 0.0
         self.last_active = time.monotonic()
 
@@ -161,6 +177,10 @@ class EdgeProtocol(asyncio.Protocol):
             self._raw.append(data)
         try:
             self._parser.feed_data(data)
+            if not self._between and not self._done:
+                self._check_growth(len(data))
+        except _Refuse as exc:
+            self._refuse(exc.reply)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _HandOver):
@@ -186,119 +206,137 @@ class EdgeProtocol(asyncio.Protocol):
         self._aligned = self._fresh
         self._fresh = self._between = False
         self._raw = [self._chunk] if self._aligned else None
-        self._url = b""
+        self._in_head = True
+        self._head_bytes = 0
+        self._fields.clear()
+        self._url_parts.clear()
+        self._body.clear()
         self._route = None
-        self._headers = {}
-        self._header_count = 0
-        self._body = []
-        self._body_size = 0
         self._started = time.perf_counter()
         self.last_active = time.monotonic()
 
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > MAX_LINE_BYTES:
-            raise _refusal(414, "uri_too_long", f"the request line is longer than {MAX_LINE_BYTES} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._route is None:
-            self._choose_route()
-        self._header_count += 1
-        if self._header_count > MAX_HEADERS or len(name) + len(value) > MAX_FIELD_BYTES:
-            raise _refusal(431, "request_header_fields_too_large",
-                           f"at most {MAX_HEADERS} headers of at most {MAX_FIELD_BYTES} bytes each")
-        name = name.lower()
-        if name in _WANTED:
-            self._headers[name.decode()] = value.decode("latin-1")
-
     def on_headers_complete(self) -> None:
-        if self._route is None:
-            self._choose_route()
-        if self._parser.should_upgrade():
+        self._in_head = False
+        self._url = url = b"".join(self._url_parts)
+        route = _ROUTES.get((self._parser.get_method(), url.partition(b"?")[0]))
+        if route is None or self._parser.should_upgrade():
             raise _HandOver()
-        if self._route == "beacon":
+        self._route = route
+        fields = self._fields
+        if len(url) > MAX_LINE_BYTES:
+            raise _refusal(414, "uri_too_long", f"the request line is longer than {MAX_LINE_BYTES} bytes")
+        if fields and (len(fields) > MAX_HEADERS or max(map(len, fields)) > MAX_FIELD_BYTES
+                       or max(map(len, fields.values())) > MAX_FIELD_BYTES):
+            raise _too_many_headers()
+        lowered = dict(zip(map(bytes.lower, fields), fields.values(), strict=True))
+        self._headers = headers = {name.decode(): value.decode("latin-1") for name, value in lowered.items()
+                                   if name in _WANTED}
+        if route == "beacon":
             try:
-                length = self._headers.get("content-length")
+                length = headers.get("content-length")
                 check_declared_length(int(length) if length else None, self._tracking.limits.max_body_bytes)
-                check_encoding(self._headers)
+                check_encoding(headers)
             except DomainError as exc:
-                raise _Refuse(self._tracking.refused(self._headers, exc, self._started)) from None
-            if self._headers.get("expect", "").lower() == "100-continue" and self._transport is not None:
+                raise _Refuse(self._tracking.refused(headers, exc, self._started)) from None
+            if headers.get("expect", "").lower() == "100-continue" and self._transport is not None:
                 self._transport.write(_CONTINUE)
 
-    def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > self._tracking.limits.max_body_bytes:
-            exc = PayloadTooLarge(f"body is larger than the limit of {self._tracking.limits.max_body_bytes} bytes")
+    def _check_growth(self, received: int) -> None:
+        """After a chunk that left a request unfinished: its head or its body must not outgrow the limits
+        (the parser keeps no count of its own)."""
+        if self._in_head:
+            self._head_bytes += received
+            if self._head_bytes > MAX_HEAD_BYTES:
+                raise _too_many_headers()
+        elif self._route == "beacon":
+            self._check_body()
+
+    def _check_body(self) -> None:
+        limit = self._tracking.limits.max_body_bytes
+        if sum(map(len, self._body)) > limit:
+            exc = PayloadTooLarge(f"body is larger than the limit of {limit} bytes")
             raise _Refuse(self._tracking.refused(self._headers, exc, self._started))
-        self._body.append(body)
 
     def on_message_complete(self) -> None:
         self._between = True
         self._raw = None
+        if self._route == "beacon":
+            self._check_body()
         query = self._url.partition(b"?")[2]
         self._queue.append((self._route, self._headers, b"".join(self._body), query,
                             self._parser.should_keep_alive(), self._started))
         if len(self._queue) >= MAX_QUEUED:
             self._pause_reading()
         if not self._answering:
-            self._answering = True
-            asyncio.get_running_loop().create_task(self._answer_queue())
+            self._answer_next()
 
     # --- routing, answers and hand-over ------------------------------------------------------------------
 
-    def _choose_route(self) -> None:
-        path = self._url.partition(b"?")[0]
-        route = _ROUTES.get((self._parser.get_method(), path))
-        if route is None:
-            raise _HandOver()
-        self._route = route
+    def _answer_next(self) -> None:
+        """Answer the queued requests in order, until one has to wait (a beacon being stored, a pixel).
 
-    async def _answer_queue(self) -> None:
+        No task per request: a beacon's answer comes back through ``_answered`` (called by the group commit's
+        flush, or at once for a bad body), which writes it and comes back here for the rest of the queue.
+        """
+        if self._in_answer_next:  # an answer given at once: the loop below goes on
+            return
+        self._in_answer_next = True
         tracking = self._tracking
         try:
-            while self._queue:
+            while self._queue and not self._answering:
                 route, headers, body, query, keep_alive, started = self._queue.popleft()
+                self._keep_alive = keep_alive and not (self._close_when_answered and not self._queue)
+                self._answering = True
                 if route == "beacon":
-                    reply = await tracking.beacon(headers, body, self._secure or
-                                                  headers.get("x-forwarded-proto") == "https", started)
+                    tracking.beacon(headers, body, self._secure or headers.get("x-forwarded-proto") == "https",
+                                    started, self._answered)
                 elif route == "refused":
-                    reply = body
+                    self._answered(body)
+                elif route == "pixel":
+                    spawn(self._pixel(headers, query, started))
                 else:
-                    reply = await self._other(route, headers, query, started)
-                keep_alive = keep_alive and not (self._close_when_answered and not self._queue)
-                self._write(reply, keep_alive)
-                if not keep_alive:
-                    self._close()
-                    return
-                if self._reading_paused and not self._writing_paused and len(self._queue) < MAX_QUEUED // 2:
-                    self._resume_reading()
+                    self._answered(self._other(route, headers, started))
         finally:
-            self._answering = False
-        if self._pending_hand_over is not None:
-            self._hand_over(self._pending_hand_over)
-        elif self._close_when_answered:
-            self._close()
+            self._in_answer_next = False
+        if not self._answering and not self._queue:
+            if self._pending_hand_over is not None:
+                self._hand_over(self._pending_hand_over)
+            elif self._close_when_answered:
+                self._close()
 
-    async def _other(self, route: str, headers: dict[str, str], query: bytes, started: float) -> Reply:
-        """The pixel, the preflight and the script: counted like the beacon, logged when they fail or are
-        sampled."""
+    def _answered(self, reply: Reply) -> None:
+        """The answer to the request at the head of the queue: written, then on with the queue."""
+        self._write(reply, self._keep_alive)
+        if not self._keep_alive:
+            self._queue.clear()
+            self._close()
+            return
+        self._answering = False
+        if self._reading_paused and not self._writing_paused and not self._done and len(self._queue) < MAX_QUEUED // 2:
+            self._resume_reading()
+        self._answer_next()
+
+    def _other(self, route: str, headers: dict[str, str], started: float) -> Reply:
+        """The preflight and the script: counted like the beacon, logged when sampled."""
+        tracking = self._tracking
+        reply = tracking.preflight(headers) if route == "preflight" else tracking.script_reply(headers)
+        request_id = request_id_from(headers.get("x-request-id"))
+        reply.headers.append(("X-Request-Id", request_id))
+        tracking.account(_PATHS[route], _METHODS[route], reply.status, started, request_id, None)
+        return reply
+
+    async def _pixel(self, headers: dict[str, str], query: bytes, started: float) -> None:
         tracking = self._tracking
         error = None
         request_id = request_id_from(headers.get("x-request-id"))
         try:
-            if route == "preflight":
-                reply = tracking.preflight(headers)
-            elif route == "script":
-                reply = tracking.script_reply(headers)
-            else:
-                d = parse_qs(query.decode("latin-1")).get("d", [None])[-1]
-                reply = await tracking.pixel(headers, d, self._secure or headers.get("x-forwarded-proto") == "https")
+            d = parse_qs(query.decode("latin-1")).get("d", [None])[-1]
+            reply = await tracking.pixel(headers, d, self._secure or headers.get("x-forwarded-proto") == "https")
         except Exception as exc:
-            reply, error = error_reply(exc, request_id, path=_PATHS[route])
+            reply, error = error_reply(exc, request_id, path="/t.gif")
         reply.headers.append(("X-Request-Id", request_id))
-        tracking.account(_PATHS[route], _METHODS[route], reply.status, started, request_id, error)
-        return reply
+        tracking.account("/t.gif", "GET", reply.status, started, request_id, error)
+        self._answered(reply)
 
     def _write(self, reply: Reply, keep_alive: bool) -> None:
         transport = self._transport
@@ -312,8 +350,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._pause_reading()
         self._queue.append(("refused", {}, reply, b"", False, 0.0))
         if not self._answering:
-            self._answering = True
-            asyncio.get_running_loop().create_task(self._answer_queue())
+            self._answer_next()
 
     def _hand_over_or_close(self) -> None:
         self._done = True
