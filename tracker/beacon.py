@@ -19,6 +19,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MIN_MS = 946_684_800_000  # 2000-01-01: anything earlier is a clock or unit bug
 _MAX_MS = 4_102_444_800_000  # 2100-01-01
 _TEXT_FIELDS = ("url", "ref", "title")
+_NUMBERS = (int, float)
 _TOO_DEEP = f"nested deeper than {MAX_JSON_DEPTH} levels"
 
 
@@ -107,7 +108,8 @@ def parse_batch(raw: bytes, limits: Limits, received_at: int, bot: bool = False)
 
 
 def _is_ms(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and _MIN_MS <= value <= _MAX_MS
+    # a class test, not isinstance: a bool is not a time, and parsed JSON holds exact ints and floats
+    return value.__class__ in _NUMBERS and _MIN_MS <= value <= _MAX_MS
 
 
 def _event(event: object, limits: Limits, received_at: int, sent_at: Any, bot: bool) -> tuple[str, bytes]:

@@ -22,6 +22,8 @@ def parse_visitor_id(value: object) -> str | None:
     """
     if not isinstance(value, str) or len(value) != 36:
         return None
+    if _VID.fullmatch(value):  # the usual case: already canonical
+        return value
     value = value.lower()
     return value if _VID.fullmatch(value) else None
 
@@ -36,8 +38,7 @@ def choose_visitor_id(cookie: str | None, body_vid: str | None, reset: bool = Fa
     """
     if reset:
         return parse_visitor_id(body_vid) or new_visitor_id(), True
-    for candidate in (cookie, body_vid):
-        vid = parse_visitor_id(candidate)
-        if vid:
-            return vid, False
-    return new_visitor_id(), True
+    vid = parse_visitor_id(cookie) if cookie is not None else None
+    if vid is None and body_vid is not None:
+        vid = parse_visitor_id(body_vid)
+    return (vid, False) if vid else (new_visitor_id(), True)
