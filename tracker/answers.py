@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
 from tracker.bots import is_bot
 from tracker.errors import DomainError, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationFailed
-from tracker.eventlog import AppendResult, EventLog, is_noscript
+from tracker.eventlog import AppendResult, EventLog, append_result, is_noscript
 from tracker.limits import MAX_REQUEST_ID
 from tracker.logs import log_request
 from tracker.metrics import Metrics
@@ -169,47 +169,7 @@ class Tracking:
         through the group committer's callback, with no task or future of its own; the rest (bad events to
         record, events over the cap, Redis having lost the script) finish in a task.
         """
-        request_id = request_id_from(headers.get("x-request-id"))
-
-        def answer(reply: Reply, error: str | None = None) -> None:
-            self._finish(headers, reply, request_id, started, error)
-            done(reply)
-
-        def failed(exc: BaseException) -> None:
-            answer(*error_reply(Unavailable("event storage is unavailable, retry shortly")
-                                if isinstance(exc, UNAVAILABLE) else exc, request_id, path="/t"))
-
-        try:
-            vid, batch = self._validated(headers, body)
-        except Exception as exc:  # answered as JSON the browser can read (CORS)
-            failed(exc)
-            return
-        stored = Reply(204, self._visitor_headers(vid, secure))
-
-        async def slowly(appended: AppendResult | None) -> None:
-            try:
-                await self._store(vid, batch, appended)
-            except Exception as exc:
-                failed(exc)
-            else:
-                answer(stored)
-
-        if batch.rejected or self.eventlog.committer is None:
-            spawn(slowly(None))
-            return
-
-        def appended(outcome: AppendResult | BaseException) -> None:
-            if isinstance(outcome, AppendResult) and not outcome.over_cap:
-                self._count(outcome)
-                answer(stored)
-            elif isinstance(outcome, AppendResult):
-                spawn(slowly(outcome))  # the events over the cap are recorded as rejected
-            elif is_noscript(outcome):
-                spawn(slowly(None))  # nothing ran: append loads the script and sends them again
-            else:
-                failed(outcome)
-
-        self.eventlog.append_callback(vid, batch.accepted, appended)
+        _Beacon(self, headers, started, done).start(body, secure)
 
     async def beacon_reply(self, headers: Headers, body: bytes, secure: bool, started: float) -> Reply:
         """``beacon`` for a front that awaits its answer (the aiohttp route)."""
@@ -316,6 +276,64 @@ class Tracking:
         self._beacons += 1
         if error is not None or status >= 400 or (self._log_every and self._beacons % self._log_every == 0):
             log_request(request_id, method, route, status, round(elapsed * 1000, 2), error)
+
+
+class _Beacon:
+    """One beacon on its way to Redis and back: what its callbacks need (no task, no future, no closures)."""
+
+    __slots__ = ("batch", "done", "headers", "request_id", "started", "stored", "tracking", "vid")
+
+    def __init__(self, tracking: Tracking, headers: Headers, started: float, done: Answer) -> None:
+        self.tracking = tracking
+        self.headers = headers
+        self.started = started
+        self.done = done
+        self.request_id = request_id_from(headers.get("x-request-id"))
+
+    def start(self, body: bytes, secure: bool) -> None:
+        tracking = self.tracking
+        try:
+            self.vid, self.batch = tracking._validated(self.headers, body)
+        except Exception as exc:  # answered as JSON the browser can read (CORS)
+            self.failed(exc)
+            return
+        self.stored = Reply(204, tracking._visitor_headers(self.vid, secure))
+        if self.batch.rejected or tracking.eventlog.committer is None:
+            spawn(self.slowly(None))
+        else:
+            tracking.eventlog.append_callback(self.vid, self.batch.accepted, self.appended)
+
+    def appended(self, reply: Any) -> None:
+        """The group commit's outcome: APPEND's reply, or an exception."""
+        if isinstance(reply, BaseException):
+            if is_noscript(reply):
+                spawn(self.slowly(None))  # nothing ran: append loads the script and sends them again
+            else:
+                self.failed(reply)
+            return
+        appended = append_result(reply, self.batch.accepted)
+        if appended.over_cap:
+            spawn(self.slowly(appended))  # the events over the cap are recorded as rejected
+            return
+        self.tracking._count(appended)
+        self.answer(self.stored)
+
+    async def slowly(self, appended: AppendResult | None) -> None:
+        try:
+            await self.tracking._store(self.vid, self.batch, appended)
+        except Exception as exc:
+            self.failed(exc)
+        else:
+            self.answer(self.stored)
+
+    def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, UNAVAILABLE):
+            exc = Unavailable("event storage is unavailable, retry shortly")
+        self.answer(*error_reply(exc, self.request_id, path="/t"))
+
+    def answer(self, reply: Reply, error: str | None = None) -> None:
+        self.tracking._finish(self.headers, reply, self.request_id, self.started, error)
+        self.done(reply)
 
 
 def is_secure(scheme_is_https: bool, headers: Headers) -> bool:

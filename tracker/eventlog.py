@@ -117,23 +117,15 @@ class EventLog:
             argv = [self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid]
             for token, (_, body) in zip(tokens, events, strict=True):
                 argv += [token, body]
-        return _append_result(await self._eval(APPEND, keys_, argv, frame), tokens, events)
+        return append_result(await self._eval(APPEND, keys_, argv, frame), events)
 
-    def append_callback(self, vid: str, events: list[tuple[str, bytes]],
-                        done: Callable[[AppendResult | BaseException], None]) -> None:
+    def append_callback(self, vid: str, events: list[tuple[str, bytes]], done: Callable[[Any], None]) -> None:
         """``append`` through the group committer with a callback instead of a future (the edge's beacon path):
-        ``done`` gets the result, or the exception — a ``ResponseError`` starting with NOSCRIPT when Redis
-        lost the script (a restart), on which the caller retries with ``append``, which loads it."""
+        ``done`` gets the script's raw reply (``append_result`` reads it) or an exception — a ``ResponseError``
+        starting with NOSCRIPT when Redis lost the script (a restart), on which the caller retries with
+        ``append``, which loads it."""
         assert self.committer is not None
-        tokens, frame = self._append_frame(vid, events)
-
-        def outcome(reply: Any) -> None:
-            if isinstance(reply, BaseException):
-                done(reply)
-            else:
-                done(_append_result(reply, tokens, events))
-
-        self.committer.submit_callback(frame, outcome)
+        self.committer.submit_callback(self._append_frame(vid, events)[1], done)
 
     def _append_frame(self, vid: str, events: list[tuple[str, bytes]]) -> tuple[list[str], bytes]:
         """The events' dedupe tokens and the RESP frame of APPEND's EVALSHA: the visitor's part encoded once
@@ -323,10 +315,11 @@ class EventLog:
             return False
 
 
-def _append_result(reply: Any, tokens: list[str], events: list[tuple[str, bytes]]) -> AppendResult:
+def append_result(reply: Any, events: list[tuple[str, bytes]]) -> AppendResult:
+    """What APPEND's reply says of ``events``."""
     over_cap = []
     if len(reply) > 2:  # rare: map the tokens back to the ids
-        by_token = {token: event_id for token, (event_id, _) in zip(tokens, events, strict=True)}
+        by_token = {dedupe_token(event_id): event_id for event_id, _ in events}
         over_cap = [by_token[_s(x)] for x in reply[2:]]
     return AppendResult(reply[0], reply[1], over_cap)
 
