@@ -5,7 +5,10 @@
    recipients) and each recipient is resolved by the one rule (``rules.resolve_recipient``);
 3. each resolved recipient's subject and body are rendered (``render.Template``; a render that fails fails
    that recipient alone);
-4. the outbox rows, their ``source: "message"`` timeline entries and the receipt are inserted in multi-row
+4. the contacts the recipients resolved to are share-locked (``store.moved_recipients``): one merged away,
+   deleted or erased since it was read makes the transaction run again, so a send racing a merge lands on the winner
+   (a contactId of a merged contact names its winner, ``repo.merge_winners``), never on the merged-away row;
+5. the outbox rows, their ``source: "message"`` timeline entries and the receipt are inserted in multi-row
    statements. A send changes no contact, so it takes no identity keys; a contact erased meanwhile makes
    the insert fail its foreign key, and the transaction runs again without it.
 """
@@ -31,6 +34,10 @@ from stitcher.store.db import Contention, Database
 from stitcher.store.messages import Person, Recipients
 from stitcher.store.models import Message
 from tracker.errors import NotFound
+
+
+class _RecipientMoved(Exception):
+    """A recipient's contact was merged, deleted or erased between its read and its lock: send again."""
 
 
 class MessageNotFound(NotFound):
@@ -101,8 +108,8 @@ class MessageService:
                     subject: str | None = None) -> dict[str, Any]:
         try:
             return await self.db.retry(lambda: self._send_once(content, recipients, key, subject),
-                                       also=(IntegrityError,))
-        except IntegrityError as exc:
+                                       also=(IntegrityError, _RecipientMoved))
+        except (IntegrityError, _RecipientMoved) as exc:
             raise Contention(type(exc).__name__) from exc
 
     async def _send_once(self, content: Content, recipients: Sequence[Recipient], key: str | None,
@@ -119,6 +126,9 @@ class MessageService:
                 results.append(result)
                 if row is not None:
                     rows.append(row)
+            # every contact a recipient resolved to, sent or failed (a merge moving its channels mid-read)
+            if moved := await store.moved_recipients(self.db, s, (r["id"] for r in results if r["id"] is not None)):
+                raise _RecipientMoved(sorted(moved))
             ids = await store.add_outbox(self.db, s, rows)
             await timeline.add_timeline(self.db, s, [_timeline_row(i, row, now) for i, row in zip(ids, rows,
                                                                                                   strict=True)])
@@ -160,8 +170,11 @@ def _one(content: Content, recipient: Recipient, found: Recipients, subject: str
            "address": address, "sender": content.sender, "subject": rendered, "body": body,
            "plain_text": content.plain, "request_id": request_id, "state": store.QUEUED, "attempts": 0,
            "error": None, "next_attempt_at": now, "created_at": now, "updated_at": now}
+    named = recipient.identity.contact_id
+    note = f"contact {named} was merged into contact {match.contact_id}" \
+        if named is not None and named != match.contact_id else None
     return {"id": match.contact_id, "locator": recipient.locator or address, "status": "OK",
-            "requestId": request_id, "message": None}, row
+            "requestId": request_id, "message": note}, row
 
 
 def _timeline_row(outbox_id: int, row: Mapping[str, Any], now: int) -> dict[str, Any]:

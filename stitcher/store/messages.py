@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table, and_, func, or_, select, update
@@ -76,13 +76,16 @@ class Recipients:
 
     found: bulk.Found
     people: Mapping[int, Person]
+    merged: Mapping[int, int] = field(default_factory=dict)  # a named contactId merged away -> its winner
 
     def lookup(self, identity: Identity) -> Lookup:
-        """The recipient's candidates as ``rules.resolve_recipient`` reads them."""
+        """The recipient's candidates as ``rules.resolve_recipient`` reads them; a contactId merged into
+        another names the winner (as an event's does)."""
         def cand(cid: int | None) -> Candidate | None:
             return candidate(self.people[cid].contact) if cid is not None and cid in self.people else None
 
-        by_id = cand(identity.contact_id) if self.found.by_key.get(f"id:{identity.contact_id}") else None
+        named = identity.contact_id
+        by_id = cand(named if self.found.by_key.get(f"id:{named}") else self.merged.get(named or 0))
         by_ext = cand(self.found.by_external_id.get(identity.external_id)) if identity.external_id else None
         by_channel = {pair: tuple(c for cid in self.found.by_key.get(f"{pair[0].value}:{pair[1]}", [])
                                   if (c := cand(cid)) is not None and not c.deleted)
@@ -96,13 +99,29 @@ async def find_recipients(s: AsyncSession, identities: Sequence[Identity]) -> Re
     keys = {f"id:{i.contact_id}" for i in identities if i.contact_id is not None}
     keys |= {f"{k.value}:{v}" for i in identities for k, v in i.channels}
     found = await bulk.find(s, (i.external_id for i in identities if i.external_id is not None), keys)
-    ids = found.ids()
+    gone = {i.contact_id for i in identities if i.contact_id is not None and not found.by_key.get(f"id:{i.contact_id}")}
+    merged = {cid: winner for cid, winner in (await repo.merge_winners(s, gone)).items() if winner != cid}
+    ids = sorted({*found.ids(), *merged.values()})
     if not ids:
         return Recipients(found, {})
     contacts = {c.id: c for c in (await s.execute(select(Contact).where(col(Contact.id).in_(ids)))).scalars()
                 if c.id is not None}
     channels = await repo.channels_of_many(s, list(contacts))
-    return Recipients(found, {cid: Person(c, channels[cid]) for cid, c in contacts.items()})
+    return Recipients(found, {cid: Person(c, channels[cid]) for cid, c in contacts.items()}, merged)
+
+
+async def moved_recipients(db: Database, s: AsyncSession, contact_ids: Iterable[int]) -> set[int]:
+    """Share-lock the contacts a send is about to write rows for (one statement ordered by id: step 2 of THE
+    LOCK ORDER, so a merge or erase of one of them waits for the send, or committed before the lock) and
+    return those that are no longer live: merged away, deleted or erased since they were read."""
+    ids = sorted(set(contact_ids))
+    if not ids:
+        return set()
+    q = (select(col(Contact.id)).where(col(Contact.id).in_(ids), col(Contact.merged_into_id).is_(None),
+                                       col(Contact.deleted_at).is_(None)).order_by(col(Contact.id)))
+    if db.dialect == "postgresql":
+        q = q.with_for_update(read=True)
+    return set(ids) - set((await s.execute(q)).scalars())
 
 
 async def add_outbox(db: Database, s: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> list[int]:
