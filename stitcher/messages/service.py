@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import resolve_recipient
-from stitcher.messages.payload import Channel, MessageDraft, OneOffEmail, Recipient
+from stitcher.messages.payload import Channel, MessageDraft, OneOffEmail, Recipient, SendOptions
 from stitcher.messages.render import RenderFailed, Template
 from stitcher.store import messages as store
 from stitcher.store import orders as timeline
@@ -57,16 +57,19 @@ class Content:
     body: Template | str
     plain: str | None = None
     message_id: int | None = None
+    tags: list[str] | None = None
+    external_request_id: str | None = None
 
 
-def context(person: Person, params: Mapping[str, Any]) -> dict[str, Any]:
-    """A recipient's placeholders: the jsonParam keys, then the contact's (which win on a shared name)."""
+def context(person: Person, params: Mapping[str, Any], language: str | None = None) -> dict[str, Any]:
+    """A recipient's placeholders: the jsonParam keys, then the contact's (which win on a shared name);
+    ``languageCode`` is the recipient's, when the send gives one, else the contact's."""
     c = person.contact
     emails, phones = person.addresses(IdentifierKind.EMAIL), person.addresses(IdentifierKind.SMS)
     fields = {str(f.get("id")): f.get("value") for f in c.custom_fields or [] if isinstance(f, Mapping)}
     return {**params, "contactId": c.id, "firstName": c.first_name or "", "lastName": c.last_name or "",
             "email": emails[0] if emails else "", "sms": phones[0] if phones else "",
-            "externalCustomerId": c.external_customer_id or "", "languageCode": c.language_code or "",
+            "externalCustomerId": c.external_customer_id or "", "languageCode": language or c.language_code or "",
             "fields": fields}
 
 
@@ -87,21 +90,23 @@ class MessageService:
             raise MessageNotFound(message_id)
         return message
 
-    async def smartsend(self, message_id: int, recipients: Sequence[Recipient], from_name: str | None,
+    async def smartsend(self, message_id: int, recipients: Sequence[Recipient], options: SendOptions,
                         key: str | None) -> dict[str, Any]:
         message = await self.message(message_id)
         sender = message.sender
-        if from_name and sender:
-            sender = f'"{from_name}" <{sender.rpartition("<")[2].rstrip("> ")}>'
+        if options.from_name and sender:
+            sender = f'"{options.from_name}" <{sender.rpartition("<")[2].rstrip("> ")}>'
         content = Content(Channel(message.channel), sender, Template(message.subject) if message.subject else None,
-                          Template(message.body), message_id=message_id)
+                          Template(message.body), message_id=message_id,
+                          external_request_id=options.external_request_id)
         return await self._send(content, recipients, _receipt_key(f"message:{message_id}", key))
 
     async def email(self, email: OneOffEmail, key: str | None) -> dict[str, Any]:
         recipients = [Recipient(shown, Identity(channels=((IdentifierKind.EMAIL, address),)))
                       if address is not None else Recipient(shown, error=error)
                       for shown, address, error in email.emails]
-        content = Content(Channel.EMAIL, email.sender, None, email.html, email.plain)
+        content = Content(Channel.EMAIL, email.sender, None, email.html, email.plain, tags=email.tags,
+                          external_request_id=email.external_request_id)
         return await self._send(content, recipients, _receipt_key("email", key), subject=email.subject)
 
     async def _send(self, content: Content, recipients: Sequence[Recipient], key: str | None,
@@ -157,7 +162,7 @@ def _one(content: Content, recipient: Recipient, found: Recipients, subject: str
     address = locator[1] if locator is not None and locator[0] is kind else addresses[0] if addresses else None
     if address is None:
         return failed(f"contact {match.contact_id} has no {content.channel.value} channel", match.contact_id)
-    values = context(person, recipient.params)
+    values = context(person, recipient.params, recipient.language)
     try:
         body = content.body.render(values) if isinstance(content.body, Template) else content.body
         rendered = content.subject.render(values) if content.subject is not None else subject
@@ -169,7 +174,9 @@ def _one(content: Content, recipient: Recipient, found: Recipients, subject: str
     row = {"message_id": content.message_id, "contact_id": match.contact_id, "channel": content.channel.value,
            "address": address, "sender": content.sender, "subject": rendered, "body": body,
            "plain_text": content.plain, "request_id": request_id, "state": store.QUEUED, "attempts": 0,
-           "error": None, "next_attempt_at": now, "created_at": now, "updated_at": now}
+           "error": None, "next_attempt_at": now, "created_at": now, "updated_at": now,
+           "language_code": values["languageCode"] or None, "tags": content.tags,
+           "external_request_id": content.external_request_id}
     named = recipient.identity.contact_id
     note = f"contact {named} was merged into contact {match.contact_id}" \
         if named is not None and named != match.contact_id else None

@@ -48,14 +48,17 @@ async def page_of_messages(s: AsyncSession, limit: int, before: tuple[int, int] 
 
 
 async def page_of_outbox(s: AsyncSession, limit: int, before: tuple[int, int] | None, *,
-                         message_id: int | None = None, contact_id: int | None = None
-                         ) -> tuple[list[OutboxEntry], int]:
-    """Outbox rows of a message or of a contact, newest first, keyset-paginated, and how many there are."""
-    where = (col(OutboxEntry.message_id) == message_id if message_id is not None
-             else col(OutboxEntry.contact_id) == contact_id)
-    rows = list((await s.execute(_before(select(OutboxEntry).where(where), OutboxEntry, before)
+                         message_id: int | None = None, contact_id: int | None = None,
+                         external_request_id: str | None = None) -> tuple[list[OutboxEntry], int]:
+    """Outbox rows of a message or of a contact (of one ``externalRequestId`` if given), newest first,
+    keyset-paginated, and how many there are."""
+    where = [col(OutboxEntry.message_id) == message_id if message_id is not None
+             else col(OutboxEntry.contact_id) == contact_id]
+    if external_request_id is not None:
+        where.append(col(OutboxEntry.external_request_id) == external_request_id)
+    rows = list((await s.execute(_before(select(OutboxEntry).where(*where), OutboxEntry, before)
                                  .limit(limit + 1))).scalars())
-    total = int((await s.execute(select(func.count()).select_from(OutboxEntry).where(where))).scalar_one())
+    total = int((await s.execute(select(func.count()).select_from(OutboxEntry).where(*where))).scalar_one())
     return rows, total
 
 

@@ -272,6 +272,7 @@ class OutboxEntry(SQLModel, table=True):
         Index("ix_outbox_due", "state", "next_attempt_at"),
         Index("ix_outbox_message", "message_id", "id"),
         Index("ix_outbox_contact", "contact_id", "id"),
+        Index("ix_outbox_external_request", "external_request_id", "id"),
         SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -290,6 +291,9 @@ class OutboxEntry(SQLModel, table=True):
     next_attempt_at: int = _ms()
     created_at: int = _ms()
     updated_at: int = _ms()
+    language_code: str | None = Field(default=None, max_length=16)  # the language it was rendered for
+    tags: list[str] | None = Field(default=None, sa_type=Json)  # a one-off email's tags
+    external_request_id: str | None = Field(default=None, max_length=256)  # the client's id of the request
 
 
 class SendReceipt(SQLModel, table=True):
@@ -299,6 +303,7 @@ class SendReceipt(SQLModel, table=True):
     """
 
     __tablename__ = "send_receipts"
+    __table_args__ = (Index("ix_send_receipts_created", "created_at"),)
     key: str = Field(sa_column=Column(String(64), primary_key=True))
     answer: dict[str, Any] = Field(sa_type=Json)
     created_at: int = _ms()
