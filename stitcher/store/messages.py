@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, func, or_, select, update
+from sqlalchemy import Table, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -135,6 +135,28 @@ async def add_outbox(db: Database, s: AsyncSession, rows: Sequence[Mapping[str, 
 async def receipt(s: AsyncSession, key: str) -> dict[str, Any] | None:
     row = await s.get(SendReceipt, key)
     return dict(row.answer) if row is not None else None
+
+
+PRUNE_BATCH = 5000
+
+
+async def prune_receipts(db: Database, before: int) -> int:
+    """Delete the send receipts written before ``before`` (epoch ms), in batches of ``PRUNE_BATCH`` (short
+    transactions: SQLite's one writer is not held for long); how many went. Most sweeps find nothing, and
+    find it without a write transaction."""
+    old = col(SendReceipt.created_at) < before
+    async with db.reader() as s:
+        if (await s.execute(select(col(SendReceipt.key)).where(old).limit(1))).first() is None:
+            return 0
+    pruned = 0
+    while True:
+        async with db.transaction() as s:
+            batch = select(col(SendReceipt.key)).where(old).order_by(col(SendReceipt.created_at)).limit(PRUNE_BATCH)
+            result = await s.execute(delete(SendReceipt).where(col(SendReceipt.key).in_(batch.scalar_subquery())))
+        count = int(getattr(result, "rowcount", 0) or 0)
+        pruned += count
+        if count < PRUNE_BATCH:
+            return pruned
 
 
 def add_receipt(s: AsyncSession, key: str, answer: Mapping[str, Any]) -> None:
