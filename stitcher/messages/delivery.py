@@ -161,8 +161,14 @@ class Delivery:
             else:
                 values |= {"error": why, "next_attempt_at": now + self.backoff_ms * 2 ** (attempts - 1)}
         assert row.id is not None
-        async with self.db.transaction() as s:
-            await store.set_outcome(s, row.id, values)  # an erased contact's row is gone: nothing to update
+        row_id = row.id
+
+        async def record() -> None:
+            async with self.db.transaction() as s:
+                await store.set_outcome(s, row_id, values)  # an erased contact's row is gone: nothing to update
+
+        # a collision is retried: an outcome left unwritten would have the row sent again when its lease ends
+        await self.db.retry(record)
         log.info("delivery", outbox_id=row.id, channel=row.channel, state=values.get("state", "queued"),
                  attempts=attempts)
 

@@ -26,7 +26,7 @@ from stitcher.http_input import DB
 from stitcher.messages import delivery as delivery_module
 from stitcher.messages.delivery import Delivery
 from stitcher.store import repo
-from stitcher.store.db import Database
+from stitcher.store.db import Contention, Database
 from stitcher.store.models import OutboxEntry
 from tests.helpers import add_contact, call
 
@@ -273,6 +273,28 @@ async def test_an_unexpected_error_while_sending_is_recorded_not_a_crash(client,
     states = {r["address"]: (r["state"], r["attempts"], r["error"]) for r in await rows(client, mid)}
     assert states["ann@example.com"] == ("sent", 1, None)
     assert states["bob@example.com"][:2] == ("queued", 1) and "boom" in states["bob@example.com"][2]
+
+
+async def test_a_collision_writing_the_outcome_is_retried_not_a_resend(client, monkeypatch):
+    """The send went through and writing ``sent`` collides with another transaction (SQLite's busy writer, a
+    PostgreSQL serialization failure): the write is retried — the row is not left leased to be sent again."""
+    mid = await queue(client, "email", "ann@example.com")
+    real = delivery_module.store.set_outcome
+    collisions = [Contention("database is locked")]
+
+    async def colliding(s: Any, row_id: int, values: Any) -> None:
+        if collisions:
+            raise collisions.pop()
+        await real(s, row_id, values)
+
+    monkeypatch.setattr(delivery_module.store, "set_outcome", colliding)
+    box = Box()
+    async with smtp_server(box) as port, worker(client, port) as w:
+        await w.deliver_once()
+        await due_now(client)
+        assert await w.deliver_once() == 0
+    [row] = await rows(client, mid)
+    assert (row["state"], row["attempts"]) == ("sent", 1) and len(box.received) == 1
 
 
 # ---------------------------------------------------------------- SMS webhook
