@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from stitcher.groups.service import GroupService
-from stitcher.http_input import DB, int_param, path_id, read_json
+from stitcher.http_input import DB, offset_page, path_id, read_json
 from tracker.http import json_response
 
 routes = web.RouteTableDef()
@@ -27,7 +27,9 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/v1/groups")
 async def listing(request: web.Request) -> web.StreamResponse:
-    return json_response(await _service(request).listing())
+    """A page of the groups by id: ``startindex`` (1-based), ``maxrows`` (≤ 500), ``TotalCount``."""
+    page, total = await _service(request).listing(*offset_page(request))
+    return json_response(page, headers={"TotalCount": str(total)})
 
 
 @routes.get("/api/v1/group/{group_id}")
@@ -45,7 +47,5 @@ async def delete(request: web.Request) -> web.StreamResponse:
 @routes.get("/api/v1/group/{group_id}/contacts")
 async def contacts(request: web.Request) -> web.StreamResponse:
     """A page of the group's contacts by id: ``startindex`` (1-based), ``maxrows`` (≤ 500), ``TotalCount``."""
-    group_id = _group_id(request)
-    start = int_param(request, "startindex", 1, 1, 10_000_000)
-    page, total = await _service(request).contacts(group_id, start, int_param(request, "maxrows", 500, 1, 500))
+    page, total = await _service(request).contacts(_group_id(request), *offset_page(request))
     return json_response(page, headers={"TotalCount": str(total)})

@@ -64,9 +64,11 @@ class GroupService:
                 taken = await groups.id_by_name(s, spec.name)
             raise GroupNameTaken(spec.name, taken) from None
 
-    async def listing(self) -> list[dict[str, Any]]:
+    async def listing(self, start: int, max_rows: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the groups by id (``start`` 1-based) and how many there are."""
         async with self.db.reader() as s:
-            return [group_body(g) for g in await groups.listing(s)]
+            page, total = await groups.listing(s, start, max_rows)
+        return [group_body(g) for g in page], total
 
     async def get(self, group_id: int) -> dict[str, Any]:
         async with self.db.reader() as s:

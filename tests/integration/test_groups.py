@@ -159,6 +159,27 @@ async def test_static_group_pages_like_the_platform(client: Any) -> None:
     assert page[0]["channels"] == [{"type": "email", "value": "p0@x.io"}]
 
 
+async def test_the_groups_list_pages_like_the_platform(client: Any) -> None:
+    """``GET /api/v1/groups`` pages as a group's contacts do: by id, ``startindex`` 1-based, ``maxrows`` ≤ 500,
+    the whole count in ``TotalCount``; bad page parameters are a 400 naming them."""
+    ids = [await create(client, {"name": f"G{i}", "type": "static"}) for i in range(5)]
+
+    async def listed(**params: Any) -> tuple[list[int], int]:
+        r = await client.get("/api/v1/groups", params=params, headers=auth())
+        assert r.status == 200, await r.text()
+        return [g["id"] for g in await r.json()], int(r.headers["TotalCount"])
+
+    assert await listed() == (ids, 5)
+    assert await listed(startindex=1, maxrows=2) == (ids[:2], 5)
+    assert await listed(startindex=3, maxrows=2) == (ids[2:4], 5)
+    assert await listed(startindex=5, maxrows=500) == (ids[4:], 5)
+    assert await listed(startindex=6) == ([], 5)
+    for bad in ({"maxrows": "501"}, {"maxrows": "0"}, {"startindex": "0"}, {"startindex": "-1"},
+                {"maxrows": "9" * 30}):
+        r = await client.get("/api/v1/groups", params=bad, headers=auth())
+        assert r.status == 400 and next(iter(bad)) in await r.text(), bad
+
+
 async def test_each_field_and_op_evaluates_in_sql(client: Any) -> None:
     """Profile fields, channels, custom fields, times, membership, events and visitors, with all/any."""
     ann = await add_contact(client, externalCustomerId="ANN-1", firstName="Ann", lastName="O'Neil",
