@@ -7,8 +7,17 @@ from aiohttp import web
 from stitcher import group_refs, views
 from stitcher.contacts import ContactService
 from stitcher.domain.rules import Mode
-from stitcher.http_input import (DB, NORMALISER, int_param, keyset_after, offset_page, path_contact_id, query, read_json,
-                                  request_id)
+from stitcher.http_input import (
+    DB,
+    NORMALISER,
+    int_param,
+    keyset_after,
+    offset_page,
+    path_contact_id,
+    query,
+    read_json,
+    request_id,
+)
 from stitcher.payload import parse_contact, parse_subscribe
 from tracker.errors import ValidationFailed
 from tracker.http import json_response
