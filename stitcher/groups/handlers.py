@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from stitcher.groups.service import GroupService
-from stitcher.http_input import DB, offset_page, path_id, read_json
+from stitcher.http_input import DB, NORMALISER, offset_page, path_id, read_json
 from tracker.http import json_response
 
 routes = web.RouteTableDef()
@@ -13,7 +13,7 @@ MAX_BODY = 64 * 1024  # 50 conditions of 1 KiB values fit many times over
 
 
 def _service(request: web.Request) -> GroupService:
-    return GroupService(request.app[DB])  # it holds nothing but the database: made per request
+    return GroupService(request.app[DB], request.app[NORMALISER])  # it holds no state: made per request
 
 
 def _group_id(request: web.Request) -> int:

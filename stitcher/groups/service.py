@@ -7,6 +7,7 @@ from typing import Any
 
 from stitcher import views
 from stitcher.domain.errors import ValidationFailed
+from stitcher.domain.identifiers import Normaliser
 from stitcher.domain.segments import FieldKind, GroupSpec, GroupType, Match, parse_group
 from stitcher.store import groups, segments
 from stitcher.store.db import Database
@@ -37,19 +38,20 @@ def group_body(group: Group) -> dict[str, Any]:
     return body
 
 
-def _spec(group: Group) -> GroupSpec:
-    """A stored group parsed again (its conditions were checked when it was created)."""
+def _spec(group: Group, normaliser: Normaliser) -> GroupSpec:
+    """A stored group parsed again (its conditions were checked, and its channel values normalised, when it
+    was created)."""
     return parse_group({"name": group.name, "type": group.type, "match": group.match,
-                        "conditions": group.conditions})
+                        "conditions": group.conditions}, normaliser)
 
 
 class GroupService:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, normaliser: Normaliser) -> None:
+        self.db, self.normaliser = db, normaliser
 
     async def create(self, body: Any) -> int:
         """The new group's id: 400 naming every bad field or condition, 409 when the name is taken."""
-        spec = parse_group(body)
+        spec = parse_group(body, self.normaliser)
         named = {int(c.value or 0): i for i, c in enumerate(spec.conditions) if c.kind is FieldKind.GROUP}
         async with self.db.reader() as s:
             found = await groups.by_ids(s, named) if named else {}
@@ -89,7 +91,7 @@ class GroupService:
             if group is None:
                 raise GroupNotFound(group_id)
             if group.type == GroupType.DYNAMIC.value:
-                spec = _spec(group)
+                spec = _spec(group, self.normaliser)
                 members = segments.dynamic_members(spec.conditions, Match(spec.match), self.db.dialect, now_ms())
             else:
                 members = segments.static_members(group_id)

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, se
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from stitcher.domain.segments import DAY_MS, Condition, FieldKind, Match, Op
+from stitcher.domain.segments import DAY_MS, Condition, FieldKind, Match, Op, custom_readings
 from stitcher.store.models import Contact, GroupMember, Identifier, TimelineEvent, VisitorLink
 from stitcher.store.tables import CONTACTS, MEMBERS
 
@@ -59,23 +59,57 @@ def _channel(c: Condition) -> ColumnElement[bool]:
     return ident.where(func.lower(col(Identifier.value)).like(_like(str(c.value)), escape="!"))
 
 
+# A custom field's value in each dialect: its JSON type (PostgreSQL's names) and text; the SQLite text of a
+# string is the string, and SQLite's json_type names the types its own way.
+_CUSTOM = {
+    "postgresql": {
+        "source": "jsonb_array_elements(CASE jsonb_typeof(contacts.fields) WHEN 'array' THEN contacts.fields "
+                  "ELSE '[]'::jsonb END) AS e",
+        "id": "e->>'id'", "text": "e->>'value'", "type": "jsonb_typeof(e->'value')",
+        "string": "'string'", "true": "'boolean' AND e->>'value' = 'true'",
+        "false": "'boolean' AND e->>'value' = 'false'",
+        # CASE orders the casts: only a number is cast, and one beyond a double's range equals no double
+        "number": "CASE WHEN jsonb_typeof(e->'value') = 'number' THEN CASE WHEN abs((e->'value')::numeric) "
+                  "< 1e308 THEN (e->'value')::numeric::float8 = :fn{n} END END",
+    },
+    "sqlite": {
+        "source": "json_each(CASE json_type(contacts.fields) WHEN 'array' THEN contacts.fields ELSE '[]' END) AS e",
+        "id": "CAST(json_extract(e.value, '$.id') AS TEXT)", "text": "json_extract(e.value, '$.value')",
+        "type": "json_type(e.value, '$.value')", "string": "'text'", "true": "'true'", "false": "'false'",
+        "number": "(json_type(e.value, '$.value') IN ('integer', 'real') "
+                  "AND CAST(json_extract(e.value, '$.value') AS REAL) = :fn{n})",
+    },
+}
+
+
+def _custom_equals(n: int, sql: dict[str, str], value: str) -> tuple[str, dict[str, Any]]:
+    """A stored value equal to a condition's (``custom_readings``): a string the text, a boolean the boolean
+    it reads as, a number the number."""
+    flag, number = custom_readings(value)
+    parts = [f"({sql['type']} = {sql['string']} AND {sql['text']} = :fv{n})"]
+    params: dict[str, Any] = {f"fv{n}": value}
+    if flag is not None:
+        parts.append(f"({sql['type']} = {sql['true' if flag else 'false']})")
+    if number is not None:
+        parts.append(sql["number"].format(n=n))
+        params[f"fn{n}"] = number
+    return f"({' OR '.join(parts)})", params
+
+
 def _custom(c: Condition, n: int, dialect: str) -> ColumnElement[bool]:
-    """A custom field of the contact's ``fields`` list (``[{id, value}]``), compared as text."""
-    if dialect == "postgresql":
-        fid, fvalue = "e->>'id'", "e->>'value'"
-        source = ("jsonb_array_elements(CASE jsonb_typeof(contacts.fields) WHEN 'array' THEN contacts.fields "
-                  "ELSE '[]'::jsonb END) AS e")
-    else:
-        source = "json_each(CASE json_type(contacts.fields) WHEN 'array' THEN contacts.fields ELSE '[]' END) AS e"
-        fid, fvalue = "CAST(json_extract(e.value, '$.id') AS TEXT)", "CAST(json_extract(e.value, '$.value') AS TEXT)"
+    """A custom field of the contact's ``fields`` list (``[{id, value}]``), by ``stitcher.domain.segments``'
+    rule: set when its value is neither null nor ""; equal per ``custom_readings``; contains in strings."""
+    sql = _CUSTOM["postgresql" if dialect == "postgresql" else "sqlite"]
     params: dict[str, Any] = {f"fid{n}": c.target}
-    has = f"{fvalue} IS NOT NULL AND {fvalue} <> ''"
+    has = f"{sql['text']} IS NOT NULL AND CAST({sql['text']} AS TEXT) <> ''"
     if c.op in (Op.EQUALS, Op.NOT_EQUALS):
-        has, params = f"{fvalue} = :fv{n}", {**params, f"fv{n}": c.value}
+        has, more = _custom_equals(n, sql, str(c.value))
+        params |= more
     elif c.op is Op.CONTAINS:
-        has, params = f"lower({fvalue}) LIKE :fv{n} ESCAPE '!'", {**params, f"fv{n}": _like(str(c.value))}
+        has = f"{sql['type']} = {sql['string']} AND lower({sql['text']}) LIKE :fv{n} ESCAPE '!'"
+        params[f"fv{n}"] = _like(str(c.value))
     negated = "NOT " if c.op in (Op.NOT_SET, Op.NOT_EQUALS) else ""
-    return text(f"{negated}EXISTS (SELECT 1 FROM {source} WHERE {fid} = :fid{n} AND {has})"  # type: ignore[return-value]
+    return text(f"{negated}EXISTS (SELECT 1 FROM {sql['source']} WHERE {sql['id']} = :fid{n} AND {has})"  # type: ignore[return-value]
                 ).bindparams(**params)
 
 

@@ -1,0 +1,102 @@
+"""How a dynamic group's condition values compare with what contacts hold, the same on SQLite and PostgreSQL:
+channel values normalised as the identifier rules store them, and custom fields' JSON booleans, numbers and
+strings by one rule (stitcher.domain.segments' module doc)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from stitcher.app import init_app
+from tests.helpers import add_contact, call
+from tests.integration.test_groups import dynamic
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Any) -> Any:
+    return await aiohttp_client(init_app(dataclasses.replace(settings, worker_enabled=False)))
+
+
+async def test_channel_conditions_read_the_value_as_a_stored_phone_or_email(client: Any) -> None:
+    """A phone written with spaces, dashes or ``00`` and an email in any case or padded with spaces find the
+    contact whose channel is stored normalised; ``contains`` a phone ignores its spacing."""
+    ann = await add_contact(client, channels=[{"type": "sms", "value": "+420777123456"},
+                                              {"type": "email", "value": "ann@example.com"}])
+    bob = await add_contact(client, channels=[{"type": "sms", "value": "+380671234567"},
+                                              {"type": "email", "value": "Bob.Smith@Example.org"}])
+    for phone in ("+420 777 123 456", "00420-777-123-456", " +420 (777) 123456 "):
+        assert await dynamic(client, {"field": "sms", "op": "equals", "value": phone}) == [ann], phone
+        assert await dynamic(client, {"field": "sms", "op": "not_equals", "value": phone}) == [bob], phone
+    for email in ("ANN@Example.COM", "  ann@example.com ", "Ann@EXAMPLE.com"):
+        assert await dynamic(client, {"field": "email", "op": "equals", "value": email}) == [ann], email
+        assert await dynamic(client, {"field": "email", "op": "not_equals", "value": email}) == [bob], email
+    assert await dynamic(client, {"field": "sms", "op": "contains", "value": "777 123"}) == [ann]
+    assert await dynamic(client, {"field": "sms", "op": "contains", "value": "(067) 12-34"}) == [bob]
+    assert await dynamic(client, {"field": "email", "op": "contains", "value": " SMITH@ "}) == [bob]
+
+
+async def test_the_stored_form_is_shown_back_and_a_value_no_contact_could_have_is_a_400(client: Any) -> None:
+    """The group shows the value as it compares it; an impossible phone or email names the condition."""
+    status, body = await call(client, "POST", "/api/v1/groups", {
+        "name": "Czech", "type": "dynamic", "conditions": [
+            {"field": "sms", "op": "equals", "value": "+420 777 123 456"},
+            {"field": "email", "op": "not_equals", "value": " Ann@Example.COM"},
+            {"field": "sms", "op": "contains", "value": "777 12"}]})
+    assert status == 200, body
+    shown = (await call(client, "GET", f"/api/v1/group/{body['id']}"))[1]["conditions"]
+    assert [c["value"] for c in shown] == ["+420777123456", "ann@example.com", "77712"]
+    for condition in ({"field": "sms", "op": "equals", "value": "not a phone"},
+                      {"field": "email", "op": "equals", "value": "no-at-sign"},
+                      {"field": "sms", "op": "contains", "value": "-- --"},
+                      {"field": "email", "op": "contains", "value": "   "}):
+        status, body = await call(client, "POST", "/api/v1/groups", {"name": "Bad", "type": "dynamic",
+                                                                     "conditions": [condition]})
+        assert status == 400 and body["errors"][0]["field"] == "conditions[0].value", (condition, body)
+
+
+STORED: dict[str, Any] = {"true": True, "false": False, "one": 1, "one-float": 1.0, "half": 0.5,
+                          "str-true": "true", "str-one": "1", "str-True": "True", "null": None,
+                          "object": {"a": 1}, "list": [1], "huge": 1e30}
+# condition value -> the stored values it equals
+MATRIX: list[tuple[Any, set[str]]] = [
+    (True, {"true", "str-true"}),
+    ("true", {"true", "str-true"}),
+    (False, {"false"}),
+    ("True", {"str-True"}),
+    (1, {"one", "one-float", "str-one"}),
+    ("1", {"one", "one-float", "str-one"}),
+    (1.0, {"one", "one-float"}),
+    ("1.0", {"one", "one-float"}),
+    (0.5, {"half"}),
+    ("5e-1", {"half"}),
+    ("01", set()),
+    (10**18, set()),
+    ("1e30", {"huge"}),
+    (1e30, {"huge"}),
+]
+
+
+async def test_custom_field_booleans_numbers_and_strings_compare_by_one_rule(client: Any) -> None:
+    """Each condition value of the matrix equals exactly the stored values it lists (not_equals the rest);
+    is_set holds for every value but null; contains searches strings only."""
+    ids = {name: await add_contact(client, externalCustomerId=f"C-{name}", fields=[{"id": 5, "value": value}])
+           for name, value in STORED.items()}
+    by_id = {cid: name for name, cid in ids.items()}
+    for value, expected in MATRIX:
+        found = {by_id[c] for c in await dynamic(client, {"field": 5, "op": "equals", "value": value})}
+        assert found == expected, value
+        found = {by_id[c] for c in await dynamic(client, {"field": 5, "op": "not_equals", "value": value})}
+        assert found == set(STORED) - expected, value
+    assert {by_id[c] for c in await dynamic(client, {"field": 5, "op": "is_set"})} == set(STORED) - {"null"}
+    assert {by_id[c] for c in await dynamic(client, {"field": 5, "op": "contains", "value": "1"})} == {"str-one"}
+    assert {by_id[c] for c in await dynamic(client, {"field": 5, "op": "contains", "value": "TRU"})} == {
+        "str-true", "str-True"}
+
+
+async def test_a_custom_field_condition_value_of_another_type_is_a_400(client: Any) -> None:
+    for value in (None, {"a": 1}, [1], 10**30, ""):
+        status, body = await call(client, "POST", "/api/v1/groups", {
+            "name": "Bad", "type": "dynamic", "conditions": [{"field": 5, "op": "equals", "value": value}]})
+        assert status == 400 and body["errors"][0]["field"] == "conditions[0].value", (value, body)
