@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from stitcher.app import init_app
+from stitcher.domain.segments import Match, parse_group
+from stitcher.store import segments
 from tests.helpers import add_contact, call
 from tests.integration.test_groups import dynamic
 
@@ -100,3 +102,48 @@ async def test_a_custom_field_condition_value_of_another_type_is_a_400(client: A
         status, body = await call(client, "POST", "/api/v1/groups", {
             "name": "Bad", "type": "dynamic", "conditions": [{"field": 5, "op": "equals", "value": value}]})
         assert status == 400 and body["errors"][0]["field"] == "conditions[0].value", (value, body)
+
+
+def test_custom_field_conditions_read_the_fields_once_whatever_their_number() -> None:
+    """50 custom field conditions are one pass over a contact's fields, not 50 (they cost 19 s on SQLite over
+    20,000 contacts of 20 fields, as 50 passes): the SQL expands the fields once, in either match."""
+    conditions = [{"field": i, "op": op, "value": "x"} for i in range(25) for op in ("contains", "not_equals")]
+    spec = parse_group({"name": "wide", "type": "dynamic", "conditions": conditions})
+    for dialect, expand in (("sqlite", "json_each("), ("postgresql", "jsonb_array_elements(")):
+        for match in Match:
+            sql = str(segments.dynamic_members(spec.conditions, match, dialect, 0).compile())
+            assert sql.count(expand) == 1, (dialect, match)
+
+
+async def test_a_group_condition_names_only_an_existing_static_group_so_no_cycle_can_form(client: Any) -> None:
+    """``group`` takes a static group's id: a dynamic group (itself included: its id is not known before it
+    exists), an unknown or a deleted group is a 400 naming the condition; a group deleted later leaves the
+    dynamic group matching nobody, and ids are never reused, so a reference never turns into another
+    group's, never a chain or a cycle to follow."""
+    static = (await call(client, "POST", "/api/v1/groups", {"name": "S", "type": "static"}))[1]["id"]
+    seg = (await call(client, "POST", "/api/v1/groups", {"name": "D", "type": "dynamic", "conditions": [
+        {"field": "group", "op": "equals", "value": static}]}))[1]["id"]
+    doomed = (await call(client, "POST", "/api/v1/groups", {"name": "T", "type": "static"}))[1]["id"]
+    assert (await call(client, "DELETE", f"/api/v1/group/{doomed}"))[0] == 200
+    for target in (seg, seg + 1, doomed, 2**63 - 1):
+        status, body = await call(client, "POST", "/api/v1/groups", {"name": f"R{target}", "type": "dynamic",
+                                                                     "conditions": [{"field": "group", "op":
+                                                                                     "not_equals", "value": target}]})
+        assert status == 400 and body["errors"] == [{"field": "conditions[0].value",
+                                                     "message": "no static group has this id"}], target
+    assert (await call(client, "DELETE", f"/api/v1/group/{static}"))[0] == 200
+    fresh = (await call(client, "POST", "/api/v1/groups", {"name": "S2", "type": "static"}))[1]["id"]
+    assert fresh not in (static, doomed)
+    await add_contact(client, externalCustomerId="C-1", groups=["S2"])
+    status, members = await call(client, "GET", f"/api/v1/group/{seg}/contacts")
+    assert (status, members) == (200, [])
+
+
+async def test_a_thousand_conditions_or_a_huge_value_is_a_400_not_a_query(client: Any) -> None:
+    """More conditions than 50 (within the body's 64 KiB), or a value past its bound, is refused whole."""
+    for conditions in ([{"field": 5, "op": "is_set"}] * 1000, [{"field": 5, "op": "equals", "value": "x" * 1025}],
+                       [{"field": "sms", "op": "contains", "value": "1" * 1025}],
+                       [{"field": 5, "op": "equals", "value": 10**400}]):
+        status, body = await call(client, "POST", "/api/v1/groups", {"name": "Big", "type": "dynamic",
+                                                                     "conditions": conditions})
+        assert 400 <= status < 500 and status != 500, body
