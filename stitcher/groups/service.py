@@ -31,6 +31,18 @@ class GroupNameTaken(DomainError):
         super().__init__("a group with this name exists", name=name, groupId=group_id)
 
 
+class GroupConditionsStale(DomainError):
+    """A stored dynamic group whose conditions the current rules refuse (made before a rule was tightened,
+    e.g. an ``sms equals`` value no phone normalises to): a 409 naming them, never a 400 on a read."""
+
+    status = 409
+    code = "group_conditions_stale"
+
+    def __init__(self, group_id: int, errors: list[dict[str, str]]) -> None:
+        super().__init__("the group's stored conditions no longer pass the rules: create it again with them "
+                         "fixed", groupId=group_id, errors=errors)
+
+
 def group_body(group: Group) -> dict[str, Any]:
     body: dict[str, Any] = {"id": group.id, "name": group.name, "type": group.type}
     if group.type == GroupType.DYNAMIC.value:
@@ -91,7 +103,10 @@ class GroupService:
             if group is None:
                 raise GroupNotFound(group_id)
             if group.type == GroupType.DYNAMIC.value:
-                spec = _spec(group, self.normaliser)
+                try:
+                    spec = _spec(group, self.normaliser)
+                except ValidationFailed as exc:
+                    raise GroupConditionsStale(group_id, exc.errors) from None
                 members = segments.dynamic_members(spec.conditions, Match(spec.match), self.db.dialect, now_ms())
             else:
                 members = segments.static_members(group_id)

@@ -12,6 +12,8 @@ import pytest
 from stitcher.app import init_app
 from stitcher.domain.segments import Match, parse_group
 from stitcher.store import segments
+from stitcher.store.db import Database
+from stitcher.store.models import Group
 from tests.helpers import add_contact, call
 from tests.integration.test_groups import dynamic
 
@@ -147,3 +149,23 @@ async def test_a_thousand_conditions_or_a_huge_value_is_a_400_not_a_query(client
         status, body = await call(client, "POST", "/api/v1/groups", {"name": "Big", "type": "dynamic",
                                                                      "conditions": conditions})
         assert 400 <= status < 500 and status != 500, body
+
+
+async def test_a_stored_group_the_rules_now_refuse_is_a_409_naming_its_conditions(client: Any,
+                                                                                  database_url: str) -> None:
+    """A dynamic group stored before channel values were normalised (``sms equals "abc"``) is read as a 409
+    saying which condition the rules now refuse, not a 400 for the reader's request nor a 500."""
+    status, body = await call(client, "POST", "/api/v1/groups", {"name": "Old", "type": "dynamic", "conditions": [
+        {"field": "sms", "op": "is_set"}]})
+    assert status == 200, body
+    db = Database(database_url)
+    try:
+        async with db.transaction() as s:
+            group = await s.get(Group, body["id"])
+            assert group is not None
+            group.conditions = [{"field": "sms", "op": "equals", "value": "abc"}]
+    finally:
+        await db.close()
+    status, answer = await call(client, "GET", f"/api/v1/group/{body['id']}/contacts")
+    assert status == 409 and answer["error"] == "group_conditions_stale", answer
+    assert [e["field"] for e in answer["errors"]] == ["conditions[0].value"]
