@@ -215,6 +215,8 @@ def _valued(kind: FieldKind, target: str, op: Op, value: Any, where: str, normal
     if kind is FieldKind.CUSTOM:
         return Condition(kind, target, op, _custom_text(value, where) if op is not Op.CONTAINS
                          else _text(value, where, MAX_TEXT))
+    if kind is FieldKind.CHANNEL and target == "sms" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # a phone as a JSON number, as a contact's sms may be given
     text = _text(value, where, MAX_TEXT)
     if kind is FieldKind.CHANNEL:
         text = _channel_text(normaliser, target, op, text, where)

@@ -30,13 +30,14 @@ async def test_channel_conditions_read_the_value_as_a_stored_phone_or_email(clie
                                               {"type": "email", "value": "ann@example.com"}])
     bob = await add_contact(client, channels=[{"type": "sms", "value": "+380671234567"},
                                               {"type": "email", "value": "Bob.Smith@Example.org"}])
-    for phone in ("+420 777 123 456", "00420-777-123-456", " +420 (777) 123456 "):
+    for phone in ("+420 777 123 456", "00420-777-123-456", " +420 (777) 123456 ", 420777123456):
         assert await dynamic(client, {"field": "sms", "op": "equals", "value": phone}) == [ann], phone
         assert await dynamic(client, {"field": "sms", "op": "not_equals", "value": phone}) == [bob], phone
     for email in ("ANN@Example.COM", "  ann@example.com ", "Ann@EXAMPLE.com"):
         assert await dynamic(client, {"field": "email", "op": "equals", "value": email}) == [ann], email
         assert await dynamic(client, {"field": "email", "op": "not_equals", "value": email}) == [bob], email
     assert await dynamic(client, {"field": "sms", "op": "contains", "value": "777 123"}) == [ann]
+    assert await dynamic(client, {"field": "sms", "op": "contains", "value": 777123}) == [ann]
     assert await dynamic(client, {"field": "sms", "op": "contains", "value": "(067) 12-34"}) == [bob]
     assert await dynamic(client, {"field": "email", "op": "contains", "value": " SMITH@ "}) == [bob]
 
