@@ -61,16 +61,27 @@ class PostgresTarget:
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {s}.{STATE} (stream text PRIMARY KEY, "
                                "seq bigint NOT NULL, id bigint NOT NULL, pending bigint[] NOT NULL, "
                                "at timestamptz NOT NULL DEFAULT now())")
+            # the source database the watermarks came from (a target of before it has NULL: taken as this one)
+            await conn.execute(f"ALTER TABLE {s}.{STATE} ADD COLUMN IF NOT EXISTS source text")
         return cls(conn, schema)
 
     async def close(self) -> None:
         await self._conn.close()
 
+    async def source(self) -> str | None:
+        return await self._conn.fetchval(  # type: ignore[no-any-return]
+            f"SELECT source FROM {_q(self._schema)}.{STATE} WHERE source IS NOT NULL LIMIT 1")
+
+    async def reset(self) -> None:
+        s = _q(self._schema)
+        async with self._conn.transaction():
+            await self._conn.execute(f"TRUNCATE {', '.join(f'{s}.{_q(t.name)}' for t in TABLES)}, {s}.{STATE}")
+
     async def watermarks(self) -> dict[str, Watermark]:
         rows = await self._conn.fetch(f"SELECT stream, seq, id, pending FROM {_q(self._schema)}.{STATE}")
         return {r["stream"]: Watermark((r["seq"], r["id"]), tuple(r["pending"])) for r in rows}
 
-    async def write(self, stream: str, batch: Batch) -> None:
+    async def write(self, stream: str, batch: Batch, source: str) -> None:
         s = _q(self._schema)
         async with self._conn.transaction():
             for delete in batch.deletes:
@@ -80,9 +91,10 @@ class PostgresTarget:
                 if rows:
                     await self._upsert(BY_NAME[name], rows)
             await self._conn.execute(
-                f"INSERT INTO {s}.{STATE} (stream, seq, id, pending) VALUES ($1, $2, $3, $4) ON CONFLICT (stream) "
-                "DO UPDATE SET seq = EXCLUDED.seq, id = EXCLUDED.id, pending = EXCLUDED.pending, at = now()",
-                stream, *batch.mark.cursor, list(batch.mark.pending))
+                f"INSERT INTO {s}.{STATE} (stream, seq, id, pending, source) VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT (stream) DO UPDATE SET seq = EXCLUDED.seq, id = EXCLUDED.id, pending = EXCLUDED.pending, "
+                "source = EXCLUDED.source, at = now()",
+                stream, *batch.mark.cursor, list(batch.mark.pending), source)
 
     async def _upsert(self, table: ExportTable, rows: list[dict[str, Any]]) -> None:
         target, stage = f"{_q(self._schema)}.{_q(table.name)}", f"stage_{table.name}"
