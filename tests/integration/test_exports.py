@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 from google.cloud.bigquery import SchemaField
 
-from stitcher.exports.command import run
+from stitcher.exports.command import prune, run
 from stitcher.exports.postgres import dsn
 from tests.helpers import add_contact, beacon, call, eventually, page_views, timeline_ids
 from tests.integration.test_merge_and_erase import sql
@@ -359,3 +359,98 @@ async def test_bigquery_files_match_their_schemas_and_a_second_run_adds_only_cha
 
 def _rows(files: dict[str, list[dict[str, Any]]], table: str) -> list[tuple[str, dict[str, Any]]]:
     return [(name, row) for name, rows in files.items() if name.rsplit("-", 1)[0] == table for row in rows]
+
+
+# --- a target belongs to its source; pruned tombstones -------------------------------------------------------
+
+async def export_pg_reset(database_url: str, target: tuple[str, str]) -> tuple[int, str]:
+    err = io.StringIO()
+    return await run(database_url, "postgres", url=target[0], schema=target[1], reset=True, err=err), err.getvalue()
+
+
+async def test_a_target_is_not_continued_from_another_source_database(client, database_url, target, tmp_path):
+    """A target keeps the id of the database it was exported from: a run from another one (here the same
+    database given another id, as a restored copy or a second service would have) fails with one line naming
+    both and writes nothing; ``--reset`` empties the target and starts over."""
+    await seed(client)
+    assert (await export_pg(database_url, target))[0] == 0
+    out = tmp_path / "bq"
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+    (ours,) = await sql(database_url, "SELECT source_id FROM export_source")
+    await sql_write(database_url, "UPDATE export_source SET source_id = 'another-database'")
+    await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "C-9", "firstName": "New"})
+
+    code, out_pg = await export_pg(database_url, target)
+    message = out_pg["error"]  # type: ignore[index]
+    assert code == 1 and message.count("\n") == 1 and ours[0] in message and "another-database" in message
+    assert "--reset" in message and "Traceback" not in message
+    assert len(await target_rows(target, "contacts", "id, 1")) == 2  # nothing written
+    err = io.StringIO()
+    assert await run(database_url, "bigquery", out=out, err=err) == 1 and ours[0] in err.getvalue()
+
+    code, text = await export_pg_reset(database_url, target)
+    assert code == 0, text
+    await assert_same(database_url, target)
+    assert (await export_pg(database_url, target))[1] == dict.fromkeys(STREAM_TABLES, 0)
+    assert await run(database_url, "bigquery", out=out, reset=True, err=io.StringIO()) == 0
+    readme = (out / "README.md").read_text().split("## Run")[-1]
+    assert "TRUNCATE TABLE DATASET.contacts" in readme and "DATASET.contacts contacts-" in readme, readme
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+
+
+async def sql_write(database_url: str, statement: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def test_prune_deletes_old_tombstones_and_a_target_that_had_not_read_them_must_reset(
+        client, database_url, target_database):
+    """``export prune --older-than DAYS`` deletes the tombstones older than that and keeps the newer ones; a
+    target that had read them goes on, one that had not fails with one line until ``--reset``."""
+    read, behind = (target_database, f"s_{uuid.uuid4().hex[:10]}"), (target_database, f"s_{uuid.uuid4().hex[:10]}")
+    try:
+        people = await seed(client)
+        assert (await export_pg(database_url, read))[0] == 0 and (await export_pg(database_url, behind))[0] == 0
+        status, _ = await call(client, "DELETE", f"/api/v1/contact/{people['ann']}", params={"erase": "true"})
+        assert status == 200
+        assert (await export_pg(database_url, read))[0] == 0  # reads Ann's tombstones
+        await sql_write(database_url, "UPDATE export_tombstones SET at = 0")  # written long ago
+        status, _ = await call(client, "DELETE", f"/api/v1/contact/{people['bob']}", params={"erase": "true"})
+        assert status == 200
+        (old,) = await sql(database_url, "SELECT count(*) FROM export_tombstones WHERE at = 0")
+        (new,) = await sql(database_url, "SELECT count(*) FROM export_tombstones WHERE at > 0")
+        assert old[0] > 0 and new[0] > 0
+
+        err = io.StringIO()
+        assert await prune(database_url, 1, err=err) == 0
+        assert err.getvalue() == f"stitcher export prune: {old[0]} tombstones older than 1 days deleted\n"
+        assert await sql(database_url, "SELECT count(*) FROM export_tombstones") == [new]
+
+        code, done = await export_pg(database_url, read)
+        assert code == 0 and done["deletions"] == new[0], done
+        await assert_same(database_url, read)
+        code, out = await export_pg(database_url, behind)
+        assert code == 1 and "were pruned" in out["error"] and "--reset" in out["error"], out  # type: ignore[index]
+        assert (await export_pg_reset(database_url, behind))[0] == 0
+        await assert_same(database_url, behind)
+    finally:
+        conn = await asyncpg.connect(target_database)
+        for schema in (read[1], behind[1]):
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+def test_prune_wants_a_positive_number_of_days(capsys):
+    from stitcher.cli import main
+
+    for bad in ("0", "-1", "nan", "x", "1e9"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["export", "prune", "--older-than", bad])
+        assert exit_.value.code == 2 and "--older-than" in capsys.readouterr().err
