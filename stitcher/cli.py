@@ -98,6 +98,30 @@ def _positive_days(text: str) -> float:
     return days
 
 
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    """``export``: the run's exit code; interrupted (Ctrl-C, SIGTERM), one line and 130 — the batch being
+    written was rolled back, the target is as the last committed batch left it."""
+    import signal
+
+    from stitcher.exports.command import prune, run
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        if args.target == "prune":
+            return asyncio.run(prune(settings.effective_database_url, args.days))
+        return asyncio.run(run(settings.effective_database_url, args.target, url=getattr(args, "url", None),
+                               schema=getattr(args, "schema", "public"), out=getattr(args, "out", None),
+                               reset=args.reset))
+    except KeyboardInterrupt:
+        print("stitcher export: interrupted; the target keeps the batches committed before", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _held_events(settings: Settings, args: argparse.Namespace) -> int:
     """``held-events``: the held API events as JSON lines (oldest first; ``--after`` the last line's ``row``
     to go on), or ``expire``: delete those past ``HELD_EVENT_TTL_DAYS`` now, as the worker's sweeper does."""
@@ -188,13 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "held-events":
         return _held_events(settings, args)
     if args.command == "export":
-        from stitcher.exports.command import prune, run
-
-        if args.target == "prune":
-            return asyncio.run(prune(settings.effective_database_url, args.days))
-        return asyncio.run(run(settings.effective_database_url, args.target, url=getattr(args, "url", None),
-                               schema=getattr(args, "schema", "public"), out=getattr(args, "out", None),
-                               reset=args.reset))
+        return _export(settings, args)
     if args.command == "replay":
         from stitcher.replay import replay_file_cli
 

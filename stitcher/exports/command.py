@@ -47,25 +47,35 @@ async def run(database_url: str, target: str, *, url: str | None = None, schema:
     try:
         try:
             opened = await _open(target, url, schema, out)
-        except _FAILURES as exc:
+        except Exception as exc:  # a URL asyncpg takes apart badly raises what it meets (OverflowError, …)
             print(f"stitcher export: cannot open the target: {_reason(exc)}", file=err)
             return 1
         progress = for_stream(err)
+        failure = None
         try:
             await export(db, opened, progress, batch_rows, reset)
         except (ExportFailed, CannotContinue) as exc:
-            progress.stop()
-            print(f"stitcher export: {' '.join(str(exc).split())}", file=err)
-            return 1
+            failure = " ".join(str(exc).split())
         except _FAILURES as exc:  # the source or the target before the first batch
+            failure = _reason(exc)
+        finally:  # also when interrupted (Ctrl-C, SIGTERM): a batch being written is rolled back
             progress.stop()
-            print(f"stitcher export: {_reason(exc)}", file=err)
-            return 1
-        finally:
-            await opened.close()
-        return 0
+            closed = await _close(opened, err)
+        if failure is not None:
+            print(f"stitcher export: {failure}", file=err)
+        return 0 if closed and failure is None else 1
     finally:
         await db.close()
+
+
+async def _close(opened: Target, err: TextIO) -> bool:
+    """Close the target (the BigQuery README is written then); False, said in one line, if that failed."""
+    try:
+        await opened.close()
+    except Exception as exc:
+        print(f"stitcher export: closing the target failed: {_reason(exc)}", file=err)
+        return False
+    return True
 
 
 async def prune(database_url: str, older_than_days: float, err: TextIO | None = None) -> int:

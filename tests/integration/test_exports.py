@@ -454,3 +454,124 @@ def test_prune_wants_a_positive_number_of_days(capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["export", "prune", "--older-than", bad])
         assert exit_.value.code == 2 and "--older-than" in capsys.readouterr().err
+
+
+# --- hostile targets -----------------------------------------------------------------------------------------
+
+def _one_line(text: str) -> None:
+    """The failure is said in one line, the last (after the summary lines of the tables done before)."""
+    lines = text.splitlines()
+    assert lines[-1].startswith("stitcher export: ") and "Traceback" not in text, text
+    assert [line for line in lines if line.startswith("stitcher export")] == lines[-1:], text
+
+
+async def test_a_bad_target_url_or_schema_is_one_line_and_creates_nothing(database_url, target_database, tmp_path):
+    """An empty URL (libpq's defaults would pick a local database), another scheme, an impossible port, a
+    schema with a NUL or control character, too long, PostgreSQL's own: exit 1, one line, nothing created."""
+    cases = [("", "public"), ("http://127.0.0.1/x", "public"), ("postgresql://postgres@127.0.0.1:99999/x", "public"),
+             (target_database, "a\x00b"), (target_database, "a\x01b"), (target_database, "x" * 64),
+             (target_database, "information_schema"), (target_database, "pg_export"), (target_database, "")]
+    for url, schema in cases:
+        err = io.StringIO()
+        assert await run(database_url, "postgres", url=url, schema=schema, err=err) == 1, (url, schema)
+        _one_line(err.getvalue())
+        assert "cannot open the target" in err.getvalue()
+    conn = await asyncpg.connect(target_database)
+    assert not await conn.fetch("SELECT 1 FROM pg_namespace WHERE nspname LIKE 'x%' OR nspname LIKE 'a%b'")
+    await conn.close()
+    for out in (Path("/etc/hostname"), Path("/etc/hostname/x")):
+        err = io.StringIO()
+        assert await run(database_url, "bigquery", out=out, err=err) == 1
+        _one_line(err.getvalue())
+
+
+async def test_a_schema_of_someone_elses_tables_is_refused(client, database_url, target):
+    """A schema whose ``contacts`` is not an export's (the service's own database, another application): exit
+    1 naming the table and its missing columns, and nothing is created or written there."""
+    await seed(client)
+    conn = await asyncpg.connect(target[0])
+    await conn.execute(f"CREATE SCHEMA {target[1]}")
+    await conn.execute(f"CREATE TABLE {target[1]}.contacts (id bigint PRIMARY KEY, first_name text)")
+    await conn.execute(f"INSERT INTO {target[1]}.contacts VALUES (1, 'theirs')")
+    code, out = await export_pg(database_url, target)
+    assert code == 1 and "contacts (missing: external_customer_id" in out["error"], out  # type: ignore[index]
+    _one_line(out["error"])  # type: ignore[arg-type]
+    for reset in (False, True):
+        assert await run(database_url, "postgres", url=target[0], schema=target[1], reset=reset,
+                         err=io.StringIO()) == 1
+    assert [tuple(r) for r in await conn.fetch(f"SELECT * FROM {target[1]}.contacts")] == [(1, "theirs")]
+    assert [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1",
+                                           target[1])] == ["contacts"]
+    await conn.close()
+
+
+async def test_a_user_with_table_rights_only_exports_into_a_prepared_schema(client, database_url, target):
+    """A warehouse user without CREATE (on the database or the schema) exports into tables made for it; one
+    without INSERT on a table fails naming it, one line, the batches before it kept."""
+    await seed(client)
+    assert (await export_pg(database_url, target))[0] == 0  # the owner prepares the schema
+    role = f"exp_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(target[0])
+    await conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        await conn.execute(f"GRANT USAGE ON SCHEMA {target[1]} TO {role}")
+        await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {target[1]} "
+                           f"TO {role}")
+        await conn.execute(f"REVOKE CREATE ON SCHEMA {target[1]} FROM {role}")
+        as_role = (target[0].replace("postgres@", f"{role}@", 1), target[1])
+        await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "C-1", "firstName": "Anna"})
+        code, done = await export_pg(database_url, as_role)
+        assert code == 0 and done["contacts"] == 1, done
+        await assert_same(database_url, target)
+
+        await conn.execute(f"REVOKE INSERT ON {target[1]}.events FROM {role}")
+        await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "C-2", "firstName": "Bo"})
+        await call(client, "POST", "/api/v1/event", {"eventTypeKey": "late", "keyValue": "C-2"})
+        code, out = await export_pg(database_url, as_role)
+        assert code == 1 and "table events, batch 1 failed: InsufficientPrivilegeError" in out["error"], out
+        _one_line(out["error"])  # type: ignore[arg-type]
+        assert await target_rows(target, "contacts", "first_name, id", "first_name = 'Bo'")  # committed before
+    finally:
+        await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {target[1]} FROM {role}")
+        await conn.execute(f"REVOKE ALL ON SCHEMA {target[1]} FROM {role}")
+        await conn.execute(f"DROP ROLE {role}")
+        await conn.close()
+
+
+async def test_an_interrupted_run_says_so_and_keeps_the_committed_batches(client, database_url, target):
+    """``stitcher export`` stopped by SIGTERM while a batch is being written: exit 130, one line; the batch
+    is rolled back (the contacts before it stay) and the next run completes the target."""
+    await seed(client)
+    conn = await asyncpg.connect(target[0])
+    await conn.execute(f"CREATE SCHEMA {target[1]}")
+    await conn.execute(f"""CREATE FUNCTION {target[1]}.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$""")
+    await conn.execute(f"CREATE TABLE {target[1]}.orders (id bigint PRIMARY KEY, contact_id bigint NOT NULL, "
+                       "external_order_id text NOT NULL, status text NOT NULL, ordered_at timestamptz NOT NULL, "
+                       "total_cost double precision, currency text, data jsonb, created_at timestamptz NOT NULL, "
+                       "updated_at timestamptz NOT NULL)")
+    await conn.execute(f"CREATE TRIGGER slow BEFORE INSERT ON {target[1]}.orders FOR EACH ROW "
+                       f"EXECUTE FUNCTION {target[1]}.slow()")
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_JSON": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stitcher.cli", "export", "postgres", "--target", target[0], "--schema", target[1],
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                                               "AND query LIKE '%orders%'"), lambda n: n == 1, 30.0)
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.decode().splitlines()[-1]
+    assert last == "stitcher export: interrupted; the target keeps the batches committed before", err
+    assert "Traceback" not in err.decode()
+    assert len(await target_rows(target, "contacts", "id, 1")) == 2
+    assert not await target_rows(target, "orders", "id, 1")
+    await conn.execute(f"DROP TRIGGER slow ON {target[1]}.orders")
+    await conn.close()
+    code, done = await export_pg(database_url, target)
+    assert code == 0 and done["orders"] == 2 and done["contacts"] == 0, done
+    await assert_same(database_url, target)
