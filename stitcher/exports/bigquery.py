@@ -44,6 +44,7 @@ class BigQueryTarget:
         self._run = run or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self._files: dict[str, IO[bytes]] = {}
         self._reset = False
+        self._keyed: set[tuple[str, str]] = set()  # the (table, column) pairs this run's keys name
         out.mkdir(parents=True, exist_ok=True)
         for table in (*TABLES, KEYS):
             (out / f"{table.name}.schema.json").write_text(json.dumps(table.bigquery_schema(), indent=2) + "\n")
@@ -76,6 +77,7 @@ class BigQueryTarget:
                 keys.extend({"tbl": name, "col": key[0], "value": r[key[0]]} for r in rows)
             self._append(name, rows)
         self._append(KEYS.name, keys)
+        self._keyed.update((str(k["tbl"]), str(k["col"])) for k in keys)
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
@@ -110,10 +112,9 @@ class BigQueryTarget:
             lines += [f"bq query --use_legacy_sql=false 'TRUNCATE TABLE DATASET.{t.name}'" for t in TABLES]
         if KEYS.name in self._files:
             lines.append(f"{load} --replace DATASET._stitcher_keys keys-{self._run}.ndjson keys.schema.json")
-            lines += [f"bq query --use_legacy_sql=false 'DELETE FROM DATASET.{t.name} WHERE {c} IN "
-                      f"(SELECT value FROM DATASET._stitcher_keys WHERE tbl = \"{t.name}\" AND col = \"{c}\")'"
-                      for t in TABLES for c in dict.fromkeys(c.name for c in t.columns if c.kind is Kind.INTEGER)
-                      if c in ("id", "contact_id", "order_id")]
+            lines += [f"bq query --use_legacy_sql=false 'DELETE FROM DATASET.{t} WHERE {c} IN "
+                      f"(SELECT value FROM DATASET._stitcher_keys WHERE tbl = \"{t}\" AND col = \"{c}\")'"
+                      for t, c in sorted(self._keyed)]
         lines += [f"{load} DATASET.{t.name} {t.name}-{self._run}.ndjson {t.name}.schema.json"
                   for t in TABLES if t.name in self._files]
         return "\n".join([*lines, "```", ""])

@@ -575,3 +575,39 @@ async def test_an_interrupted_run_says_so_and_keeps_the_committed_batches(client
     code, done = await export_pg(database_url, target)
     assert code == 0 and done["orders"] == 2 and done["contacts"] == 0, done
     await assert_same(database_url, target)
+
+
+async def test_bigquery_deletes_are_a_file_of_their_own_with_the_delete_lines_for_them(client, database_url, tmp_path):
+    """An erase reaches BigQuery as the run's ``keys-<run>.ndjson`` (the ids per table and column, valid
+    against ``keys.schema.json``), and the README's section for the run loads it and gives one ``bq query``
+    DELETE per table and column it names — before the run's rows are appended; an update alone deletes by
+    ``contacts.id`` only."""
+    people = await seed(client)
+    out = tmp_path / "bq"
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+    await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "C-2", "firstName": "Bob"})
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+    update = (out / "README.md").read_text().split("## Run")[-1]
+    assert update.count("DELETE FROM") == 1 and "DELETE FROM DATASET.contacts WHERE id IN" in update, update
+
+    status, _ = await call(client, "DELETE", f"/api/v1/contact/{people['ann']}", params={"erase": "true"})
+    assert status == 200
+    before = set(out.glob("keys-*.ndjson"))
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+    (keys_file,) = set(out.glob("keys-*.ndjson")) - before
+    keys = {(k["tbl"], k["col"], k["value"]) for k in bigquery_files(out)[keys_file.name]}
+    assert {("contacts", "id", people["ann"]), ("events", "contact_id", people["ann"]),
+            ("orders", "contact_id", people["ann"]), ("order_items", "contact_id", people["ann"])} <= keys, keys
+    # and each of her deleted rows by its own key (the erase's tombstones)
+    assert {(t, c) for t, c, _ in keys} == {("contacts", "id"), ("events", "contact_id"), ("events", "id"),
+                                           ("orders", "contact_id"), ("orders", "id"),
+                                           ("order_items", "contact_id"), ("order_items", "order_id")}, keys
+    erase = (out / "README.md").read_text().split("## Run")[-1]
+    lines = erase.splitlines()
+    load = next(i for i, line in enumerate(lines) if f"DATASET._stitcher_keys {keys_file.name}" in line)
+    deletes = [i for i, line in enumerate(lines) if "DELETE FROM" in line]
+    assert len(deletes) == 7 and min(deletes) > load, erase
+    for table, column in (("contacts", "id"), ("events", "contact_id"), ("orders", "contact_id"),
+                          ("order_items", "contact_id")):
+        assert f'DELETE FROM DATASET.{table} WHERE {column} IN (SELECT value FROM DATASET._stitcher_keys ' \
+               f'WHERE tbl = "{table}" AND col = "{column}")' in erase, erase
