@@ -239,28 +239,40 @@ async def test_a_failed_batch_names_itself_and_leaves_the_committed_batches(clie
     await assert_same(database_url, target)
 
 
+async def orders_that_run(conn: Any, schema: str, trigger: str, body: str) -> None:
+    """The target's ``orders`` table made ahead with a trigger ``trigger`` running ``body`` on each insert (a
+    batch of orders then fails or stalls as the test wants)."""
+    await conn.execute(f"CREATE SCHEMA {schema}")
+    await conn.execute(f"""CREATE FUNCTION {schema}.{trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN {body}; RETURN NEW; END $$""")
+    await conn.execute(f"CREATE TABLE {schema}.orders (id bigint PRIMARY KEY, contact_id bigint NOT NULL, "
+                       "external_order_id text NOT NULL, status text NOT NULL, ordered_at timestamptz NOT NULL, "
+                       "total_cost double precision, currency text, data jsonb, created_at timestamptz NOT NULL, "
+                       "updated_at timestamptz NOT NULL)")
+    await conn.execute(f"CREATE TRIGGER {trigger} BEFORE INSERT ON {schema}.orders FOR EACH ROW "
+                       f"EXECUTE FUNCTION {schema}.{trigger}()")
+
+
+async def rerun_without_trigger(conn: Any, database_url: str, target: tuple[str, str], trigger: str) -> None:
+    """``orders_that_run``'s trigger dropped (and ``conn`` closed): the next run copies the two orders and
+    nothing else again, and the target matches the source."""
+    await conn.execute(f"DROP TRIGGER {trigger} ON {target[1]}.orders")
+    await conn.close()
+    code, done = await export_pg(database_url, target)
+    assert code == 0 and done["orders"] == 2 and done["contacts"] == done["events"] == 0, done
+    await assert_same(database_url, target)
+
+
 async def test_a_dropped_connection_fails_the_batch_and_the_next_run_completes(client, database_url, target):
     """The target's connection killed mid-run: exit 1 naming the batch; a rerun brings the target up to date."""
     await seed(client)
     conn = await asyncpg.connect(target[0])
-    await conn.execute(f"CREATE SCHEMA {target[1]}")
     # the export's own session dies when it first writes an order
-    await conn.execute(f"""CREATE FUNCTION {target[1]}.die() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$""")
-    await conn.execute(f"CREATE TABLE {target[1]}.orders (id bigint PRIMARY KEY, contact_id bigint NOT NULL, "
-                       "external_order_id text NOT NULL, status text NOT NULL, ordered_at timestamptz NOT NULL, "
-                       "total_cost double precision, currency text, data jsonb, created_at timestamptz NOT NULL, "
-                       "updated_at timestamptz NOT NULL)")
-    await conn.execute(f"CREATE TRIGGER die BEFORE INSERT ON {target[1]}.orders FOR EACH ROW "
-                       f"EXECUTE FUNCTION {target[1]}.die()")
+    await orders_that_run(conn, target[1], "die", "PERFORM pg_terminate_backend(pg_backend_pid())")
     code, out = await export_pg(database_url, target)
     assert code == 1 and "table orders, batch 1 failed" in out["error"], out
     assert len(await target_rows(target, "events", "id, 1")) >= 5
-    await conn.execute(f"DROP TRIGGER die ON {target[1]}.orders")
-    await conn.close()
-    code, done = await export_pg(database_url, target)
-    assert code == 0 and done["orders"] == 2 and done["events"] == 0, done
-    await assert_same(database_url, target)
+    await rerun_without_trigger(conn, database_url, target, "die")
 
 
 async def test_the_cli_prints_one_line_per_table_off_a_terminal(client, database_url, target):
@@ -543,15 +555,7 @@ async def test_an_interrupted_run_says_so_and_keeps_the_committed_batches(client
     is rolled back (the contacts before it stay) and the next run completes the target."""
     await seed(client)
     conn = await asyncpg.connect(target[0])
-    await conn.execute(f"CREATE SCHEMA {target[1]}")
-    await conn.execute(f"""CREATE FUNCTION {target[1]}.slow() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$""")
-    await conn.execute(f"CREATE TABLE {target[1]}.orders (id bigint PRIMARY KEY, contact_id bigint NOT NULL, "
-                       "external_order_id text NOT NULL, status text NOT NULL, ordered_at timestamptz NOT NULL, "
-                       "total_cost double precision, currency text, data jsonb, created_at timestamptz NOT NULL, "
-                       "updated_at timestamptz NOT NULL)")
-    await conn.execute(f"CREATE TRIGGER slow BEFORE INSERT ON {target[1]}.orders FOR EACH ROW "
-                       f"EXECUTE FUNCTION {target[1]}.slow()")
+    await orders_that_run(conn, target[1], "slow", "PERFORM pg_sleep(60)")
     env = {**os.environ, "DATABASE_URL": database_url, "LOG_JSON": "1"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "stitcher.cli", "export", "postgres", "--target", target[0], "--schema", target[1],
@@ -570,11 +574,7 @@ async def test_an_interrupted_run_says_so_and_keeps_the_committed_batches(client
     assert "Traceback" not in err.decode()
     assert len(await target_rows(target, "contacts", "id, 1")) == 2
     assert not await target_rows(target, "orders", "id, 1")
-    await conn.execute(f"DROP TRIGGER slow ON {target[1]}.orders")
-    await conn.close()
-    code, done = await export_pg(database_url, target)
-    assert code == 0 and done["orders"] == 2 and done["contacts"] == 0, done
-    await assert_same(database_url, target)
+    await rerun_without_trigger(conn, database_url, target, "slow")
 
 
 async def test_bigquery_deletes_are_a_file_of_their_own_with_the_delete_lines_for_them(client, database_url, tmp_path):
