@@ -43,7 +43,8 @@ class Contact(SQLModel, table=True):
         Index("ix_contacts_live", "id", sqlite_where=text(LIVE), postgresql_where=text(LIVE)),
         Index("ix_contacts_live_no_external_id", "id", sqlite_where=text(LIVE_NO_EXTERNAL_ID),
               postgresql_where=text(LIVE_NO_EXTERNAL_ID)),
-        Index("ix_contacts_change_seq", "change_seq", "id"),
+        # no index on change_seq (migration 0010): every update changes it, and an indexed column changed
+        # makes PostgreSQL write a new entry in every index of the row (no HOT update); exports scan instead
         SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -319,6 +320,7 @@ class ExportTombstone(SQLModel, table=True):
     seq: int = Field(sa_type=BigInteger)
     tbl: str = Field(max_length=16)
     row_id: int = Field(sa_type=BigInteger)
+    at: int | None = Field(default=None, sa_type=BigInteger)  # ms; written by the trigger (migration 0010)
 
 
 class ExportSeq(SQLModel, table=True):
@@ -327,3 +329,15 @@ class ExportSeq(SQLModel, table=True):
     __tablename__ = "export_seq"
     id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     value: int = Field(sa_type=BigInteger)
+
+
+class ExportSource(SQLModel, table=True):
+    """This database as the exports' source: a random id made by migration 0010 (each target keeps the id
+    it was exported from, so it is never continued from another database) and how far ``stitcher export
+    prune`` deleted tombstones (a target whose watermark is below that has missed deletes)."""
+
+    __tablename__ = "export_source"
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    source_id: str = Field(max_length=64)
+    pruned_seq: int = Field(default=0, sa_type=BigInteger)
+    pruned_id: int = Field(default=0, sa_type=BigInteger)
