@@ -7,8 +7,8 @@ exports read the contacts' changes by one scan instead. Tombstones get the time 
 ms) so ``stitcher export prune --older-than DAYS`` can delete old ones, and ``export_source`` holds this
 database's random id (which every target keeps with its watermark) and how far tombstones were pruned.
 
-Revision ID: 0010_export_stamps
-Revises: 0009_exports
+Revision ID: 0011_export_stamps
+Revises: 0010_outbox_meta
 Create Date: 2026-12-01
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import uuid
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0010_export_stamps'
-down_revision = '0009_exports'
+revision = '0011_export_stamps'
+down_revision = '0010_outbox_meta'
 branch_labels = None
 depends_on = None
 
