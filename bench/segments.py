@@ -87,6 +87,7 @@ async def _timed(work: Callable[[], Awaitable[Any]]) -> dict[str, float]:
 
 
 async def _measure(url: str) -> dict[str, Any]:
+    from stitcher.domain.identifiers import Normaliser
     from stitcher.domain.segments import parse_group
     from stitcher.groups.service import GroupService
     from stitcher.store import segments
@@ -95,7 +96,7 @@ async def _measure(url: str) -> dict[str, Any]:
 
     db = Database(url)
     try:
-        service = GroupService(db)
+        service = GroupService(db, Normaliser())
         group_id = await service.create(SEGMENT)
         spec = parse_group(SEGMENT)
         members = segments.dynamic_members(spec.conditions, spec.match, db.dialect, now_ms())

@@ -7,7 +7,17 @@ from aiohttp import web
 from stitcher import group_refs, views
 from stitcher.contacts import ContactService
 from stitcher.domain.rules import Mode
-from stitcher.http_input import DB, NORMALISER, int_param, keyset_after, path_contact_id, query, read_json, request_id
+from stitcher.http_input import (
+    DB,
+    NORMALISER,
+    int_param,
+    keyset_after,
+    offset_page,
+    path_contact_id,
+    query,
+    read_json,
+    request_id,
+)
 from stitcher.payload import parse_contact, parse_subscribe
 from tracker.errors import ValidationFailed
 from tracker.http import json_response
@@ -107,10 +117,9 @@ async def search(request: web.Request) -> web.StreamResponse:
         external_id = normaliser.external_id(q["externalCustomerId"])
     email = normaliser.email(q["email"], "email") if "email" in q else None
     sms = normaliser.phone(q["sms"], "sms") if "sms" in q else None
+    start, max_rows = offset_page(request)
     criteria = views.Search(email=email, sms=sms, first_name=q.get("firstname"), last_name=q.get("lastname"),
-                            external_id=external_id,
-                            start=int_param(request, "startindex", 1, 1, 10_000_000),
-                            max_rows=int_param(request, "maxrows", 500, 1, 500))
+                            external_id=external_id, start=start, max_rows=max_rows)
     async with request.app[DB].reader() as s:
         contacts, total = await views.search(s, criteria)
     return json_response(contacts, headers={"TotalCount": str(total)})

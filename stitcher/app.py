@@ -88,7 +88,7 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)
     worker_log = EventLog(worker_redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
                           history_cap=settings.history_cap)
-    worker = Worker(db, worker_log, stitcher, app[METRICS])
+    worker = Worker(db, worker_log, stitcher, app[METRICS], receipt_ttl_ms=settings.send_receipt_ttl_ms)
     app[WORKER] = worker
     task = asyncio.create_task(worker.run(), name="stitcher-worker") if settings.worker_enabled else None
     yield

@@ -86,6 +86,40 @@ def _non_negative(text: str) -> int:
     return int(text)
 
 
+def _positive_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = -1.0
+    if not 0 < days <= 36_500:  # also NaN
+        raise argparse.ArgumentTypeError("must be a number of days above 0 (at most 36500)")
+    return days
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    """``export``: the run's exit code; interrupted (Ctrl-C, SIGTERM), one line and 130 — the batch being
+    written was rolled back, the target is as the last committed batch left it."""
+    import signal
+
+    from stitcher.exports.command import prune, run
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        if args.target == "prune":
+            return asyncio.run(prune(settings.effective_database_url, args.days))
+        return asyncio.run(run(settings.effective_database_url, args.target, url=getattr(args, "url", None),
+                               schema=getattr(args, "schema", "public"), out=getattr(args, "out", None),
+                               reset=args.reset))
+    except KeyboardInterrupt:
+        print("stitcher export: interrupted; the target keeps the batches committed before", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _held_events(settings: Settings, args: argparse.Namespace) -> int:
     """``held-events``: the held API events as JSON lines (oldest first; ``--after`` the last line's ``row``
     to go on), or ``expire``: delete those past ``HELD_EVENT_TTL_DAYS`` now, as the worker's sweeper does."""
@@ -152,6 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     to_pg.add_argument("--schema", default="public", help="schema of the exported tables (default public)")
     to_bq = targets.add_parser("bigquery", help="newline-delimited JSON files and schemas for bq load")
     to_bq.add_argument("--out", required=True, type=Path, help="directory of the files (kept between runs)")
+    for to in (to_pg, to_bq):
+        to.add_argument("--reset", action="store_true",
+                        help="start over: empty the target and export everything (a target exported from "
+                             "another database, or one whose unread deletes were pruned, needs it)")
+    to_prune = targets.add_parser("prune", help="delete the tombstones of deleted rows older than DAYS")
+    to_prune.add_argument("--older-than", required=True, type=_positive_days, metavar="DAYS", dest="days",
+                          help="days; a target whose last run is older than that needs --reset afterwards")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
@@ -169,10 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "held-events":
         return _held_events(settings, args)
     if args.command == "export":
-        from stitcher.exports.command import run
-
-        return asyncio.run(run(settings.effective_database_url, args.target, url=getattr(args, "url", None),
-                               schema=getattr(args, "schema", "public"), out=getattr(args, "out", None)))
+        return _export(settings, args)
     if args.command == "replay":
         from stitcher.replay import replay_file_cli
 

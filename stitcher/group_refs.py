@@ -1,6 +1,8 @@
 """The groups a contact payload names, checked before the write: a group named only by its id (``{"id": 7}``)
 that no group has, and any group (by id or by name) that is dynamic, are listed under ``ignored`` — never a
 400 for the contact, and a dynamic group never gets static members (its conditions decide who is in it).
+An import naming a dynamic group reports it the same way (``left_out``): its answer and final description
+for ``groupNames``, each row's mapping entry for the row's own ``groups``.
 
 Groups named by id keep their id (``group_ids`` then holds ``(id, name)``): the write joins them by id and
 never creates one by their name, so a group deleted between this check and the write is simply not joined
@@ -9,7 +11,7 @@ never creates one by their name, so a group deleted between this check and the w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 from stitcher.domain.commands import ContactCommand, GroupId, SubscribeCommand
@@ -38,8 +40,22 @@ async def _resolve(db: Database, refs: Sequence[GroupId], names: Sequence[str], 
             ignored.append({"field": at, "reason": DYNAMIC})
         else:
             kept.append((group_id, group.name))
-    ignored += [{"field": where, "reason": f"{name!r}: {DYNAMIC}"} for name in names if name in dynamic]
+    ignored += left_out(names, dynamic, where)
     return tuple(kept), tuple(n for n in names if n not in dynamic), tuple(ignored)
+
+
+def left_out(names: Sequence[str], dynamic: Collection[str], where: str) -> list[Ignored]:
+    """What a write reports for the dynamic groups among ``names`` it leaves out: the one rule of contact
+    and subscribe ``groups`` and of an import's ``groupNames`` and rows' ``groups``."""
+    return [{"field": where, "reason": f"{name!r}: {DYNAMIC}"} for name in dict.fromkeys(names) if name in dynamic]
+
+
+async def named(db: Database, names: Sequence[str], where: str) -> list[Ignored]:
+    """``left_out`` of ``names`` as the groups are now (an import's ``groupNames``, when it is accepted)."""
+    if not names:
+        return []
+    async with db.reader() as s:
+        return left_out(names, await groups.dynamic_names(s, names), where)
 
 
 async def contact(db: Database, command: ContactCommand, where: str = "groups") -> ContactCommand:

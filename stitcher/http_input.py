@@ -23,6 +23,7 @@ T = TypeVar("T")
 DB = web.AppKey("db", Database)
 NORMALISER = web.AppKey("normaliser", Normaliser)
 MAX_JSON_BYTES = 1024 * 1024
+MAX_START, MAX_ROWS = 10_000_000, 500  # an offset page: the first row (1-based) and rows per page
 
 
 async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES, *, judged: bool = True) -> Any:
@@ -69,6 +70,12 @@ def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not lo <= int(raw) <= hi:
         raise ValidationFailed([{"field": name, "message": f"must be an integer from {lo} to {hi}"}])
     return int(raw)
+
+
+def offset_page(request: web.Request) -> tuple[int, int]:
+    """The platform's page of a list: ``startindex`` (1-based, default 1) and ``maxrows`` (1-500, default 500);
+    the answer carries the whole count in a ``TotalCount`` header."""
+    return int_param(request, "startindex", 1, 1, MAX_START), int_param(request, "maxrows", MAX_ROWS, 1, MAX_ROWS)
 
 
 def keyset_after(request: web.Request) -> tuple[int, int] | None:

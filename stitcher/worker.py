@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy.exc import DataError, DBAPIError, StatementError
 
 from stitcher.stitch import Stitcher, insert_timeline, web_rows
-from stitcher.store import held_events, identity_keys, repo
+from stitcher.store import held_events, identity_keys, messages, repo
 from stitcher.store.db import Database
 from stitcher.store.models import VisitorLink
 from tracker.eventlog import EventLog, LinkedEvent
@@ -38,8 +38,10 @@ class _Stopped(Exception):
 
 
 class Worker:
-    def __init__(self, db: Database, eventlog: EventLog, stitcher: Stitcher, metrics: Metrics) -> None:
+    def __init__(self, db: Database, eventlog: EventLog, stitcher: Stitcher, metrics: Metrics, *,
+                 receipt_ttl_ms: int = 7 * 86_400_000) -> None:
         self.db = db
+        self.receipt_ttl_ms = receipt_ttl_ms
         self.eventlog = eventlog
         self.stitcher = stitcher
         self.metrics = metrics
@@ -97,8 +99,9 @@ class Worker:
         return calling.result()
 
     async def housekeeping(self, first: bool = False) -> None:
-        """Finish interrupted stitches, take over a dead worker's unacknowledged entries, and delete API
-        events held past their time (and receipts past their resend window)."""
+        """Finish interrupted stitches, take over a dead worker's unacknowledged entries, delete API events
+        held past their time (and receipts past their resend window) and the receipts of idempotent sends
+        older than ``receipt_ttl_ms``."""
         finished = await self.stitcher.finish_pending(older_than_ms=0 if first else RECLAIM_IDLE_MS)
         if finished:
             log.info("finished interrupted stitches", count=finished)
@@ -106,6 +109,9 @@ class Worker:
         expired = await held_events.expire(self.db)
         if expired:
             log.info("expired held API events and receipts", count=expired)
+        pruned = await messages.prune_receipts(self.db, repo.now_ms() - self.receipt_ttl_ms)
+        if pruned:
+            log.info("pruned send receipts", count=pruned)
 
     async def drain(self, events: list[LinkedEvent]) -> int:
         """Put a batch of linked events on their contacts' timelines, then acknowledge them.

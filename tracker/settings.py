@@ -51,6 +51,7 @@ class Settings:
     import_parse_workers: int = 1  # processes parsing import rows beside the service (0: parse in it)
     smtp_url: str | None = None  # smtp[s]://user:password@host:port: the delivery worker sends queued email there
     sms_webhook_url: str | None = None  # the delivery worker posts queued SMS there (else they stay queued)
+    send_receipt_ttl_days: int = 7  # an Idempotency-Key send's receipt is kept this long (a repeat sends nothing)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -60,6 +61,10 @@ class Settings:
     @property
     def held_event_ttl_ms(self) -> int:
         return self.held_event_ttl_days * 86_400_000
+
+    @property
+    def send_receipt_ttl_ms(self) -> int:
+        return self.send_receipt_ttl_days * 86_400_000
 
     @property
     def effective_database_url(self) -> str:
@@ -99,7 +104,7 @@ class Settings:
             ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("HISTORY_CAP", "history_cap"),
             ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
             ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"), ("IMPORT_CHUNK_ROWS", "import_chunk_rows"),
-            ("HELD_EVENT_TTL_DAYS", "held_event_ttl_days"),
+            ("HELD_EVENT_TTL_DAYS", "held_event_ttl_days"), ("SEND_RECEIPT_TTL_DAYS", "send_receipt_ttl_days"),
             ("IMPORT_PARSE_WORKERS", "import_parse_workers"),
         ):
             if env.get(name):

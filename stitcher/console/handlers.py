@@ -9,6 +9,7 @@ POST whose single hit redirects to ``/console/contact/{id}``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,17 +21,18 @@ from aiohttp import web
 
 from stitcher import jsonbody, views
 from stitcher.console import search, story
-from stitcher.console.throughput import MinuteRing, read_counters
+from stitcher.console.throughput import SERIES, SharedMinutes, read_counters
 from stitcher.domain.errors import ContactNotFound
 from stitcher.http_input import DB, NORMALISER, keyset_after, path_contact_id
 from stitcher.store import console as store
-from tracker.errors import ValidationFailed
+from tracker.errors import NotFound, ValidationFailed
 from tracker.http import METRICS, check_api_key, error_status
 from tracker.routes import EVENTLOG
 from tracker.tasks import stop_task
 
-THROUGHPUT = web.AppKey("console_throughput", MinuteRing)
+THROUGHPUT = web.AppKey("console_throughput", SharedMinutes)
 HERE = Path(__file__).resolve().parent
+STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}  # the CSS and JS, by name
 PAGE_SIZE = 50
 REJECTED_SHOWN = 20
 # the pages carry personal data: kept out of caches, frames and other sites' referrers; scripts, styles and
@@ -51,15 +53,16 @@ def setup(app: web.Application) -> None:
                                undefined=jinja2.StrictUndefined)
     env.filters["when"] = story.when
     app.add_routes(routes)
-    app.router.add_static("/console/static/", HERE / "static")
     app.cleanup_ctx.append(_sampler_ctx)
 
 
 async def _sampler_ctx(app: web.Application) -> AsyncIterator[None]:
-    ring = app[THROUGHPUT] = MinuteRing(functools.partial(read_counters, app[METRICS]))
+    ring = app[THROUGHPUT] = SharedMinutes(app[EVENTLOG].redis, functools.partial(read_counters, app[METRICS]))
     task = asyncio.create_task(ring.run(), name="console-throughput")
     yield
     await stop_task(task)
+    with contextlib.suppress(Exception):  # the last seconds' growth too (Redis closes after this)
+        await ring.sample()
 
 
 def console_page(handler: Page) -> Page:
@@ -91,6 +94,16 @@ def console_page(handler: Page) -> Page:
 @routes.get("/console")
 async def console_root(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/console/")
+
+
+@routes.get("/console/static/{name}")
+@console_page
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """The console's CSS and JS, behind the key as its pages are (a browser sends the key it was asked for)."""
+    path = STATIC.get(request.match_info["name"])
+    if path is None:
+        raise NotFound("the console has no such file")
+    return web.FileResponse(path)
 
 
 @routes.get("/console/")
@@ -157,13 +170,15 @@ async def contact(request: web.Request) -> web.StreamResponse:
 @routes.get("/console/overview")
 @console_page
 async def overview(request: web.Request) -> web.StreamResponse:
-    """Events per minute, held events, the latest rejected beacon events and the running imports."""
+    """Events per minute and in the last hour (every process's, from Redis), held events, the latest
+    rejected beacon events and the running imports."""
     ring = request.app[THROUGHPUT]
-    ring.sample()
+    await ring.sample()
+    hour = await ring.rows(last=ring.minutes)
     async with request.app[DB].reader() as s:
         held = await store.held_count(s)
         imports = await store.running_imports(s)
     rejected = await request.app[EVENTLOG].rejected(REJECTED_SHOWN)
     return aiohttp_jinja2.render_template("overview.html", request, {
-        "minutes": ring.rows(), "totals": {k: int(v) for k, v in ring.read().items()}, "held": held,
+        "minutes": hour[:15], "totals": {k: sum(n[k] for _, n in hour) for k in SERIES}, "held": held,
         "rejected": rejected, "imports": imports})

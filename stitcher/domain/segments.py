@@ -4,20 +4,36 @@ A dynamic group is ``{field, op, value?}`` conditions joined by ``match`` (``all
 the parsed conditions into one SQL filter (``stitcher.store.segments``), so a dynamic group is evaluated when
 it is read and new contacts fall in by themselves. Each field takes the ops that make sense for it; anything
 else is a 400 naming the condition and what is wrong with it.
+
+Channel values are read as the identifier rules store them (``Normaliser``): ``equals``/``not_equals`` an
+email, phone or push token normalise the value as a contact's channel would be (a value no contact could
+have is a 400 saying why); ``contains`` a phone keeps the digits and ``+`` (``"777 123"`` finds
+``+420777123456``), ``contains`` an email is trimmed and lower-cased.
+
+A custom field's value is any JSON a contact was given; a condition compares it by one rule on both
+backends (``custom_readings``): the condition's value (a string, ``true``/``false`` or a number) is read as
+a text, and also as a boolean when it is ``true``/``false`` (or the strings ``"true"``/``"false"``) and as a
+number when it is one (or a string in JSON number syntax, ``"1"``, ``"-2.5"``). A stored string equals the
+text exactly, a stored boolean the boolean, a stored number the number (compared as a double); objects,
+arrays and null equal nothing. ``contains`` searches stored strings only.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from stitcher.domain.errors import FieldErrors
+from stitcher.domain.errors import FieldErrors, InvalidIdentifier
+from stitcher.domain.identifiers import IdentifierKind, Normaliser
 from stitcher.domain.instants import BadInstant, read_instant
 
 __all__ = ["DAY_MS", "FIELDS", "OPS", "Condition", "FieldKind", "GroupSpec", "GroupType", "Match", "Op",
-           "parse_condition", "parse_group"]
+           "custom_readings", "parse_condition", "parse_group"]
 
 MAX_NAME = 256
 MAX_CONDITIONS = 50
@@ -25,6 +41,8 @@ MAX_TEXT = 1024  # a value compared with a text: longer than any stored text (id
 MAX_EVENT_TYPE = 128  # timeline.type
 MAX_DAYS = 36_500
 DAY_MS = 86_400_000
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_PLAIN = Normaliser()  # no default phone region: the service hands in its own
 
 
 class GroupType(StrEnum):
@@ -136,7 +154,7 @@ def _field(name: Any) -> tuple[FieldKind, str] | None:
     return None
 
 
-def parse_condition(raw: Any, where: str, errors: FieldErrors) -> Condition | None:
+def parse_condition(raw: Any, where: str, errors: FieldErrors, normaliser: Normaliser = _PLAIN) -> Condition | None:
     """One ``{field, op, value?}``, or None with its problems added to ``errors``."""
     if not isinstance(raw, Mapping):
         errors.add(where, "must be an object {field, op, value?}")
@@ -167,7 +185,7 @@ def parse_condition(raw: Any, where: str, errors: FieldErrors) -> Condition | No
             return None
         return Condition(kind, target, op)
     try:
-        return _valued(kind, target, op, value, f"{where}.value")
+        return _valued(kind, target, op, value, f"{where}.value", normaliser)
     except _Bad as exc:
         errors.add(exc.where, exc.message)
         return None
@@ -179,7 +197,7 @@ class _Bad(ValueError):
         self.where, self.message = where, message
 
 
-def _valued(kind: FieldKind, target: str, op: Op, value: Any, where: str) -> Condition:
+def _valued(kind: FieldKind, target: str, op: Op, value: Any, where: str, normaliser: Normaliser) -> Condition:
     """The condition of an op that takes a value, the value checked for the field; ``_Bad`` if it does not fit."""
     if kind is FieldKind.GROUP:
         if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**63):
@@ -194,10 +212,57 @@ def _valued(kind: FieldKind, target: str, op: Op, value: Any, where: str) -> Con
             return Condition(kind, target, op, read_instant(value))
         except BadInstant as exc:
             raise _Bad(where, str(exc)) from None
+    if kind is FieldKind.CUSTOM:
+        return Condition(kind, target, op, _custom_text(value, where) if op is not Op.CONTAINS
+                         else _text(value, where, MAX_TEXT))
+    if kind is FieldKind.CHANNEL and target == "sms" and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # a phone as a JSON number, as a contact's sms may be given
     text = _text(value, where, MAX_TEXT)
-    if kind is FieldKind.CHANNEL and target == "email":
-        text = text.lower()  # emails are stored lower-cased
+    if kind is FieldKind.CHANNEL:
+        text = _channel_text(normaliser, target, op, text, where)
     return Condition(kind, target, op, text)
+
+
+def _channel_text(normaliser: Normaliser, target: str, op: Op, text: str, where: str) -> str:
+    """The value as the identifier rules store it (``equals``/``not_equals``), or as much of that as a part
+    of one can be (``contains``)."""
+    if op is not Op.CONTAINS:
+        try:
+            return normaliser.channel(IdentifierKind(target), text, where)
+        except InvalidIdentifier as exc:
+            raise _Bad(where, f"{exc.errors[0]['message']} (compared as a contact's {target} is stored)") from None
+    if target == "sms":
+        digits = "".join(ch for ch in text if ch.isascii() and (ch.isdigit() or ch == "+"))
+        if not any(ch.isdigit() for ch in digits):
+            raise _Bad(where, "must hold a digit of a phone number (stored as +<digits>)")
+        return digits
+    stripped = text.strip()
+    if not stripped:
+        raise _Bad(where, "must not be blank")
+    return stripped.lower() if target == "email" else stripped
+
+
+def _custom_text(value: Any, where: str) -> str:
+    """A custom field condition's value as its text: a string as is, ``true``/``false``, a number's JSON."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float) and not (isinstance(value, int) and abs(value) > 2**63):
+        if not math.isfinite(value):
+            raise _Bad(where, "must be a finite number")
+        return json.dumps(value)
+    if isinstance(value, int):
+        raise _Bad(where, "must be a number of at most 19 digits")
+    if not isinstance(value, str):
+        raise _Bad(where, "must be a string, true/false or a number")
+    return _text(value, where, MAX_TEXT)
+
+
+def custom_readings(text: str) -> tuple[bool | None, float | None]:
+    """What else a custom field condition's text matches besides a stored string equal to it: the stored
+    boolean it reads as (``"true"``/``"false"``) and the stored number (JSON number syntax, finite)."""
+    flag = {"true": True, "false": False}.get(text)
+    number = float(text) if len(text) <= 400 and _JSON_NUMBER.fullmatch(text) else None
+    return flag, number if number is not None and math.isfinite(number) else None
 
 
 def _event(op: Op, value: Any, where: str) -> Condition:
@@ -211,8 +276,10 @@ def _event(op: Op, value: Any, where: str) -> Condition:
                      None if event_type is None else _text(event_type, f"{where}.type", MAX_EVENT_TYPE))
 
 
-def parse_group(body: Any) -> GroupSpec:
-    """``{name, type, conditions?, match?}`` checked whole: every problem named in one ``ValidationFailed``."""
+def parse_group(body: Any, normaliser: Normaliser = _PLAIN) -> GroupSpec:
+    """``{name, type, conditions?, match?}`` checked whole: every problem named in one ``ValidationFailed``.
+    ``normaliser`` reads channel values as the identifier rules store them; the conditions kept to show back
+    hold those stored forms."""
     errors = FieldErrors()
     if not isinstance(body, Mapping):
         errors.add("body", "must be an object {name, type, conditions?, match?}")
@@ -239,9 +306,10 @@ def parse_group(body: Any) -> GroupSpec:
             errors.add("conditions", f"a dynamic group needs a list of 1-{MAX_CONDITIONS} conditions")
         else:
             for i, item in enumerate(raw):
-                if (c := parse_condition(item, f"conditions[{i}]", errors)) is not None:
+                if (c := parse_condition(item, f"conditions[{i}]", errors, normaliser)) is not None:
                     conditions.append(c)
     errors.raise_if_any()
     assert isinstance(name, str)
-    kept = tuple(dict(c) for c in raw) if type_ is GroupType.DYNAMIC and isinstance(raw, list) else ()
+    kept = tuple(dict(item, value=c.value) if c.kind is FieldKind.CHANNEL and c.value is not None else dict(item)
+                 for item, c in zip(raw, conditions, strict=True)) if type_ is GroupType.DYNAMIC else ()
     return GroupSpec(name.strip(), type_, match, tuple(conditions), kept)

@@ -43,18 +43,33 @@ class BigQueryTarget:
         self._out = out
         self._run = run or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self._files: dict[str, IO[bytes]] = {}
+        self._reset = False
+        self._keyed: set[tuple[str, str]] = set()  # the (table, column) pairs this run's keys name
         out.mkdir(parents=True, exist_ok=True)
         for table in (*TABLES, KEYS):
             (out / f"{table.name}.schema.json").write_text(json.dumps(table.bigquery_schema(), indent=2) + "\n")
 
-    async def watermarks(self) -> dict[str, Watermark]:
+    def _state(self) -> dict[str, Any]:
+        """``watermarks.json``: ``{"source": id, "streams": {stream: {cursor, pending}}}`` (before the source
+        was kept: the streams alone)."""
         path = self._out / WATERMARKS
         if not path.exists():
-            return {}
-        return {stream: Watermark((m["cursor"][0], m["cursor"][1]), tuple(m["pending"]))
-                for stream, m in json.loads(path.read_text()).items()}
+            return {"source": None, "streams": {}}
+        state = json.loads(path.read_text())
+        return state if "streams" in state else {"source": None, "streams": state}
 
-    async def write(self, stream: str, batch: Batch) -> None:
+    async def source(self) -> str | None:
+        return self._state()["source"]  # type: ignore[no-any-return]
+
+    async def reset(self) -> None:
+        (self._out / WATERMARKS).unlink(missing_ok=True)
+        self._reset = True
+
+    async def watermarks(self) -> dict[str, Watermark]:
+        return {stream: Watermark((m["cursor"][0], m["cursor"][1]), tuple(m["pending"]))
+                for stream, m in self._state()["streams"].items()}
+
+    async def write(self, stream: str, batch: Batch, source: str) -> None:
         keys = [{"tbl": d.table, "col": d.column, "value": v} for d in batch.deletes for v in d.values]
         for name, rows in batch.rows.items():
             key = BY_NAME[name].key
@@ -62,12 +77,14 @@ class BigQueryTarget:
                 keys.extend({"tbl": name, "col": key[0], "value": r[key[0]]} for r in rows)
             self._append(name, rows)
         self._append(KEYS.name, keys)
+        self._keyed.update((str(k["tbl"]), str(k["col"])) for k in keys)
         for f in self._files.values():
             f.flush()
             os.fsync(f.fileno())
         marks = await self.watermarks() | {stream: batch.mark}
         tmp = self._out / f".{WATERMARKS}.tmp"
-        tmp.write_text(json.dumps({s: {"cursor": m.cursor, "pending": m.pending} for s, m in marks.items()}))
+        tmp.write_text(json.dumps({"source": source, "streams": {s: {"cursor": m.cursor, "pending": m.pending}
+                                                                 for s, m in marks.items()}}))
         os.replace(tmp, self._out / WATERMARKS)
 
     def _append(self, name: str, rows: list[dict[str, Any]]) -> None:
@@ -77,7 +94,7 @@ class BigQueryTarget:
             self._files[name] = (self._out / f"{name}-{self._run}.ndjson").open("ab")
         self._files[name].writelines(_json(r) for r in rows)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close this run's files and add its ``bq`` commands to the README."""
         for f in self._files.values():
             f.close()
@@ -86,16 +103,18 @@ class BigQueryTarget:
         readme.write_text(text + self._commands())
 
     def _commands(self) -> str:
-        if not self._files:
+        if not self._files and not self._reset:
             return f"\n## Run {self._run}\n\nNothing changed.\n"
         load = "bq load --source_format=NEWLINE_DELIMITED_JSON"
         lines = [f"\n## Run {self._run}\n", "```sh"]
+        if self._reset:  # started over (--reset): the runs before are replaced by this one
+            lines.insert(1, "Started over (`--reset`): the tables are emptied first; earlier runs need no loading.\n")
+            lines += [f"bq query --use_legacy_sql=false 'TRUNCATE TABLE DATASET.{t.name}'" for t in TABLES]
         if KEYS.name in self._files:
             lines.append(f"{load} --replace DATASET._stitcher_keys keys-{self._run}.ndjson keys.schema.json")
-            lines += [f"bq query --use_legacy_sql=false 'DELETE FROM DATASET.{t.name} WHERE {c} IN "
-                      f"(SELECT value FROM DATASET._stitcher_keys WHERE tbl = \"{t.name}\" AND col = \"{c}\")'"
-                      for t in TABLES for c in dict.fromkeys(c.name for c in t.columns if c.kind is Kind.INTEGER)
-                      if c in ("id", "contact_id", "order_id")]
+            lines += [f"bq query --use_legacy_sql=false 'DELETE FROM DATASET.{t} WHERE {c} IN "
+                      f"(SELECT value FROM DATASET._stitcher_keys WHERE tbl = \"{t}\" AND col = \"{c}\")'"
+                      for t, c in sorted(self._keyed)]
         lines += [f"{load} DATASET.{t.name} {t.name}-{self._run}.ndjson {t.name}.schema.json"
                   for t in TABLES if t.name in self._files]
         return "\n".join([*lines, "```", ""])

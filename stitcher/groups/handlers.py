@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from stitcher.groups.service import GroupService
-from stitcher.http_input import DB, int_param, path_id, read_json
+from stitcher.http_input import DB, NORMALISER, offset_page, path_id, read_json
 from tracker.http import json_response
 
 routes = web.RouteTableDef()
@@ -13,7 +13,7 @@ MAX_BODY = 64 * 1024  # 50 conditions of 1 KiB values fit many times over
 
 
 def _service(request: web.Request) -> GroupService:
-    return GroupService(request.app[DB])  # it holds nothing but the database: made per request
+    return GroupService(request.app[DB], request.app[NORMALISER])  # it holds no state: made per request
 
 
 def _group_id(request: web.Request) -> int:
@@ -27,7 +27,9 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/v1/groups")
 async def listing(request: web.Request) -> web.StreamResponse:
-    return json_response(await _service(request).listing())
+    """A page of the groups by id: ``startindex`` (1-based), ``maxrows`` (≤ 500), ``TotalCount``."""
+    page, total = await _service(request).listing(*offset_page(request))
+    return json_response(page, headers={"TotalCount": str(total)})
 
 
 @routes.get("/api/v1/group/{group_id}")
@@ -45,7 +47,5 @@ async def delete(request: web.Request) -> web.StreamResponse:
 @routes.get("/api/v1/group/{group_id}/contacts")
 async def contacts(request: web.Request) -> web.StreamResponse:
     """A page of the group's contacts by id: ``startindex`` (1-based), ``maxrows`` (≤ 500), ``TotalCount``."""
-    group_id = _group_id(request)
-    start = int_param(request, "startindex", 1, 1, 10_000_000)
-    page, total = await _service(request).contacts(group_id, start, int_param(request, "maxrows", 500, 1, 500))
+    page, total = await _service(request).contacts(_group_id(request), *offset_page(request))
     return json_response(page, headers={"TotalCount": str(total)})

@@ -7,6 +7,7 @@ from typing import Any
 
 from stitcher import views
 from stitcher.domain.errors import ValidationFailed
+from stitcher.domain.identifiers import Normaliser
 from stitcher.domain.segments import FieldKind, GroupSpec, GroupType, Match, parse_group
 from stitcher.store import groups, segments
 from stitcher.store.db import Database
@@ -30,6 +31,18 @@ class GroupNameTaken(DomainError):
         super().__init__("a group with this name exists", name=name, groupId=group_id)
 
 
+class GroupConditionsStale(DomainError):
+    """A stored dynamic group whose conditions the current rules refuse (made before a rule was tightened,
+    e.g. an ``sms equals`` value no phone normalises to): a 409 naming them, never a 400 on a read."""
+
+    status = 409
+    code = "group_conditions_stale"
+
+    def __init__(self, group_id: int, errors: list[dict[str, str]]) -> None:
+        super().__init__("the group's stored conditions no longer pass the rules: create it again with them "
+                         "fixed", groupId=group_id, errors=errors)
+
+
 def group_body(group: Group) -> dict[str, Any]:
     body: dict[str, Any] = {"id": group.id, "name": group.name, "type": group.type}
     if group.type == GroupType.DYNAMIC.value:
@@ -37,19 +50,20 @@ def group_body(group: Group) -> dict[str, Any]:
     return body
 
 
-def _spec(group: Group) -> GroupSpec:
-    """A stored group parsed again (its conditions were checked when it was created)."""
+def _spec(group: Group, normaliser: Normaliser) -> GroupSpec:
+    """A stored group parsed again (its conditions were checked, and its channel values normalised, when it
+    was created)."""
     return parse_group({"name": group.name, "type": group.type, "match": group.match,
-                        "conditions": group.conditions})
+                        "conditions": group.conditions}, normaliser)
 
 
 class GroupService:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, normaliser: Normaliser) -> None:
+        self.db, self.normaliser = db, normaliser
 
     async def create(self, body: Any) -> int:
         """The new group's id: 400 naming every bad field or condition, 409 when the name is taken."""
-        spec = parse_group(body)
+        spec = parse_group(body, self.normaliser)
         named = {int(c.value or 0): i for i, c in enumerate(spec.conditions) if c.kind is FieldKind.GROUP}
         async with self.db.reader() as s:
             found = await groups.by_ids(s, named) if named else {}
@@ -64,9 +78,11 @@ class GroupService:
                 taken = await groups.id_by_name(s, spec.name)
             raise GroupNameTaken(spec.name, taken) from None
 
-    async def listing(self) -> list[dict[str, Any]]:
+    async def listing(self, start: int, max_rows: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the groups by id (``start`` 1-based) and how many there are."""
         async with self.db.reader() as s:
-            return [group_body(g) for g in await groups.listing(s)]
+            page, total = await groups.listing(s, start, max_rows)
+        return [group_body(g) for g in page], total
 
     async def get(self, group_id: int) -> dict[str, Any]:
         async with self.db.reader() as s:
@@ -87,7 +103,10 @@ class GroupService:
             if group is None:
                 raise GroupNotFound(group_id)
             if group.type == GroupType.DYNAMIC.value:
-                spec = _spec(group)
+                try:
+                    spec = _spec(group, self.normaliser)
+                except ValidationFailed as exc:
+                    raise GroupConditionsStale(group_id, exc.errors) from None
                 members = segments.dynamic_members(spec.conditions, Match(spec.match), self.db.dialect, now_ms())
             else:
                 members = segments.static_members(group_id)

@@ -15,11 +15,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from stitcher import group_refs
 from stitcher.domain.identifiers import IdentifierKind
 from stitcher.domain.rules import Action, ImportLookup, RowDecision, plan_import
 from stitcher.imports.parse import Parsed
 from stitcher.imports.request import ImportRequest
-from stitcher.store import audit, bulk, held_events, identity_keys, import_sessions, repo
+from stitcher.store import audit, bulk, groups, held_events, identity_keys, import_sessions, repo
 from stitcher.store.db import Database
 from stitcher.store.repo import now_ms
 
@@ -69,14 +70,14 @@ async def apply_chunk(db: Database, import_id: str, request: ImportRequest, pars
         real = {t: ids.get(t, t) for t in targets}
         await bulk.add_identifiers(db, s, [(real[t], k, v, d) for t, v_ in targets.items()
                                            for (k, v), d in v_.channels.items()], now)
-        own = await _own_groups(db, s, targets.values())
+        own, dynamic = await _own_groups(db, s, targets.values())
         await bulk.add_memberships(db, s, [(real[t], g) for t, v in targets.items()
                                            for g in dict.fromkeys((*group_ids, *(own[n] for n in v.groups)))],
                                    None, now)
         audit.record_all(s, [(real[t], action, detail) for t, v in targets.items()
                              for action, detail in v.audit], request_id, now)
         await held_events.attach(db, s, {real[t]: v.keys for t, v in targets.items()})
-        await _record(db, s, import_id, parsed, decisions, real, now)
+        await _record(db, s, import_id, parsed, decisions, real, dynamic, now)
     return True
 
 
@@ -118,24 +119,30 @@ def _targets(parsed: Parsed, decisions: Sequence[RowDecision], existing: Mapping
     return targets
 
 
-async def _own_groups(db: Database, s: AsyncSession, targets: Iterable[_Target]) -> dict[str, int]:
+async def _own_groups(db: Database, s: AsyncSession, targets: Iterable[_Target]) -> tuple[dict[str, int], set[str]]:
     """The ids of the groups the rows name themselves (a contact payload's ``groups``), created when missing
-    in the chunk's transaction; sorted, so that two chunks creating the same groups take their index
-    entries in one order."""
+    in the chunk's transaction, and which of them are dynamic (joined by no row); sorted, so that two chunks
+    creating the same groups take their index entries in one order."""
     names = sorted({name for t in targets for name in t.groups})
     ids: dict[str, int] = {}
+    dynamic: set[str] = set()
     for k in range(0, len(names), GROUPS_PER_STATEMENT):
         part = names[k:k + GROUPS_PER_STATEMENT]
         ids.update(zip(part, await repo.ensure_groups(db, s, part), strict=True))
-    return ids
+        dynamic |= await groups.dynamic_names(s, part)
+    return ids, dynamic
 
 
-async def _record(db: Database, s: AsyncSession, import_id: str, parsed: Parsed,
-                  decisions: Sequence[RowDecision], real: Mapping[int, int], now: int) -> None:
-    """The chunk's per-row results and the import's progress, in the chunk's transaction."""
+async def _record(db: Database, s: AsyncSession, import_id: str, parsed: Parsed, decisions: Sequence[RowDecision],
+                  real: Mapping[int, int], dynamic: set[str], now: int) -> None:
+    """The chunk's per-row results and the import's progress, in the chunk's transaction; a landed row's
+    ``error`` says which dynamic groups of its own it did not join (``group_refs.left_out``)."""
     results: list[tuple[int, int | None, str, str | None]] = [(i, None, "failed", error) for i, error in parsed.bad]
-    for (index, *_), d in zip(parsed.good, decisions, strict=True):
+    for (index, command, *_), d in zip(parsed.good, decisions, strict=True):
         target = real.get(d.target, d.target) if d.target is not None else None
-        results.append((index, target, d.action.value if d.action else "failed", d.reason))
+        reason = d.reason
+        if d.action in (Action.CREATE, Action.UPDATE, Action.RESTORE) and dynamic & set(command.groups):
+            reason = "; ".join(i["reason"] for i in group_refs.left_out(command.groups, dynamic, "groups"))
+        results.append((index, target, d.action.value if d.action else "failed", reason))
     counts = Counter(action for _, _, action, _ in results)
     await import_sessions.record_chunk(db, s, import_id, parsed.end, results, counts, now)

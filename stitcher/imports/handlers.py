@@ -6,7 +6,7 @@ import uuid
 
 from aiohttp import web
 
-from stitcher import jsonbody
+from stitcher import group_refs, jsonbody
 from stitcher.domain.errors import ImportNotFound
 from stitcher.imports.request import parse_import
 from stitcher.imports.runner import ImportRunner
@@ -20,14 +20,16 @@ routes = web.RouteTableDef()
 
 @routes.post("/api/v1/contacts")
 async def start_import(request: web.Request) -> web.StreamResponse:
-    """Store the import and answer ``{"id": 0, "asyncSessionId"}`` at once; the rows land in the background."""
+    """Store the import and answer ``{"id": 0, "asyncSessionId"}`` at once (with ``ignored``: the dynamic
+    groups ``groupNames`` names, which the rows will not join); the rows land in the background."""
     if request.content_type not in ("application/json", "text/plain", "application/octet-stream"):
         raise UnsupportedMediaType(f"expected application/json, got {request.content_type}")
     runner = request.app[IMPORTS]
     with runner.receiving():
         body = parse_import(jsonbody.loads(await read_body(request, MAX_IMPORT_BYTES)))
+        ignored = await group_refs.named(runner.db, body.group_names, "groupNames")
         session_id = await runner.submit(body, request.get(REQUEST_ID))
-    return json_response({"id": 0, "asyncSessionId": session_id})
+    return json_response({"id": 0, "asyncSessionId": session_id, **({"ignored": ignored} if ignored else {})})
 
 
 @routes.get("/api/v1/importstatus/{session_id}")

@@ -21,12 +21,13 @@ from typing import Any
 import structlog
 from sqlalchemy.exc import IntegrityError
 
+from stitcher import group_refs
 from stitcher.domain.errors import ImportNotFound, ImportsBusy
 from stitcher.domain.identifiers import Normaliser
 from stitcher.imports.chunk import StaleCandidates, apply_chunk
 from stitcher.imports.parse import Parsed, parse_rows, parse_slice
 from stitcher.imports.request import ImportRequest
-from stitcher.store import import_sessions, repo
+from stitcher.store import groups, import_sessions, repo
 from stitcher.store.db import Database
 from stitcher.store.repo import now_ms
 from tracker.tasks import stop_task
@@ -159,8 +160,9 @@ class ImportRunner:
             upcoming: asyncio.Future[Parsed] | None = None
             try:
                 group_ids: list[int] = []
+                left_out = ""
                 if request.group_names:
-                    group_ids = await self.db.retry(lambda: self._groups(request.group_names))
+                    group_ids, left_out = await self.db.retry(lambda: self._groups(request.group_names))
                 # chunk N+1 is parsed while chunk N's SQL runs
                 upcoming = asyncio.ensure_future(self._parse(request, start)) if start < row.total else None
                 while upcoming is not None:
@@ -172,7 +174,7 @@ class ImportRunner:
                             apply_chunk, self.db, import_id, request, part, group_ids, row.request_id),
                             also=(StaleCandidates, IntegrityError))
                         start = part.end
-                await self._end(import_id, "FINISHED", f"{row.total} rows processed")
+                await self._end(import_id, "FINISHED", f"{row.total} rows processed{left_out}")
             except asyncio.CancelledError:
                 if upcoming is not None:
                     upcoming.cancel()
@@ -185,9 +187,13 @@ class ImportRunner:
                 await self._end(import_id, "ERROR", f"{applied}; rows {start}-{row.total - 1} not applied: "
                                 f"{type(exc).__name__}")
 
-    async def _groups(self, names: tuple[str, ...]) -> list[int]:
+    async def _groups(self, names: tuple[str, ...]) -> tuple[list[int], str]:
+        """The ids of ``groupNames`` (the static ones made when missing) and what the import's description
+        says of the dynamic ones, which no row joins."""
         async with self.db.transaction() as s:
-            return await repo.ensure_groups(self.db, s, names)
+            ids = await repo.ensure_groups(self.db, s, names)
+            dynamic = await groups.dynamic_names(s, names)
+        return ids, "".join(f"; groupNames: {i['reason']}" for i in group_refs.left_out(names, dynamic, ""))
 
     async def _end(self, import_id: str, status: str, description: str) -> None:
         async def end() -> None:
@@ -209,6 +215,7 @@ class ImportRunner:
             "failedContacts": [{"index": r.idx, "error": r.error} for r in rows if r.action == "failed"],
             "skippedContacts": [{"index": r.idx, "contactId": r.contact_id, "reason": r.error}
                                 for r in rows if r.action == "skipped"],
-            "mapping": [{"index": r.idx, "contactId": r.contact_id, "action": r.action}
+            "mapping": [{"index": r.idx, "contactId": r.contact_id, "action": r.action,
+                         **({"ignored": [{"field": "groups", "reason": r.error}]} if r.error else {})}
                         for r in rows if r.action in ("created", "updated", "restored")],
         }

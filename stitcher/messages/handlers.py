@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stitcher.domain.errors import ValidationFailed
 from stitcher.http_input import (
@@ -54,7 +55,8 @@ def _outbox_body(o: OutboxEntry) -> dict[str, Any]:
     return {"id": o.id, "messageId": o.message_id, "contactId": o.contact_id, "channel": o.channel,
             "address": o.address, "from": o.sender, "subject": o.subject, "body": o.body,
             "plainText": o.plain_text, "requestId": o.request_id, "state": o.state, "attempts": o.attempts,
-            "error": o.error, "createdAt": o.created_at, "updatedAt": o.updated_at}
+            "error": o.error, "createdAt": o.created_at, "updatedAt": o.updated_at, "languageCode": o.language_code,
+            "tags": o.tags or [], "externalRequestId": o.external_request_id}
 
 
 @routes.post("/api/v1/messages")
@@ -87,8 +89,8 @@ async def smartsend(request: web.Request) -> web.StreamResponse:
     key = _idempotency_key(request)
     body = await read_json(request, MAX_SEND_BYTES)
     recipients = payload.recipients(body, request.app[NORMALISER])
-    from_name = payload.from_name(body)
-    return json_response(await request.app[MESSAGES].smartsend(message_id, recipients, from_name, key))
+    options = payload.send_options(body)
+    return json_response(await request.app[MESSAGES].smartsend(message_id, recipients, options, key))
 
 
 @routes.post("/api/v1/message/email")
@@ -101,27 +103,29 @@ async def one_off_email(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/v1/message/{message_id}/outbox")
 async def message_outbox(request: web.Request) -> web.StreamResponse:
-    """A message's sends, newest first, paginated as ``/messages``."""
+    """A message's sends, newest first, paginated as ``/messages``; ``?externalRequestId=`` those of a request."""
     message_id = _message_id(request)
-    limit = int_param(request, "limit", 100, 1, 1000)
-    before = keyset_after(request)
     await request.app[MESSAGES].message(message_id)
     async with request.app[DB].reader() as s:
-        rows, total = await store.page_of_outbox(s, limit, before, message_id=message_id)
-    rows, cursor = keyset_page(rows, limit, lambda o: (o.created_at, o.id))
-    return json_response({"messageId": message_id, "total": total, "outbox": [_outbox_body(o) for o in rows],
-                          "next": cursor})
+        return json_response({"messageId": message_id, **await _outbox_page(request, s, message_id=message_id)})
 
 
 @routes.get("/api/v1/contact/{contact_id}/messages")
 async def contact_messages(request: web.Request) -> web.StreamResponse:
-    """A contact's sends, newest first, paginated as ``/messages``."""
+    """A contact's sends, newest first, paginated as ``/messages``; ``?externalRequestId=`` as the outbox's."""
     contact_id = path_contact_id(request)
-    limit = int_param(request, "limit", 100, 1, 1000)
-    before = keyset_after(request)
     async with request.app[DB].reader() as s:
         await live_contact(s, contact_id)
-        rows, total = await store.page_of_outbox(s, limit, before, contact_id=contact_id)
+        return json_response({"contactId": contact_id, **await _outbox_page(request, s, contact_id=contact_id)})
+
+
+async def _outbox_page(request: web.Request, s: AsyncSession, **owner: int) -> dict[str, Any]:
+    limit = int_param(request, "limit", 100, 1, 1000)
+    before = keyset_after(request)
+    external = request.query.get("externalRequestId")
+    if external is not None and not (0 < len(external) <= payload.MAX_EXTERNAL_REQUEST_ID and external.isprintable()):
+        raise ValidationFailed([{"field": "externalRequestId", "message": "must be 1 to "
+                                 f"{payload.MAX_EXTERNAL_REQUEST_ID} printable characters"}])
+    rows, total = await store.page_of_outbox(s, limit, before, external_request_id=external, **owner)
     rows, cursor = keyset_page(rows, limit, lambda o: (o.created_at, o.id))
-    return json_response({"contactId": contact_id, "total": total, "outbox": [_outbox_body(o) for o in rows],
-                          "next": cursor})
+    return {"total": total, "outbox": [_outbox_body(o) for o in rows], "next": cursor}

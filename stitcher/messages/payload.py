@@ -22,6 +22,8 @@ MAX_NAME = 256
 MAX_SENDER = 320
 MAX_JSON_PARAM_CHARS = 64 * 1024
 MAX_TAGS = 100
+MAX_LANGUAGE_CODE = 16  # as a contact's languageCode
+MAX_EXTERNAL_REQUEST_ID = 256
 
 
 class Channel(StrEnum):
@@ -47,12 +49,14 @@ class MessageDraft:
 @dataclass(frozen=True)
 class Recipient:
     """One recipient of a send: who it names (``identity``, the locator among its channels), the
-    ``locator`` as given (echoed in the answer), its jsonParam and, if it cannot be sent to, why."""
+    ``locator`` as given (echoed in the answer), its jsonParam, the ``languageCode`` asked for this send and,
+    if it cannot be sent to, why."""
 
     locator: str | None
     identity: Identity = field(default_factory=Identity)
     params: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
+    language: str | None = None
 
 
 def _text(body: Mapping[str, Any], name: str, errors: FieldErrors, *, limit: int, required: bool) -> str | None:
@@ -153,11 +157,24 @@ def _recipient(item: Any, i: int, normaliser: Normaliser) -> Recipient:
                        if item.get("externalCustomerId") not in (None, "") else None)
         channels = () if locator in (None, "") else (read_locator(locator, normaliser, f"{where}.locator"),)
         params = _json_param(item.get("jsonParam"), f"{where}.jsonParam")
+        language = _language_code(item, f"{where}.languageCode")
     except ValidationFailed as exc:
         return Recipient(shown, error=exc.message)
     if contact_id is None and external_id is None and not channels:
         return Recipient(shown, error=f"{where}: give contactId, externalCustomerId or locator")
-    return Recipient(shown, Identity(contact_id, external_id, channels), params)
+    return Recipient(shown, Identity(contact_id, external_id, channels), params, language=language)
+
+
+def _language_code(item: Mapping[str, Any], where: str) -> str | None:
+    """A recipient's ``languageCode`` (``en``, ``uk``, ``pt-BR``): the language the message is rendered for."""
+    value = item.get("languageCode")
+    if value is None or value == "":
+        return None
+    if not (isinstance(value, str) and len(value) <= MAX_LANGUAGE_CODE and value.isascii()
+            and value.replace("-", "").replace("_", "").isalnum()):
+        raise ValidationFailed([{"field": where, "message": f"must be a language code (letters, digits, '-' or "
+                                                            f"'_', at most {MAX_LANGUAGE_CODE} characters)"}])
+    return value
 
 
 def _contact_id(value: Any, where: str) -> int | None:
@@ -206,6 +223,8 @@ class OneOffEmail:
     html: str
     plain: str | None
     emails: list[tuple[str, str | None, str | None]]  # (as given, normalised, error)
+    tags: list[str] | None = None
+    external_request_id: str | None = None
 
 
 def parse_email(payload: Any, normaliser: Normaliser) -> OneOffEmail:
@@ -220,8 +239,11 @@ def parse_email(payload: Any, normaliser: Normaliser) -> OneOffEmail:
     plain = _text(body, "plainText", errors, limit=MAX_TEMPLATE_CHARS, required=False)
     tags = body.get("tags")
     if tags is not None and not (isinstance(tags, list) and len(tags) <= MAX_TAGS
-                                 and all(isinstance(t, str) and len(t) <= MAX_NAME for t in tags)):
-        errors.add("tags", f"must be a list of at most {MAX_TAGS} strings")
+                                 and all(isinstance(t, str) and len(t) <= MAX_NAME
+                                         and jsonbody.text_problem(t) is None for t in tags)):
+        errors.add("tags", f"must be a list of at most {MAX_TAGS} strings of at most {MAX_NAME} characters")
+        tags = None
+    request_id = _external_request_id(body, errors)
     emails = body.get("emails")
     if not isinstance(emails, list) or not 1 <= len(emails) <= MAX_RECIPIENTS:
         errors.add("emails", f"must be a list of 1 to {MAX_RECIPIENTS} addresses")
@@ -234,14 +256,34 @@ def parse_email(payload: Any, normaliser: Normaliser) -> OneOffEmail:
             out.append((shown, normaliser.email(raw, f"emails[{i}]"), None))
         except ValidationFailed as exc:
             out.append((shown, None, exc.message))
-    return OneOffEmail(sender, subject, html, plain, out)
+    return OneOffEmail(sender, subject, html, plain, out, tags or None, request_id)
 
 
-def from_name(body: Mapping[str, Any]) -> str | None:
-    """A smartsend's ``fromName``: the sender's display name for this send (one line, ≤ 256 characters)."""
+def _external_request_id(body: Mapping[str, Any], errors: FieldErrors) -> str | None:
+    """``externalRequestId``: the client's own id for the request, stored on each of its sends (the outbox is
+    read back by it), as the platform does; not an idempotency key (``Idempotency-Key`` is)."""
+    value = _text(body, "externalRequestId", errors, limit=MAX_EXTERNAL_REQUEST_ID, required=False)
+    if value is not None and not value.isprintable():
+        errors.add("externalRequestId", "must be printable characters")
+        return None
+    return value or None
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """A smartsend's request-wide fields: ``fromName`` and ``externalRequestId``."""
+
+    from_name: str | None = None
+    external_request_id: str | None = None
+
+
+def send_options(body: Mapping[str, Any]) -> SendOptions:
+    """``fromName`` (the sender's display name for this send, one line, ≤ 256 characters) and
+    ``externalRequestId``; a bad one is a 400 naming it."""
     errors = FieldErrors()
     name = _text(body, "fromName", errors, limit=MAX_NAME, required=False)
     if name is not None and any(c in name for c in '\r\n"<>'):
         errors.add("fromName", "must be one line without quotes or angle brackets")
+    request_id = _external_request_id(body, errors)
     errors.raise_if_any()
-    return name or None
+    return SendOptions(name or None, request_id)

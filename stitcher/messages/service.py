@@ -5,7 +5,10 @@
    recipients) and each recipient is resolved by the one rule (``rules.resolve_recipient``);
 3. each resolved recipient's subject and body are rendered (``render.Template``; a render that fails fails
    that recipient alone);
-4. the outbox rows, their ``source: "message"`` timeline entries and the receipt are inserted in multi-row
+4. the contacts the recipients resolved to are share-locked (``store.moved_recipients``): one merged away,
+   deleted or erased since it was read makes the transaction run again, so a send racing a merge lands on the winner
+   (a contactId of a merged contact names its winner, ``repo.merge_winners``), never on the merged-away row;
+5. the outbox rows, their ``source: "message"`` timeline entries and the receipt are inserted in multi-row
    statements. A send changes no contact, so it takes no identity keys; a contact erased meanwhile makes
    the insert fail its foreign key, and the transaction runs again without it.
 """
@@ -22,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from stitcher.domain.identifiers import IdentifierKind, Identity
 from stitcher.domain.rules import resolve_recipient
-from stitcher.messages.payload import Channel, MessageDraft, OneOffEmail, Recipient
+from stitcher.messages.payload import Channel, MessageDraft, OneOffEmail, Recipient, SendOptions
 from stitcher.messages.render import RenderFailed, Template
 from stitcher.store import messages as store
 from stitcher.store import orders as timeline
@@ -31,6 +34,10 @@ from stitcher.store.db import Contention, Database
 from stitcher.store.messages import Person, Recipients
 from stitcher.store.models import Message
 from tracker.errors import NotFound
+
+
+class _RecipientMoved(Exception):
+    """A recipient's contact was merged, deleted or erased between its read and its lock: send again."""
 
 
 class MessageNotFound(NotFound):
@@ -50,16 +57,19 @@ class Content:
     body: Template | str
     plain: str | None = None
     message_id: int | None = None
+    tags: list[str] | None = None
+    external_request_id: str | None = None
 
 
-def context(person: Person, params: Mapping[str, Any]) -> dict[str, Any]:
-    """A recipient's placeholders: the jsonParam keys, then the contact's (which win on a shared name)."""
+def context(person: Person, params: Mapping[str, Any], language: str | None = None) -> dict[str, Any]:
+    """A recipient's placeholders: the jsonParam keys, then the contact's (which win on a shared name);
+    ``languageCode`` is the recipient's, when the send gives one, else the contact's."""
     c = person.contact
     emails, phones = person.addresses(IdentifierKind.EMAIL), person.addresses(IdentifierKind.SMS)
     fields = {str(f.get("id")): f.get("value") for f in c.custom_fields or [] if isinstance(f, Mapping)}
     return {**params, "contactId": c.id, "firstName": c.first_name or "", "lastName": c.last_name or "",
             "email": emails[0] if emails else "", "sms": phones[0] if phones else "",
-            "externalCustomerId": c.external_customer_id or "", "languageCode": c.language_code or "",
+            "externalCustomerId": c.external_customer_id or "", "languageCode": language or c.language_code or "",
             "fields": fields}
 
 
@@ -80,29 +90,31 @@ class MessageService:
             raise MessageNotFound(message_id)
         return message
 
-    async def smartsend(self, message_id: int, recipients: Sequence[Recipient], from_name: str | None,
+    async def smartsend(self, message_id: int, recipients: Sequence[Recipient], options: SendOptions,
                         key: str | None) -> dict[str, Any]:
         message = await self.message(message_id)
         sender = message.sender
-        if from_name and sender:
-            sender = f'"{from_name}" <{sender.rpartition("<")[2].rstrip("> ")}>'
+        if options.from_name and sender:
+            sender = f'"{options.from_name}" <{sender.rpartition("<")[2].rstrip("> ")}>'
         content = Content(Channel(message.channel), sender, Template(message.subject) if message.subject else None,
-                          Template(message.body), message_id=message_id)
+                          Template(message.body), message_id=message_id,
+                          external_request_id=options.external_request_id)
         return await self._send(content, recipients, _receipt_key(f"message:{message_id}", key))
 
     async def email(self, email: OneOffEmail, key: str | None) -> dict[str, Any]:
         recipients = [Recipient(shown, Identity(channels=((IdentifierKind.EMAIL, address),)))
                       if address is not None else Recipient(shown, error=error)
                       for shown, address, error in email.emails]
-        content = Content(Channel.EMAIL, email.sender, None, email.html, email.plain)
+        content = Content(Channel.EMAIL, email.sender, None, email.html, email.plain, tags=email.tags,
+                          external_request_id=email.external_request_id)
         return await self._send(content, recipients, _receipt_key("email", key), subject=email.subject)
 
     async def _send(self, content: Content, recipients: Sequence[Recipient], key: str | None,
                     subject: str | None = None) -> dict[str, Any]:
         try:
             return await self.db.retry(lambda: self._send_once(content, recipients, key, subject),
-                                       also=(IntegrityError,))
-        except IntegrityError as exc:
+                                       also=(IntegrityError, _RecipientMoved))
+        except (IntegrityError, _RecipientMoved) as exc:
             raise Contention(type(exc).__name__) from exc
 
     async def _send_once(self, content: Content, recipients: Sequence[Recipient], key: str | None,
@@ -119,6 +131,9 @@ class MessageService:
                 results.append(result)
                 if row is not None:
                     rows.append(row)
+            # every contact a recipient resolved to, sent or failed (a merge moving its channels mid-read)
+            if moved := await store.moved_recipients(self.db, s, (r["id"] for r in results if r["id"] is not None)):
+                raise _RecipientMoved(sorted(moved))
             ids = await store.add_outbox(self.db, s, rows)
             await timeline.add_timeline(self.db, s, [_timeline_row(i, row, now) for i, row in zip(ids, rows,
                                                                                                   strict=True)])
@@ -147,7 +162,7 @@ def _one(content: Content, recipient: Recipient, found: Recipients, subject: str
     address = locator[1] if locator is not None and locator[0] is kind else addresses[0] if addresses else None
     if address is None:
         return failed(f"contact {match.contact_id} has no {content.channel.value} channel", match.contact_id)
-    values = context(person, recipient.params)
+    values = context(person, recipient.params, recipient.language)
     try:
         body = content.body.render(values) if isinstance(content.body, Template) else content.body
         rendered = content.subject.render(values) if content.subject is not None else subject
@@ -159,9 +174,14 @@ def _one(content: Content, recipient: Recipient, found: Recipients, subject: str
     row = {"message_id": content.message_id, "contact_id": match.contact_id, "channel": content.channel.value,
            "address": address, "sender": content.sender, "subject": rendered, "body": body,
            "plain_text": content.plain, "request_id": request_id, "state": store.QUEUED, "attempts": 0,
-           "error": None, "next_attempt_at": now, "created_at": now, "updated_at": now}
+           "error": None, "next_attempt_at": now, "created_at": now, "updated_at": now,
+           "language_code": values["languageCode"] or None, "tags": content.tags,
+           "external_request_id": content.external_request_id}
+    named = recipient.identity.contact_id
+    note = f"contact {named} was merged into contact {match.contact_id}" \
+        if named is not None and named != match.contact_id else None
     return {"id": match.contact_id, "locator": recipient.locator or address, "status": "OK",
-            "requestId": request_id, "message": None}, row
+            "requestId": request_id, "message": note}, row
 
 
 def _timeline_row(outbox_id: int, row: Mapping[str, Any], now: int) -> dict[str, Any]:

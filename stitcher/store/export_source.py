@@ -11,17 +11,18 @@ stamp below it, which is why a watermark keeps them as ``pending`` until a run s
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, func, select, text, tuple_
+from sqlalchemy import Table, delete, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from stitcher.store.db import Database
-from stitcher.store.models import ExportTombstone, Group, GroupMember, Identifier, TimelineEvent
+from stitcher.store.models import ExportSource, ExportTombstone, Group, GroupMember, Identifier, TimelineEvent
 from stitcher.store.tables import CONTACTS, ORDERS
 
 TIMELINE: Table = TimelineEvent.__table__  # type: ignore[attr-defined]
@@ -83,18 +84,53 @@ async def count(session: AsyncSession, source: str, window: Window) -> int:
                                       .where(*_in(table, window)))).scalar_one())
 
 
-async def changed(session: AsyncSession, source: str, window: Window, after: tuple[int, int],
-                  limit: int) -> list[dict[str, Any]]:
-    """The next ``limit`` rows of ``source`` in the window after the key ``after``, oldest change first,
-    each with its ``cursor`` (its ``(change_seq, id)``)."""
+async def changes(session: AsyncSession, source: str, window: Window, batch_rows: int
+                  ) -> AsyncIterator[list[dict[str, Any]]]:
+    """The rows of ``source`` in the window, oldest change first, in lists of up to ``batch_rows``, each row
+    with its ``cursor`` (its ``(change_seq, id)``). One query read as it goes (a server-side cursor): the
+    contacts' ``change_seq`` has no index (migration 0010), so a query per batch would scan them each time."""
     table = SOURCES[source]
     seq = _seq(table)
-    rows = await session.execute(select(table).where(*_in(table, window), tuple_(seq, table.c.id) > tuple_(*after))
-                                 .order_by(seq, table.c.id).limit(limit))
-    out = [dict(row) for row in rows.mappings()]
-    for row in out:
-        row["cursor"] = (row["seq"] if table is TOMBSTONES else row["change_seq"], row["id"])
-    return out
+    result = await session.stream(select(table).where(*_in(table, window)).order_by(seq, table.c.id)
+                                  .execution_options(yield_per=batch_rows))
+    async for part in result.mappings().partitions(batch_rows):
+        rows = [dict(row) for row in part]
+        for row in rows:
+            row["cursor"] = (row["seq"] if table is TOMBSTONES else row["change_seq"], row["id"])
+        yield rows
+
+
+@dataclass(frozen=True)
+class Identity:
+    """This database as a source: its random id (migration 0010) and the last tombstone pruned."""
+
+    source_id: str
+    pruned: tuple[int, int]
+
+
+_SOURCE = ExportSource.__table__  # type: ignore[attr-defined]
+
+
+async def identity(session: AsyncSession) -> Identity:
+    row = (await session.execute(select(_SOURCE.c.source_id, _SOURCE.c.pruned_seq, _SOURCE.c.pruned_id))).one()
+    return Identity(row[0], (int(row[1]), int(row[2])))
+
+
+async def prune(db: Database, older_than_ms: int) -> int:
+    """Delete the tombstones written more than ``older_than_ms`` ago, remembering the last one deleted (a
+    target that had not read it has missed deletes); how many went."""
+    cutoff = int(time.time() * 1000) - older_than_ms
+    async with db.transaction() as session:
+        old = TOMBSTONES.c.at < cutoff
+        last = (await session.execute(select(TOMBSTONES.c.seq, TOMBSTONES.c.id).where(old)
+                                      .order_by(TOMBSTONES.c.seq.desc(), TOMBSTONES.c.id.desc()).limit(1))).first()
+        if last is None:
+            return 0
+        gone = getattr(await session.execute(delete(TOMBSTONES).where(old)), "rowcount", 0)
+        await session.execute(update(_SOURCE).where(tuple_(_SOURCE.c.pruned_seq, _SOURCE.c.pruned_id)
+                                                    < tuple_(last[0], last[1]))
+                              .values(pruned_seq=last[0], pruned_id=last[1]))
+        return int(gone)
 
 
 async def channels_and_groups(session: AsyncSession, contact_ids: Sequence[int]

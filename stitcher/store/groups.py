@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -64,8 +64,13 @@ async def dynamic_names(session: AsyncSession, names: Iterable[str]) -> set[str]
         col(Group.name).in_(wanted), col(Group.type) == GroupType.DYNAMIC.value))).scalars())
 
 
-async def listing(session: AsyncSession) -> list[Group]:
-    return list((await session.execute(select(Group).order_by(col(Group.id)))).scalars())
+async def listing(session: AsyncSession, start: int, max_rows: int) -> tuple[list[Group], int]:
+    """The groups ``start``.. (1-based) by id, ``max_rows`` of them, and how many groups there are."""
+    total = int((await session.execute(select(func.count()).select_from(Group))).scalar_one())
+    if total < start:
+        return [], total
+    q = select(Group).order_by(col(Group.id)).offset(start - 1).limit(max_rows)
+    return list((await session.execute(q)).scalars()), total
 
 
 async def get(session: AsyncSession, group_id: int) -> Group | None:

@@ -43,7 +43,8 @@ class Contact(SQLModel, table=True):
         Index("ix_contacts_live", "id", sqlite_where=text(LIVE), postgresql_where=text(LIVE)),
         Index("ix_contacts_live_no_external_id", "id", sqlite_where=text(LIVE_NO_EXTERNAL_ID),
               postgresql_where=text(LIVE_NO_EXTERNAL_ID)),
-        Index("ix_contacts_change_seq", "change_seq", "id"),
+        # no index on change_seq (migration 0010): every update changes it, and an indexed column changed
+        # makes PostgreSQL write a new entry in every index of the row (no HOT update); exports scan instead
         SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -272,6 +273,7 @@ class OutboxEntry(SQLModel, table=True):
         Index("ix_outbox_due", "state", "next_attempt_at"),
         Index("ix_outbox_message", "message_id", "id"),
         Index("ix_outbox_contact", "contact_id", "id"),
+        Index("ix_outbox_external_request", "external_request_id", "id"),
         SQLITE_AUTOINCREMENT,
     )
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -290,6 +292,9 @@ class OutboxEntry(SQLModel, table=True):
     next_attempt_at: int = _ms()
     created_at: int = _ms()
     updated_at: int = _ms()
+    language_code: str | None = Field(default=None, max_length=16)  # the language it was rendered for
+    tags: list[str] | None = Field(default=None, sa_type=Json)  # a one-off email's tags
+    external_request_id: str | None = Field(default=None, max_length=256)  # the client's id of the request
 
 
 class SendReceipt(SQLModel, table=True):
@@ -299,6 +304,7 @@ class SendReceipt(SQLModel, table=True):
     """
 
     __tablename__ = "send_receipts"
+    __table_args__ = (Index("ix_send_receipts_created", "created_at"),)
     key: str = Field(sa_column=Column(String(64), primary_key=True))
     answer: dict[str, Any] = Field(sa_type=Json)
     created_at: int = _ms()
@@ -314,6 +320,7 @@ class ExportTombstone(SQLModel, table=True):
     seq: int = Field(sa_type=BigInteger)
     tbl: str = Field(max_length=16)
     row_id: int = Field(sa_type=BigInteger)
+    at: int | None = Field(default=None, sa_type=BigInteger)  # ms; written by the trigger (migration 0010)
 
 
 class ExportSeq(SQLModel, table=True):
@@ -322,3 +329,15 @@ class ExportSeq(SQLModel, table=True):
     __tablename__ = "export_seq"
     id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     value: int = Field(sa_type=BigInteger)
+
+
+class ExportSource(SQLModel, table=True):
+    """This database as the exports' source: a random id made by migration 0010 (each target keeps the id
+    it was exported from, so it is never continued from another database) and how far ``stitcher export
+    prune`` deleted tombstones (a target whose watermark is below that has missed deletes)."""
+
+    __tablename__ = "export_source"
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    source_id: str = Field(max_length=64)
+    pruned_seq: int = Field(default=0, sa_type=BigInteger)
+    pruned_id: int = Field(default=0, sa_type=BigInteger)

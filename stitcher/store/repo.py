@@ -194,14 +194,44 @@ async def merge_into(db: Database, session: AsyncSession, loser_id: int, winner_
     return record
 
 
+MAX_MERGE_CHAIN = 64  # a chain longer than this (or a cycle, which merges never make) names no one
+
+
+async def merge_winners(session: AsyncSession, contact_ids: Iterable[int]) -> dict[int, int]:
+    """THE merge chain: each of these contacts mapped to the unmerged contact it is (itself) or was merged into,
+    set-wise (one query per link of the longest chain); an id that does not exist, or whose chain ends in an
+    erased contact, is left out. Soft-deleted contacts are kept: each caller decides what they mean."""
+    merged_into: dict[int, int | None] = {}
+    missing: set[int] = set()
+    head = {cid: cid for cid in contact_ids}  # each asked id -> how far along its chain it has got
+    winners: dict[int, int] = {}
+    for _ in range(MAX_MERGE_CHAIN):
+        unknown = sorted(set(head.values()) - merged_into.keys() - missing)
+        if unknown:
+            rows = {cid: into for cid, into in await session.execute(
+                select(col(Contact.id), col(Contact.merged_into_id)).where(col(Contact.id).in_(unknown)))
+                if cid is not None}
+            merged_into.update(rows)
+            missing.update(set(unknown) - rows.keys())
+        moved: dict[int, int] = {}
+        for asked, at in head.items():
+            if at in missing:
+                continue
+            nxt = merged_into[at]
+            if nxt is None:
+                winners[asked] = at
+            else:
+                moved[asked] = nxt
+        head = moved
+        if not head:
+            break
+    return winners
+
+
 async def resolve_merged(session: AsyncSession, contact_id: int) -> Contact | None:
     """The live contact that ``contact_id`` is or was merged into (None if erased)."""
-    seen = set()
-    contact = await session.get(Contact, contact_id)
-    while contact is not None and contact.merged_into_id is not None and contact.id not in seen:
-        seen.add(contact.id)
-        contact = await session.get(Contact, contact.merged_into_id)
-    return contact
+    winner = (await merge_winners(session, [contact_id])).get(contact_id)
+    return await session.get(Contact, winner) if winner is not None else None
 
 
 async def count(session: AsyncSession, query: Any) -> int:

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, se
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from stitcher.domain.segments import DAY_MS, Condition, FieldKind, Match, Op
+from stitcher.domain.segments import DAY_MS, Condition, FieldKind, Match, Op, custom_readings
 from stitcher.store.models import Contact, GroupMember, Identifier, TimelineEvent, VisitorLink
 from stitcher.store.tables import CONTACTS, MEMBERS
 
@@ -59,24 +59,75 @@ def _channel(c: Condition) -> ColumnElement[bool]:
     return ident.where(func.lower(col(Identifier.value)).like(_like(str(c.value)), escape="!"))
 
 
-def _custom(c: Condition, n: int, dialect: str) -> ColumnElement[bool]:
-    """A custom field of the contact's ``fields`` list (``[{id, value}]``), compared as text."""
-    if dialect == "postgresql":
-        fid, fvalue = "e->>'id'", "e->>'value'"
-        source = ("jsonb_array_elements(CASE jsonb_typeof(contacts.fields) WHEN 'array' THEN contacts.fields "
-                  "ELSE '[]'::jsonb END) AS e")
-    else:
-        source = "json_each(CASE json_type(contacts.fields) WHEN 'array' THEN contacts.fields ELSE '[]' END) AS e"
-        fid, fvalue = "CAST(json_extract(e.value, '$.id') AS TEXT)", "CAST(json_extract(e.value, '$.value') AS TEXT)"
+# The elements of a contact's ``fields`` as rows ``f(fid, ftext, ftype)`` — id and value's text read ONCE per
+# element (OFFSET 0 / LIMIT -1 keep PostgreSQL and SQLite from inlining them into every condition's test) —
+# and each dialect's spelling of the JSON types (PostgreSQL's jsonb_typeof, SQLite's json_type).
+_CUSTOM = {
+    "postgresql": {
+        "source": "(SELECT e->>'id' AS fid, e->>'value' AS ftext, jsonb_typeof(e->'value') AS ftype, "
+                  "e->'value' AS fjson FROM jsonb_array_elements(CASE jsonb_typeof(contacts.fields) WHEN 'array' "
+                  "THEN contacts.fields ELSE '[]'::jsonb END) AS e) AS f",
+        "string": "'string'", "true": "'boolean' AND f.ftext = 'true'", "false": "'boolean' AND f.ftext = 'false'",
+        # CASE orders the casts: only a number is cast, and one beyond a double's range equals no double
+        "number": "CASE WHEN f.ftype = 'number' THEN CASE WHEN abs(f.fjson::numeric) < 1e308 "
+                  "THEN f.fjson::numeric::float8 = :fn{n} END END",
+    },
+    "sqlite": {
+        "source": "(SELECT CAST(json_extract(e.value, '$.id') AS TEXT) AS fid, json_extract(e.value, '$.value') "
+                  "AS ftext, json_type(e.value, '$.value') AS ftype FROM json_each(CASE json_type(contacts.fields) "
+                  "WHEN 'array' THEN contacts.fields ELSE '[]' END) AS e LIMIT -1) AS f",
+        "string": "'text'", "true": "'true'", "false": "'false'",
+        "number": "(f.ftype IN ('integer', 'real') AND CAST(f.ftext AS REAL) = :fn{n})",
+    },
+}
+
+
+def _custom_equals(n: int, sql: dict[str, str], value: str) -> tuple[str, dict[str, Any]]:
+    """A stored value equal to a condition's (``custom_readings``): a string the text, a boolean the boolean
+    it reads as, a number the number."""
+    flag, number = custom_readings(value)
+    parts = [f"(f.ftype = {sql['string']} AND f.ftext = :fv{n})"]
+    params: dict[str, Any] = {f"fv{n}": value}
+    if flag is not None:
+        parts.append(f"(f.ftype = {sql['true' if flag else 'false']})")
+    if number is not None:
+        parts.append(sql["number"].format(n=n))
+        params[f"fn{n}"] = number
+    return f"({' OR '.join(parts)})", params
+
+
+def _custom_holds(c: Condition, n: int, sql: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """Whether one element of ``fields`` is the condition's field with a value it looks for (by
+    ``stitcher.domain.segments``' rule: set when neither null nor ""; equal per ``custom_readings``;
+    contains in strings); the condition holds when some element is (``not_*``: when none is)."""
     params: dict[str, Any] = {f"fid{n}": c.target}
-    has = f"{fvalue} IS NOT NULL AND {fvalue} <> ''"
+    has = "f.ftext IS NOT NULL AND CAST(f.ftext AS TEXT) <> ''"
     if c.op in (Op.EQUALS, Op.NOT_EQUALS):
-        has, params = f"{fvalue} = :fv{n}", {**params, f"fv{n}": c.value}
+        has, more = _custom_equals(n, sql, str(c.value))
+        params |= more
     elif c.op is Op.CONTAINS:
-        has, params = f"lower({fvalue}) LIKE :fv{n} ESCAPE '!'", {**params, f"fv{n}": _like(str(c.value))}
-    negated = "NOT " if c.op in (Op.NOT_SET, Op.NOT_EQUALS) else ""
-    return text(f"{negated}EXISTS (SELECT 1 FROM {source} WHERE {fid} = :fid{n} AND {has})"  # type: ignore[return-value]
-                ).bindparams(**params)
+        has = f"f.ftype = {sql['string']} AND lower(f.ftext) LIKE :fv{n} ESCAPE '!'"
+        params[f"fv{n}"] = _like(str(c.value))
+    return f"f.fid = :fid{n} AND {has}", params
+
+
+def _custom(numbered: Sequence[tuple[int, Condition]], match: Match, dialect: str) -> ColumnElement[bool]:
+    """Every custom field condition (``numbered``: each with the number keeping its bound names apart) in ONE
+    pass over the contact's ``fields``: a scalar subquery sums a bit per condition that holds, and ``all``
+    wants every bit, ``any`` one. A pass per condition cost 50 passes for 50 conditions (20,000 contacts of
+    20 fields: 19 s on SQLite, 6.6 s on PostgreSQL, for a group ``any``)."""
+    sql = _CUSTOM["postgresql" if dialect == "postgresql" else "sqlite"]
+    terms: list[str] = []
+    params: dict[str, Any] = {}
+    for bit, (n, c) in enumerate(numbered):
+        element, more = _custom_holds(c, n, sql)
+        params |= more
+        seen = f"coalesce(max(CASE WHEN {element} THEN 1 ELSE 0 END), 0)"
+        terms.append(f"{1 << bit} * ({'1 - ' if c.op in (Op.NOT_SET, Op.NOT_EQUALS) else ''}{seen})")
+    ids = ", ".join(f":fid{n}" for n, _ in numbered)
+    held = f"(SELECT {' + '.join(terms)} FROM {sql['source']} WHERE f.fid IN ({ids}))"
+    wanted = f"= {(1 << len(numbered)) - 1}" if match is Match.ALL else "<> 0"
+    return text(f"{held} {wanted}").bindparams(**params)  # type: ignore[return-value]
 
 
 def _time(c: Condition, now_ms: int) -> ColumnElement[bool]:
@@ -104,7 +155,7 @@ def condition(c: Condition, n: int, dialect: str, now_ms: int) -> ColumnElement[
     if c.kind is FieldKind.CHANNEL:
         return _channel(c)
     if c.kind is FieldKind.CUSTOM:
-        return _custom(c, n, dialect)
+        return _custom([(n, c)], Match.ALL, dialect)
     if c.kind is FieldKind.TIME:
         return _time(c, now_ms)
     if c.kind is FieldKind.EVENT:
@@ -117,8 +168,12 @@ def condition(c: Condition, n: int, dialect: str, now_ms: int) -> ColumnElement[
 
 
 def dynamic_filter(conditions: Sequence[Condition], match: Match, dialect: str, now_ms: int) -> ColumnElement[bool]:
-    """Every condition (``all``) or one of them (``any``) as one SQL filter."""
-    parts = [condition(c, n, dialect, now_ms) for n, c in enumerate(conditions)]
+    """Every condition (``all``) or one of them (``any``) as one SQL filter; the custom field conditions
+    together, in one pass over the contact's fields (``_custom``)."""
+    custom = [(n, c) for n, c in enumerate(conditions) if c.kind is FieldKind.CUSTOM]
+    parts = [condition(c, n, dialect, now_ms) for n, c in enumerate(conditions) if c.kind is not FieldKind.CUSTOM]
+    if custom:
+        parts.append(_custom(custom, match, dialect))
     if not parts:
         return false()
     return and_(*parts) if match is Match.ALL else or_(*parts)

@@ -109,6 +109,23 @@ async def test_a_merge_shows_in_the_identity_log_with_a_link(stitcher_service: s
     await console.wait_for_url(f"**/console/contact/{winner['id']}")
 
 
+async def test_the_pages_load_their_css_and_js_behind_the_key(stitcher_service: str, console: Page) -> None:
+    """The static files are behind the key too: a browser that was given it loads them (the style applies,
+    the script shows the story's filters), while a request without the key is a 401."""
+    contact = await _api(stitcher_service, "POST", "/api/v1/contact", {"externalCustomerId": "C-STYLE"})
+    statics: list[Response] = []
+    console.on("response", lambda r: statics.append(r) if "/console/static/" in r.url else None)
+    await console.goto(f"{stitcher_service}/console/contact/{contact['id']}")
+    await console.wait_for_load_state("load")
+    assert sorted((r.url.rsplit("/", 1)[1], r.status) for r in statics) == [("console.css", 200),
+                                                                              ("console.js", 200)]
+    background = await console.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(245, 247, 250)"
+    assert await console.locator(".filters").is_visible()
+    async with aiohttp.ClientSession() as session, session.get(f"{stitcher_service}/console/static/console.css") as r:
+        assert r.status == 401
+
+
 async def test_the_overview_shows_a_rejected_event(stitcher_service: str, console: Page) -> None:
     """A beacon event the collector refused is listed on the overview with its reason."""
     async with aiohttp.ClientSession() as session, session.post(f"{stitcher_service}/t", json={"events": [

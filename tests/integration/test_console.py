@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from typing import Any
@@ -10,6 +11,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from stitcher.console.throughput import KEY, MINUTES, SharedMinutes
 from tests.conftest import auth
 from tests.helpers import beacon, call, page_views
 
@@ -86,12 +88,21 @@ async def test_hostile_names_are_escaped(client):
 
 
 async def test_console_without_its_slash_goes_to_the_search(client):
-    """``/console`` redirects to ``/console/``; the static files load."""
+    """``/console`` redirects to ``/console/``; the static files load with the key, are a 401 asking for it
+    without (or with a wrong one), and only the console's own files are served."""
     r = await client.get("/console", allow_redirects=False)
     assert r.status == 302 and r.headers["Location"] == "/console/"
-    for name in ("console.css", "console.js"):
-        r = await client.get(f"/console/static/{name}")
-        assert r.status == 200
+    for name, kind in (("console.css", "text/css"), ("console.js", "javascript")):
+        r = await client.get(f"/console/static/{name}", headers=auth())
+        assert r.status == 200 and kind in r.headers["Content-Type"]
+        served = (await r.text()).strip().splitlines()[0]
+        for headers in ({}, {"Authorization": "Basic eDp3cm9uZw=="}):
+            r = await client.get(f"/console/static/{name}", headers=headers)
+            assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
+            assert served not in await r.text()
+    for name in ("..%2Fhandlers.py", "nope.css", "%00", "console.css%00", "%2E%2E%2F__init__.py"):
+        r = await client.get(f"/console/static/{name}", headers=auth(), allow_redirects=False)
+        assert r.status == 404, name
 
 
 async def test_unknown_and_malformed_ids_are_pages_not_500(client):
@@ -214,3 +225,20 @@ async def test_hostile_requests_are_4xx_pages(client):
         assert 400 <= r.status < 500, path
     r = await client.put("/console/search", headers=auth())
     assert r.status == 405
+
+
+async def test_the_overviews_minutes_are_every_processs(redis_client):
+    """Two processes' samplers add to the same minutes in Redis; each reads the sum; quiet minutes read 0."""
+    counters = [{"received": 0.0, "stitched": 0.0}, {"received": 0.0, "stitched": 0.0}]
+    one, two = (SharedMinutes(redis_client, functools.partial(dict, c)) for c in counters)
+    counters[0]["received"], counters[1]["received"], counters[1]["stitched"] = 5, 3, 2
+    await one.sample(now=60 * 10 + 1)
+    await two.sample(now=60 * 10 + 2)
+    counters[0]["received"] = 9
+    await one.sample(now=60 * 12)
+    for ring in (one, two):
+        assert await ring.rows(now=60 * 12, last=3) == [
+            (12 * 60_000, {"received": 4, "rejected": 0, "stitched": 0, "worker": 0}),
+            (11 * 60_000, {"received": 0, "rejected": 0, "stitched": 0, "worker": 0}),
+            (10 * 60_000, {"received": 8, "rejected": 0, "stitched": 2, "worker": 0})]
+    assert 0 < await redis_client.ttl(f"{KEY}10") <= (MINUTES + 2) * 60

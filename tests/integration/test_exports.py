@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 from google.cloud.bigquery import SchemaField
 
-from stitcher.exports.command import run
+from stitcher.exports.command import prune, run
 from stitcher.exports.postgres import dsn
 from tests.helpers import add_contact, beacon, call, eventually, page_views, timeline_ids
 from tests.integration.test_merge_and_erase import sql
@@ -239,28 +239,40 @@ async def test_a_failed_batch_names_itself_and_leaves_the_committed_batches(clie
     await assert_same(database_url, target)
 
 
+async def orders_that_run(conn: Any, schema: str, trigger: str, body: str) -> None:
+    """The target's ``orders`` table made ahead with a trigger ``trigger`` running ``body`` on each insert (a
+    batch of orders then fails or stalls as the test wants)."""
+    await conn.execute(f"CREATE SCHEMA {schema}")
+    await conn.execute(f"""CREATE FUNCTION {schema}.{trigger}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN {body}; RETURN NEW; END $$""")
+    await conn.execute(f"CREATE TABLE {schema}.orders (id bigint PRIMARY KEY, contact_id bigint NOT NULL, "
+                       "external_order_id text NOT NULL, status text NOT NULL, ordered_at timestamptz NOT NULL, "
+                       "total_cost double precision, currency text, data jsonb, created_at timestamptz NOT NULL, "
+                       "updated_at timestamptz NOT NULL)")
+    await conn.execute(f"CREATE TRIGGER {trigger} BEFORE INSERT ON {schema}.orders FOR EACH ROW "
+                       f"EXECUTE FUNCTION {schema}.{trigger}()")
+
+
+async def rerun_without_trigger(conn: Any, database_url: str, target: tuple[str, str], trigger: str) -> None:
+    """``orders_that_run``'s trigger dropped (and ``conn`` closed): the next run copies the two orders and
+    nothing else again, and the target matches the source."""
+    await conn.execute(f"DROP TRIGGER {trigger} ON {target[1]}.orders")
+    await conn.close()
+    code, done = await export_pg(database_url, target)
+    assert code == 0 and done["orders"] == 2 and done["contacts"] == done["events"] == 0, done
+    await assert_same(database_url, target)
+
+
 async def test_a_dropped_connection_fails_the_batch_and_the_next_run_completes(client, database_url, target):
     """The target's connection killed mid-run: exit 1 naming the batch; a rerun brings the target up to date."""
     await seed(client)
     conn = await asyncpg.connect(target[0])
-    await conn.execute(f"CREATE SCHEMA {target[1]}")
     # the export's own session dies when it first writes an order
-    await conn.execute(f"""CREATE FUNCTION {target[1]}.die() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$""")
-    await conn.execute(f"CREATE TABLE {target[1]}.orders (id bigint PRIMARY KEY, contact_id bigint NOT NULL, "
-                       "external_order_id text NOT NULL, status text NOT NULL, ordered_at timestamptz NOT NULL, "
-                       "total_cost double precision, currency text, data jsonb, created_at timestamptz NOT NULL, "
-                       "updated_at timestamptz NOT NULL)")
-    await conn.execute(f"CREATE TRIGGER die BEFORE INSERT ON {target[1]}.orders FOR EACH ROW "
-                       f"EXECUTE FUNCTION {target[1]}.die()")
+    await orders_that_run(conn, target[1], "die", "PERFORM pg_terminate_backend(pg_backend_pid())")
     code, out = await export_pg(database_url, target)
     assert code == 1 and "table orders, batch 1 failed" in out["error"], out
     assert len(await target_rows(target, "events", "id, 1")) >= 5
-    await conn.execute(f"DROP TRIGGER die ON {target[1]}.orders")
-    await conn.close()
-    code, done = await export_pg(database_url, target)
-    assert code == 0 and done["orders"] == 2 and done["events"] == 0, done
-    await assert_same(database_url, target)
+    await rerun_without_trigger(conn, database_url, target, "die")
 
 
 async def test_the_cli_prints_one_line_per_table_off_a_terminal(client, database_url, target):
@@ -359,3 +371,243 @@ async def test_bigquery_files_match_their_schemas_and_a_second_run_adds_only_cha
 
 def _rows(files: dict[str, list[dict[str, Any]]], table: str) -> list[tuple[str, dict[str, Any]]]:
     return [(name, row) for name, rows in files.items() if name.rsplit("-", 1)[0] == table for row in rows]
+
+
+# --- a target belongs to its source; pruned tombstones -------------------------------------------------------
+
+async def export_pg_reset(database_url: str, target: tuple[str, str]) -> tuple[int, str]:
+    err = io.StringIO()
+    return await run(database_url, "postgres", url=target[0], schema=target[1], reset=True, err=err), err.getvalue()
+
+
+async def test_a_target_is_not_continued_from_another_source_database(client, database_url, target, tmp_path):
+    """A target keeps the id of the database it was exported from: a run from another one (here the same
+    database given another id, as a restored copy or a second service would have) fails with one line naming
+    both and writes nothing; ``--reset`` empties the target and starts over."""
+    await seed(client)
+    assert (await export_pg(database_url, target))[0] == 0
+    out = tmp_path / "bq"
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+    (ours,) = await sql(database_url, "SELECT source_id FROM export_source")
+    await sql_write(database_url, "UPDATE export_source SET source_id = 'another-database'")
+    await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "C-9", "firstName": "New"})
+
+    code, out_pg = await export_pg(database_url, target)
+    message = out_pg["error"]  # type: ignore[index]
+    assert code == 1 and message.count("\n") == 1 and ours[0] in message and "another-database" in message
+    assert "--reset" in message and "Traceback" not in message
+    assert len(await target_rows(target, "contacts", "id, 1")) == 2  # nothing written
+    err = io.StringIO()
+    assert await run(database_url, "bigquery", out=out, err=err) == 1 and ours[0] in err.getvalue()
+
+    code, text = await export_pg_reset(database_url, target)
+    assert code == 0, text
+    await assert_same(database_url, target)
+    assert (await export_pg(database_url, target))[1] == dict.fromkeys(STREAM_TABLES, 0)
+    assert await run(database_url, "bigquery", out=out, reset=True, err=io.StringIO()) == 0
+    readme = (out / "README.md").read_text().split("## Run")[-1]
+    assert "TRUNCATE TABLE DATASET.contacts" in readme and "DATASET.contacts contacts-" in readme, readme
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+
+
+async def sql_write(database_url: str, statement: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def test_prune_deletes_old_tombstones_and_a_target_that_had_not_read_them_must_reset(
+        client, database_url, target_database):
+    """``export prune --older-than DAYS`` deletes the tombstones older than that and keeps the newer ones; a
+    target that had read them goes on, one that had not fails with one line until ``--reset``."""
+    read, behind = (target_database, f"s_{uuid.uuid4().hex[:10]}"), (target_database, f"s_{uuid.uuid4().hex[:10]}")
+    try:
+        people = await seed(client)
+        assert (await export_pg(database_url, read))[0] == 0 and (await export_pg(database_url, behind))[0] == 0
+        status, _ = await call(client, "DELETE", f"/api/v1/contact/{people['ann']}", params={"erase": "true"})
+        assert status == 200
+        assert (await export_pg(database_url, read))[0] == 0  # reads Ann's tombstones
+        await sql_write(database_url, "UPDATE export_tombstones SET at = 0")  # written long ago
+        status, _ = await call(client, "DELETE", f"/api/v1/contact/{people['bob']}", params={"erase": "true"})
+        assert status == 200
+        (old,) = await sql(database_url, "SELECT count(*) FROM export_tombstones WHERE at = 0")
+        (new,) = await sql(database_url, "SELECT count(*) FROM export_tombstones WHERE at > 0")
+        assert old[0] > 0 and new[0] > 0
+
+        err = io.StringIO()
+        assert await prune(database_url, 1, err=err) == 0
+        assert err.getvalue() == f"stitcher export prune: {old[0]} tombstones older than 1 days deleted\n"
+        assert await sql(database_url, "SELECT count(*) FROM export_tombstones") == [new]
+
+        code, done = await export_pg(database_url, read)
+        assert code == 0 and done["deletions"] == new[0], done
+        await assert_same(database_url, read)
+        code, out = await export_pg(database_url, behind)
+        assert code == 1 and "were pruned" in out["error"] and "--reset" in out["error"], out  # type: ignore[index]
+        assert (await export_pg_reset(database_url, behind))[0] == 0
+        await assert_same(database_url, behind)
+    finally:
+        conn = await asyncpg.connect(target_database)
+        for schema in (read[1], behind[1]):
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+def test_prune_wants_a_positive_number_of_days(capsys):
+    from stitcher.cli import main
+
+    for bad in ("0", "-1", "nan", "x", "1e9"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["export", "prune", "--older-than", bad])
+        assert exit_.value.code == 2 and "--older-than" in capsys.readouterr().err
+
+
+# --- hostile targets -----------------------------------------------------------------------------------------
+
+def _one_line(text: str) -> None:
+    """The failure is said in one line, the last (after the summary lines of the tables done before)."""
+    lines = text.splitlines()
+    assert lines[-1].startswith("stitcher export: ") and "Traceback" not in text, text
+    assert [line for line in lines if line.startswith("stitcher export")] == lines[-1:], text
+
+
+async def test_a_bad_target_url_or_schema_is_one_line_and_creates_nothing(database_url, target_database, tmp_path):
+    """An empty URL (libpq's defaults would pick a local database), another scheme, an impossible port, a
+    schema with a NUL or control character, too long, PostgreSQL's own: exit 1, one line, nothing created."""
+    cases = [("", "public"), ("http://127.0.0.1/x", "public"), ("postgresql://postgres@127.0.0.1:99999/x", "public"),
+             (target_database, "a\x00b"), (target_database, "a\x01b"), (target_database, "x" * 64),
+             (target_database, "information_schema"), (target_database, "pg_export"), (target_database, "")]
+    for url, schema in cases:
+        err = io.StringIO()
+        assert await run(database_url, "postgres", url=url, schema=schema, err=err) == 1, (url, schema)
+        _one_line(err.getvalue())
+        assert "cannot open the target" in err.getvalue()
+    conn = await asyncpg.connect(target_database)
+    assert not await conn.fetch("SELECT 1 FROM pg_namespace WHERE nspname LIKE 'x%' OR nspname LIKE 'a%b'")
+    await conn.close()
+    for out in (Path("/etc/hostname"), Path("/etc/hostname/x")):
+        err = io.StringIO()
+        assert await run(database_url, "bigquery", out=out, err=err) == 1
+        _one_line(err.getvalue())
+
+
+async def test_a_schema_of_someone_elses_tables_is_refused(client, database_url, target):
+    """A schema whose ``contacts`` is not an export's (the service's own database, another application): exit
+    1 naming the table and its missing columns, and nothing is created or written there."""
+    await seed(client)
+    conn = await asyncpg.connect(target[0])
+    await conn.execute(f"CREATE SCHEMA {target[1]}")
+    await conn.execute(f"CREATE TABLE {target[1]}.contacts (id bigint PRIMARY KEY, first_name text)")
+    await conn.execute(f"INSERT INTO {target[1]}.contacts VALUES (1, 'theirs')")
+    code, out = await export_pg(database_url, target)
+    assert code == 1 and "contacts (missing: external_customer_id" in out["error"], out  # type: ignore[index]
+    _one_line(out["error"])  # type: ignore[arg-type]
+    for reset in (False, True):
+        assert await run(database_url, "postgres", url=target[0], schema=target[1], reset=reset,
+                         err=io.StringIO()) == 1
+    assert [tuple(r) for r in await conn.fetch(f"SELECT * FROM {target[1]}.contacts")] == [(1, "theirs")]
+    assert [r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1",
+                                           target[1])] == ["contacts"]
+    await conn.close()
+
+
+async def test_a_user_with_table_rights_only_exports_into_a_prepared_schema(client, database_url, target):
+    """A warehouse user without CREATE (on the database or the schema) exports into tables made for it; one
+    without INSERT on a table fails naming it, one line, the batches before it kept."""
+    await seed(client)
+    assert (await export_pg(database_url, target))[0] == 0  # the owner prepares the schema
+    role = f"exp_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(target[0])
+    await conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        await conn.execute(f"GRANT USAGE ON SCHEMA {target[1]} TO {role}")
+        await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {target[1]} "
+                           f"TO {role}")
+        await conn.execute(f"REVOKE CREATE ON SCHEMA {target[1]} FROM {role}")
+        as_role = (target[0].replace("postgres@", f"{role}@", 1), target[1])
+        await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "C-1", "firstName": "Anna"})
+        code, done = await export_pg(database_url, as_role)
+        assert code == 0 and done["contacts"] == 1, done
+        await assert_same(database_url, target)
+
+        await conn.execute(f"REVOKE INSERT ON {target[1]}.events FROM {role}")
+        await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "C-2", "firstName": "Bo"})
+        await call(client, "POST", "/api/v1/event", {"eventTypeKey": "late", "keyValue": "C-2"})
+        code, out = await export_pg(database_url, as_role)
+        assert code == 1 and "table events, batch 1 failed: InsufficientPrivilegeError" in out["error"], out
+        _one_line(out["error"])  # type: ignore[arg-type]
+        assert await target_rows(target, "contacts", "first_name, id", "first_name = 'Bo'")  # committed before
+    finally:
+        await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {target[1]} FROM {role}")
+        await conn.execute(f"REVOKE ALL ON SCHEMA {target[1]} FROM {role}")
+        await conn.execute(f"DROP ROLE {role}")
+        await conn.close()
+
+
+async def test_an_interrupted_run_says_so_and_keeps_the_committed_batches(client, database_url, target):
+    """``stitcher export`` stopped by SIGTERM while a batch is being written: exit 130, one line; the batch
+    is rolled back (the contacts before it stay) and the next run completes the target."""
+    await seed(client)
+    conn = await asyncpg.connect(target[0])
+    await orders_that_run(conn, target[1], "slow", "PERFORM pg_sleep(60)")
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_JSON": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stitcher.cli", "export", "postgres", "--target", target[0], "--schema", target[1],
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                                               "AND query LIKE '%orders%'"), lambda n: n == 1, 30.0)
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.decode().splitlines()[-1]
+    assert last == "stitcher export: interrupted; the target keeps the batches committed before", err
+    assert "Traceback" not in err.decode()
+    assert len(await target_rows(target, "contacts", "id, 1")) == 2
+    assert not await target_rows(target, "orders", "id, 1")
+    await rerun_without_trigger(conn, database_url, target, "slow")
+
+
+async def test_bigquery_deletes_are_a_file_of_their_own_with_the_delete_lines_for_them(client, database_url, tmp_path):
+    """An erase reaches BigQuery as the run's ``keys-<run>.ndjson`` (the ids per table and column, valid
+    against ``keys.schema.json``), and the README's section for the run loads it and gives one ``bq query``
+    DELETE per table and column it names — before the run's rows are appended; an update alone deletes by
+    ``contacts.id`` only."""
+    people = await seed(client)
+    out = tmp_path / "bq"
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+    await call(client, "POST", "/api/v1/contact", {"externalCustomerId": "C-2", "firstName": "Bob"})
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+    update = (out / "README.md").read_text().split("## Run")[-1]
+    assert update.count("DELETE FROM") == 1 and "DELETE FROM DATASET.contacts WHERE id IN" in update, update
+
+    status, _ = await call(client, "DELETE", f"/api/v1/contact/{people['ann']}", params={"erase": "true"})
+    assert status == 200
+    before = set(out.glob("keys-*.ndjson"))
+    assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
+    (keys_file,) = set(out.glob("keys-*.ndjson")) - before
+    keys = {(k["tbl"], k["col"], k["value"]) for k in bigquery_files(out)[keys_file.name]}
+    assert {("contacts", "id", people["ann"]), ("events", "contact_id", people["ann"]),
+            ("orders", "contact_id", people["ann"]), ("order_items", "contact_id", people["ann"])} <= keys, keys
+    # and each of her deleted rows by its own key (the erase's tombstones)
+    assert {(t, c) for t, c, _ in keys} == {("contacts", "id"), ("events", "contact_id"), ("events", "id"),
+                                           ("orders", "contact_id"), ("orders", "id"),
+                                           ("order_items", "contact_id"), ("order_items", "order_id")}, keys
+    erase = (out / "README.md").read_text().split("## Run")[-1]
+    lines = erase.splitlines()
+    load = next(i for i, line in enumerate(lines) if f"DATASET._stitcher_keys {keys_file.name}" in line)
+    deletes = [i for i, line in enumerate(lines) if "DELETE FROM" in line]
+    assert len(deletes) == 7 and min(deletes) > load, erase
+    for table, column in (("contacts", "id"), ("events", "contact_id"), ("orders", "contact_id"),
+                          ("order_items", "contact_id")):
+        assert f'DELETE FROM DATASET.{table} WHERE {column} IN (SELECT value FROM DATASET._stitcher_keys ' \
+               f'WHERE tbl = "{table}" AND col = "{column}")' in erase, erase

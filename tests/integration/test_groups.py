@@ -122,23 +122,35 @@ async def test_a_dynamic_group_takes_no_static_members_and_a_deleted_group_is_no
     assert (await members(client, seg))[0] == [body["id"]]  # in it by its condition, not by the request
 
 
-async def test_an_import_naming_a_dynamic_or_deleted_group_lands_without_joining_it(client: Any) -> None:
-    """``groupNames`` naming a dynamic group: the rows land, the dynamic group gains no static member."""
+async def test_an_import_naming_a_dynamic_group_lands_without_joining_it_and_says_so(client: Any) -> None:
+    """``groupNames`` or a row's ``groups`` naming a dynamic group: the rows land, the dynamic group gains no
+    static member, and the import says what it left out as a contact write does — the answer's and the
+    final description's ``groupNames``, the row's mapping entry for its own ``groups``."""
     seg = await create(client, {"name": "SegImp", "type": "dynamic",
                                 "conditions": [{"field": "lastName", "op": "equals", "value": "Nobody"}]})
     status, body = await call(client, "POST", "/api/v1/contacts", {
         "dedupeOn": "email", "groupNames": ["SegImp", "Imported"],
-        "contacts": [{"channels": [{"type": "email", "value": f"i{i}@x.io"}]} for i in range(3)]})
+        "contacts": [{"channels": [{"type": "email", "value": f"i{i}@x.io"}],
+                      **({"groups": ["SegImp", "Own"]} if i == 1 else {})} for i in range(3)]})
     assert status == 200, body
+    reason = "'SegImp': a dynamic group takes no members: its conditions decide who is in it"
+    assert body["ignored"] == [{"field": "groupNames", "reason": reason}]
     for _ in range(200):
         status, state = await call(client, "GET", f"/api/v1/importstatus/{body['asyncSessionId']}")
         if state["status"] in ("FINISHED", "ERROR"):
             break
         await asyncio.sleep(0.05)
     assert state["status"] == "FINISHED", state
+    assert state["description"] == f"3 rows processed; groupNames: {reason}"
+    assert [m.get("ignored") for m in state["mapping"]] == [None, [{"field": "groups", "reason": reason}], None]
     assert (await members(client, seg)) == ([], 0)
-    imported = [g["id"] for g in (await call(client, "GET", "/api/v1/groups"))[1] if g["name"] == "Imported"]
-    assert (await members(client, imported[0]))[1] == 3
+    listed = {g["name"]: g["id"] for g in (await call(client, "GET", "/api/v1/groups"))[1]}
+    assert (await members(client, listed["Imported"]))[1] == 3
+    assert (await members(client, listed["Own"]))[1] == 1
+    status, body = await call(client, "POST", "/api/v1/contacts", {
+        "dedupeOn": "email", "groupNames": ["Imported"],
+        "contacts": [{"channels": [{"type": "email", "value": "j@x.io"}]}]})
+    assert status == 200 and "ignored" not in body, body
 
 
 async def test_static_group_pages_like_the_platform(client: Any) -> None:
@@ -157,6 +169,27 @@ async def test_static_group_pages_like_the_platform(client: Any) -> None:
         assert r.status == 400, (bad, await r.text())
     page = (await call(client, "GET", f"/api/v1/group/{gid}/contacts?maxrows=1"))[1]
     assert page[0]["channels"] == [{"type": "email", "value": "p0@x.io"}]
+
+
+async def test_the_groups_list_pages_like_the_platform(client: Any) -> None:
+    """``GET /api/v1/groups`` pages as a group's contacts do: by id, ``startindex`` 1-based, ``maxrows`` ≤ 500,
+    the whole count in ``TotalCount``; bad page parameters are a 400 naming them."""
+    ids = [await create(client, {"name": f"G{i}", "type": "static"}) for i in range(5)]
+
+    async def listed(**params: Any) -> tuple[list[int], int]:
+        r = await client.get("/api/v1/groups", params=params, headers=auth())
+        assert r.status == 200, await r.text()
+        return [g["id"] for g in await r.json()], int(r.headers["TotalCount"])
+
+    assert await listed() == (ids, 5)
+    assert await listed(startindex=1, maxrows=2) == (ids[:2], 5)
+    assert await listed(startindex=3, maxrows=2) == (ids[2:4], 5)
+    assert await listed(startindex=5, maxrows=500) == (ids[4:], 5)
+    assert await listed(startindex=6) == ([], 5)
+    for bad in ({"maxrows": "501"}, {"maxrows": "0"}, {"startindex": "0"}, {"startindex": "-1"},
+                {"maxrows": "9" * 30}):
+        r = await client.get("/api/v1/groups", params=bad, headers=auth())
+        assert r.status == 400 and next(iter(bad)) in await r.text(), bad
 
 
 async def test_each_field_and_op_evaluates_in_sql(client: Any) -> None:

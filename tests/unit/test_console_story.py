@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stitcher.console import story
-from stitcher.console.throughput import MinuteRing
+from stitcher.console.throughput import Growth
 
 DAY = story.DAY_MS
 
@@ -60,17 +60,17 @@ def test_chart_stacks_anonymous_under_known_up_to_the_last_active_day():
     assert story.chart([]) is None
 
 
-def test_minute_ring_counts_growth_per_minute_and_forgets_old_minutes():
-    """What the counters grew by lands in the minute it was seen; quiet minutes read 0; old ones go."""
-    totals = {"received": 0.0}
-    ring = MinuteRing(lambda: dict(totals), minutes=3)
+def test_growth_is_what_the_counters_grew_by_since_it_was_sent():
+    """Only what grew is pending; growth not sent (Redis away) stays pending and adds up with the next."""
+    totals = {"received": 0.0, "rejected": 0.0}
+    growth = Growth(lambda: dict(totals))
+    assert growth.pending()[0] == {}
     totals["received"] = 5
-    ring.sample(now=60 * 10 + 1)
-    totals["received"] = 7
-    ring.sample(now=60 * 10 + 30)
+    grown, current = growth.pending()
+    assert grown == {"received": 5}
+    totals["received"], totals["rejected"] = 7, 1
+    grown, current = growth.pending()  # the first was never sent
+    assert grown == {"received": 7, "rejected": 1}
+    growth.sent(current)
     totals["received"] = 10
-    ring.sample(now=60 * 12)
-    assert ring.rows(now=60 * 12, last=3) == [(12 * 60_000, {"received": 3}), (11 * 60_000, {"received": 0}),
-                                              (10 * 60_000, {"received": 7})]
-    ring.sample(now=60 * 14)
-    assert [n["received"] for _, n in ring.rows(now=60 * 14, last=5)] == [0, 0, 3, 0, 0]
+    assert growth.pending()[0] == {"received": 3}

@@ -7,7 +7,17 @@ from typing import Any
 import pytest
 
 from stitcher.domain.errors import ValidationFailed
-from stitcher.domain.segments import DAY_MS, OPS, Condition, FieldKind, GroupType, Match, Op, parse_group
+from stitcher.domain.segments import (
+    DAY_MS,
+    OPS,
+    Condition,
+    FieldKind,
+    GroupType,
+    Match,
+    Op,
+    custom_readings,
+    parse_group,
+)
 
 
 def dynamic(*conditions: Any, **extra: Any) -> dict[str, Any]:
@@ -86,3 +96,14 @@ def test_a_huge_or_nested_body_is_refused_without_work() -> None:
     assert errors(dynamic({"field": "email", "op": "is_set", "any": []})) == ["conditions[0].any"]
     assert errors(dynamic({"field": "firstName", "op": "equals", "value": "x" * 1025})) == ["conditions[0].value"]
     assert errors(dynamic({"field": "event", "op": "equals", "value": "x" * 129})) == ["conditions[0].value"]
+
+
+def test_a_custom_field_value_reads_as_text_and_as_the_boolean_or_number_it_spells() -> None:
+    """``custom_readings``: "true"/"false" are also booleans; JSON number syntax is also a number (finite);
+    anything else is text only. A condition's true / 1 / 1.5 become "true" / "1" / "1.5" first."""
+    assert custom_readings("true") == (True, None) and custom_readings("false") == (False, None)
+    assert custom_readings("True") == (None, None) and custom_readings("01") == (None, None)
+    assert custom_readings("1") == (None, 1.0) and custom_readings("-2.5e1") == (None, -25.0)
+    assert custom_readings("1e999") == (None, None) and custom_readings(" 1") == (None, None)
+    spec = parse_group(dynamic(*({"field": 5, "op": "equals", "value": v} for v in (True, 1, 1.5, "x"))))
+    assert [c.value for c in spec.conditions] == ["true", "1", "1.5", "x"]
