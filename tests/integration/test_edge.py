@@ -331,6 +331,17 @@ async def test_a_vanished_client_s_beacon_is_still_stored(connect, redis_client:
     assert [a.status for a in await other.answers(1)] == [204]
 
 
+async def test_a_half_closed_client_still_gets_its_answer(connect, redis_client: Redis,  # type: ignore[no-untyped-def]
+                                                          tracker_settings: Settings) -> None:
+    vid = str(uuid.uuid4())
+    conn = await connect()
+    conn.send(post_t(beacon_body(vid, "half-1")))
+    conn.writer.write_eof()
+    assert [a.status for a in await conn.answers(1)] == [204]
+    assert await conn.closed()
+    assert [e["id"] for e in await stored(redis_client, tracker_settings, vid)] == ["half-1"]
+
+
 # --- HTTP/1.0, HEAD, the other routes and the hand-over ---------------------------------------------------
 
 

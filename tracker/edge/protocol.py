@@ -198,7 +198,12 @@ class EdgeProtocol(asyncio.Protocol):
         self._chunk = b""
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too (answers already queued are lost with it, as the client left)
+        """The client will send no more: answer what it sent (a half-closed socket still reads), then close."""
+        self._done = True
+        if self._answering or self._queue:
+            self._close_when_answered = True
+            return True  # keep the transport open for the answers
+        return None
 
     # --- httptools callbacks -----------------------------------------------------------------------------
 
