@@ -296,6 +296,42 @@ async def test_malformed_http_is_a_json_400_and_closes(connect) -> None:  # type
     assert answer.status == 400 and answer.json()["error"] == "bad_request" and await conn.closed()
 
 
+@pytest.mark.parametrize("raw", [
+    b"POST /t HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /t HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 3\r\n\r\n{}{}",
+    b"POST /t\x00 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST /t HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\nContent-Length: 0\r\n\r\n",
+    b"POST /t HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 100,
+], ids=["cl-and-te", "two-cl", "nul-url", "nul-header", "huge-cl", "tls-hello"])
+async def test_ambiguous_or_broken_framing_is_refused(connect, raw: bytes) -> None:  # type: ignore[no-untyped-def]
+    """Request smuggling's shapes (both lengths, two lengths, chunked not last) and bytes that are not HTTP:
+    a JSON 400, the connection closed, nothing stored."""
+    conn = await connect()
+    conn.send(raw)
+    [answer] = await conn.answers(1)
+    assert answer.status == 400 and answer.json()["error"] == "bad_request" and await conn.closed()
+
+
+async def test_a_transfer_coding_other_than_chunked_is_501(connect) -> None:  # type: ignore[no-untyped-def]
+    conn = await connect()
+    conn.send(b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+    [answer] = await conn.answers(1)
+    assert answer.status == 501 and answer.json()["error"] == "not_implemented" and await conn.closed()
+
+
+async def test_a_thousand_pipelined_beacons_in_one_write(connect, redis_client: Redis,  # type: ignore[no-untyped-def]
+                                                         tracker_settings: Settings) -> None:
+    """Reading pauses while 32 answers are owed and resumes as they go out: every one is answered, in order."""
+    vid = str(uuid.uuid4())
+    conn = await connect()
+    conn.send(b"".join(post_t(beacon_body(vid, f"many-{i}"), f"X-Request-Id: m{i}") for i in range(1000)))
+    answers = await conn.answers(1000, within=30)
+    assert [a.headers["x-request-id"] for a in answers] == [f"m{i}" for i in range(1000)]
+    assert {a.status for a in answers} == {204}
+    assert len(await stored(redis_client, tracker_settings, vid)) == 1000
+
+
 async def test_a_slow_client_gets_408(connect, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(edge_protocol, "REQUEST_SECONDS", 0.3)
     monkeypatch.setattr(edge_site, "SWEEP_SECONDS", 0.1)

@@ -55,8 +55,9 @@ _ROUTES = {(b"POST", b"/t"): "beacon", (b"OPTIONS", b"/t"): "preflight", (b"GET"
 _PATHS = {route: path.decode() for (_, path), route in _ROUTES.items()}
 _METHODS = {route: method.decode() for (method, _), route in _ROUTES.items()}
 # the headers the tracking routes read; others are counted and skipped
-_WANTED = frozenset([b"content-length", b"content-encoding", b"origin", b"cookie", b"user-agent", b"x-request-id",
-                     b"x-forwarded-proto", b"expect", b"if-none-match", b"accept-encoding"])
+_WANTED = frozenset([b"content-length", b"content-encoding", b"transfer-encoding", b"origin", b"cookie",
+                     b"user-agent", b"x-request-id", b"x-forwarded-proto", b"expect", b"if-none-match",
+                     b"accept-encoding"])
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 log = structlog.get_logger("http")
 
@@ -237,6 +238,9 @@ class EdgeProtocol(asyncio.Protocol):
         self._headers = headers = {name.decode(): value.decode("latin-1") for name, value in lowered.items()
                                    if name in _WANTED}
         if route == "beacon":
+            coding = headers.get("transfer-encoding")
+            if coding is not None and coding.strip().lower() != "chunked":  # RFC 9112 §6.1
+                raise _refusal(501, "not_implemented", "the only transfer coding accepted is chunked")
             try:
                 length = headers.get("content-length")
                 check_declared_length(int(length) if length else None, self._tracking.limits.max_body_bytes)
