@@ -6,7 +6,8 @@ request do not (within ~1 %). This runs the bare aiohttp handler (``bench.bare``
 instrumentation on (``callgrind_control -i on``) for ``REQUESTS`` beacons sent over 64 keep-alive
 connections as ``bench/beacon.lua`` sends them, and divides. User-space instructions only: the kernel's
 share of each request (its read and write system calls, the same for both) is not in them. Needs valgrind
-(``apt-get install valgrind``); skipped without it.
+(``apt-get install valgrind``); skipped without it. ``BENCH_CALLGRIND_DIR=<dir>`` keeps the callgrind files
+there, for ``callgrind_annotate <dir>/service.callgrind.1`` (where the instructions go, by C function).
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ def _count(children: Children, name: str, args: list[str], env: dict[str, str], 
     subprocess.run([control, "-i", "off", str(child.pid)], check=True, capture_output=True)
     subprocess.run([control, "-d", str(child.pid)], check=True, capture_output=True)
     children.stop(child, timeout=30)
+    keep = os.environ.get("BENCH_CALLGRIND_DIR")
+    if keep:
+        for part in tmp.glob(f"{name}.callgrind*"):
+            shutil.copy(part, Path(keep) / part.name)
     total = 0
     for part in tmp.glob(f"{name}.callgrind*"):
         for line in part.read_text(errors="replace").splitlines():
