@@ -129,6 +129,8 @@ class EdgeProtocol(asyncio.Protocol):
         self._answering = False  # the request at the head of the queue is being answered
         self._in_answer_next = False
         self._keep_alive = True  # that request's connection stays open after its answer
+        self._http10 = False  # that request is HTTP/1.0 (its keep-alive is confirmed in the answer)
+        self._continue_owed = False  # the request arriving asked for 100 Continue behind answers still owed
         self._reading_paused = False
         self._writing_paused = False
         self._done = False  # refused, handed over or closing: nothing more is parsed
@@ -218,6 +220,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._url_parts.clear()
         self._body.clear()
         self._route = None
+        self._continue_owed = False
         self._started = time.perf_counter()
         self.last_active = time.monotonic()
 
@@ -247,8 +250,11 @@ class EdgeProtocol(asyncio.Protocol):
                 check_encoding(headers)
             except DomainError as exc:
                 raise _Refuse(self._tracking.refused(headers, exc, self._started)) from None
-            if headers.get("expect", "").lower() == "100-continue" and self._transport is not None:
-                self._transport.write(_CONTINUE)
+            if headers.get("expect", "").lower() == "100-continue":
+                if self._answering or self._queue:  # an interim answer may not overtake earlier answers
+                    self._continue_owed = True
+                elif self._transport is not None:
+                    self._transport.write(_CONTINUE)
 
     def _check_growth(self, received: int) -> None:
         """After a chunk that left a request unfinished: its head or its body must not outgrow the limits
@@ -269,11 +275,13 @@ class EdgeProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._between = True
         self._raw = None
+        self._continue_owed = False  # its body came without it
         if self._route == "beacon":
             self._check_body()
         query = self._url.partition(b"?")[2]
-        self._queue.append((self._route, self._headers, b"".join(self._body), query,
-                            self._parser.should_keep_alive(), self._started))
+        parser = self._parser
+        self._queue.append((self._route, self._headers, b"".join(self._body), query, parser.should_keep_alive(),
+                            parser.get_http_version() == "1.0", self._started))
         if len(self._queue) >= MAX_QUEUED:
             self._pause_reading()
         if not self._answering:
@@ -293,7 +301,7 @@ class EdgeProtocol(asyncio.Protocol):
         tracking = self._tracking
         try:
             while self._queue and not self._answering:
-                route, headers, body, query, keep_alive, started = self._queue.popleft()
+                route, headers, body, query, keep_alive, self._http10, started = self._queue.popleft()
                 self._keep_alive = keep_alive and not (self._close_when_answered and not self._queue)
                 self._answering = True
                 if route == "beacon":
@@ -308,6 +316,9 @@ class EdgeProtocol(asyncio.Protocol):
         finally:
             self._in_answer_next = False
         if not self._answering and not self._queue:
+            if self._continue_owed and self._transport is not None:  # the request arriving is next
+                self._continue_owed = False
+                self._transport.write(_CONTINUE)
             if self._pending_hand_over is not None:
                 self._hand_over(self._pending_hand_over)
             elif self._close_when_answered:
@@ -315,7 +326,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _answered(self, reply: Reply) -> None:
         """The answer to the request at the head of the queue: written, then on with the queue."""
-        self._write(reply, self._keep_alive)
+        self._write(reply, self._keep_alive, self._http10)
         if not self._keep_alive:
             self._queue.clear()
             self._close()
@@ -347,17 +358,18 @@ class EdgeProtocol(asyncio.Protocol):
         tracking.account("/t.gif", "GET", reply.status, started, request_id, error)
         self._answered(reply)
 
-    def _write(self, reply: Reply, keep_alive: bool) -> None:
+    def _write(self, reply: Reply, keep_alive: bool, http10: bool) -> None:
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.write(encode(reply, keep_alive))
+            transport.write(encode(reply, keep_alive, http10))
         self.last_active = time.monotonic()
 
     def _refuse(self, reply: Reply) -> None:
         """Answer ``reply`` after what is queued, then close: the stream cannot be trusted any further."""
         self._done = True
+        self._continue_owed = False
         self._pause_reading()
-        self._queue.append(("refused", {}, reply, b"", False, 0.0))
+        self._queue.append(("refused", {}, reply, b"", False, False, 0.0))
         if not self._answering:
             self._answer_next()
 
