@@ -5,14 +5,21 @@ oversized heads and bodies split into many pieces."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
 
+import tracker.edge.protocol as edge_protocol
+import tracker.edge.site as edge_site
 from tests.integration.test_edge import Conn, beacon_body, connect, edge, get, post_t  # noqa: F401
 from tracker.answers import Answer
+from tracker.app import init_app
+from tracker.edge.site import EdgeSite
 from tracker.routes import TRACKING
+from tracker.settings import Settings
 
 
 @pytest.fixture
@@ -63,3 +70,105 @@ async def test_http_1_0_keep_alive_is_confirmed(connect) -> None:  # type: ignor
     conn.send(post_t(beacon_body(str(uuid.uuid4())), "Connection: keep-alive", version="1.0"))
     [answer] = await conn.answers(1)
     assert answer.status == 204 and answer.headers["connection"] == "keep-alive"
+
+
+@pytest.fixture
+async def site(tracker_settings: Settings) -> AsyncIterator[tuple[web.AppRunner, EdgeSite]]:
+    runner = web.AppRunner(init_app(tracker_settings), access_log=None, shutdown_timeout=2)
+    await runner.setup()
+    site = EdgeSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield runner, site
+    await runner.cleanup()
+
+
+async def _until(condition: Callable[[], bool], within: float = 5.0) -> bool:
+    """Polls a count the server keeps (nothing to wait on): raises TimeoutError if it never holds."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    return True
+
+
+async def test_a_hand_over_waits_for_a_beacon_in_flight(connect, held: asyncio.Event) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    conn = await connect()
+    conn.send(post_t(beacon_body(str(uuid.uuid4())), "X-Request-Id: b1"))
+    await conn.writer.drain()
+    await asyncio.sleep(0.05)
+    conn.send(b"GET /heal")
+    await conn.writer.drain()
+    await asyncio.sleep(0.05)
+    conn.send(b"thz HTTP/1.1\r\nHo")
+    await conn.writer.drain()
+    await asyncio.sleep(0.05)
+    conn.send(b"st: t\r\n\r\n")
+    await conn.writer.drain()
+    await asyncio.sleep(0.05)
+    held.set()
+    first, second = await conn.answers(2)
+    assert (first.status, first.headers["x-request-id"]) == (204, "b1")
+    assert second.status == 200 and second.json() == {"status": "ok"}
+
+
+async def test_a_large_api_body_in_many_chunks_behind_a_beacon(connect, held: asyncio.Event) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    conn = await connect()
+    conn.send(post_t(beacon_body(str(uuid.uuid4()))))
+    await conn.writer.drain()
+    await asyncio.sleep(0.05)
+    body = b'{"contacts": [' + b",".join(b'{"email": "a%d@x.example"}' % i for i in range(20000)) + b"]}"
+    conn.send(b"POST /api/v1/contacts/import HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body))
+    for i in range(0, len(body), 4096):
+        conn.send(body[i:i + 4096])
+        if i == 4096 * 4:
+            held.set()
+        await conn.writer.drain()
+    first, second = await conn.answers(2, within=10)
+    assert first.status == 204 and second.status == 401
+
+
+async def test_head_behind_a_beacon_in_flight(connect, held: asyncio.Event) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    conn = await connect()
+    conn.send(post_t(beacon_body(str(uuid.uuid4()))))
+    await conn.writer.drain()
+    await asyncio.sleep(0.05)
+    conn.send(get("/t.js", method="HEAD"))
+    await conn.writer.drain()
+    await asyncio.sleep(0.05)
+    held.set()
+    data = await conn.reader.readuntil(b"\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 204")
+    data = await conn.reader.readuntil(b"\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200") and b"aiohttp" in data
+
+
+async def test_a_vanished_client_leaves_no_connection(site) -> None:  # type: ignore[no-untyped-def]
+    """Its pipelined beacons are stored and nothing of it stays in the site's connections."""
+    _, edge_site_ = site
+    _, writer = await asyncio.open_connection("127.0.0.1", edge_site_.port)
+    writer.write(post_t(beacon_body(str(uuid.uuid4()))) * 5)
+    await writer.drain()
+    await _until(lambda: len(edge_site_._edge.connections) == 1)
+    writer.transport.abort()
+    assert await _until(lambda: len(edge_site_._edge.connections) == 0)
+
+
+async def test_a_client_that_never_reads_is_closed_in_the_end(site, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """It pipelines scripts and reads none: reading its requests pauses, and once it has read nothing for the
+    idle time it is dropped (closing would wait forever for it to read what is buffered)."""
+    monkeypatch.setattr(edge_protocol, "IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(edge_protocol, "REQUEST_SECONDS", 0.3)
+    monkeypatch.setattr(edge_site, "SWEEP_SECONDS", 0.1)
+    _, edge_site_ = site
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", edge_site_.port))
+    sock.setblocking(False)
+    sending = asyncio.ensure_future(asyncio.get_running_loop().sock_sendall(sock, get("/t.js") * 20000))
+    try:
+        await _until(lambda: len(edge_site_._edge.connections) == 1)
+        assert await _until(lambda: len(edge_site_._edge.connections) == 0, within=10)
+    finally:
+        sending.cancel()
+        sock.close()
+

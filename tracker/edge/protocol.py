@@ -16,7 +16,8 @@ lets a server do; the client retries it on a new connection, where it comes firs
 Requests of one connection are answered in order, one at a time. Limits, all answered as JSON with
 ``Connection: close``: a request line of at most ``MAX_LINE_BYTES``, at most ``MAX_HEADERS`` headers of at
 most ``MAX_FIELD_BYTES`` each (431), a body of at most the beacon limit (413, also when declared), a whole
-request within ``REQUEST_SECONDS`` of its first byte (408). Idle connections close after ``IDLE_SECONDS``.
+request within ``REQUEST_SECONDS`` of its first byte (408). Idle connections close after ``IDLE_SECONDS``, and
+a client that reads nothing of its answers for as long is dropped (reading its requests pauses meanwhile).
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self.last_active = time.monotonic()  # the client reads: progress
         if len(self._queue) < MAX_QUEUED:
             self._resume_reading()
 
@@ -416,7 +418,13 @@ class EdgeProtocol(asyncio.Protocol):
     # --- for the site --------------------------------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
-        """Close the connection if it has been idle too long or a request is taking too long to arrive."""
+        """Close the connection if it has been idle too long or a request is taking too long to arrive; drop it
+        if its client has read nothing of its answers for as long (a close would wait for them forever)."""
+        transport = self._transport
+        if (transport is not None and now - self.last_active > IDLE_SECONDS
+                and (self._writing_paused or transport.is_closing())):
+            transport.abort()
+            return
         if self._answering or self._done:
             return
         if self._between:
