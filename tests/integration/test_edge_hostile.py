@@ -172,3 +172,49 @@ async def test_a_client_that_never_reads_is_closed_in_the_end(site, monkeypatch:
         sending.cancel()
         sock.close()
 
+
+
+async def test_a_url_longer_than_the_whole_head_limit_is_414(connect) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Past the head's byte limit the edge refuses before it knows the route: a request line too long is a 414
+    naming the line, not a 431 about headers (a shorter one to another path is aiohttp's to answer)."""
+    for path in ("/t.js", "/api/v1/tracker/rejected"):
+        conn = await connect()
+        conn.send(get(path + "?" + "a" * (2 * 1024 * 1024)))
+        [answer] = await conn.answers(1)
+        assert answer.status == 414 and answer.json()["error"] == "uri_too_long"
+        assert answer.headers["connection"] == "close"
+
+
+class _Transport:
+    """Enough of a transport to feed ``EdgeProtocol`` by hand, one call per received piece."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+
+async def test_a_chunked_body_arriving_a_byte_a_time_is_413(edge: tuple[web.AppRunner, int]) -> None:  # noqa: F811
+    """A body of one-byte chunks, each in a packet of its own, is counted as it grows (not re-counted whole
+    per packet: 64 KiB of them cost the loop seconds) and refused once past the limit."""
+    tracking = edge[0].app[TRACKING]
+    protocol = edge_protocol.EdgeProtocol(tracking, web.RequestHandler, edge_protocol.Connections())
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(tracking.limits.max_body_bytes + 1):
+        protocol.data_received(b"1\r\nx\r\n")
+        if transport.closed:
+            break
+    assert transport.written.startswith(b"HTTP/1.1 413 ") and transport.closed

@@ -102,6 +102,10 @@ def _refusal(status: int, code: str, message: str) -> _Refuse:
     return _Refuse(json_reply({"error": code, "message": message, "status": status}, status))
 
 
+def _url_too_long() -> _Refuse:
+    return _refusal(414, "uri_too_long", f"the request line is longer than {MAX_LINE_BYTES} bytes")
+
+
 def _too_many_headers() -> _Refuse:
     return _refusal(431, "request_header_fields_too_large",
                     f"at most {MAX_HEADERS} headers of at most {MAX_FIELD_BYTES} bytes each")
@@ -145,6 +149,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._raw: list[bytes] | None = None
         self._in_head = False  # its request line and headers are arriving
         self._head_bytes = 0  # bytes received since it began, while in its head
+        self._body_bytes = self._body_counted = 0  # its body's length so far, and how many pieces that counts
         self._url = b""
         self._route: str | None = None
         self._headers: dict[str, str] = {}
@@ -218,6 +223,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._raw = [self._chunk] if self._aligned else None
         self._in_head = True
         self._head_bytes = 0
+        self._body_bytes = self._body_counted = 0
         self._fields.clear()
         self._url_parts.clear()
         self._body.clear()
@@ -235,7 +241,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._route = route
         fields = self._fields
         if len(url) > MAX_LINE_BYTES:
-            raise _refusal(414, "uri_too_long", f"the request line is longer than {MAX_LINE_BYTES} bytes")
+            raise _url_too_long()
         if fields and (len(fields) > MAX_HEADERS or max(map(len, fields)) > MAX_FIELD_BYTES
                        or max(map(len, fields.values())) > MAX_FIELD_BYTES):
             raise _too_many_headers()
@@ -264,13 +270,18 @@ class EdgeProtocol(asyncio.Protocol):
         if self._in_head:
             self._head_bytes += received
             if self._head_bytes > MAX_HEAD_BYTES:
-                raise _too_many_headers()
+                raise _url_too_long() if sum(map(len, self._url_parts)) > MAX_LINE_BYTES else _too_many_headers()
         elif self._route == "beacon":
             self._check_body()
 
     def _check_body(self) -> None:
-        limit = self._tracking.limits.max_body_bytes
-        if sum(map(len, self._body)) > limit:
+        """The body's length, counted as it grows: only the pieces since the last count are measured (a body
+        of many tiny pieces is not measured whole again after each packet)."""
+        body, limit = self._body, self._tracking.limits.max_body_bytes
+        if len(body) > self._body_counted:
+            self._body_bytes += sum(map(len, body[self._body_counted:]))
+            self._body_counted = len(body)
+        if self._body_bytes > limit:
             exc = PayloadTooLarge(f"body is larger than the limit of {limit} bytes")
             raise _Refuse(self._tracking.refused(self._headers, exc, self._started))
 
