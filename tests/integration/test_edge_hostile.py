@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -218,3 +219,25 @@ async def test_a_chunked_body_arriving_a_byte_a_time_is_413(edge: tuple[web.AppR
         if transport.closed:
             break
     assert transport.written.startswith(b"HTTP/1.1 413 ") and transport.closed
+
+
+@pytest.mark.parametrize("head, piece, pieces", [
+    (b"GET /t.js?", b"ab", 200_000),  # a request line of 400 KB, two bytes a packet
+    (b"POST /t HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\n", b"ab", 29_000),  # a beacon's body
+], ids=["url", "body"])
+async def test_a_request_in_tiny_pieces_holds_little_more_than_its_bytes(
+        edge: tuple[web.AppRunner, int], head: bytes, piece: bytes, pieces: int) -> None:  # noqa: F811
+    """A slow client sending a request two bytes a packet: the edge holds about what it received, not an
+    object per packet (some 35 bytes each: 20 MB for a 400 KB line, per connection)."""
+    protocol = edge_protocol.EdgeProtocol(edge[0].app[TRACKING], web.RequestHandler, edge_protocol.Connections())
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(head)
+    tracemalloc.start()
+    try:
+        for _ in range(pieces):
+            protocol.data_received(piece)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not transport.written and held < 4 * len(piece) * pieces
