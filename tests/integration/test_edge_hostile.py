@@ -241,3 +241,15 @@ async def test_a_request_in_tiny_pieces_holds_little_more_than_its_bytes(
     finally:
         tracemalloc.stop()
     assert not transport.written and held < 4 * len(piece) * pieces
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 4, 20])
+async def test_a_head_cut_anywhere_is_answered(edge: tuple[web.AppRunner, int], cut: int) -> None:  # noqa: F811
+    """A head in two packets, the second holding the last ``cut`` bytes (its end split between them too)."""
+    protocol = edge_protocol.EdgeProtocol(edge[0].app[TRACKING], web.RequestHandler, edge_protocol.Connections())
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    head = get("/t.js")
+    protocol.data_received(head[:-cut])
+    protocol.data_received(head[-cut:])
+    assert transport.written.startswith(b"HTTP/1.1 200 ")

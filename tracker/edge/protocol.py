@@ -152,6 +152,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._in_head = False  # its request line and headers are arriving
         self._head_bytes = 0  # bytes received since it began, while in its head
         self._held = bytearray()  # the bytes of its head gathered and not yet parsed (``_gather``)
+        self._tail = b""  # the head's last three bytes received
         self._body_bytes = self._body_counted = 0  # its body's length so far, and how many pieces that counts
         self._url = b""
         self._route: str | None = None
@@ -278,9 +279,10 @@ class EdgeProtocol(asyncio.Protocol):
         by concatenation (quadratic in their number) and holds each piece of the URL as an object of its own
         (some 35 bytes a piece), so a client sending its head a byte or two a packet is parsed in big pieces."""
         held = self._held
-        seen = len(held)
+        end = self._tail + data  # the head's end may straddle what was parsed and what arrives
+        self._tail = end[-3:]
         held += data
-        if len(held) < GATHER_BYTES and held.find(b"\r\n\r\n", max(0, seen - 3)) < 0:
+        if len(held) < GATHER_BYTES and b"\r\n\r\n" not in end:
             return None
         self._held = bytearray()
         return bytes(held)
@@ -289,6 +291,7 @@ class EdgeProtocol(asyncio.Protocol):
         """After a chunk that left a request unfinished: its head or its body must not outgrow the limits
         (the parser keeps no count of its own)."""
         if self._in_head:
+            self._tail = self._chunk[-3:]
             self._head_bytes += received
             if self._head_bytes > MAX_HEAD_BYTES:
                 raise _url_too_long() if sum(map(len, self._url_parts)) > MAX_LINE_BYTES else _too_many_headers()
