@@ -253,3 +253,24 @@ async def test_a_head_cut_anywhere_is_answered(edge: tuple[web.AppRunner, int], 
     protocol.data_received(head[:-cut])
     protocol.data_received(head[-cut:])
     assert transport.written.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_head_trickling_a_byte_at_a_time_still_gets_408(connect, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Slow-loris: a byte now and then keeps the connection active, but the request must be whole within
+    ``REQUEST_SECONDS`` of its first byte."""
+    monkeypatch.setattr(edge_protocol, "REQUEST_SECONDS", 0.3)
+    monkeypatch.setattr(edge_site, "SWEEP_SECONDS", 0.1)
+    conn = await connect()
+    conn.send(b"POST /t HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+
+    async def trickle() -> None:
+        while True:
+            conn.send(b"a")
+            await asyncio.sleep(0.05)
+
+    trickling = asyncio.ensure_future(trickle())
+    try:
+        [answer] = await conn.answers(1, within=5)
+    finally:
+        trickling.cancel()
+    assert answer.status == 408 and answer.json()["error"] == "request_timeout"

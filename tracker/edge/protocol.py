@@ -158,7 +158,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._route: str | None = None
         self._headers: dict[str, str] = {}
         self._started = 0.0
-        self.last_active = time.monotonic()
+        self.last_active = self._began = time.monotonic()  # last byte in or out; its first byte
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
 
@@ -239,7 +239,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._route = None
         self._continue_owed = False
         self._started = time.perf_counter()
-        self.last_active = time.monotonic()
+        self.last_active = self._began = time.monotonic()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -469,7 +469,7 @@ class EdgeProtocol(asyncio.Protocol):
         if self._between:
             if now - self.last_active > IDLE_SECONDS:
                 self._close()
-        elif now - self.last_active > REQUEST_SECONDS:
+        elif now - self._began > REQUEST_SECONDS:  # from its first byte: a byte now and then is no excuse
             self._refuse(json_reply({"error": "request_timeout", "status": 408,
                                      "message": f"the request did not arrive within {REQUEST_SECONDS:.0f} s"}, 408))
 
