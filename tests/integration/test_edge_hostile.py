@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
+from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 import tracker.edge.protocol as edge_protocol
 import tracker.edge.site as edge_site
-from tests.integration.test_edge import Conn, beacon_body, connect, edge, get, post_t  # noqa: F401
+from tests.integration.test_edge import Conn, beacon_body, connect, edge, get, post_t, stored  # noqa: F401
 from tracker.answers import Answer
 from tracker.app import init_app
 from tracker.edge.site import EdgeSite
@@ -274,3 +276,19 @@ async def test_a_head_trickling_a_byte_at_a_time_still_gets_408(connect, monkeyp
     finally:
         trickling.cancel()
     assert answer.status == 408 and answer.json()["error"] == "request_timeout"
+
+
+async def test_requests_pipelined_after_connection_close_are_dropped_quietly(  # type: ignore[no-untyped-def]
+        connect, redis_client: Redis, tracker_settings: Settings) -> None:  # noqa: F811
+    """The answers up to the request that said ``Connection: close``, then the close; what followed it is
+    neither stored nor logged as a malformed request (it is not: the client only sent it too early)."""
+    vid = str(uuid.uuid4())
+    conn = await connect()
+    with capture_logs() as logs:
+        conn.send(post_t(beacon_body(vid, "a")) + post_t(beacon_body(vid, "b"), "Connection: close")
+                  + post_t(beacon_body(vid, "c")))
+        answers = await conn.answers(3)
+        assert [(a.status, a.headers.get("connection")) for a in answers] == [(204, None), (204, "close")]
+        assert await conn.closed()
+    assert [e["id"] for e in await stored(redis_client, tracker_settings, vid)] == ["a", "b"]
+    assert not [e for e in logs if e["log_level"] != "info"]

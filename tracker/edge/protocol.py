@@ -93,6 +93,10 @@ class _HandOver(Exception):
     """Raised out of the parser: this request is not the edge's."""
 
 
+class _Closing(Exception):
+    """Raised out of the parser: the request just parsed is the connection's last."""
+
+
 class _Refuse(Exception):
     """Raised out of the parser: answer ``reply`` and close the connection."""
 
@@ -206,7 +210,7 @@ class EdgeProtocol(asyncio.Protocol):
                 self._hand_over_or_close()
             elif isinstance(cause, _Refuse):
                 self._refuse(cause.reply)
-            else:
+            elif not isinstance(cause, _Closing):
                 raise
         except httptools.HttpParserUpgrade:
             self._hand_over_or_close()
@@ -321,12 +325,16 @@ class EdgeProtocol(asyncio.Protocol):
             self._check_body()
         query = self._url.partition(b"?")[2]
         parser = self._parser
-        self._queue.append((self._route, self._headers, b"".join(self._body), query, parser.should_keep_alive(),
+        keep_alive = parser.should_keep_alive()
+        self._queue.append((self._route, self._headers, b"".join(self._body), query, keep_alive,
                             parser.get_http_version() == "1.0", self._started))
-        if len(self._queue) >= MAX_QUEUED:
+        if len(self._queue) >= MAX_QUEUED or not keep_alive:
             self._pause_reading()
         if not self._answering:
             self._answer_next()
+        if not keep_alive:  # the last request of the connection: what follows is not read (RFC 9112 §9.6)
+            self._done = True
+            raise _Closing()
 
     # --- routing, answers and hand-over ------------------------------------------------------------------
 
