@@ -292,3 +292,11 @@ async def test_requests_pipelined_after_connection_close_are_dropped_quietly(  #
         assert await conn.closed()
     assert [e["id"] for e in await stored(redis_client, tracker_settings, vid)] == ["a", "b"]
     assert not [e for e in logs if e["log_level"] != "info"]
+
+
+async def test_a_header_in_two_cases_counts_by_the_first(connect) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """``X-Request-Id`` then ``x-request-id``: the first, as aiohttp's ``headers.get`` reads it."""
+    conn = await connect()
+    conn.send(post_t(beacon_body(str(uuid.uuid4())), "X-Request-Id: one", "x-request-id: two", "X-REQUEST-ID: 3"))
+    [answer] = await conn.answers(1)
+    assert answer.status == 204 and answer.headers["x-request-id"] == "one"

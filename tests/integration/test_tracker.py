@@ -21,6 +21,7 @@ import pytest
 import redis
 from aiohttp import ClientResponse, DummyCookieJar, web
 from aiohttp.test_utils import TestClient
+from multidict import MultiDict
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
@@ -534,6 +535,20 @@ async def test_allowed_origin_is_echoed_with_credentials(make_client: MakeClient
     assert "X-Stitcher-Visitor" in r.headers["Access-Control-Expose-Headers"]
     assert "Origin" in r.headers["Vary"]
 
+
+async def test_a_header_sent_twice_counts_by_its_first_value(make_client: MakeClient,
+                                                              tracker_settings: Settings) -> None:
+    """Two Origin, Cookie or X-Request-Id headers: both fronts read the first, as aiohttp's
+    ``headers.get`` does — the visitor, the CORS answer and the request id do not depend on the front."""
+    client = await make_client(dataclasses.replace(tracker_settings, allowed_origins=(SHOP, "https://b.example")))
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    headers = MultiDict([("Origin", SHOP), ("Origin", "https://b.example"), ("Cookie", f"{COOKIE}={first}"),
+                         ("Cookie", f"{COOKIE}={second}"), ("X-Request-Id", "one"), ("X-Request-Id", "two"),
+                         ("Content-Type", "text/plain")])
+    r = await client.post("/t", data=beacon(), headers=headers)
+    assert r.status == 204
+    assert (r.headers["Access-Control-Allow-Origin"], r.headers["X-Stitcher-Visitor"], r.headers["X-Request-Id"]) \
+        == (SHOP, first, "one")
 
 async def test_forget_expires_the_visitor_cookie_and_keeps_the_history(make_client: MakeClient,
                                                                          tracker_settings: Settings) -> None:

@@ -132,7 +132,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._fields: dict[bytes, bytes] = {}
         self._url_parts: list[bytes] = []
         self._body: list[bytes] = []
-        self.on_header = self._fields.__setitem__
+        self.on_header = self._fields.setdefault  # a header sent twice counts by its first value, as in aiohttp
         self.on_url = self._url_parts.append
         self.on_body = self._body.append
         self._parser = httptools.HttpRequestParser(self)
@@ -259,7 +259,8 @@ class EdgeProtocol(asyncio.Protocol):
         if fields and (len(fields) > MAX_HEADERS or max(map(len, fields)) > MAX_FIELD_BYTES
                        or max(map(len, fields.values())) > MAX_FIELD_BYTES):
             raise _too_many_headers()
-        lowered = dict(zip(map(bytes.lower, fields), fields.values(), strict=True))
+        # the first of a name in two cases wins too (a dict keeps the last of equal keys: fed in reverse)
+        lowered = dict(zip(map(bytes.lower, reversed(fields)), reversed(fields.values()), strict=True))
         self._headers = headers = {name.decode(): value.decode("latin-1") for name, value in lowered.items()
                                    if name in _WANTED}
         if route == "beacon":
