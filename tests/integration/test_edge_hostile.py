@@ -207,6 +207,12 @@ class _Transport:
     def pause_reading(self) -> None:
         pass
 
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        pass
+
 
 async def test_a_chunked_body_arriving_a_byte_a_time_is_413(edge: tuple[web.AppRunner, int]) -> None:  # noqa: F811
     """A body of one-byte chunks, each in a packet of its own, is counted as it grows (not re-counted whole
@@ -300,3 +306,31 @@ async def test_a_header_in_two_cases_counts_by_the_first(connect) -> None:  # ty
     conn.send(post_t(beacon_body(str(uuid.uuid4())), "X-Request-Id: one", "x-request-id: two", "X-REQUEST-ID: 3"))
     [answer] = await conn.answers(1)
     assert answer.status == 204 and answer.headers["x-request-id"] == "one"
+
+
+class _Recorder(asyncio.Protocol):
+    """Stands in for aiohttp's request handler at a hand-over: what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.calls.append("connection_made")
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause_writing")
+
+    def data_received(self, data: bytes) -> None:
+        self.calls.append("data_received")
+
+
+async def test_a_hand_over_while_writing_is_paused_tells_aiohttp(edge: tuple[web.AppRunner, int]) -> None:  # noqa: F811
+    """The transport pauses a protocol once: handed a connection whose client reads nothing, aiohttp must
+    know its writes are paused, or it would buffer whatever it answers (an export) without bound."""
+    handler = _Recorder()
+    protocol = edge_protocol.EdgeProtocol(edge[0].app[TRACKING], lambda: handler, edge_protocol.Connections())
+    transport = _Transport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.pause_writing()
+    protocol.data_received(get("/api/v1/tracker/rejected"))
+    assert handler.calls == ["connection_made", "pause_writing", "data_received"]

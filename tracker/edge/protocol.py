@@ -445,6 +445,8 @@ class EdgeProtocol(asyncio.Protocol):
         protocol = self._fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
+        if self._writing_paused:  # the transport tells a protocol once: aiohttp's writes must wait too
+            protocol.pause_writing()
         transport.resume_reading()
         protocol.data_received(raw)
 
