@@ -159,6 +159,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._tail = b""  # the head's last three bytes received
         self._body_bytes = self._body_counted = 0  # its body's length so far, and how many pieces that counts
         self._url = b""
+        self._http10_kept = False  # it is HTTP/1.0 and sent a Connection header
         self._route: str | None = None
         self._headers: dict[str, str] = {}
         self._started = 0.0
@@ -263,6 +264,8 @@ class EdgeProtocol(asyncio.Protocol):
         lowered = dict(zip(map(bytes.lower, reversed(fields)), reversed(fields.values()), strict=True))
         self._headers = headers = {name.decode(): value.decode("latin-1") for name, value in lowered.items()
                                    if name in _WANTED}
+        # HTTP/1.0 is kept alive only by a Connection header (the version is asked only then: it costs a format)
+        self._http10_kept = b"connection" in lowered and self._parser.get_http_version() == "1.0"
         if route == "beacon":
             coding = headers.get("transfer-encoding")
             if coding is not None and coding.strip().lower() != "chunked":  # RFC 9112 §6.1
@@ -328,7 +331,7 @@ class EdgeProtocol(asyncio.Protocol):
         parser = self._parser
         keep_alive = parser.should_keep_alive()
         self._queue.append((self._route, self._headers, b"".join(self._body), query, keep_alive,
-                            parser.get_http_version() == "1.0", self._started))
+                            keep_alive and self._http10_kept, self._started))
         if len(self._queue) >= MAX_QUEUED or not keep_alive:
             self._pause_reading()
         if not self._answering:
