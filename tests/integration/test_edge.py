@@ -142,13 +142,18 @@ def get(path: str, *extra: str, method: str = "GET", version: str = "1.1") -> by
 
 
 @pytest.fixture
-async def edge(tracker_settings: Settings) -> AsyncIterator[tuple[web.AppRunner, int]]:
+async def running_site(tracker_settings: Settings) -> AsyncIterator[tuple[web.AppRunner, EdgeSite]]:
     runner = web.AppRunner(init_app(tracker_settings), access_log=None, shutdown_timeout=2)
     await runner.setup()
     site = EdgeSite(runner, "127.0.0.1", 0)
     await site.start()
-    yield runner, site.port
+    yield runner, site
     await runner.cleanup()
+
+
+@pytest.fixture
+def edge(running_site: tuple[web.AppRunner, EdgeSite]) -> tuple[web.AppRunner, int]:
+    return running_site[0], running_site[1].port
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import asyncio
 import socket
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from aiohttp import web
@@ -17,10 +17,17 @@ from structlog.testing import capture_logs
 
 import tracker.edge.protocol as edge_protocol
 import tracker.edge.site as edge_site
-from tests.integration.test_edge import Conn, beacon_body, connect, edge, get, post_t, stored  # noqa: F401
+from tests.integration.test_edge import (  # noqa: F401
+    Conn,
+    beacon_body,
+    connect,
+    edge,
+    get,
+    post_t,
+    running_site,
+    stored,
+)
 from tracker.answers import Answer
-from tracker.app import init_app
-from tracker.edge.site import EdgeSite
 from tracker.routes import TRACKING
 from tracker.settings import Settings
 
@@ -46,14 +53,9 @@ def held(edge: tuple[web.AppRunner, int]) -> asyncio.Event:  # noqa: F811
 async def test_100_continue_waits_for_the_answers_before_it(connect, held: asyncio.Event) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """An interim answer belongs to the request being answered: it may not overtake an earlier request's."""
     conn = await connect()
-    conn.send(post_t(beacon_body(str(uuid.uuid4())), "X-Request-Id: first"))
-    await conn.writer.drain()
-    await asyncio.sleep(0.1)
     body = beacon_body(str(uuid.uuid4()))
     head, _, _ = post_t(body, "Expect: 100-continue", "X-Request-Id: second").partition(b"\r\n\r\n")
-    conn.send(head + b"\r\n\r\n")
-    await conn.writer.drain()
-    await asyncio.sleep(0.1)
+    await send_apart(conn, post_t(beacon_body(str(uuid.uuid4())), "X-Request-Id: first"), head + b"\r\n\r\n")
     held.set()
     first, cont = await conn.answers(2)
     assert (first.status, first.headers["x-request-id"]) == (204, "first") and cont.status == 100
@@ -75,14 +77,12 @@ async def test_http_1_0_keep_alive_is_confirmed(connect) -> None:  # type: ignor
     assert answer.status == 204 and answer.headers["connection"] == "keep-alive"
 
 
-@pytest.fixture
-async def site(tracker_settings: Settings) -> AsyncIterator[tuple[web.AppRunner, EdgeSite]]:
-    runner = web.AppRunner(init_app(tracker_settings), access_log=None, shutdown_timeout=2)
-    await runner.setup()
-    site = EdgeSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield runner, site
-    await runner.cleanup()
+async def send_apart(conn: Conn, *pieces: bytes) -> None:
+    """Each piece in a packet of its own, the server given time to read it before the next."""
+    for piece in pieces:
+        conn.send(piece)
+        await conn.writer.drain()
+        await asyncio.sleep(0.05)
 
 
 async def _until(condition: Callable[[], bool], within: float = 5.0) -> bool:
@@ -94,19 +94,10 @@ async def _until(condition: Callable[[], bool], within: float = 5.0) -> bool:
 
 
 async def test_a_hand_over_waits_for_a_beacon_in_flight(connect, held: asyncio.Event) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The next request's head arrives in three packets while the beacon is stored: answered after it."""
     conn = await connect()
-    conn.send(post_t(beacon_body(str(uuid.uuid4())), "X-Request-Id: b1"))
-    await conn.writer.drain()
-    await asyncio.sleep(0.05)
-    conn.send(b"GET /heal")
-    await conn.writer.drain()
-    await asyncio.sleep(0.05)
-    conn.send(b"thz HTTP/1.1\r\nHo")
-    await conn.writer.drain()
-    await asyncio.sleep(0.05)
-    conn.send(b"st: t\r\n\r\n")
-    await conn.writer.drain()
-    await asyncio.sleep(0.05)
+    await send_apart(conn, post_t(beacon_body(str(uuid.uuid4())), "X-Request-Id: b1"), b"GET /heal",
+                     b"thz HTTP/1.1\r\nHo", b"st: t\r\n\r\n")
     held.set()
     first, second = await conn.answers(2)
     assert (first.status, first.headers["x-request-id"]) == (204, "b1")
@@ -114,10 +105,9 @@ async def test_a_hand_over_waits_for_a_beacon_in_flight(connect, held: asyncio.E
 
 
 async def test_a_large_api_body_in_many_chunks_behind_a_beacon(connect, held: asyncio.Event) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """An import-sized POST to the API, head and body in many packets, behind a beacon being stored."""
     conn = await connect()
-    conn.send(post_t(beacon_body(str(uuid.uuid4()))))
-    await conn.writer.drain()
-    await asyncio.sleep(0.05)
+    await send_apart(conn, post_t(beacon_body(str(uuid.uuid4()))))
     body = b'{"contacts": [' + b",".join(b'{"email": "a%d@x.example"}' % i for i in range(20000)) + b"]}"
     conn.send(b"POST /api/v1/contacts/import HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n" % len(body))
@@ -131,13 +121,9 @@ async def test_a_large_api_body_in_many_chunks_behind_a_beacon(connect, held: as
 
 
 async def test_head_behind_a_beacon_in_flight(connect, held: asyncio.Event) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """HEAD is aiohttp's: handed over once the beacon before it is answered."""
     conn = await connect()
-    conn.send(post_t(beacon_body(str(uuid.uuid4()))))
-    await conn.writer.drain()
-    await asyncio.sleep(0.05)
-    conn.send(get("/t.js", method="HEAD"))
-    await conn.writer.drain()
-    await asyncio.sleep(0.05)
+    await send_apart(conn, post_t(beacon_body(str(uuid.uuid4()))), get("/t.js", method="HEAD"))
     held.set()
     data = await conn.reader.readuntil(b"\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 204")
@@ -145,9 +131,9 @@ async def test_head_behind_a_beacon_in_flight(connect, held: asyncio.Event) -> N
     assert data.startswith(b"HTTP/1.1 200") and b"aiohttp" in data
 
 
-async def test_a_vanished_client_leaves_no_connection(site) -> None:  # type: ignore[no-untyped-def]
+async def test_a_vanished_client_leaves_no_connection(running_site) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """Its pipelined beacons are stored and nothing of it stays in the site's connections."""
-    _, edge_site_ = site
+    _, edge_site_ = running_site
     _, writer = await asyncio.open_connection("127.0.0.1", edge_site_.port)
     writer.write(post_t(beacon_body(str(uuid.uuid4()))) * 5)
     await writer.drain()
@@ -156,13 +142,13 @@ async def test_a_vanished_client_leaves_no_connection(site) -> None:  # type: ig
     assert await _until(lambda: len(edge_site_._edge.connections) == 0)
 
 
-async def test_a_client_that_never_reads_is_closed_in_the_end(site, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_client_that_never_reads_is_closed_in_the_end(running_site, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """It pipelines scripts and reads none: reading its requests pauses, and once it has read nothing for the
     idle time it is dropped (closing would wait forever for it to read what is buffered)."""
     monkeypatch.setattr(edge_protocol, "IDLE_SECONDS", 0.3)
     monkeypatch.setattr(edge_protocol, "REQUEST_SECONDS", 0.3)
     monkeypatch.setattr(edge_site, "SWEEP_SECONDS", 0.1)
-    _, edge_site_ = site
+    _, edge_site_ = running_site
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", edge_site_.port))
