@@ -103,9 +103,7 @@ def error_reply(exc: BaseException, request_id: str, statuses: Mapping[type, int
     becomes a 503 with Retry-After (never a 500 or a hang); anything else is logged with its traceback and
     answers 500.
     """
-    status = exc.status if isinstance(exc, DomainError) else None
-    if status is None and statuses:
-        status = next((int(s) for cls, s in statuses.items() if isinstance(exc, cls)), None)
+    status = status_of(exc, statuses)
     if status is not None:
         reply = json_reply({**exc.body(), "status": status}, status)  # type: ignore[attr-defined]
         if status in (429, 503):
@@ -121,6 +119,14 @@ def error_reply(exc: BaseException, request_id: str, statuses: Mapping[type, int
     log.exception("unhandled error", path=path, request_id=request_id)
     return json_reply({"error": "internal_error", "message": "internal error", "requestId": request_id,
                        "status": 500}, 500), "internal_error"
+
+
+def status_of(exc: BaseException, statuses: Mapping[type, int] | None = None) -> int | None:
+    """The HTTP status of a domain error: the tracker's own, or one another layer registered in ``statuses``
+    (exception class → status); None for any other exception."""
+    if isinstance(exc, DomainError):
+        return exc.status
+    return next((int(s) for cls, s in (statuses or {}).items() if isinstance(exc, cls)), None)
 
 
 def json_reply(data: Any, status: int = 200) -> Reply:

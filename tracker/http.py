@@ -12,7 +12,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from tracker.answers import Reply, check_declared_length, check_encoding, error_reply, request_id_from
+from tracker.answers import Reply, check_declared_length, check_encoding, error_reply, request_id_from, status_of
 from tracker.errors import DomainError, PayloadTooLarge
 from tracker.logs import log_request
 from tracker.metrics import Metrics
@@ -84,13 +84,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return error_body_response({"error": code, "message": message, **extra}, status)
-
-
-def error_body_response(body: dict[str, Any], status: int) -> web.Response:
-    """Every error the API and the edge answer goes out here: the body carries its HTTP ``status`` beside
-    ``error`` and ``message``, as the platform's API does."""
-    return json_response({**body, "status": status}, status=status)
+    """A JSON error body carrying its HTTP ``status`` beside ``error`` and ``message``, as the platform's API
+    does (``tracker.answers.error_reply`` writes the same shape for exceptions)."""
+    return json_response({"error": code, "message": message, **extra, "status": status}, status=status)
 
 
 def error_answer(request: web.Request, exc: Exception, request_id: str) -> tuple[web.Response, str]:
@@ -107,12 +103,7 @@ def to_response(reply: Reply) -> web.Response:
 
 def error_status(app: web.Application, exc: Exception) -> int | None:
     """The HTTP status of a domain error (the tracker's own, or one another layer registered), else None."""
-    if isinstance(exc, DomainError):
-        return exc.status
-    for cls, status in app.get(ERROR_STATUS, {}).items():
-        if isinstance(exc, cls):
-            return int(status)
-    return None
+    return status_of(exc, app.get(ERROR_STATUS))
 
 
 def _route(request: web.Request) -> str:

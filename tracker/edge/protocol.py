@@ -38,6 +38,7 @@ from tracker.answers import (
     check_declared_length,
     check_encoding,
     error_reply,
+    is_secure,
     json_reply,
     request_id_from,
     spawn,
@@ -358,8 +359,7 @@ class EdgeProtocol(asyncio.Protocol):
                 self._keep_alive = keep_alive and not (self._close_when_answered and not self._queue)
                 self._answering = True
                 if route == "beacon":
-                    tracking.beacon(headers, body, self._secure or headers.get("x-forwarded-proto") == "https",
-                                    started, self._answered)
+                    tracking.beacon(headers, body, is_secure(self._secure, headers), started, self._answered)
                 elif route == "refused":
                     self._answered(body)
                 elif route == "pixel":
@@ -404,7 +404,7 @@ class EdgeProtocol(asyncio.Protocol):
         request_id = request_id_from(headers.get("x-request-id"))
         try:
             d = parse_qs(query.decode("latin-1")).get("d", [None])[-1]
-            reply = await tracking.pixel(headers, d, self._secure or headers.get("x-forwarded-proto") == "https")
+            reply = await tracking.pixel(headers, d, is_secure(self._secure, headers))
         except Exception as exc:
             reply, error = error_reply(exc, request_id, path="/t.gif")
         reply.headers.append(("X-Request-Id", request_id))
