@@ -9,6 +9,7 @@ What the tracking routes answer (validation, cookies, CORS, errors) is tested th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -325,16 +326,22 @@ async def test_a_transfer_coding_other_than_chunked_is_501(connect) -> None:  # 
     assert answer.status == 501 and answer.json()["error"] == "not_implemented" and await conn.closed()
 
 
-async def test_a_thousand_pipelined_beacons_in_one_write(connect, redis_client: Redis,  # type: ignore[no-untyped-def]
-                                                         tracker_settings: Settings) -> None:
-    """Reading pauses while 32 answers are owed and resumes as they go out: every one is answered, in order."""
-    vid = str(uuid.uuid4())
-    conn = await connect()
-    conn.send(b"".join(post_t(beacon_body(vid, f"many-{i}"), f"X-Request-Id: m{i}") for i in range(1000)))
-    answers = await conn.answers(1000, within=30)
-    assert [a.headers["x-request-id"] for a in answers] == [f"m{i}" for i in range(1000)]
-    assert {a.status for a in answers} == {204}
-    assert len(await stored(redis_client, tracker_settings, vid)) == 1000
+class TestManyPipelined:
+    @pytest.fixture
+    def tracker_settings(self, tracker_settings: Settings) -> Settings:
+        """Flow control, not the storage deadline, is under test: a loaded machine may stall a beacon past 1 s."""
+        return dataclasses.replace(tracker_settings, redis_timeout=30.0)
+
+    async def test_a_thousand_pipelined_beacons_in_one_write(self, connect, redis_client: Redis,  # type: ignore[no-untyped-def]
+                                                             tracker_settings: Settings) -> None:
+        """Reading pauses while 32 answers are owed and resumes as they go out: every one is answered, in order."""
+        vid = str(uuid.uuid4())
+        conn = await connect()
+        conn.send(b"".join(post_t(beacon_body(vid, f"many-{i}"), f"X-Request-Id: m{i}") for i in range(1000)))
+        answers = await conn.answers(1000, within=30)
+        assert [a.headers["x-request-id"] for a in answers] == [f"m{i}" for i in range(1000)]
+        assert {a.status for a in answers} == {204}
+        assert len(await stored(redis_client, tracker_settings, vid)) == 1000
 
 
 async def test_a_slow_client_gets_408(connect, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
