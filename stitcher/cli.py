@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 
+from tracker.apikeys import ApiKeyConfigError
 from tracker.embedded_redis import AlreadyRunning, EmbeddedRedis
 from tracker.logs import configure_logging
 from tracker.settings import Settings
@@ -38,7 +39,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         app.on_startup.append(_tune_gc)
         print(f"Stitcher listening on http://{settings.host}:{settings.port}  "
               f"(redis: {settings.redis_url}; database: {_safe(settings.effective_database_url)}; "
-              f"dev API key: {settings.api_keys[0]!r}; demo: http://{settings.host}:{settings.port}/demo/)",
+              f"dev API key: {settings.key_ring.first_plain_key() or '(hashed)'!r}; demo: http://{settings.host}:{settings.port}/demo/)",
               flush=True)
         run(app, host=settings.host, port=settings.port, reuse_port=args.reuse_port, loop=_new_loop())
     finally:
@@ -172,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay = sub.add_parser("replay", help="play a fixture file against a running service")
     replay.add_argument("file")
     replay.add_argument("--url", default="http://127.0.0.1:8080")
-    replay.add_argument("--api-key", default=None, help="defaults to the first of API_KEYS")
+    replay.add_argument("--api-key", default=None,
+                        help="defaults to the first plain key of API_KEYS that holds every scope")
     held = sub.add_parser("held-events", help="list the API events held for people not known yet, or expire them")
     held.add_argument("action", nargs="?", choices=["list", "expire"], default="list",
                       help="list (JSON lines, oldest first) or expire (delete those past HELD_EVENT_TTL_DAYS now)")
@@ -195,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="days; a target whose last run is older than that needs --reset afterwards")
     args = parser.parse_args(argv)
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ApiKeyConfigError as exc:
+        print(f"stitcher: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_json)
     if args.command == "serve":
         if args.port:
@@ -214,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "replay":
         from stitcher.replay import replay_file_cli
 
-        return replay_file_cli(args.file, args.url, args.api_key or settings.api_keys[0])
+        key = args.api_key or settings.key_ring.first_plain_key()
+        if key is None:
+            print("stitcher replay: give --api-key: API_KEYS holds no plain key with every scope", file=sys.stderr)
+            return 2
+        return replay_file_cli(args.file, args.url, key)
     return 2
 
 

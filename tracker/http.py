@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,13 +12,15 @@ import structlog
 from aiohttp import web
 
 from tracker.answers import Reply, check_declared_length, check_encoding, error_reply, request_id_from, status_of
+from tracker.apikeys import KeyRing
 from tracker.errors import DomainError, PayloadTooLarge
 from tracker.logs import log_request
 from tracker.metrics import Metrics
+from tracker.scopes import Scope, needs_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS = web.AppKey("metrics", Metrics)
-API_KEYS = web.AppKey("api_keys", tuple)
+API_KEYS = web.AppKey("api_keys", KeyRing)
 REQUEST_ID = web.RequestKey("request_id", str)  # the id a request is answered and logged with
 # errors meaning "a backing store is down, slow or refusing": answered 503 + Retry-After, never 500; the
 # stitcher adds its SQL ones (the tracker itself never imports SQLAlchemy, DESIGN invariant 1)
@@ -127,7 +128,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     error: str | None = None
     try:
         if request.path.startswith("/api/"):  # every /api route needs a key; tracking routes are public
-            check_api_key(request)
+            check_access(request)
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
@@ -145,13 +146,17 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-def check_api_key(request: web.Request) -> None:
-    """HTTP Basic auth, any user name, an API key as the password; raises a JSON 401 otherwise."""
-    password = basic_auth_password(request.headers.get("Authorization", ""))
-    keys: tuple[str, ...] = request.app[API_KEYS]
-    # as bytes: compare_digest refuses a str outside ASCII, and a client may send any password
-    if not password or not any(hmac.compare_digest(password.encode(), k.encode()) for k in keys):
+def check_access(request: web.Request) -> None:
+    """HTTP Basic auth, any user name, an API key as the password, holding the scope the route needs
+    (``tracker.scopes.ROUTE_SCOPES``): a JSON 401 without a known key, a 403 naming the scope without it."""
+    held = request.app[API_KEYS].scopes_of(basic_auth_password(request.headers.get("Authorization", "")))
+    if held is None:
         raise _Unauthorized()
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else None
+    scope = needs_of(request.method, path).scope_for(request.query)
+    if scope is not None and scope not in held:
+        raise Forbidden(scope)
 
 
 def basic_auth_password(header: str) -> str:
@@ -172,3 +177,14 @@ class _Unauthorized(DomainError):
 
     def __init__(self) -> None:
         super().__init__("HTTP Basic auth with an API key as the password is required")
+
+
+class Forbidden(DomainError):
+    """The key is known but does not hold the scope this request needs."""
+
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(f"this API key does not hold the {scope.value!r} scope this request needs",
+                         scope=scope.value)

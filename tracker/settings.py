@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker.apikeys import KeyRing, parse_api_keys
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -20,7 +22,7 @@ class Settings:
 
     redis_url: str | None = None  # None: start an embedded redis-server
     database_url: str | None = None  # None: SQLite under var_dir
-    api_keys: tuple[str, ...] = ("dev-key",)
+    api_keys: tuple[str, ...] = ("dev-key",)  # entries as tracker.apikeys reads them: [sha256:]KEY[:SCOPE+...]
     host: str = "127.0.0.1"
     port: int = 8080
     anon_ttl_days: int = 30
@@ -53,6 +55,11 @@ class Settings:
     sms_webhook_url: str | None = None  # the delivery worker posts queued SMS there (else they stay queued)
     send_receipt_ttl_days: int = 7  # an Idempotency-Key send's receipt is kept this long (a repeat sends nothing)
     extra: Mapping[str, str] = field(default_factory=dict)
+    key_ring: KeyRing = field(init=False, repr=False, compare=False)  # api_keys, parsed
+
+    def __post_init__(self) -> None:
+        # parsed here, so that a malformed entry stops the start with a message naming it
+        object.__setattr__(self, "key_ring", KeyRing(parse_api_keys(self.api_keys)))
 
     @property
     def anon_ttl_seconds(self) -> int:

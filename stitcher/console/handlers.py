@@ -1,6 +1,6 @@
 """The console (SPEC §4a): server-rendered pages behind the API key for looking at one person's story.
 
-Every page checks the API key as the API does (``check_api_key``: HTTP Basic, an API key as the password) and
+Every page checks the API key as the API does (``check_access``: HTTP Basic, an API key holding ``admin``) and
 answers an error as an HTML page with the status the API would give it; a 401 carries
 ``WWW-Authenticate: Basic`` so a browser asks for the key. No personal data goes into a URL: the search is a
 POST whose single hit redirects to ``/console/contact/{id}``.
@@ -26,7 +26,7 @@ from stitcher.domain.errors import ContactNotFound
 from stitcher.http_input import DB, NORMALISER, keyset_after, path_contact_id
 from stitcher.store import console as store
 from tracker.errors import NotFound, ValidationFailed
-from tracker.http import METRICS, check_api_key, error_status
+from tracker.http import METRICS, check_access, error_status
 from tracker.routes import EVENTLOG
 from tracker.tasks import stop_task
 
@@ -76,7 +76,7 @@ def console_page(handler: Page) -> Page:
 
     async def _answer(request: web.Request) -> web.StreamResponse:
         try:
-            check_api_key(request)
+            check_access(request)
             return await handler(request)
         except Exception as exc:
             status = error_status(request.app, exc)
