@@ -57,6 +57,7 @@ def _parse_entry(entry: str, where: str) -> ApiKey:
     hashed = entry.startswith(HASH_PREFIX)
     body = entry[len(HASH_PREFIX):] if hashed else entry
     secret, colon, scope_text = body.partition(":")
+    secret = secret.strip()
     if not secret:
         raise ApiKeyConfigError(f"{where} has an empty key" + (" hash" if hashed else ""))
     if hashed and not (len(secret) == 64 and all(c in string.hexdigits for c in secret)):

@@ -148,13 +148,12 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def check_access(request: web.Request) -> None:
     """HTTP Basic auth, any user name, an API key as the password, holding the scope the route needs
-    (``tracker.scopes.ROUTE_SCOPES``): a JSON 401 without a known key, a 403 naming the scope without it."""
+    (``tracker.scopes.ROUTE_SCOPES``): a JSON 401 without a known key, a 403 without the scope; both name it."""
+    resource = request.match_info.route.resource
+    scope = needs_of(request.method, resource.canonical if resource is not None else None).scope_for(request.query)
     held = request.app[API_KEYS].scopes_of(basic_auth_password(request.headers.get("Authorization", "")))
     if held is None:
-        raise _Unauthorized()
-    resource = request.match_info.route.resource
-    path = resource.canonical if resource is not None else None
-    scope = needs_of(request.method, path).scope_for(request.query)
+        raise _Unauthorized(scope)
     if scope is not None and scope not in held:
         raise Forbidden(scope)
 
@@ -175,8 +174,10 @@ class _Unauthorized(DomainError):
     status = 401
     code = "unauthorized"
 
-    def __init__(self) -> None:
-        super().__init__("HTTP Basic auth with an API key as the password is required")
+    def __init__(self, scope: Scope | None = None) -> None:
+        extra = {"scope": scope.value} if scope is not None else {}
+        super().__init__("HTTP Basic auth with an API key as the password is required"
+                         + (f" (a key holding the {scope.value!r} scope)" if scope is not None else ""), **extra)
 
 
 class Forbidden(DomainError):
