@@ -39,13 +39,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         app.on_startup.append(_tune_gc)
         print(f"Stitcher listening on http://{settings.host}:{settings.port}  "
               f"(redis: {settings.redis_url}; database: {_safe(settings.effective_database_url)}; "
-              f"dev API key: {settings.key_ring.first_plain_key() or '(hashed)'!r}; demo: http://{settings.host}:{settings.port}/demo/)",
+              f"{_keys_note(settings)}; demo: http://{settings.host}:{settings.port}/demo/)",
               flush=True)
         run(app, host=settings.host, port=settings.port, reuse_port=args.reuse_port, loop=_new_loop())
     finally:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def _keys_note(settings: Settings) -> str:
+    """The built-in dev key is shown (``make run``); configured keys are secrets, kept out of the output."""
+    if settings.api_keys == Settings.api_keys:
+        return f"dev API key: {settings.api_keys[0]!r}"
+    return f"API keys: {len(settings.key_ring.keys)} configured"
 
 
 async def _tune_gc(app: object) -> None:

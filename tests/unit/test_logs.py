@@ -72,3 +72,39 @@ def test_direct_request_line_matches_the_structlog_line(monkeypatch) -> None:
                for line in (direct, via_structlog))
     assert direct == via_structlog == {"request_id": "r-1", "method": "POST", "route": "/t", "status": 204,
                                        "ms": 0.42, "error": None, "event": "request", "level": "info"}
+
+
+
+def test_a_logged_database_error_does_not_carry_the_refused_value(monkeypatch) -> None:
+    """PostgreSQL names the value a unique index refused in its DETAIL; a traceback logged (JSON or console)
+    keeps the error and drops that line, so an email never reaches the log through an error."""
+    import sys
+
+    import asyncpg.exceptions
+    import orjson
+    import structlog
+
+    from tracker import logs
+
+    refused = asyncpg.exceptions.UniqueViolationError.new({
+        "M": 'duplicate key value violates unique constraint "identifiers_value"', "C": "23505", "S": "ERROR",
+        "D": "Key (kind, value)=(email, ann.secret@example.com) already exists."})
+    assert "ann.secret@example.com" in str(refused)  # the driver's message does carry it
+    for json in (True, False):
+        stream, console = io.BytesIO(), io.StringIO()
+        monkeypatch.setattr(logs, "OUTPUT", BufferedLines(stream))
+        monkeypatch.setattr(logs, "_direct_json", False)
+        monkeypatch.setattr(sys, "stderr", console)  # where the console renderer writes
+        logs.configure_logging(json=json)
+        try:
+            try:
+                raise RuntimeError("the insert failed") from refused
+            except RuntimeError:
+                structlog.get_logger("worker").exception("worker iteration failed")
+            logs.OUTPUT.flush()
+        finally:
+            structlog.reset_defaults()
+        text = orjson.loads(stream.getvalue())["exception"] if json else console.getvalue()
+        assert "UniqueViolationError" in text and "RuntimeError: the insert failed" in text, text
+        assert "DETAIL: (hidden" in text
+        assert "ann.secret" not in text, text
