@@ -80,3 +80,26 @@ def test_erasing_needs_admin_whatever_the_spelling() -> None:
     assert needs_of("HEAD", "/api/v1/contact/{contact_id}/") == ROUTE_SCOPES[("GET", "/api/v1/contact/{contact_id}")]
     assert needs_of("GET", "/api/v1/no-such-route").scope == Scope.ADMIN  # unlisted: closed
     assert needs_of("GET", None).scope is None  # nothing routed: any key, then the 404
+
+
+def test_every_configured_key_is_compared_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A presented key is hashed and compared (compare_digest, digest against digest) with every configured
+    key, whichever matches and whether any does: no early exit tells how far down the list it matched."""
+    import hmac
+
+    from tracker import apikeys
+
+    compared: list[tuple[bytes, bytes]] = []
+    original = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return original(a, b)
+
+    monkeypatch.setattr(apikeys.hmac, "compare_digest", counting)
+    keys = ring("first:track", "second:admin", f"sha256:{HEX}")
+    for presented, scopes in (("first", {Scope.TRACK}), ("second", {Scope.ADMIN}), ("s3cret", ALL_SCOPES),
+                              ("nobody", None)):
+        compared.clear()
+        assert keys.scopes_of(presented) == scopes
+        assert len(compared) == 3 and {a for a, _ in compared} == {hashlib.sha256(presented.encode()).digest()}
