@@ -67,6 +67,28 @@ async def test_every_guarded_route_has_one_row_in_the_scope_table(client):
     assert {needs.scope for needs in ROUTE_SCOPES.values()} == {*Scope, None}
 
 
+def _policy(path: str) -> Scope | None:
+    """Issue 12's split, stated as rules over paths (the table states it route by route)."""
+    if path.startswith("/console/"):
+        return Scope.ADMIN
+    if "/message" in path:
+        return Scope.MESSAGES
+    if path.startswith(("/api/v1/visitor/", "/api/v1/tracker/")):
+        return Scope.TRACK
+    if path.rstrip("/") in ("/api/v1/account/info", "/api/v1/version"):
+        return None
+    return Scope.CONTACTS
+
+
+async def test_the_table_follows_the_split_of_issue_12(client):
+    """Visitor histories and rejected events are ``track``'s; messages, smartsend and outboxes ``messages``';
+    the console ``admin``'s; erasing ``admin``'s and deleting ``contacts'``; everything else ``contacts'``."""
+    for method, path in _routes(client):
+        needs = ROUTE_SCOPES[table_key(method, path)]
+        assert needs.scope == _policy(path), (method, path, needs)
+        assert needs.erase == (Scope.ADMIN if method == "DELETE" and path.startswith("/api/v1/contact") else None)
+
+
 @pytest.mark.parametrize("holder", sorted(KEYS))
 async def test_a_key_passes_exactly_the_routes_of_its_scopes(client, database_url, holder):
     """On every route, a key without the route's scope is a 403 naming that scope and changing nothing; a key
