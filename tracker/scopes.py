@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from multidict import MultiMapping
+
 
 class Scope(StrEnum):
     TRACK = "track"  # visitor histories, rejected beacon events
@@ -32,16 +34,11 @@ class Needs:
     scope: Scope | None
     erase: Scope | None = None
 
-    def scope_for(self, query: Mapping[str, str] | None = None) -> Scope | None:
-        if self.erase is not None and query is not None and _asks_erase(query):
+    def scope_for(self, query: MultiMapping[str]) -> Scope | None:
+        """The scope a request with this ``query`` needs."""
+        if self.erase is not None and any(v.lower() not in ("false", "0") for v in query.getall("erase", [])):
             return self.erase
         return self.scope
-
-
-def _asks_erase(query: Mapping[str, str]) -> bool:
-    getall = getattr(query, "getall", None)
-    values = getall("erase", []) if getall is not None else [query.get("erase")] if "erase" in query else []
-    return any(str(v).lower() not in ("false", "0") for v in values)
 
 
 ANY_KEY = Needs(None)
