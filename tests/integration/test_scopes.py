@@ -240,3 +240,14 @@ def test_a_malformed_api_keys_entry_stops_the_start(clean_redis, database_url, t
                                    "messages, admin, joined with '+', e.g. key:contacts+messages; a key itself "
                                    "holds no ':')")
     assert "leaky" not in done.stdout + done.stderr
+
+
+def test_replay_without_a_full_plain_key_asks_for_one(tmp_path):
+    """``stitcher replay`` plays with the first plain key holding every scope; when API_KEYS has none (scoped
+    or hashed keys only) it asks for ``--api-key`` rather than playing with a key that would meet 403s."""
+    env = {**os.environ, "API_KEYS": f"contacts-key:contacts,sha256:{'ab' * 32}", "VAR_DIR": str(tmp_path)}
+    done = subprocess.run([str(Path(sys.executable).parent / "stitcher"), "replay", "tests/fixtures/smartsend.jsonl",
+                           "--url", "http://127.0.0.1:1"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert (done.returncode, done.stderr.strip()) == (
+        2, "stitcher replay: give --api-key: API_KEYS holds no plain key with every scope")
