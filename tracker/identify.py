@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from tracker import keys
 from tracker.answers import UNAVAILABLE, Reply, cookie_value, json_reply
@@ -159,8 +160,8 @@ class IdentifyLog:
     async def ensure_group(self) -> None:
         try:
             await self.redis.xgroup_create(keys.IDENTIFY, keys.IDENTIFY_GROUP, id="0", mkstream=True)
-        except Exception as exc:  # ResponseError BUSYGROUP: it exists
-            if "BUSYGROUP" not in str(exc):
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):  # else the group exists already
                 raise
 
     async def read(self, consumer: str, *, block_ms: int | None, pending: bool = False,

@@ -313,3 +313,12 @@ def test_the_setting_reads_a_rotation_pair() -> None:
     assert Settings.from_env({}).identify_secrets == ()
     assert "new" not in repr(Settings.from_env({"IDENTIFY_SECRET": "new"}))  # never printed with the settings
 
+
+
+async def test_a_json_caller_gets_a_cors_preflight(make_client: MakeClient) -> None:
+    """A page posting identify as application/json (a preflighted request) gets the preflight answered."""
+    client = await make_client()
+    r = await client.options("/t/identify", headers={"Origin": SHOP, "Access-Control-Request-Method": "POST",
+                                                     "Access-Control-Request-Headers": "content-type"})
+    assert r.status == 204, await r.text()
+    assert r.headers["Access-Control-Allow-Origin"] == SHOP and "POST" in r.headers["Access-Control-Allow-Methods"]
