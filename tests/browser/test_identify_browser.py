@@ -156,3 +156,44 @@ async def test_a_page_with_a_forged_signature_links_nothing(stitcher_service: st
         return history is not None and history["linkedContactId"] == holder["id"]
 
     await eventually(linked_to_other, within=30.0, what="the visitor linked to the good identify's contact")
+
+
+async def test_identify_waits_for_consent_where_the_site_requires_it(stitcher_service: str, page: Page) -> None:
+    """With data-consent-required, an identify before consent sends nothing (the browser is not yet tracked);
+    after consent it goes."""
+    before, after = f"C-{uuid.uuid4().hex[:10]}", f"C-{uuid.uuid4().hex[:10]}"
+    bodies, answers = identify_requests(page)
+    await page.goto(f"{stitcher_service}/demo-consent/")
+    await page.evaluate("s => stitcher('identify', s)", {"externalCustomerId": before,
+                                                         "signature": backend_signs(before)})
+    await page.evaluate("s => { stitcher('consent', true); stitcher('identify', s) }",
+                        {"externalCustomerId": after, "signature": backend_signs(after)})
+    await eventually(lambda: _now(answers), what="the identify's answer")
+    assert [b["externalCustomerId"] for b in bodies] == [after]  # the page sent them in this order
+    await eventually(lambda: contact_timeline(stitcher_service, after), within=30.0, what="the contact's page view")
+    assert await api(stitcher_service, "/api/v1/contacts", externalCustomerId=before) == []
+
+
+async def test_after_a_reset_identify_links_the_new_visitor_not_the_previous_ones_history(
+        stitcher_service: str, page: Page, context: BrowserContext) -> None:
+    """Logout on a shared computer (stitcher('reset')), then another person logs in: identify names the new
+    visitor (with reset, so the collector takes it over the old cookie), and the earlier person's page views
+    stay off the new contact's timeline."""
+    old_vid, old_urls = await browse_anonymously(page, context, stitcher_service)
+    bodies, _ = identify_requests(page)
+    ext = f"C-{uuid.uuid4().hex[:10]}"
+    await page.evaluate("s => { stitcher('reset'); stitcher('event', 'after_reset'); stitcher('flush');"
+                        " stitcher('identify', s) }", {"externalCustomerId": ext, "signature": backend_signs(ext)})
+
+    async def with_after_reset() -> list[dict[str, Any]] | None:
+        timeline = await contact_timeline(stitcher_service, ext)
+        return timeline if timeline and any(e["type"] == "after_reset" for e in timeline) else None
+
+    events = await eventually(with_after_reset, within=30.0, what="the new visitor's event on the contact")
+    assert bodies[0]["reset"] is True and bodies[0]["vid"] != old_vid
+    assert {e["visitorId"] for e in events} == {bodies[0]["vid"]}
+    history = await api(stitcher_service, f"/api/v1/visitor/{old_vid}/events")
+    assert history["linkedContactId"] is None
+    assert [e["url"] for e in history["events"]] == old_urls  # still anonymous, still the old visitor's
+    assert not {e["id"] for e in events} & {e["id"] for e in history["events"]}
+    assert [e["type"] for e in events] == ["after_reset"]
