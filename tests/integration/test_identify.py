@@ -8,6 +8,7 @@ would link it; anything else is refused with a JSON 4xx and links nothing.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -84,11 +85,11 @@ async def timeline_ids(client: Client, contact_id: int) -> list[str]:
     return [e["id"] for e in page["events"]]
 
 
-async def linked(client: Client, external_id: str, vid: str) -> dict[str, Any]:
-    """Wait until the contact holding ``external_id`` lists ``vid`` among its visitors."""
+async def linked(client: Client, external_id: str, *vids: str) -> dict[str, Any]:
+    """Wait until the contact holding ``external_id`` lists ``vids`` among its visitors."""
     contact = await eventually(lambda: contact_with(client, external_id),
-                               lambda c: c is not None and vid in c["visitorIds"], DEADLINE_S)
-    assert contact is not None and vid in contact["visitorIds"], f"{vid} not linked to {external_id}: {contact}"
+                               lambda c: c is not None and set(vids) <= set(c["visitorIds"]), DEADLINE_S)
+    assert contact is not None and set(vids) <= set(contact["visitorIds"]), f"not linked to {external_id}: {contact}"
     return contact
 
 
@@ -196,6 +197,36 @@ async def test_a_shared_browser_identified_as_someone_else_changes_hands(make_cl
     await beacon(client, vid, later)
     await on_timeline(client, bob["id"], [e["id"] for e in later])
     assert not set(await timeline_ids(client, ann["id"])) & {e["id"] for e in later}
+
+
+async def test_many_identifies_at_once_make_one_contact_per_id_and_keep_each_visitors_order(
+        make_client: MakeClient) -> None:
+    """Twenty browsers of ten customers (two each) identifying at once end as ten contacts with two visitors
+    each, every history stitched; a browser identified as A and at once as B (queued back to back) ends on B."""
+    client = await make_client()
+    tag = uuid.uuid4().hex[:6]
+    vids = [str(uuid.uuid4()) for _ in range(20)]
+    views = {vid: recent_page_views(1, vid) for vid in vids}
+    for vid in vids:
+        await beacon(client, vid, views[vid])
+    shared, a, b = str(uuid.uuid4()), f"A-{tag}", f"B-{tag}"
+
+    async def send(vid: str, ext: str) -> None:
+        status, body, _ = await identify(client, {"externalCustomerId": ext, "signature": signed(ext), "vid": vid})
+        assert status == 202, body
+
+    await asyncio.gather(*(send(vid, f"C-{tag}-{i // 2}") for i, vid in enumerate(vids)))
+    await send(shared, a)
+    await send(shared, b)
+    for i in range(10):
+        pair = vids[2 * i:2 * i + 2]
+        contact = await linked(client, f"C-{tag}-{i}", *pair)
+        await on_timeline(client, contact["id"], [e["id"] for v in pair for e in views[v]])
+    await linked(client, b, shared)
+    await eventually(lambda: _stream_length(client), lambda n: n == 0, DEADLINE_S)
+    ann = await contact_with(client, a)
+    assert ann is not None and shared not in ann["visitorIds"]
+    assert await contact_count(client) == 12
 
 
 # --- refusals: nothing linked ---------------------------------------------------------------------------
