@@ -12,6 +12,9 @@ worker (and so the identify consumer) on:
    the stream is empty — new contacts linked and stitched per second.
 4. Repeats: every visitor identifies again (a site identifying on every page): the time until the stream is
    empty — each repeat is one read and no write.
+5. Baseline: as many other visitors (same histories) linked by the backend's own call, ``POST
+   /api/v1/contact {externalCustomerId, visitorIds}``, ``CONCURRENCY`` in flight — what identify's link is
+   made of, without the stream.
 The beacon path is not touched by identify (its route is aiohttp's, handed over by the edge); ``bench.tracker``
 measures the beacon.
 """
@@ -112,6 +115,19 @@ async def measure(base: str, redis_url: str, service_pid: int) -> dict[str, Any]
         r0 = time.monotonic()
         await _in_flight(VISITORS, identify)
         repeat_done = await drained()
+        # the baseline: the same links made by the backend's own call, POST /api/v1/contact with visitorIds
+        api_vids = [str(uuid.uuid4()) for _ in range(VISITORS)]
+        vids[:] = api_vids
+        await _in_flight(VISITORS, beacon)
+
+        async def api_link(i: int) -> None:
+            async with http.post(f"{base}/api/v1/contact", auth=auth, json={
+                    "externalCustomerId": f"api-{tag}-{i}", "visitorIds": [api_vids[i]]}) as r:
+                assert r.status == 200, await r.text()
+
+        cpu_api0, a0 = cpu_seconds(service_pid), time.monotonic()
+        await _in_flight(VISITORS, api_link)
+        api_done, cpu_api = time.monotonic(), cpu_seconds(service_pid)
     await redis.aclose()
     return {
         "identify_rps": round(VISITORS / (answered - t0), 1), "p50_ms": _pct(latencies[:VISITORS], 50),
@@ -120,6 +136,8 @@ async def measure(base: str, redis_url: str, service_pid: int) -> dict[str, Any]
         "links_per_s": round(VISITORS / (done - t0), 1),
         "service_cpu_ms_per_link": round((cpu_done - cpu0) * 1000 / VISITORS, 2),
         "repeats_drained_per_s": round(VISITORS / (repeat_done - r0), 1),
+        "api_links_per_s": round(VISITORS / (api_done - a0), 1),
+        "service_cpu_ms_per_api_link": round((cpu_api - cpu_api0) * 1000 / VISITORS, 2),
         "last_contact_has_its_history": linked_ok,
     }
 
@@ -161,13 +179,14 @@ def main() -> dict[str, Any]:
     say()
     say(f"  signed identify: {VISITORS} visitors with {VIEWS} anonymous page views each, {CONCURRENCY} in flight")
     say(f"  {'backend':<11}{'identify/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'links/s':>9}{'CPU ms/link':>12}"
-        f"{'repeats/s':>10}")
+        f"{'repeats/s':>10}{'API links/s':>12}{'CPU ms/API link':>16}")
     for name, r in results["backends"].items():
         if "error" in r:
             say(f"  {name:<11}error: {r['error']}")
             continue
         say(f"  {name:<11}{r['identify_rps']:>11}{r['p50_ms']:>8}{r['p99_ms']:>8}{r['links_per_s']:>9}"
-            f"{r['service_cpu_ms_per_link']:>12}{r['repeats_drained_per_s']:>10}")
+            f"{r['service_cpu_ms_per_link']:>12}{r['repeats_drained_per_s']:>10}{r['api_links_per_s']:>12}"
+            f"{r['service_cpu_ms_per_api_link']:>16}")
     results["pass"] = all("error" not in r and r["last_contact_has_its_history"]
                           for r in results["backends"].values())
     results["elapsed_s"] = round(time.monotonic() - started, 1)
