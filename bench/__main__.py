@@ -20,7 +20,7 @@ from typing import Any
 
 # run in this order; bench.<name> must define main() -> dict
 BENCHMARKS = ("tracker", "instructions", "stitch", "contacts", "imports", "orders", "events", "segments", "messages",
-              "exports")
+              "exports", "identify")
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
 
 

@@ -12,6 +12,9 @@ API:
                                    to expire its visitor cookie
   stitcher('reset')                forget the visitor: the next batch starts a new one (e.g. on logout)
   stitcher('flush')                send queued events now, ignoring any retry backoff
+  stitcher('identify', {externalCustomerId, signature})
+                                   link this visitor to a logged-in customer: the signature is HMAC-SHA256
+                                   (hex) of the ID, made by the site's backend (POST <endpoint>/identify)
 
 Script tag attributes:
   data-endpoint            where to POST batches; default: the script's origin + "/t"
@@ -179,11 +182,10 @@ other 4xx drops the batch for good.
     return b[0].v ? [b[0].v] : [vid(), r == 1 || r > now() - 3e4 ? r : set('rs')];
   };
   // v and n are the script's own bookkeeping, not sent
-  const body = (b, v, r) => J({ vid: v, reset: r ? true : undefined, sent_at: now(), events: b.map(({ v, n, ...e }) => e) });
+  const body = (b, v, r, x = { sent_at: now(), events: b.map(({ v, n, ...e }) => e) }) => J({ vid: v, reset: r ? true : undefined, ...x });
 
-  const post = (x, s) => fetch(EP, {
-    method: 'POST', body: x, headers: { 'Content-Type': 'text/plain' }, keepalive: true, credentials: 'include', signal: s
-  });
+  // a string body goes as text/plain: no CORS preflight
+  const post = (x, p = '', s) => fetch(EP + p, { method: 'POST', body: x, keepalive: true, credentials: 'include', signal: s });
   const flush = G(() => ok == 1 && !inf.size && lock(() => send().catch(() => inf.clear())));
   const send = async () => {
     const b = batch(inf);
@@ -195,7 +197,7 @@ other 4xx drops the batch for good.
       // a timeout of our own: AbortSignal.timeout is missing before Safari 16 / Chrome 103
       const c = new AbortController();
       setTimeout(() => c.abort(), 5e3);
-      const x = await (p = post(body(b, v, r), c.signal));
+      const x = await (p = post(body(b, v, r), '', c.signal));
       const s = x.status;
       if (s < 300 || s < 500 && s != 429) {
         // delivered, or refused for good (a 4xx would fail the same way forever)
@@ -279,6 +281,9 @@ other 4xx drops the batch for good.
       set('vid');
       if (ok) set('rs', 1);
     },
+    // a login the site's backend vouches for: o.signature is its HMAC of o.externalCustomerId (POST <endpoint>/identify)
+    // (only these two fields are sent: the collector refuses an email or phone from a browser)
+    identify: o => ok == 1 && post(body(0, ...rsv([0]), { externalCustomerId: o.externalCustomerId, signature: o.signature }), '/identify').catch(() => 0),
     // h: heard from another tab, which has already told the others and the collector
     consent: (y, h) => {
       if (y) {
@@ -296,7 +301,7 @@ other 4xx drops the batch for good.
       if (!h) {
         B && B.postMessage(y);
         // ask the collector to expire its HttpOnly visitor cookie (last: the page's fetch may throw)
-        y || fetch(EP + '/forget', { method: 'POST', credentials: 'include', keepalive: true }).catch(() => 0);
+        y || post('', '/forget').catch(() => 0);
       }
     }
   };

@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from stitcher import account, http_errors
+from stitcher import account, http_errors, identify
 from stitcher.api import CONTACTS, routes
 from stitcher.console import handlers as console
 from stitcher.contacts import ContactService
@@ -51,6 +51,7 @@ def init_app(settings: Settings) -> web.Application:
     app[ERROR_STATUS] = statuses | http_errors.STATUS
     app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention)
     app.cleanup_ctx.append(_stitcher_ctx)
+    app.cleanup_ctx.append(identify.identify_ctx)  # after: it uses the contacts service
     app.add_routes(routes)
     app.add_routes(events.routes)
     app.add_routes(account.routes)

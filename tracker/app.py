@@ -18,10 +18,11 @@ from tracker.connection import HANDLER_ARGS
 from tracker.eventlog import EventLog
 from tracker.groupcommit import GroupCommitter
 from tracker.http import API_KEYS, ERROR_STATUS, METRICS, UNAVAILABLE, edge_middleware
+from tracker.identify import Identify, IdentifyLog
 from tracker.logs import OUTPUT, flush_periodically
 from tracker.metrics import Metrics
 from tracker.resp import RespConnection
-from tracker.routes import EVENTLOG, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, TRACKING, routes
+from tracker.routes import EVENTLOG, IDENTIFY, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, TRACKING, routes
 from tracker.routing import answer_with_and_without_trailing_slash
 from tracker.script import Script
 from tracker.settings import Settings
@@ -78,6 +79,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
                              committer=committer)
     app[TRACKING] = Tracking(eventlog=app[EVENTLOG], metrics=app[METRICS], limits=app[LIMITS], script=app[SCRIPT],
                              allowed_origins=settings.allowed_origins, log_sample=settings.beacon_log_sample)
+    app[IDENTIFY] = Identify(settings.identify_secrets, IdentifyLog(redis))
     yield
     await committer.stop()
     await stop_task(log_flusher)

@@ -12,6 +12,8 @@ import zlib
 PREFIX = "st"
 LINKED_GROUP = "stitcher"  # consumer group reading the linked streams
 REJECTED = f"{PREFIX}:rejected"  # stream of rejected beacon events, for operators
+IDENTIFY = f"{PREFIX}:identify"  # stream of verified identifies (tracker.identify), read by the stitcher
+IDENTIFY_GROUP = "stitcher"  # consumer group reading it
 
 
 def partition(vid: str, partitions: int) -> int:

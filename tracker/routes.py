@@ -8,17 +8,20 @@ from typing import Any
 
 from aiohttp import web
 
-from tracker.answers import Tracking, is_secure
+from tracker.answers import Tracking, error_reply, is_secure
 from tracker.beacon import Limits
 from tracker.errors import DomainError, NotFound, ValidationFailed
 from tracker.eventlog import EventLog
 from tracker.http import (
     METRICS,
+    REQUEST_ID,
     json_response,
     read_body,
     self_accounted,
     to_response,
 )
+from tracker.identify import MAX_BODY_BYTES as IDENTIFY_MAX_BODY
+from tracker.identify import Identify
 from tracker.metrics import CONTENT_TYPE_LATEST
 from tracker.script import Script
 from tracker.settings import Settings
@@ -29,6 +32,7 @@ EVENTLOG = web.AppKey("eventlog", EventLog)
 SCRIPT = web.AppKey("script", Script)
 LIMITS = web.AppKey("limits", Limits)
 TRACKING = web.AppKey("tracking", Tracking)
+IDENTIFY = web.AppKey("identify", Identify)
 routes = web.RouteTableDef()
 
 
@@ -66,6 +70,23 @@ async def forget(request: web.Request) -> web.StreamResponse:
     return response
 
 
+@routes.post("/t/identify")
+async def identify(request: web.Request) -> web.StreamResponse:
+    """``stitcher('identify', {externalCustomerId, signature})``: link this visitor to a backend-signed ID
+    (``tracker.identify``). Answered by aiohttp, not the edge: it is rare next to beacons. Its errors carry
+    CORS headers too, so the page can read why it was refused."""
+    request_id = request[REQUEST_ID]
+    try:
+        body = await read_body(request, IDENTIFY_MAX_BODY)
+        reply = await request.app[IDENTIFY].identify(request.headers, body, is_secure(request.secure, request.headers),
+                                                     request_id)
+    except DomainError as exc:
+        reply, _ = error_reply(exc, request_id)
+    request.app[TRACKING].cors(request.headers, reply.headers)
+    return to_response(reply)
+
+
+@routes.options("/t/identify")
 @routes.options("/t")
 async def beacon_preflight(request: web.Request) -> web.StreamResponse:
     return to_response(request.app[TRACKING].preflight(request.headers))

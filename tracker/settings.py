@@ -54,6 +54,8 @@ class Settings:
     smtp_url: str | None = None  # smtp[s]://user:password@host:port: the delivery worker sends queued email there
     sms_webhook_url: str | None = None  # the delivery worker posts queued SMS there (else they stay queued)
     send_receipt_ttl_days: int = 7  # an Idempotency-Key send's receipt is kept this long (a repeat sends nothing)
+    # IDENTIFY_SECRET: HMAC keys of signed identify, the current first (two during a rotation); empty: off
+    identify_secrets: tuple[str, ...] = field(default=(), repr=False)
     extra: Mapping[str, str] = field(default_factory=dict)
     key_ring: KeyRing = field(init=False, repr=False, compare=False)  # api_keys, parsed
 
@@ -92,6 +94,8 @@ class Settings:
             kw["api_keys"] = _csv(env["API_KEYS"])
         if env.get("ALLOWED_ORIGINS"):
             kw["allowed_origins"] = _csv(env["ALLOWED_ORIGINS"])
+        if env.get("IDENTIFY_SECRET"):
+            kw["identify_secrets"] = _csv(env["IDENTIFY_SECRET"])
         if env.get("PLACEHOLDERS"):
             kw["placeholders"] = tuple(p.lower() for p in _csv(env["PLACEHOLDERS"]))
         if env.get("HOST"):
