@@ -42,7 +42,7 @@ class Worker:
     def __init__(self, db: Database, eventlog: EventLog, stitcher: Stitcher, metrics: Metrics, *,
                  receipt_ttl_ms: int = 7 * 86_400_000, leader: Lease | None = None) -> None:
         self.db = db
-        self.leader = leader  # None: this process sweeps; else only while it holds this lease
+        self.leader = leader  # None: this process sweeps; else (after its first sweep) while it holds this lease
         self.receipt_ttl_ms = receipt_ttl_ms
         self.eventlog = eventlog
         self.stitcher = stitcher
@@ -67,7 +67,9 @@ class Worker:
                 if time.monotonic() >= next_housekeeping:
                     first = next_housekeeping == 0.0
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_S  # a failing one must not starve draining
-                    if self.leader is None or self.leader.held:
+                    # the first sweep (every interrupted stitch, at start-up) in every process, as it restarts
+                    # after a crash before its old lease runs out; later ones only in the lease's holder
+                    if first or self.leader is None or self.leader.held:
                         await self.housekeeping(first=first)
                 if own_pending:
                     await self.drain(await self._redis(
