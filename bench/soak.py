@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter, deque
@@ -31,8 +29,8 @@ from typing import Any
 import orjson
 import redis
 
-from bench.common import HOST, Children, say
-from bench.workers import service_env, service_pids, start_workers
+from bench.common import HOST, say
+from bench.workers import redis_and_postgres, service_env, service_pids, start_workers
 
 SOAK_SECONDS = int(os.environ.get("BENCH_SOAK_SECONDS", "240"))
 TTL_S = int(os.environ.get("BENCH_SOAK_TTL", "60"))
@@ -195,6 +193,10 @@ def _slope_per_min(points: list[tuple[float, float]]) -> float | None:
     return sum((t - mt) * (v - mv) for t, v in points) / var * 60 if var else None
 
 
+def _rounded(value: float | None) -> float | None:
+    return round(value, 1) if value is not None else None
+
+
 def summarise(raw: dict[str, Any]) -> dict[str, Any]:
     samples = raw["samples"]
     settled = TTL_S + ACTIVE_S
@@ -207,8 +209,9 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         values = [s[name] for s in samples]
         out[name] = {"start": values[0], "peak": max(values), "end": values[-1],
                      "settled_start": window[0][name] if window else None,
-                     "slope_per_min_after_settling": (round(s, 1) if (s := _slope_per_min(
-                         [(x["t"], x[name]) for x in window])) is not None else None)}
+                     "slope_per_min_after_settling": _rounded(_slope_per_min([(x["t"], x[name]) for x in window])),
+                     "slope_per_min_last_half": _rounded(_slope_per_min(
+                         [(x["t"], x[name]) for x in window[len(window) // 2:]]))}
     out["links_made"] = raw["links"]
     out["bytes_per_link"] = raw["bytes_per_link"]
     out["statuses"] = raw["statuses"]
@@ -230,13 +233,14 @@ def report(r: dict[str, Any]) -> None:
         say(f"  {s['t']:>7.0f}{s['rss_total_kib'] / 1024:>26.1f}{s['redis_used_kib'] / 1024:>26.2f}"
             f"{s['redis_keys']:>12,}{s['requests']:>10,}")
     settled = f"slope once settled (t >= {r['settled_after_s']} s)"
-    say(f"  {'':<24}{'start':>10}{'peak':>10}{'end':>10}{settled:>40}")
+    say(f"  {'':<24}{'start':>10}{'peak':>10}{'end':>10}{settled:>40}{'its last half':>18}")
     for name, label, unit in (("rss_total_kib", "RSS, all processes", 1024),
                               ("redis_used_kib", "Redis used_memory", 1024)):
         m = r[name]
-        slope = m["slope_per_min_after_settling"]
+        slope, last = m["slope_per_min_after_settling"], m["slope_per_min_last_half"]
         say(f"  {label:<24}{m['start'] / unit:>8.1f}Mi{m['peak'] / unit:>8.1f}Mi{m['end'] / unit:>8.1f}Mi"
-            f"{(f'{slope:+,.0f} KiB/min' if slope is not None else 'n/a'):>40}")
+            f"{(f'{slope:+,.0f} KiB/min' if slope is not None else 'n/a'):>40}"
+            f"{(f'{last:+,.0f} KiB/min' if last is not None else 'n/a'):>18}")
     k = r["redis_keys"]
     say(f"  Redis keys: start {k['start']:,}, peak {k['peak']:,}, end {k['end']:,}; links made by the subscribes "
         f"(kept 400 days, not bounded by the TTL): {r['links_made']:,} x ~{r['bytes_per_link']} bytes")
@@ -249,28 +253,16 @@ def report(r: dict[str, Any]) -> None:
 
 
 def main() -> dict[str, Any]:
-    from bench.stitch import drop_database, prepare_database
-    from bench.tracker import start_redis
-
-    tmp = Path(tempfile.mkdtemp(prefix="stitcher-bench-soak-"))
-    try:
-        with Children() as children:
-            _, redis_url = start_redis(children, tmp)
-            db_url, created = prepare_database("postgresql", tmp)
-            try:
-                env = service_env(tmp, redis_url, db_url, ANON_TTL_SECONDS=str(TTL_S), API_KEYS=API_KEY,
-                                  BEACON_LOG_SAMPLE="0")
-                service, port = start_workers(children, tmp, PROCESSES, env, label="-soak")
-                say(f"   stitcher serve --workers {PROCESSES} on port {port} (pids {service_pids(service.pid)}), "
-                    f"soaking for {SOAK_SECONDS} s ...")
-                try:
-                    raw = asyncio.run(soak(f"http://{HOST}:{port}", service.pid, redis_url))
-                finally:
-                    children.stop(service, timeout=90)
-            finally:
-                drop_database(db_url, created)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with redis_and_postgres("stitcher-bench-soak-") as (children, tmp, _, redis_url, db_url):
+        env = service_env(tmp, redis_url, db_url, ANON_TTL_SECONDS=str(TTL_S), API_KEYS=API_KEY,
+                          BEACON_LOG_SAMPLE="0")
+        service, port = start_workers(children, tmp, PROCESSES, env, label="-soak")
+        say(f"   stitcher serve --workers {PROCESSES} on port {port} (pids {service_pids(service.pid)}), "
+            f"soaking for {SOAK_SECONDS} s ...")
+        try:
+            raw = asyncio.run(soak(f"http://{HOST}:{port}", service.pid, redis_url))
+        finally:
+            children.stop(service, timeout=90)
     results = summarise(raw)
     report(results)
     return results

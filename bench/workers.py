@@ -15,6 +15,8 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,32 +129,40 @@ def report(results: dict[str, Any]) -> None:
             "Redis: the second process can only take what they leave)")
 
 
-def main() -> dict[str, Any]:
+@contextmanager
+def redis_and_postgres(prefix: str) -> Iterator[tuple[Children, Path, Child, str, str]]:
+    """A private redis-server and a PostgreSQL database of this run (dropped after), with the children's
+    keeper and a temporary directory: (children, tmp, the redis child, its URL, the database URL)."""
     from bench.stitch import drop_database, prepare_database
     from bench.tracker import start_redis
 
-    results: dict[str, Any] = {}
-    if find_wrk() is None:
-        say(f"   !! {WRK_INSTALL_HINT}; skipped")
-        return {"status": "skipped: wrk not installed"}
-    tmp = Path(tempfile.mkdtemp(prefix="stitcher-bench-workers-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         with Children() as children:
             redis_child, redis_url = start_redis(children, tmp)
             db_url, created = prepare_database("postgresql", tmp)
             try:
-                env = service_env(tmp, redis_url, db_url)
-                for n in PROCESSES:
-                    service, port = start_workers(children, tmp, n, env)
-                    say(f"   stitcher serve --workers {n} on port {port}: pids {service_pids(service.pid)}")
-                    try:
-                        results[str(n)] = measure(service, port, n, redis_child.pid)
-                    finally:
-                        children.stop(service, timeout=90)
+                yield children, tmp, redis_child, redis_url, db_url
             finally:
                 drop_database(db_url, created)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    if find_wrk() is None:
+        say(f"   !! {WRK_INSTALL_HINT}; skipped")
+        return {"status": "skipped: wrk not installed"}
+    with redis_and_postgres("stitcher-bench-workers-") as (children, tmp, redis_child, redis_url, db_url):
+        env = service_env(tmp, redis_url, db_url)
+        for n in PROCESSES:
+            service, port = start_workers(children, tmp, n, env)
+            say(f"   stitcher serve --workers {n} on port {port}: pids {service_pids(service.pid)}")
+            try:
+                results[str(n)] = measure(service, port, n, redis_child.pid)
+            finally:
+                children.stop(service, timeout=90)
     if "1" in results and "2" in results and results["1"]["rps"]:
         results["scaling"] = round(results["2"]["rps"] / results["1"]["rps"], 2)
     report(results)

@@ -20,11 +20,11 @@ log = structlog.get_logger("cli")
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _serve_workers(settings, args.workers)  # the parent serves nothing: it need not load the app
     from stitcher.app import init_app
     from tracker.edge.site import run
 
-    if args.workers > 1:
-        return _serve_workers(settings, args.workers)
     embedded: EmbeddedRedis | None = None
     if settings.redis_url is None:
         embedded = EmbeddedRedis(settings.var_dir / "redis", persistent=True)
