@@ -39,7 +39,7 @@ return 0
 
 
 class Lease:
-    """One named lease, kept (taken whenever free, then renewed) by ``run`` until ``stop``."""
+    """One named lease, kept (taken whenever free, then renewed) from ``start`` until ``stop``."""
 
     def __init__(self, redis: Redis, key: str, *, ttl_ms: int = 15_000) -> None:
         self.redis = redis
@@ -62,8 +62,9 @@ class Lease:
         sent, was = time.monotonic(), self.held
         try:
             ok = bool(await self._take(keys=[self.key], args=[self.owner, self.ttl_ms]))
-        except Exception as exc:
-            log.warning("lease not renewed", lease=self.key, error=type(exc).__name__)
+        except Exception as exc:  # an outage: every process keeps trying; the holder says it lost the lease
+            if was:
+                log.warning("lease not renewed", lease=self.key, error=type(exc).__name__)
             ok = False
         self._valid_until = sent + self.ttl_ms / 1000 * SAFE_SHARE if ok else 0.0
         if ok != was:
