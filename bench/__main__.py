@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 # run in this order; bench.<name> must define main() -> dict
-BENCHMARKS = ("tracker", "instructions", "stitch", "contacts", "imports", "orders", "events", "segments", "messages",
-              "exports", "identify")
+BENCHMARKS = ("tracker", "workers", "instructions", "stitch", "contacts", "imports", "orders", "events", "segments",
+              "messages", "exports", "identify", "soak")
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
 
 

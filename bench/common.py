@@ -48,9 +48,28 @@ def per_backend(run: Callable[[str], dict[str, Any]]) -> dict[str, dict[str, Any
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    """A free port: any, or with ``BENCH_PORTS=LOW-HIGH`` the first free one of that range not handed out
+    before in this run (a shared machine where each runner has its own ports)."""
+    span = os.environ.get("BENCH_PORTS")
+    if not span:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            return int(s.getsockname()[1])
+    low, high = (int(p) for p in span.split("-"))
+    for port in range(low, high + 1):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port left in BENCH_PORTS={span}")
+
+
+_handed_out: set[int] = set()
 
 
 def _die_with_parent() -> None:

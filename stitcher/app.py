@@ -20,6 +20,7 @@ from stitcher.groups import handlers as groups
 from stitcher.http_input import DB, NORMALISER
 from stitcher.imports import handlers as imports
 from stitcher.imports.runner import ImportRunner
+from stitcher.lease import Lease
 from stitcher.messages import handlers as messages
 from stitcher.messages.setup import messages_ctx
 from stitcher.orders.api import ORDERS
@@ -28,6 +29,7 @@ from stitcher.orders.service import OrderService
 from stitcher.stitch import Stitcher
 from stitcher.store.db import Contention, Database
 from stitcher.worker import Worker
+from tracker import keys
 from tracker.app import connect_redis
 from tracker.app import init_app as init_tracker
 from tracker.eventlog import EventLog
@@ -37,6 +39,7 @@ from tracker.settings import Settings
 from tracker.tasks import stop_task
 
 WORKER = web.AppKey("worker", Worker)
+SWEEPER_LEASE = web.AppKey("sweeper_lease", Lease)
 STOP_GRACE_S = 5.0
 
 
@@ -89,9 +92,17 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)
     worker_log = EventLog(worker_redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
                           history_cap=settings.history_cap)
-    worker = Worker(db, worker_log, stitcher, app[METRICS], receipt_ttl_ms=settings.send_receipt_ttl_ms)
+    # the drain is spread (every process is a consumer of one group); the sweeper is elected: with several
+    # processes on one Redis (`serve --workers N`), the holder of this lease alone runs the housekeeping
+    lease = app[SWEEPER_LEASE] = Lease(worker_redis, keys.lease("sweeper"))
+    worker = Worker(db, worker_log, stitcher, app[METRICS], receipt_ttl_ms=settings.send_receipt_ttl_ms,
+                    leader=lease)
     app[WORKER] = worker
-    task = asyncio.create_task(worker.run(), name="stitcher-worker") if settings.worker_enabled else None
+    task = None
+    if settings.worker_enabled:
+        await lease.try_take()  # decided before the first sweep, which finishes every interrupted stitch
+        lease.start()
+        task = asyncio.create_task(worker.run(), name="stitcher-worker")
     yield
     worker.stopping.set()
     if task is not None:
@@ -99,6 +110,7 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
         # of the SQLite driver after the loop closes); cancel only what outlives the grace
         await asyncio.wait({task}, timeout=STOP_GRACE_S)
         await stop_task(task)
+    await lease.stop()  # released once the sweep stopped: another process takes over at once
     await importer.close()
     await worker_redis.aclose()
     await db.close()

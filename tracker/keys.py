@@ -53,3 +53,8 @@ class VisitorKeys:
 def linked_stream(p: int) -> str:
     """Stream of new events of linked visitors in partition ``p``, drained by the stitcher worker."""
     return f"{PREFIX}:{{{p}}}:linked"
+
+
+def lease(name: str) -> str:
+    """String: the process holding the lease ``name`` (its owner token), with a TTL the holder renews."""
+    return f"{PREFIX}:lease:{name}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -153,7 +154,8 @@ async def rejected_events(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.StreamResponse:
-    return json_response({"status": "ok"})
+    """Alive; ``pid`` tells which process of ``serve --workers N`` answered."""
+    return json_response({"status": "ok", "pid": os.getpid()})
 
 
 @routes.get("/readyz")

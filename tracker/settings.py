@@ -26,6 +26,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     anon_ttl_days: int = 30
+    anon_ttl_s: int | None = None  # ANON_TTL_SECONDS: overrides the days (soak benchmarks, tests)
     allowed_origins: tuple[str, ...] = ("*",)
     var_dir: Path = Path("var")
     static_dir: Path = STATIC_DIR
@@ -65,7 +66,7 @@ class Settings:
 
     @property
     def anon_ttl_seconds(self) -> int:
-        return self.anon_ttl_days * 86_400
+        return self.anon_ttl_s if self.anon_ttl_s else self.anon_ttl_days * 86_400
 
     @property
     def held_event_ttl_ms(self) -> int:
@@ -112,7 +113,8 @@ class Settings:
         if env.get("DEFAULT_PHONE_REGION"):
             kw["default_phone_region"] = env["DEFAULT_PHONE_REGION"]
         for name, attr in (
-            ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("HISTORY_CAP", "history_cap"),
+            ("PORT", "port"), ("ANON_TTL_DAYS", "anon_ttl_days"), ("ANON_TTL_SECONDS", "anon_ttl_s"),
+            ("HISTORY_CAP", "history_cap"),
             ("MAX_BODY_BYTES", "max_body_bytes"), ("MAX_EVENTS", "max_events"),
             ("STITCH_PAUSE_MS", "stitch_pause_ms"), ("ORG_ID", "org_id"), ("IMPORT_CHUNK_ROWS", "import_chunk_rows"),
             ("HELD_EVENT_TTL_DAYS", "held_event_ttl_days"), ("SEND_RECEIPT_TTL_DAYS", "send_receipt_ttl_days"),

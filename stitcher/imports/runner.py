@@ -170,9 +170,17 @@ class ImportRunner:
                     upcoming = (asyncio.ensure_future(self._parse(request, parsed.end))
                                 if parsed.end < row.total else None)
                     for part in parsed.split(MAX_CHUNK_KEYS):
-                        await self.db.retry(functools.partial(
-                            apply_chunk, self.db, import_id, request, part, group_ids, row.request_id),
-                            also=(StaleCandidates, IntegrityError))
+                        if not await self.db.retry(functools.partial(
+                                apply_chunk, self.db, import_id, request, part, group_ids, row.request_id),
+                                also=(StaleCandidates, IntegrityError)):
+                            # another runner of this import (a process resuming it while this one runs, as
+                            # with `serve --workers N`) applied it, or ended it: that runner goes on alone.
+                            # Going on here could end the import before the other's chunks land when the
+                            # two cut their chunks at different rows.
+                            if upcoming is not None:
+                                upcoming.cancel()
+                            log.info("import taken over by another runner", import_id=import_id)
+                            return
                         start = part.end
                 await self._end(import_id, "FINISHED", f"{row.total} rows processed{left_out}")
             except asyncio.CancelledError:
