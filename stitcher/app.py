@@ -28,10 +28,10 @@ from stitcher.orders.service import OrderService
 from stitcher.stitch import Stitcher
 from stitcher.store.db import Contention, Database
 from stitcher.worker import Worker
-from tracker.app import connect_redis
 from tracker.app import init_app as init_tracker
 from tracker.eventlog import EventLog
 from tracker.http import ERROR_STATUS, METRICS, UNAVAILABLE
+from tracker.redis_client import connect_redis
 from tracker.routes import EVENTLOG, READY_CHECKS, SETTINGS
 from tracker.settings import Settings
 from tracker.tasks import stop_task
