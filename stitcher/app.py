@@ -31,7 +31,8 @@ from stitcher.worker import Worker
 from tracker.app import init_app as init_tracker
 from tracker.eventlog import EventLog
 from tracker.http import ERROR_STATUS, METRICS, UNAVAILABLE
-from tracker.redis_client import connect_redis
+from tracker.redis_client import connect_redis, is_cluster
+from tracker.resp_cluster import ClusterRespConnection
 from tracker.routes import EVENTLOG, READY_CHECKS, SETTINGS
 from tracker.settings import Settings
 from tracker.tasks import stop_task
@@ -86,8 +87,10 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     importer.start_resuming()
     # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block
     worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)
+    # a cluster's partition streams are polled node by node as RESP (EventLog.read_linked)
+    reader = ClusterRespConnection(settings.redis_url or "", 5.0) if is_cluster(settings.redis_url or "") else None
     worker_log = EventLog(worker_redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
-                          history_cap=settings.history_cap)
+                          history_cap=settings.history_cap, linked_reader=reader)
     worker = Worker(db, worker_log, stitcher, app[METRICS], receipt_ttl_ms=settings.send_receipt_ttl_ms)
     app[WORKER] = worker
     task = asyncio.create_task(worker.run(), name="stitcher-worker") if settings.worker_enabled else None
@@ -100,4 +103,6 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
         await stop_task(task)
     await importer.close()
     await worker_redis.aclose()
+    if reader is not None:
+        reader.close()
     await db.close()

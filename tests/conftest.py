@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.redis_cluster import async_client, local_cluster, sync_client
+from tests.redis_cluster import async_client, flush, local_cluster
 from tracker.embedded_redis import EmbeddedRedis
 from tracker.redis_client import AnyRedis
 from tracker.settings import Settings
@@ -87,9 +87,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def clean_redis(redis_url: str) -> str:
     """The session's Redis, emptied for this test (every master of a cluster)."""
-    client = sync_client(redis_url)
-    client.flushdb()
-    client.close()
+    flush(redis_url)
     return redis_url
 
 

@@ -131,6 +131,26 @@ def local_cluster() -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+class _AsyncClusterClient(AsyncRedisCluster):
+    """redis-py 8.1 sends a cluster's KEYS to one node only; the tests' KEYS looks at every master."""
+
+    async def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:
+        await self.initialize()
+        return await super().keys(pattern, target_nodes=self.get_primaries(), **kwargs)
+
+
+def flush(url: str) -> None:
+    """Empty the Redis at ``url`` (every master of a cluster)."""
+    client = sync_client(url)
+    try:
+        if isinstance(client, RedisCluster):
+            client.flushdb(target_nodes=client.get_primaries())
+        else:
+            client.flushdb()
+    finally:
+        client.close()
+
+
 def sync_client(url: str) -> redis.Redis | RedisCluster:
     """A blocking client of one Redis or of a cluster."""
     if not is_cluster(url):
@@ -147,5 +167,5 @@ def async_client(url: str) -> AnyRedis:
     from redis.asyncio.cluster import ClusterNode as AsyncNode
 
     parsed = parse_cluster_url(url)
-    return AsyncRedisCluster(startup_nodes=[AsyncNode(h, p) for h, p in parsed.seeds],
+    return _AsyncClusterClient(startup_nodes=[AsyncNode(h, p) for h, p in parsed.seeds],
                              username=parsed.username, password=parsed.password)
