@@ -9,7 +9,7 @@ only, so a path (``/3``) is refused rather than ignored.
 from __future__ import annotations
 
 from typing import NamedTuple, TypeAlias
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
@@ -32,11 +32,12 @@ class ClusterUrl(NamedTuple):
 
     def node_url(self, host: str, port: int) -> str:
         """A plain URL of one node, with the cluster's credentials and TLS."""
+        user = quote(self.username or "", safe="")
         auth = ""
         if self.password is not None:
-            auth = f"{self.username or ''}:{self.password}@"
+            auth = f"{user}:{quote(self.password, safe='')}@"
         elif self.username is not None:
-            auth = f"{self.username}@"
+            auth = f"{user}@"
         return f"{self.scheme}://{auth}{host}:{port}"
 
 

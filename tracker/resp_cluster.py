@@ -3,8 +3,10 @@
 A batch is split by node; each node's part is sent on that node's own ``RespConnection`` (one write, one
 round trip) and the nodes are written to concurrently. The slot map comes from ``CLUSTER SLOTS`` and is
 patched from each ``MOVED`` reply (and read again in full after a node failed); ``ASK`` (a slot being
-migrated) sends that one command to the named node after ``ASKING``. A node that fails fails only its own
-commands: the others' replies still come back.
+migrated) sends that one command to the named node after ``ASKING``; ``TRYAGAIN`` (a script whose keys are
+split between the two nodes of a migrating slot) is sent again every ``TRYAGAIN_PAUSE_S`` until the slot
+has moved or the batch's time is up. A node that fails fails only its own commands: the others' replies
+still come back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tracker.resp import RespConnection, command
 
 SLOTS = 16384
 REDIRECTS = 5  # rounds of MOVED/ASK followed for one batch (a resharding moves a slot once)
+TRYAGAIN_PAUSE_S = 0.02
 _ASKING = command("ASKING")
 Address = tuple[str, int]
 
@@ -79,12 +82,16 @@ class ClusterRespConnection:
                 owners = self._owners or await self._refresh()
                 todo = {i: owners[key_slot(keys[i].encode())] for i in range(len(commands))}
                 asking: set[int] = set()
-                for _ in range(REDIRECTS):
-                    todo, asking = await self._round(commands, todo, asking, replies)
-                    if not todo:
-                        return replies
-                for i in todo:
-                    replies[i] = ResponseError("redis cluster kept redirecting the command")
+                redirects = 0
+                while todo:
+                    todo, asking, redirected = await self._round(commands, todo, asking, replies)
+                    redirects += redirected
+                    if redirects > REDIRECTS:
+                        for i in todo:
+                            replies[i] = ResponseError("redis cluster kept redirecting the command")
+                        break
+                    if todo and not redirected:  # only TRYAGAIN left: the slot is still moving
+                        await asyncio.sleep(TRYAGAIN_PAUSE_S)
                 return replies
         except TimeoutError:
             self.close()
@@ -94,8 +101,9 @@ class ClusterRespConnection:
         return [fail if r is None else r for r in replies]
 
     async def _round(self, commands: list[bytes], todo: dict[int, Address], asking: set[int],
-                     replies: list[Any]) -> tuple[dict[int, Address], set[int]]:
-        """Send each pending command to its node; returns the redirected ones (with where they go now)."""
+                     replies: list[Any]) -> tuple[dict[int, Address], set[int], bool]:
+        """Send each pending command to its node; returns the ones to send again (with where they go now,
+        and which go with ASKING) and whether any was redirected (MOVED/ASK) rather than told TRYAGAIN."""
         by_node: dict[Address, list[int]] = {}
         for i, address in todo.items():
             by_node.setdefault(address, []).append(i)
@@ -104,6 +112,7 @@ class ClusterRespConnection:
                                        return_exceptions=True)
         again: dict[int, Address] = {}
         ask_again: set[int] = set()
+        redirected = False
         for (_, ids), result in zip(nodes, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, Exception):
@@ -113,17 +122,23 @@ class ClusterRespConnection:
                     replies[i] = result
                 continue
             for i, reply in zip(ids, result, strict=True):
+                if isinstance(reply, ResponseError) and str(reply).startswith("TRYAGAIN"):
+                    again[i] = todo[i]
+                    if i in asking:
+                        ask_again.add(i)
+                    continue
                 redirect = _redirect(reply)
                 if redirect is None:
                     replies[i] = reply
                     continue
                 kind, slot, address = redirect
                 again[i] = address
+                redirected = True
                 if kind == "ASK":
                     ask_again.add(i)
                 elif self._owners is not None:
                     self._owners[slot] = address
-        return again, ask_again
+        return again, ask_again, redirected
 
     async def _send(self, address: Address, commands: list[bytes], ids: list[int], asking: set[int]) -> list[Any]:
         frame: list[bytes] = []
