@@ -73,8 +73,8 @@ def redis_url() -> Iterator[str]:
     """A real Redis for the session: a Redis Cluster of its own with TEST_REDIS_CLUSTER=1, else the one named
     by TEST_REDIS_URL, else a private redis-server on a unix socket, as the service's embedded default has it."""
     if os.environ.get("TEST_REDIS_CLUSTER", "").lower() in ("1", "true", "yes"):
-        with local_cluster() as cluster_url:
-            yield cluster_url
+        with local_cluster() as cluster:
+            yield cluster.url
         return
     url = os.environ.get("TEST_REDIS_URL")
     if url:

@@ -53,24 +53,45 @@ def free_base_port(first: int = 17_000, last: int = 19_000) -> int:
 class LocalCluster:
     """``MASTERS`` redis-server processes on ports ``base``.. forming one cluster; ``url`` names it."""
 
-    def __init__(self, base_port: int, directory: Path) -> None:
+    def __init__(self, base_port: int, directory: Path, config: tuple[str, ...] = ()) -> None:
         self.ports = [base_port + i for i in range(MASTERS)]
         self.directory = directory
+        self.config = config  # more redis-server arguments for every node
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
     def url(self) -> str:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        """A node's redis-server; its directory keeps ``nodes.conf``, so a restarted node rejoins as itself."""
+        node_dir = self.directory / str(port)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000", "--save", "",
+             "--appendonly", "no", "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log"), *self.config],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL master ``i`` (its data is gone: no persistence)."""
+        self.processes[i].kill()
+        self.processes[i].wait()
+
+    def restart(self, i: int, timeout: float = 30.0) -> None:
+        """Start master ``i`` again and wait until every node sees the cluster whole."""
+        self.processes[i] = self._spawn(self.ports[i])
+        deadline = time.monotonic() + timeout
+        clients = [redis.Redis(port=p, socket_timeout=5, socket_connect_timeout=0.5) for p in self.ports]
+        try:
+            for process, client in zip(self.processes, clients, strict=True):
+                self._wait(lambda c=client: self._ready(c), process, deadline)
+        finally:
+            for client in clients:
+                client.close()
+
     def start(self, timeout: float = 30.0) -> str:
-        for port in self.ports:
-            node_dir = self.directory / str(port)
-            node_dir.mkdir(parents=True)
-            self.processes.append(subprocess.Popen(
-                [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000", "--save", "",
-                 "--appendonly", "no", "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent))
+        self.processes = [self._spawn(port) for port in self.ports]
         deadline = time.monotonic() + timeout
         clients = [redis.Redis(port=p, socket_timeout=5, socket_connect_timeout=0.5) for p in self.ports]
         try:
@@ -95,7 +116,8 @@ class LocalCluster:
     @staticmethod
     def _ready(client: redis.Redis) -> bool:
         info = client.cluster("INFO")
-        return bool(info["cluster_state"] == "ok" and int(info["cluster_known_nodes"]) == MASTERS)
+        return bool(info["cluster_state"] == "ok" and int(info["cluster_known_nodes"]) == MASTERS
+                    and int(info["cluster_slots_fail"]) == 0 and int(info["cluster_slots_pfail"]) == 0)
 
     def _wait(self, check: Any, process: subprocess.Popen[bytes], deadline: float) -> None:
         while True:
@@ -118,14 +140,17 @@ class LocalCluster:
 
 
 @contextmanager
-def local_cluster() -> Iterator[str]:
-    """A running cluster's URL for the block; ``TEST_REDIS_CLUSTER_PORT`` picks the first port (the next two
-    and their bus ports, +10000, must be free too), else free ones are found."""
-    base = int(os.environ.get("TEST_REDIS_CLUSTER_PORT") or 0) or free_base_port()
+def local_cluster(second: bool = False, config: tuple[str, ...] = ()) -> Iterator[LocalCluster]:
+    """A running cluster for the block; ``TEST_REDIS_CLUSTER_PORT`` picks the first port (the next two and
+    their bus ports, +10000, must be free too; a ``second`` cluster takes the three after), else free ones
+    are found."""
+    chosen = int(os.environ.get("TEST_REDIS_CLUSTER_PORT") or 0)
+    base = chosen + (MASTERS if second else 0) if chosen else free_base_port()
     directory = Path(tempfile.mkdtemp(prefix="st-cluster-"))
-    cluster = LocalCluster(base, directory)
+    cluster = LocalCluster(base, directory, config)
     try:
-        yield cluster.start()
+        cluster.start()
+        yield cluster
     finally:
         cluster.stop()
         shutil.rmtree(directory, ignore_errors=True)

@@ -17,6 +17,7 @@ from redis.crc import key_slot
 from stitcher.app import init_app as init_service
 from tests.conftest import auth
 from tests.helpers import eventually, recent_page_views
+from tests.redis_cluster import local_cluster
 from tracker.app import init_app as init_tracker
 from tracker.keys import VisitorKeys, linked_stream, partition
 from tracker.redis_client import is_cluster, parse_cluster_url
@@ -64,14 +65,15 @@ def visitor_in(slot_owner: tuple[str, int], redis_url: str, taken: set[int]) -> 
     raise AssertionError("no visitor found for that node")
 
 
-_OWNERS: dict[int, tuple[str, int]] = {}  # slot → master, for one test
+_OWNERS: dict[tuple[str, int], tuple[str, int]] = {}  # (cluster, slot) → master
 
 
 def owner_of(p: int, redis_url: str) -> tuple[str, int]:
+    """The master of partition ``p`` (remembered: only the resharding test moves a slot, after its lookups)."""
     slot = key_slot(linked_stream(p).encode())
-    if slot not in _OWNERS:
-        _OWNERS[slot] = owner(redis_url, slot)
-    return _OWNERS[slot]
+    if (redis_url, slot) not in _OWNERS:
+        _OWNERS[(redis_url, slot)] = owner(redis_url, slot)
+    return _OWNERS[(redis_url, slot)]
 
 
 async def send(client: Client, vid: str, events: list[dict[str, Any]]) -> int:
@@ -84,7 +86,6 @@ async def send(client: Client, vid: str, events: list[dict[str, Any]]) -> int:
 async def test_linked_visitors_on_every_master_reach_their_timelines(aiohttp_client: Any, settings: Settings) -> None:
     """Visitors whose keys lie on each of the three masters subscribe; their later beacons reach their
     timelines: the stitch claims on every node and the worker reads the partition streams of every node."""
-    _OWNERS.clear()
     client: Client = await aiohttp_client(init_service(settings))
     masters = list(nodes(settings.redis_url or ""))
     assert len(masters) == 3
@@ -166,3 +167,26 @@ async def test_a_slot_moved_to_another_master_loses_and_doubles_no_beacon(aiohtt
         body = await r.json()
         assert r.status == 200, body
         assert sorted(e["id"] for e in body["events"]) == sorted(e["id"] for e in sent)
+
+
+async def test_a_master_down_fails_only_its_own_visitors_beacons(aiohttp_client: Any,
+                                                                 tracker_settings: Settings) -> None:
+    """One master of three is killed: beacons of visitors whose slots are on the other two still answer 204,
+    those of its own visitors a quick 503 (no 500, no hang); once it is back, its visitors' beacons are
+    stored again without a restart of Stitcher. (A cluster of the test's own, which lets the live masters
+    serve their slots while one is down: ``cluster-require-full-coverage no``.)"""
+    with local_cluster(second=True, config=("--cluster-require-full-coverage", "no")) as cluster:
+        settings = dataclasses.replace(tracker_settings, redis_url=cluster.url)
+        client: Client = await aiohttp_client(init_tracker(settings))
+        taken: set[int] = set()
+        vids = [visitor_in(("127.0.0.1", port), cluster.url, taken) for port in cluster.ports]
+        for vid in vids:
+            assert await send(client, vid, recent_page_views(1, "up")) == 204
+        cluster.kill(0)
+        assert [await send(client, vid, recent_page_views(1, "down")) for vid in vids] == [503, 204, 204]
+        cluster.restart(0)
+        back = recent_page_views(1, "back")
+        assert await eventually(lambda: send(client, vids[0], back), lambda status: status == 204, 20) == 204
+        r = await client.get(f"/api/v1/visitor/{vids[0]}/events", headers=auth())
+        assert r.status == 200
+        assert [e["id"] for e in (await r.json())["events"]] == [back[0]["id"]]  # the restart lost the rest
