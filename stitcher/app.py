@@ -71,6 +71,16 @@ def normaliser(settings: Settings) -> Normaliser:
     return Normaliser(placeholders=frozenset(settings.placeholders), default_region=settings.default_phone_region)
 
 
+def worker_eventlog(settings: Settings) -> EventLog:
+    """The worker's event log (``aclose`` it). The worker blocks on XREADGROUP: its own client, with a socket
+    timeout longer than the block; a cluster's partition streams are polled node by node as RESP
+    (``EventLog.read_linked``) on connections of its own."""
+    url = settings.redis_url or ""
+    return EventLog(connect_redis(url, timeout=5.0), partitions=settings.partitions,
+                    anon_ttl_seconds=settings.anon_ttl_seconds, history_cap=settings.history_cap,
+                    linked_reader=ClusterRespConnection(url, 5.0) if is_cluster(url) else None)
+
+
 async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     db = Database(settings.effective_database_url)
@@ -85,12 +95,7 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
                             parse_workers=settings.import_parse_workers)
     app[imports.IMPORTS] = importer
     importer.start_resuming()
-    # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block
-    worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)
-    # a cluster's partition streams are polled node by node as RESP (EventLog.read_linked)
-    reader = ClusterRespConnection(settings.redis_url or "", 5.0) if is_cluster(settings.redis_url or "") else None
-    worker_log = EventLog(worker_redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
-                          history_cap=settings.history_cap, linked_reader=reader)
+    worker_log = worker_eventlog(settings)
     worker = Worker(db, worker_log, stitcher, app[METRICS], receipt_ttl_ms=settings.send_receipt_ttl_ms)
     app[WORKER] = worker
     task = asyncio.create_task(worker.run(), name="stitcher-worker") if settings.worker_enabled else None
@@ -102,7 +107,5 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait({task}, timeout=STOP_GRACE_S)
         await stop_task(task)
     await importer.close()
-    await worker_redis.aclose()
-    if reader is not None:
-        reader.close()
+    await worker_log.aclose()
     await db.close()

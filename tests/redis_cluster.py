@@ -96,7 +96,9 @@ class LocalCluster:
         clients = [redis.Redis(port=p, socket_timeout=5, socket_connect_timeout=0.5) for p in self.ports]
         try:
             for process, client in zip(self.processes, clients, strict=True):
-                self._wait(lambda c=client: c.ping(), process, deadline)
+                # the server answering must be ours, not another one already on the port
+                self._wait(lambda c=client, p=process: int(c.info("server")["process_id"]) == p.pid, process,
+                           deadline)
             share = SLOTS // MASTERS
             for i, client in enumerate(clients):
                 end = SLOTS - 1 if i == MASTERS - 1 else (i + 1) * share - 1

@@ -26,7 +26,6 @@ from tracker.settings import Settings
 from tracker.tasks import stop_task
 
 REDIS: web.AppKey[AnyRedis] = web.AppKey("redis")
-__all__ = ["REDIS", "connect_redis", "init_app"]
 
 
 def init_app(settings: Settings, app: web.Application | None = None) -> web.Application:

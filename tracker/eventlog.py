@@ -367,6 +367,12 @@ class EventLog:
                 pipe.xdel(stream, *ids)
             await pipe.execute()
 
+    async def aclose(self) -> None:
+        """Close the clients this log was made with (for a log that owns them, as the worker's does)."""
+        await self.redis.aclose()
+        if self.linked_reader is not None:
+            self.linked_reader.close()
+
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self.redis.ping(), 1.0))
