@@ -30,6 +30,9 @@ from tracker.redis_client import AnyRedis, is_cluster, parse_cluster_url
 MASTERS = 3
 BUS_OFFSET = 10_000  # Redis Cluster's bus listens on port + 10000
 SLOTS = 16384
+# a node that misses pings this long is marked failing: long, so that a loaded machine starving one node for a
+# few seconds does not take the cluster down under a test (no test waits for a failure to be detected)
+NODE_TIMEOUT_MS = 15_000
 
 
 def _bindable(port: int) -> bool:
@@ -69,7 +72,7 @@ class LocalCluster:
         node_dir.mkdir(parents=True, exist_ok=True)
         return subprocess.Popen(
             [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000", "--save", "",
+             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "",
              "--appendonly", "no", "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log"), *self.config],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
