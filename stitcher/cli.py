@@ -195,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="days; a target whose last run is older than that needs --reset afterwards")
     args = parser.parse_args(argv)
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a setting that cannot be used: say which, without a traceback
+        print(f"stitcher: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_json)
     if args.command == "serve":
         if args.port:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tracker.redis_client import is_cluster, parse_cluster_url
+from tracker.settings import Settings
 
 
 @pytest.mark.parametrize(("url", "cluster"), [
@@ -41,3 +42,11 @@ def test_a_bad_cluster_url_is_refused_with_the_reason(url: str, problem: str) ->
     refused at start-up rather than half-honoured."""
     with pytest.raises(ValueError, match=problem):
         parse_cluster_url(url)
+
+
+def test_settings_refuse_a_bad_cluster_url_at_start_up() -> None:
+    """``Settings.from_env`` names REDIS_URL and the problem; a good cluster URL is kept as it is."""
+    with pytest.raises(ValueError, match="REDIS_URL: a Redis Cluster has database 0 only"):
+        Settings.from_env({"REDIS_URL": "redis+cluster://127.0.0.1:7000/2"})
+    assert Settings.from_env({"REDIS_URL": "redis+cluster://127.0.0.1:7000"}).redis_url == \
+        "redis+cluster://127.0.0.1:7000"
