@@ -30,10 +30,11 @@ from stitcher.stitch import Stitcher
 from stitcher.store.db import Contention, Database
 from stitcher.worker import Worker
 from tracker import keys
-from tracker.app import connect_redis
 from tracker.app import init_app as init_tracker
 from tracker.eventlog import EventLog
 from tracker.http import ERROR_STATUS, METRICS, UNAVAILABLE
+from tracker.redis_client import connect_redis, is_cluster
+from tracker.resp_cluster import ClusterRespConnection
 from tracker.routes import EVENTLOG, READY_CHECKS, SETTINGS
 from tracker.settings import Settings
 from tracker.tasks import stop_task
@@ -74,6 +75,16 @@ def normaliser(settings: Settings) -> Normaliser:
     return Normaliser(placeholders=frozenset(settings.placeholders), default_region=settings.default_phone_region)
 
 
+def worker_eventlog(settings: Settings) -> EventLog:
+    """The worker's event log (``aclose`` it). The worker blocks on XREADGROUP: its own client, with a socket
+    timeout longer than the block; a cluster's partition streams are polled node by node as RESP
+    (``EventLog.read_linked``) on connections of its own."""
+    url = settings.redis_url or ""
+    return EventLog(connect_redis(url, timeout=5.0), partitions=settings.partitions,
+                    anon_ttl_seconds=settings.anon_ttl_seconds, history_cap=settings.history_cap,
+                    linked_reader=ClusterRespConnection(url, 5.0) if is_cluster(url) else None)
+
+
 async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     db = Database(settings.effective_database_url)
@@ -88,13 +99,10 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
                             parse_workers=settings.import_parse_workers)
     app[imports.IMPORTS] = importer
     importer.start_resuming()
-    # the worker blocks on XREADGROUP: its own connection, with a socket timeout longer than the block
-    worker_redis = connect_redis(settings.redis_url or "", timeout=5.0)
-    worker_log = EventLog(worker_redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
-                          history_cap=settings.history_cap)
+    worker_log = worker_eventlog(settings)
     # the drain is spread (every process is a consumer of one group); the sweeper is elected: with several
     # processes on one Redis (`serve --workers N`), the holder of this lease alone runs the housekeeping
-    lease = app[SWEEPER_LEASE] = Lease(worker_redis, keys.lease("sweeper"))
+    lease = app[SWEEPER_LEASE] = Lease(worker_log.redis, keys.lease("sweeper"))
     worker = Worker(db, worker_log, stitcher, app[METRICS], receipt_ttl_ms=settings.send_receipt_ttl_ms,
                     leader=lease)
     app[WORKER] = worker
@@ -112,5 +120,5 @@ async def _stitcher_ctx(app: web.Application) -> AsyncIterator[None]:
         await stop_task(task)
     await lease.stop()  # released once the sweep stopped: another process takes over at once
     await importer.close()
-    await worker_redis.aclose()
+    await worker_log.aclose()
     await db.close()

@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env()
-    except ApiKeyConfigError as exc:
+    except ValueError as exc:  # a setting that cannot be used: say which, without a traceback
         print(f"stitcher: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_json)

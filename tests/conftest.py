@@ -1,7 +1,8 @@
 """Shared fixtures: real Redis and real SQL.
 
 By default each test session starts its own redis-server and uses SQLite files; CI sets
-``TEST_REDIS_URL`` / ``TEST_DATABASE_URL`` to run the same tests against the machine's Redis and PostgreSQL.
+``TEST_REDIS_URL`` / ``TEST_DATABASE_URL`` to run the same tests against the machine's Redis and PostgreSQL,
+and ``TEST_REDIS_CLUSTER=1`` to run them on a 3-master Redis Cluster the session starts (tests/redis_cluster.py).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-import redis
-from redis.asyncio import Redis
 
+from tests.redis_cluster import async_client, flush, local_cluster
 from tracker.embedded_redis import EmbeddedRedis
+from tracker.redis_client import AnyRedis
 from tracker.settings import Settings
 
 API_KEY = "test-key"
@@ -69,8 +70,12 @@ def private_redis(kind: type[R]) -> Iterator[R]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A real Redis for the session: the one named by TEST_REDIS_URL, else a private redis-server on a unix
-    socket, as the service's embedded default has it."""
+    """A real Redis for the session: a Redis Cluster of its own with TEST_REDIS_CLUSTER=1, else the one named
+    by TEST_REDIS_URL, else a private redis-server on a unix socket, as the service's embedded default has it."""
+    if os.environ.get("TEST_REDIS_CLUSTER", "").lower() in ("1", "true", "yes"):
+        with local_cluster() as cluster:
+            yield cluster.url
+        return
     url = os.environ.get("TEST_REDIS_URL")
     if url:
         yield url
@@ -81,16 +86,14 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def clean_redis(redis_url: str) -> str:
-    """The session's Redis, emptied for this test."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
+    """The session's Redis, emptied for this test (every master of a cluster)."""
+    flush(redis_url)
     return redis_url
 
 
 @pytest.fixture
-async def redis_client(clean_redis: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(clean_redis)
+async def redis_client(clean_redis: str) -> AsyncIterator[AnyRedis]:
+    client = async_client(clean_redis)
     yield client
     await client.aclose()
 

@@ -6,10 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
-from redis.maint_notifications import MaintNotificationsConfig
-from redis.retry import Retry
 
 from tracker.answers import UNAVAILABLE as TRACKER_UNAVAILABLE
 from tracker.answers import Tracking
@@ -21,26 +17,16 @@ from tracker.http import API_KEYS, ERROR_STATUS, METRICS, UNAVAILABLE, edge_midd
 from tracker.identify import Identify, IdentifyLog
 from tracker.logs import OUTPUT, flush_periodically
 from tracker.metrics import Metrics
+from tracker.redis_client import AnyRedis, connect_redis, is_cluster
 from tracker.resp import RespConnection
+from tracker.resp_cluster import ClusterRespConnection
 from tracker.routes import EVENTLOG, IDENTIFY, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, TRACKING, routes
 from tracker.routing import answer_with_and_without_trailing_slash
 from tracker.script import Script
 from tracker.settings import Settings
 from tracker.tasks import stop_task
 
-REDIS = web.AppKey("redis", Redis)
-
-
-def connect_redis(url: str, timeout: float = 1.0) -> Redis:
-    """A client that fails fast: no retries or backoff, so a Redis outage becomes a quick 503, not a hang.
-
-    Maintenance notifications are off: with them on ("auto"), redis-py 8.1 skips its check for connections
-    the server closed, so the first call after a Redis restart would fail (redis/redis-py#4128).
-    """
-    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                          retry=Retry(NoBackoff(), 0), health_check_interval=0,
-                          max_connections=64,
-                          maint_notifications_config=MaintNotificationsConfig(enabled=False))
+REDIS: web.AppKey[AnyRedis] = web.AppKey("redis")
 
 
 def init_app(settings: Settings, app: web.Application | None = None) -> web.Application:
@@ -69,7 +55,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.redis_url is not None
     redis = connect_redis(settings.redis_url, settings.redis_timeout)
-    committer = GroupCommitter(RespConnection(settings.redis_url, settings.redis_timeout), settings.redis_timeout,
+    resp = ClusterRespConnection if is_cluster(settings.redis_url) else RespConnection
+    committer = GroupCommitter(resp(settings.redis_url, settings.redis_timeout), settings.redis_timeout,
                                on_flush=app[METRICS].observe_batch)
     committer.start()
     log_flusher = asyncio.get_running_loop().create_task(flush_periodically(), name="log-flush")

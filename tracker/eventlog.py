@@ -15,17 +15,19 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-from redis.asyncio import Redis
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
 from tracker import keys, resp
-from tracker.groupcommit import GroupCommitter
+from tracker.groupcommit import Connection, GroupCommitter
+from tracker.redis_client import AnyRedis
 
 _LUA = Path(__file__).with_name("lua")
 LINK_TTL_SECONDS = 400 * 86_400  # as long as the visitor cookie lives
 CLAIM_TTL_SECONDS = 7 * 86_400
 _APPEND_ARGS = 11  # EVALSHA, sha, numkeys, 4 keys, ttl, cap, link ttl, visitor id: then 2 per event
 _HEADS = 16_384  # visitors whose APPEND frame head is kept
+CLUSTER_POLL_S = 0.2  # a cluster's linked streams are polled (see read_linked): the pause after an empty poll
 
 
 class _Script:
@@ -39,7 +41,7 @@ class _Script:
     def args(self, keys_: list[str], argv: list[Any]) -> tuple[Any, ...]:
         return ("EVALSHA", self.sha, len(keys_), *keys_, *argv)
 
-    async def load(self, redis: Redis, lock: asyncio.Lock) -> None:
+    async def load(self, redis: AnyRedis, lock: asyncio.Lock) -> None:
         """Load the script once, however many callers met NOSCRIPT at the same time (a Redis restart)."""
         async with lock:
             if not (await redis.script_exists(self.sha))[0]:
@@ -70,28 +72,36 @@ class LinkedEvent:
 class EventLog:
     """Visitor histories in Redis; writes from beacons go through a group committer."""
 
-    def __init__(self, redis: Redis, *, partitions: int, anon_ttl_seconds: int, history_cap: int,
-                 rejected_cap: int = 100_000, committer: GroupCommitter | None = None) -> None:
+    def __init__(self, redis: AnyRedis, *, partitions: int, anon_ttl_seconds: int, history_cap: int,
+                 rejected_cap: int = 100_000, committer: GroupCommitter | None = None,
+                 linked_reader: Connection | None = None) -> None:
         self.redis = redis
         self.partitions = partitions
         self.anon_ttl = anon_ttl_seconds
         self.history_cap = history_cap
         self.rejected_cap = rejected_cap
         self.committer = committer
+        # a cluster's partition streams are read through this (``_read_linked_cluster``); None: one Redis
+        self.linked_reader = linked_reader
+        self._poll_frames: dict[tuple[str, int, str], list[bytes]] = {}
         self._script_lock = asyncio.Lock()
-        self._heads: dict[str, bytes] = {}  # see _append_head
+        self._heads: dict[str, tuple[bytes, str]] = {}  # see _append_head
         self._heads_settings = (0, 0)
+        self._stream_groups: list[list[str]] | None = None  # see _slot_groups
 
     def keys(self, vid: str) -> keys.VisitorKeys:
         return keys.VisitorKeys(vid, self.partitions)
 
-    async def _eval(self, script: _Script, keys_: list[str], argv: list[Any], encoded: bytes | None = None) -> Any:
-        """EVALSHA, through the group committer if there is one (``encoded``: the same call, RESP-encoded)."""
+    async def _eval(self, script: _Script, keys_: list[str], argv: list[Any], encoded: bytes | None = None,
+                    route: str = "") -> Any:
+        """EVALSHA, through the group committer if there is one (``encoded``: the same call, RESP-encoded;
+        ``route``: a key of it, for a cluster, when ``keys_`` is not given)."""
         for attempt in (1, 2):
             try:
                 if self.committer is not None:
-                    return await self.committer.submit(encoded or resp.command(*script.args(keys_, argv)))
-                return await self.redis.execute_command(*script.args(keys_, argv))  # type: ignore[no-untyped-call]
+                    return await self.committer.submit(encoded or resp.command(*script.args(keys_, argv)),
+                                                       keys_[0] if keys_ else route)
+                return await self.redis.execute_command(*script.args(keys_, argv))
             except NoScriptError:
                 if attempt == 2:
                     raise
@@ -108,7 +118,7 @@ class EventLog:
         Returns once Redis has them. Ids already stored are skipped; events past the history cap are
         returned by id so the caller can record them as rejected.
         """
-        tokens, frame = self._append_frame(vid, events)
+        tokens, frame, route = self._append_frame(vid, events)
         keys_: list[str] = []
         argv: list[Any] = []
         if self.committer is None:  # redis-py sends it: the arguments, not the frame
@@ -117,7 +127,7 @@ class EventLog:
             argv = [self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid]
             for token, (_, body) in zip(tokens, events, strict=True):
                 argv += [token, body]
-        return append_result(await self._eval(APPEND, keys_, argv, frame), events)
+        return append_result(await self._eval(APPEND, keys_, argv, frame, route), events)
 
     def append_callback(self, vid: str, events: list[tuple[str, bytes]], done: Callable[[Any], None]) -> None:
         """``append`` through the group committer with a callback instead of a future (the edge's beacon path):
@@ -125,19 +135,22 @@ class EventLog:
         starting with NOSCRIPT when Redis lost the script (a restart), on which the caller retries with
         ``append``, which loads it."""
         assert self.committer is not None
-        self.committer.submit_callback(self._append_frame(vid, events)[1], done)
+        _, frame, route = self._append_frame(vid, events)
+        self.committer.submit_callback(frame, done, route)
 
-    def _append_frame(self, vid: str, events: list[tuple[str, bytes]]) -> tuple[list[str], bytes]:
-        """The events' dedupe tokens and the RESP frame of APPEND's EVALSHA: the visitor's part encoded once
-        per visitor, then the events — the hottest few lines of the beacon."""
+    def _append_frame(self, vid: str, events: list[tuple[str, bytes]]) -> tuple[list[str], bytes, str]:
+        """The events' dedupe tokens, the RESP frame of APPEND's EVALSHA (the visitor's part encoded once per
+        visitor, then the events — the hottest few lines of the beacon) and a key of the visitor's slot."""
         tokens = [dedupe_token(event_id) for event_id, _ in events]
-        frame = [b"*%d\r\n" % (_APPEND_ARGS + 2 * len(events)), self._append_head(vid)]
+        head, route = self._append_head(vid)
+        frame = [b"*%d\r\n" % (_APPEND_ARGS + 2 * len(events)), head]
         for token, (_, body) in zip(tokens, events, strict=True):
             frame.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(token), token.encode(), len(body), body))
-        return tokens, b"".join(frame)
+        return tokens, b"".join(frame), route
 
-    def _append_head(self, vid: str) -> bytes:
-        """APPEND's frame after its argument count and before the events: script, keys, settings, visitor id.
+    def _append_head(self, vid: str) -> tuple[bytes, str]:
+        """APPEND's frame after its argument count and before the events: script, keys, settings, visitor id;
+        and the visitor's stream, whose slot is the visitor's.
 
         Kept per visitor (a visitor sends many beacons), at most ``_HEADS`` of them; built again when the
         settings it holds change."""
@@ -153,7 +166,8 @@ class EventLog:
             keys_ = (k.events, k.ids, k.link, k.linked_stream)
             head = self._heads[vid] = (
                 f"{APPEND.resp_head}{resp.ascii_bulks(str(len(keys_)), *keys_)}".encode()
-                + resp.command(self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid).partition(b"\n")[2])
+                + resp.command(self.anon_ttl, self.history_cap, LINK_TTL_SECONDS, vid).partition(b"\n")[2],
+                k.linked_stream)
         return head
 
     async def history(self, vid: str) -> tuple[int | None, list[dict[str, Any]]]:
@@ -278,11 +292,56 @@ class EventLog:
         """New entries of the linked streams for this consumer (blocks up to ``block_ms``).
 
         ``pending=True`` re-reads what this consumer was given but has not acknowledged (after an error).
+        On one Redis this is one XREADGROUP over every partition; on a cluster see ``_read_linked_cluster``.
         """
+        if self.linked_reader is not None:
+            return await self._read_linked_cluster(self.linked_reader, consumer, count, block_ms, pending)
         streams = dict.fromkeys(self.linked_streams(), "0" if pending else ">")
         reply = await self.redis.xreadgroup(keys.LINKED_GROUP, consumer, streams,  # type: ignore[arg-type]
                                             count=count, block=block_ms)
         return _linked(reply)
+
+    async def _read_linked_cluster(self, reader: Connection, consumer: str, count: int, block_ms: int | None,
+                                   pending: bool) -> list[LinkedEvent]:
+        """``read_linked`` on a cluster: one round trip per node, to every node at once.
+
+        Redis Cluster refuses a command whose keys lie in different hash slots (CROSSSLOT), even when one
+        node owns all of them, and each partition is a slot of its own (its visitors' keys and its stream
+        must share one for APPEND), so a node cannot be read with one XREADGROUP over its partitions. Each
+        node gets one pipelined write instead, one XREADGROUP per slot of its partitions, without BLOCK (a
+        blocking read would hold up the node's others); a poll that finds nothing is repeated every
+        ``CLUSTER_POLL_S`` until ``block_ms`` has passed. The commands are encoded once and sent as RESP
+        on the reader's connections (redis-py's pipeline cost ~20 ms of CPU a poll for 1024 partitions).
+        """
+        since = "0" if pending else ">"
+        frames = self._poll_frames.get((consumer, count, since))
+        if frames is None:
+            frames = self._poll_frames[(consumer, count, since)] = [
+                resp.command("XREADGROUP", "GROUP", keys.LINKED_GROUP, consumer, "COUNT", count, "STREAMS",
+                             *streams, *([since] * len(streams)))
+                for streams in self._slot_groups()]
+        routes = [streams[0] for streams in self._slot_groups()]
+        deadline = time.monotonic() + (block_ms or 0) / 1000
+        while True:
+            replies = await reader.execute(frames, routes)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            found = _linked([[stream, [(entry_id, _pairs(fields)) for entry_id, fields in entries]]
+                             for reply in replies for stream, entries in (reply or [])])
+            left = deadline - time.monotonic()
+            if found or block_ms is None or left <= 0:
+                return found
+            await asyncio.sleep(min(CLUSTER_POLL_S, left))
+
+    def _slot_groups(self) -> list[list[str]]:
+        """The partition streams grouped by hash slot (partitions whose tags share a slot share a read)."""
+        if self._stream_groups is None:
+            groups: dict[int, list[str]] = {}
+            for stream in self.linked_streams():
+                groups.setdefault(key_slot(stream.encode()), []).append(stream)
+            self._stream_groups = list(groups.values())
+        return self._stream_groups
 
     async def reclaim_linked(self, consumer: str, min_idle_ms: int = 30_000) -> list[LinkedEvent]:
         """Take over entries another (dead) consumer read but never acknowledged."""
@@ -307,6 +366,12 @@ class EventLog:
                 pipe.xack(stream, keys.LINKED_GROUP, *ids)
                 pipe.xdel(stream, *ids)
             await pipe.execute()
+
+    async def aclose(self) -> None:
+        """Close the clients this log was made with (for a log that owns them, as the worker's does)."""
+        await self.redis.aclose()
+        if self.linked_reader is not None:
+            self.linked_reader.close()
 
     async def ping(self) -> bool:
         try:
@@ -347,6 +412,11 @@ def dedupe_token(event_id: str) -> str:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(fields: list[Any] | None) -> dict[Any, Any] | None:
+    """A stream entry's flat field list (a raw RESP reply) as a dict; None for an entry deleted while pending."""
+    return None if fields is None else dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def _linked(reply: Any) -> list[LinkedEvent]:

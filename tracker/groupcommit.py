@@ -13,18 +13,27 @@ import asyncio
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tracker.resp import RespConnection
 from tracker.tasks import stop_task
 
 log = structlog.get_logger("groupcommit")
 
 Outcome = Callable[[Any], None]  # called once with the reply, or with the exception that stands for it
-_Pending = tuple[bytes, Outcome, float]
+_Pending = tuple[bytes, Outcome, float, str]
+
+
+class Connection(Protocol):
+    """Where batches go: ``tracker.resp.RespConnection`` (one server) or ``tracker.resp_cluster``'s."""
+
+    routed: bool  # whether ``execute`` needs each command's key (a cluster sends it to the key's node)
+
+    async def execute(self, commands: list[bytes], keys: list[str] | None = None) -> list[Any]: ...
+
+    def close(self) -> None: ...
 
 
 class GroupCommitter:
@@ -34,7 +43,7 @@ class GroupCommitter:
     being sent, so a caller never waits much longer than that, even behind a slow batch.
     """
 
-    def __init__(self, connection: RespConnection, timeout: float, max_batch: int = 256,
+    def __init__(self, connection: Connection, timeout: float, max_batch: int = 256,
                  on_flush: Callable[[int], None] | None = None) -> None:
         self._connection = connection
         self._timeout = timeout
@@ -53,21 +62,21 @@ class GroupCommitter:
             await stop_task(self._task)
             self._task = None
         pending, self._pending = self._pending, []
-        for _, outcome, _ in pending:
+        for _, outcome, _, _ in pending:
             _call(outcome, ConnectionError("group committer stopped"))
         self._connection.close()
 
-    def submit(self, encoded: bytes) -> asyncio.Future[Any]:
+    def submit(self, encoded: bytes, key: str = "") -> asyncio.Future[Any]:
         """Queue one RESP-encoded command (``resp.command``); the future resolves to its reply (or its error)
-        after the shared flush."""
+        after the shared flush. ``key``: one of the command's keys, which picks its node in a cluster."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.submit_callback(encoded, partial(_resolve, fut))
+        self.submit_callback(encoded, partial(_resolve, fut), key)
         return fut
 
-    def submit_callback(self, encoded: bytes, outcome: Outcome) -> None:
+    def submit_callback(self, encoded: bytes, outcome: Outcome, key: str = "") -> None:
         """Queue one RESP-encoded command; ``outcome`` is called once, after the shared flush, with its reply
         or with an exception (an error reply, Redis unreachable or slow, the committer stopped)."""
-        self._pending.append((encoded, outcome, time.monotonic()))
+        self._pending.append((encoded, outcome, time.monotonic(), key))
         self._wakeup.set()
 
     async def _run(self) -> None:
@@ -82,22 +91,23 @@ class GroupCommitter:
     async def _flush(self, batch: list[_Pending]) -> None:
         expired = time.monotonic() - self._timeout
         live = []
-        for args, outcome, queued_at in batch:
+        for args, outcome, queued_at, key in batch:
             if queued_at < expired:
                 _call(outcome, RedisTimeoutError("redis write queued too long"))
                 continue
-            live.append((args, outcome))
+            live.append((args, outcome, key))
         if not live:
             return
         if self._on_flush is not None:
             self._on_flush(len(live))
         try:
-            replies = await self._connection.execute([args for args, _ in live])
+            replies = await self._connection.execute(
+                [args for args, _, _ in live], [key for _, _, key in live] if self._connection.routed else None)
         except Exception as exc:  # connection refused, timeout: every caller of this batch learns it
-            for _, outcome in live:
+            for _, outcome, _ in live:
                 _call(outcome, exc)
             return
-        for (_, outcome), reply in zip(live, replies, strict=True):
+        for (_, outcome, _), reply in zip(live, replies, strict=True):
             _call(outcome, reply)
 
 

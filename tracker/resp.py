@@ -45,6 +45,8 @@ class RespConnection:
     raises ``redis.exceptions.ConnectionError`` / ``TimeoutError`` for the whole batch.
     """
 
+    routed = False  # one server: a command's key does not matter (``resp_cluster`` routes by it)
+
     def __init__(self, url: str, timeout: float) -> None:
         self._params = parse_url(url)
         self._tls = ssl.create_default_context() if url.startswith("rediss://") else None
@@ -85,8 +87,9 @@ class RespConnection:
                 replies.append(reply)
         return replies
 
-    async def execute(self, commands: list[bytes]) -> list[Any]:
-        """Send RESP-encoded commands (see ``command``) in one write; one reply or error per command."""
+    async def execute(self, commands: list[bytes], keys: list[str] | None = None) -> list[Any]:
+        """Send RESP-encoded commands (see ``command``) in one write; one reply or error per command.
+        (``keys``, where each command goes in a cluster, is not needed here.)"""
         try:
             async with asyncio.timeout(self._timeout):
                 if self._writer is None:

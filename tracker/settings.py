@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracker.apikeys import KeyRing, parse_api_keys
+from tracker.redis_client import is_cluster, parse_cluster_url
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -89,6 +90,11 @@ class Settings:
         kw: dict[str, object] = {}
         if env.get("REDIS_URL"):
             kw["redis_url"] = env["REDIS_URL"]
+            if is_cluster(env["REDIS_URL"]):
+                try:
+                    parse_cluster_url(env["REDIS_URL"])  # refused now, not when the first beacon comes
+                except ValueError as exc:
+                    raise ValueError(f"REDIS_URL: {exc}") from None
         if env.get("DATABASE_URL"):
             kw["database_url"] = env["DATABASE_URL"]
         if env.get("API_KEYS"):

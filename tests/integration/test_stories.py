@@ -235,19 +235,16 @@ async def test_timeline_pages_return_every_event_once_in_order(client):
 
 
 async def test_worker_stops_when_cancelled_at_any_moment(settings):
-    """The worker ends on one cancel, whatever it was doing at that moment (its client as the app makes it)."""
+    """The worker ends on one cancel, whatever it was doing at that moment (its clients as the app makes them)."""
+    from stitcher.app import worker_eventlog
     from stitcher.stitch import Stitcher
     from stitcher.store.db import Database
     from stitcher.worker import Worker
-    from tracker.app import connect_redis
-    from tracker.eventlog import EventLog
     from tracker.metrics import Metrics
     from tracker.tasks import stop_task
 
     assert settings.redis_url is not None
-    redis = connect_redis(settings.redis_url, timeout=5.0)  # the worker's own client, as stitcher.app makes it
-    eventlog = EventLog(redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
-                        history_cap=settings.history_cap)
+    eventlog = worker_eventlog(settings)
     db = Database(settings.effective_database_url)
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -264,7 +261,7 @@ async def test_worker_stops_when_cancelled_at_any_moment(settings):
         for task in tasks:
             await stop_task(task)
         await db.close()
-        await redis.aclose()
+        await eventlog.aclose()
 
 
 async def _shut_down_the_app(settings: Any, ticks: int, seconds: float,

@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from aiohttp import ClientResponse, DummyCookieJar, web
 from aiohttp.test_utils import TestClient
 from multidict import MultiDict
@@ -27,6 +26,7 @@ from redis.asyncio import Redis
 
 from tests.conftest import auth
 from tests.edge_server import EdgeTestServer
+from tests.redis_cluster import sync_client
 from tracker.app import init_app
 from tracker.eventlog import dedupe_token
 from tracker.keys import REJECTED, VisitorKeys
@@ -810,7 +810,7 @@ def test_tracking_never_touches_sql(clean_redis: str, tracker_settings: Settings
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert "sqlalchemy" in report["installed"]  # so their absence below means something
     assert report["loaded"] == []
-    r = redis.Redis.from_url(clean_redis)
+    r = sync_client(clean_redis)
     try:
         stored = [orjson.loads(x)["id"] for x in r.lrange(VisitorKeys(report["vid"], 1024).events, 0, -1)]
     finally:

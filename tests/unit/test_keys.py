@@ -56,17 +56,22 @@ def test_dedupe_tokens_are_small_stable_integers() -> None:
 
 
 async def test_the_beacon_append_frame_is_the_plain_resp_encoding_of_its_evalsha() -> None:
-    """EventLog.append builds its RESP frame from pre-encoded parts; it must equal the generic encoding."""
+    """EventLog.append builds its RESP frame from pre-encoded parts; it must equal the generic encoding, and
+    goes with a key of the visitor's slot (where a cluster's group commit sends it)."""
     import asyncio
+
+    from redis.crc import key_slot
 
     from tracker import resp
     from tracker.eventlog import APPEND, LINK_TTL_SECONDS, EventLog, dedupe_token
 
     class Recorder:
         frames: list[bytes] = []
+        routes: list[str] = []
 
-        def submit(self, encoded: bytes) -> asyncio.Future[list[int]]:
+        def submit(self, encoded: bytes, key: str = "") -> asyncio.Future[list[int]]:
             self.frames.append(encoded)
+            self.routes.append(key)
             fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
             fut.set_result([2, 0])
             return fut
@@ -82,6 +87,7 @@ async def test_the_beacon_append_frame_is_the_plain_resp_encoding_of_its_evalsha
     for event_id, body in events:
         argv += [dedupe_token(event_id), body]
     assert recorder.frames == [resp.command(*APPEND.args([k.events, k.ids, k.link, k.linked_stream], argv))]
+    assert {key_slot(r.encode()) for r in recorder.routes} == {key_slot(k.events.encode())}
     log.history_cap = 5  # settings changed after construction are what the next frame carries
     await log.append(vid, events)
     argv[1] = 5
