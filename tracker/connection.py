@@ -23,6 +23,10 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 MAX_LINE_BYTES = 64 * 1024
 MAX_HEADERS, MAX_FIELD_BYTES = 128, 8190  # aiohttp's own limits, kept
+# a body must have arrived this long after its handler began reading it (``tracker.http.read_body``): aiohttp
+# has no such bound, so a client trickling a body a byte at a time would hold a handler forever. 16 MiB (the
+# largest body, an import) in 60 s asks ~280 KB/s of a client; the edge bounds the head (REQUEST_SECONDS).
+BODY_SECONDS = 60.0
 log = structlog.get_logger("http")
 
 

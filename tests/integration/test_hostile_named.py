@@ -339,3 +339,67 @@ async def test_oversized_or_broken_heads_get_a_json_4xx_from_the_http_layer(aioh
     assert decoded["status"] == status and decoded["error"] and decoded["message"], decoded
     assert "evil" not in str(headers)
     assert await stored.count() == before
+
+
+# --- slow clients ------------------------------------------------------------------------------------------
+
+SLOW_CLIENTS = 20
+
+
+async def _trickle(writer: asyncio.StreamWriter, start: bytes, stop: asyncio.Event) -> None:
+    """Send ``start``, then a byte every 0.2 s until ``stop`` (or the server closes the connection)."""
+    writer.write(start)
+    while not stop.is_set() and not writer.is_closing():
+        try:
+            writer.write(b"a")
+            await writer.drain()
+        except ConnectionError:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _answer_of(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    """The one answer a slow client gets before the connection closes: status and JSON body."""
+    async with asyncio.timeout(60):
+        data = await reader.read(-1)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"application/json" in head.lower(), data[:300]
+    return int(head.split()[1]), orjson.loads(body)
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+@pytest.mark.parametrize("path", ["/t", "/api/v1/contact"])
+async def test_slow_loris_clients_are_timed_out_and_the_service_keeps_answering_others(
+        aiohttp_client: Any, settings: Settings, stored: Stored, monkeypatch: pytest.MonkeyPatch, part: str,
+        path: str) -> None:
+    """Twenty clients trickling a request a byte at a time — the head, or the body after a whole head — to the
+    beacon (the edge's) and to the API (aiohttp's, behind the edge): others are answered meanwhile, and each
+    slow client gets a JSON 408 within the bounded read time and its connection closed; nothing is stored."""
+    from tracker import connection
+    from tracker.edge import protocol
+
+    monkeypatch.setattr(protocol, "REQUEST_SECONDS", 2.0)
+    monkeypatch.setattr(connection, "BODY_SECONDS", 2.0)
+    client = await aiohttp_client(EdgeTestServer(init_app(settings)), cookie_jar=DummyCookieJar())
+    before = await stored.count()
+    start = f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: {auth()['Authorization']}\r\n".encode()
+    start += b"Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{" if part == "body" else b"X-Slow: "
+    stop = asyncio.Event()
+    slow = [await asyncio.open_connection("127.0.0.1", client.port) for _ in range(SLOW_CLIENTS)]
+    trickling = [asyncio.create_task(_trickle(writer, start, stop)) for _, writer in slow]
+    try:
+        r = await client.post("/t", data=f'{{"events": [{{"id": "{uuid.uuid4()}", "type": "page_view"}}]}}',
+                              headers={"Content-Type": "text/plain"})
+        assert r.status == 204, await r.text()
+        r = await client.get("/api/v1/contacts", headers=auth())
+        assert r.status == 200, await r.text()
+        for reader, _ in slow:
+            status, answer = await _answer_of(reader)
+            assert status == 408 and answer["status"] == 408 and answer["error"] == "request_timeout", answer
+    finally:
+        stop.set()
+        await asyncio.gather(*trickling)
+        for _, writer in slow:
+            writer.close()
+    after = await stored.count()
+    assert after[0] == before[0]  # the beacon sent meanwhile is the only thing stored
