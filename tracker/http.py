@@ -13,8 +13,8 @@ import orjson
 import structlog
 from aiohttp import web
 
-from tracker.answers import Reply, check_declared_length, check_encoding, error_reply, request_id_from, status_of
 from tracker import connection
+from tracker.answers import Reply, check_declared_length, check_encoding, error_reply, request_id_from, status_of
 from tracker.errors import DomainError, PayloadTooLarge, RequestTimeout
 from tracker.logs import log_request
 from tracker.metrics import Metrics
