@@ -313,8 +313,9 @@ HEADS = {
     "cookie-20kb": b"Cookie: " + f"{COOKIE}=3f1d5e0a-0000-4000-8000-000000000000; pad=".encode() + b"x" * 20_000,
     "200-headers": b"\r\n".join(b"X-Filler-%d: %d" % (i, i) for i in range(200)),
     "crlf-in-cookie": b"Cookie: " + f"{COOKIE}=abc\rSet-Cookie: evil=1".encode(),
+    "url-70kb": b"X-Url: long",  # the request line made 70 KB long below
 }
-HEAD_STATUS = {"cookie-20kb": 431, "200-headers": 431, "crlf-in-cookie": 400}
+HEAD_STATUS = {"cookie-20kb": 431, "200-headers": 431, "crlf-in-cookie": 400, "url-70kb": 414}
 
 
 @pytest.mark.parametrize("path", ["/t", "/api/v1/contacts", "/nowhere"])
@@ -323,12 +324,14 @@ async def test_oversized_or_broken_heads_get_a_json_4xx_from_the_http_layer(aioh
                                                                             stored: Stored, path: str,
                                                                             head: str) -> None:
     """A 20 KB cookie or 200 headers are refused by the HTTP layer before any handler runs — by the edge
-    (``/t``) and by aiohttp behind it (every other path) — as a JSON 431, a CR inside a header as a JSON 400;
-    the connection closes and nothing is stored."""
+    (``/t``) and by aiohttp behind it (every other path) — as a JSON 431, a 70 KB request line as a JSON 414,
+    a CR inside a header as a JSON 400; the connection closes and nothing is stored."""
     client = await aiohttp_client(EdgeTestServer(init_app(settings)))
     before = await stored.count()
     body = b'{"events": [{"id": "e1", "type": "page_view"}]}'
     method = b"POST" if path == "/t" else b"GET"
+    if head == "url-70kb":
+        path += "?q=" + "x" * 70_000
     request = (b"%s %s HTTP/1.1\r\nHost: t\r\nAuthorization: %s\r\nContent-Type: text/plain\r\n%s\r\n"
                b"Content-Length: %d\r\n\r\n%s") % (method, path.encode(), auth()["Authorization"].encode(),
                                                    HEADS[head], len(body), body)
