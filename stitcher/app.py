@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from stitcher import account, http_errors, identify
+from stitcher import account, http_errors, identify, openapi
 from stitcher.api import CONTACTS, routes
 from stitcher.console import handlers as console
 from stitcher.contacts import ContactService
@@ -63,6 +63,7 @@ def init_app(settings: Settings) -> web.Application:
     app.add_routes(order_routes)
     app.add_routes(groups.routes)
     app.add_routes(messages.routes)
+    app.add_routes(openapi.routes)
     app.cleanup_ctx.append(messages_ctx)
     console.setup(app)
     return app

@@ -9,10 +9,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
+from redis.asyncio import Redis
 from sqlalchemy import bindparam, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tests.conftest import auth
+from stitcher.console.throughput import KEY as THROUGHPUT_KEY
+from tests.conftest import TABLES, auth
+from tracker.keys import PREFIX
 
 T = TypeVar("T")
 BASE_MS = 1_800_000_000_000
@@ -142,3 +145,30 @@ async def timeline_ids(client: Any, contact_id: int) -> list[str]:
     page = await _timeline_page(client, contact_id)
     assert page["next"] is None
     return [e["id"] for e in page["events"]]
+
+
+class Stored:
+    """What the service holds, counted from outside: rows of every table and the tracker's Redis data."""
+
+    def __init__(self, engine: AsyncEngine, redis: Redis) -> None:
+        self._engine, self._redis = engine, redis
+        self._rows = text("SELECT " + " + ".join(f"(SELECT count(*) FROM {t})" for t in TABLES))
+
+    async def count(self) -> tuple[int, int, list[str]]:
+        """(rows of every table, the summed length of every Redis key, which keys hold what). An empty key
+        counts for nothing (the worker makes the partitions' empty streams as it starts), nor do the console's
+        per-minute counts (a sampler adds to them every few seconds, whatever the requests)."""
+        async with self._engine.connect() as conn:
+            rows = int((await conn.execute(self._rows)).scalar_one())
+        keys = [k async for k in self._redis.scan_iter(f"{PREFIX}:*", count=1000)
+                if not k.decode().startswith(THROUGHPUT_KEY)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.type(key)
+            types = await pipe.execute()
+            for key, kind in zip(keys, types, strict=True):
+                {b"list": pipe.llen, b"stream": pipe.xlen, b"set": pipe.scard, b"hash": pipe.hlen,
+                 b"zset": pipe.zcard}.get(kind, pipe.strlen)(key)
+            sizes = await pipe.execute()
+        held = sorted(f"{k.decode()}={n}" for k, n in zip(keys, sizes, strict=True) if n)
+        return rows, sum(sizes), held

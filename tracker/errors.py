@@ -32,6 +32,13 @@ class ValidationFailed(DomainError):
         self.errors = errors
 
 
+class RequestTimeout(DomainError):
+    """The request did not arrive in the time it is given (a slow or stalled client)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(DomainError):
     status = 413
     code = "payload_too_large"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable
@@ -11,9 +12,10 @@ import orjson
 import structlog
 from aiohttp import web
 
+from tracker import connection
 from tracker.answers import Reply, check_declared_length, check_encoding, error_reply, request_id_from, status_of
 from tracker.apikeys import KeyRing
-from tracker.errors import DomainError, PayloadTooLarge
+from tracker.errors import DomainError, PayloadTooLarge, RequestTimeout
 from tracker.logs import log_request
 from tracker.metrics import Metrics
 from tracker.scopes import Scope, needs_of
@@ -67,18 +69,24 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body; PayloadTooLarge (413) if it declares or turns out to be longer than ``limit`` bytes,
     read no further than that (``read(n)`` returns what has arrived so far). A compressed body (any
     ``Content-Encoding`` but ``identity``) is a 415: no client of the service compresses one, and the parser
-    leaves bodies encoded (``tracker.connection``), so no bomb is inflated."""
+    leaves bodies encoded (``tracker.connection``), so no bomb is inflated. A body still arriving
+    ``connection.BODY_SECONDS`` after the first read is a 408 (a slow-loris client holds no handler for long)."""
     check_encoding(request.headers)
     expected = request.content_length
     check_declared_length(expected, limit)
     chunks: list[bytes] = []
     size = 0
-    while size <= limit and (expected is None or size < expected):
-        chunk = await request.content.read(limit + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+    seconds = connection.BODY_SECONDS
+    try:
+        async with asyncio.timeout(seconds):
+            while size <= limit and (expected is None or size < expected):
+                chunk = await request.content.read(limit + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {seconds:g} s") from None
     if size > limit:
         raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes")
     return b"".join(chunks)

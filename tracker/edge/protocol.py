@@ -43,11 +43,10 @@ from tracker.answers import (
     request_id_from,
     spawn,
 )
-from tracker.connection import MAX_LINE_BYTES
+from tracker.connection import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from tracker.edge.wire import encode
 from tracker.errors import DomainError, PayloadTooLarge
 
-MAX_HEADERS, MAX_FIELD_BYTES = 128, 8190  # as aiohttp's parser (tracker.connection)
 MAX_HEAD_BYTES = MAX_LINE_BYTES + MAX_HEADERS * (MAX_FIELD_BYTES + 4)  # a whole request line and header block
 REQUEST_SECONDS, IDLE_SECONDS = 30.0, 75.0
 MAX_QUEUED = 32  # pipelined requests read ahead of their answers before reading pauses

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
+from tracker.connection import json_errors
 from tracker.edge.protocol import Connections, EdgeProtocol
 from tracker.routes import TRACKING
 
@@ -33,8 +34,8 @@ class _Edge:
         app = runner.app if isinstance(runner, web.AppRunner) else None
         if app is None or TRACKING not in app:
             raise RuntimeError("the edge serves an application built by tracker.app.init_app, after runner.setup()")
-        fallback = runner.server
-        assert fallback is not None
+        assert runner.server is not None
+        fallback = json_errors(runner.server)  # what aiohttp's parser refuses is answered as JSON too
         tracking = app[TRACKING]
         self.connections = Connections()
         self.factory: Callable[[], EdgeProtocol] = lambda: EdgeProtocol(tracking, fallback, self.connections,
