@@ -28,7 +28,7 @@ _APPEND_ARGS = 11  # EVALSHA, sha, numkeys, 4 keys, ttl, cap, link ttl, visitor 
 _HEADS = 16_384  # visitors whose APPEND frame head is kept
 
 
-class _Script:
+class LuaScript:
     """A Lua script called by EVALSHA, loaded lazily and again after a Redis restart (NOSCRIPT)."""
 
     def __init__(self, name: str) -> None:
@@ -46,8 +46,8 @@ class _Script:
                 await redis.script_load(self.source)
 
 
-APPEND = _Script("append")
-CLAIM = _Script("claim")
+APPEND = LuaScript("append")
+CLAIM = LuaScript("claim")
 
 
 class AppendResult(NamedTuple):
@@ -85,7 +85,7 @@ class EventLog:
     def keys(self, vid: str) -> keys.VisitorKeys:
         return keys.VisitorKeys(vid, self.partitions)
 
-    async def _eval(self, script: _Script, keys_: list[str], argv: list[Any], encoded: bytes | None = None) -> Any:
+    async def _eval(self, script: LuaScript, keys_: list[str], argv: list[Any], encoded: bytes | None = None) -> Any:
         """EVALSHA, through the group committer if there is one (``encoded``: the same call, RESP-encoded)."""
         for attempt in (1, 2):
             try:

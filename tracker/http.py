@@ -21,6 +21,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS = web.AppKey("metrics", Metrics)
 API_KEYS = web.AppKey("api_keys", tuple)
 REQUEST_ID = web.RequestKey("request_id", str)  # the id a request is answered and logged with
+API_KEY = web.RequestKey("api_key", str)  # the key an /api request was let in with (``check_api_key``)
 # errors meaning "a backing store is down, slow or refusing": answered 503 + Retry-After, never 500; the
 # stitcher adds its SQL ones (the tracker itself never imports SQLAlchemy, DESIGN invariant 1)
 UNAVAILABLE = web.AppKey("unavailable_errors", tuple)
@@ -42,8 +43,8 @@ def self_accounted(handler: Handler) -> Handler:
     """Mark a handler that binds no log context and itself answers errors as JSON, sets X-Request-Id and
     calls ``account``: the edge middleware passes its requests straight through.
 
-    This relies on ``edge_middleware`` being the app's last (innermost) middleware, so aiohttp hands it the
-    route's own handler; a middleware added after it would make such requests counted and logged twice.
+    The route's own handler is looked up in the request's match, so middlewares inside ``edge_middleware``
+    (``tracker.apilimit``) do not hide it; such a middleware must pass these requests straight through too.
     """
     _SELF_ACCOUNTED.add(handler)
     return handler
@@ -118,7 +119,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
     Redis being down or slow becomes a 503 with Retry-After, never a 500 or a hang.
     """
-    if handler in _SELF_ACCOUNTED:
+    if request.match_info.handler in _SELF_ACCOUNTED:
         return await handler(request)
     started = time.perf_counter()
     request_id = request[REQUEST_ID] = request_id_of(request)
@@ -146,12 +147,14 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def check_api_key(request: web.Request) -> None:
-    """HTTP Basic auth, any user name, an API key as the password; raises a JSON 401 otherwise."""
+    """HTTP Basic auth, any user name, an API key as the password; raises a JSON 401 otherwise. The key let
+    in is kept as ``request[API_KEY]`` (the per-key rate limit reads it)."""
     password = basic_auth_password(request.headers.get("Authorization", ""))
     keys: tuple[str, ...] = request.app[API_KEYS]
     # as bytes: compare_digest refuses a str outside ASCII, and a client may send any password
     if not password or not any(hmac.compare_digest(password.encode(), k.encode()) for k in keys):
         raise _Unauthorized()
+    request[API_KEY] = password
 
 
 def basic_auth_password(header: str) -> str:

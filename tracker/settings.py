@@ -7,6 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker.clientip import Network, parse_networks
+from tracker.rates import Rate, parse_rate
+
+# the default rate limits: never met by a visitor or a backend at work (README, Configuration)
+DEFAULT_RATE_TRACK = Rate(burst=2000, per_second=100.0)  # 2000/20s
+DEFAULT_RATE_API = Rate(burst=3000, per_second=100.0)  # 3000/30s
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
@@ -52,6 +58,10 @@ class Settings:
     smtp_url: str | None = None  # smtp[s]://user:password@host:port: the delivery worker sends queued email there
     sms_webhook_url: str | None = None  # the delivery worker posts queued SMS there (else they stay queued)
     send_receipt_ttl_days: int = 7  # an Idempotency-Key send's receipt is kept this long (a repeat sends nothing)
+    # rate limits (tracker.ratelimit): None is no limit
+    rate_limit_track: Rate | None = DEFAULT_RATE_TRACK  # per client address: POST /t and GET /t.gif
+    rate_limit_api: Rate | None = DEFAULT_RATE_API  # per API key: /api/*
+    trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For names the client
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -113,6 +123,11 @@ class Settings:
             kw["worker_enabled"] = env["WORKER_ENABLED"].lower() not in ("0", "false", "no")
         if env.get("BEACON_LOG_SAMPLE"):
             kw["beacon_log_sample"] = min(max(float(env["BEACON_LOG_SAMPLE"]), 0.0), 1.0)
+        for name, attr in (("RATE_LIMIT_TRACK", "rate_limit_track"), ("RATE_LIMIT_API", "rate_limit_api")):
+            if name in env:  # set but empty: no limit
+                kw[attr] = parse_rate(env[name], name)
+        if env.get("TRUSTED_PROXIES"):
+            kw["trusted_proxies"] = parse_networks(_csv(env["TRUSTED_PROXIES"]))
         if env.get("LOG_JSON"):
             kw["log_json"] = env["LOG_JSON"].lower() in ("1", "true", "yes")
         return cls(**kw)  # type: ignore[arg-type]
