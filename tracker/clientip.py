@@ -12,9 +12,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+import structlog
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _CACHE = 16_384  # peers whose bucket name is remembered
+log = structlog.get_logger("ratelimit")
 
 
 def peer_host(peername: object) -> str | None:
@@ -63,6 +66,7 @@ class ClientAddress:
         self._trusted = trusted
         self._names: dict[str, str] = {}  # peer → its name, when X-Forwarded-For does not apply
         self.trusts_proxies = bool(trusted)
+        self._warned = False
 
     def is_trusted(self, address: Address) -> bool:
         return any(address in network for network in self._trusted)
@@ -70,10 +74,14 @@ class ClientAddress:
     def __call__(self, peer: str | None, forwarded: str | None) -> str:
         """The client of a request from ``peer`` (an IP address; None or "" for a unix socket) carrying the
         X-Forwarded-For value ``forwarded`` (several headers joined by commas, in order)."""
-        if forwarded and self._trusted:
+        if forwarded:
             address = _address(peer) if peer else None
             if address is not None and self.is_trusted(address):
                 return self._forwarded(address, forwarded)
+            if not self._warned:  # once: a proxy in front that is not configured puts every visitor in its bucket
+                self._warned = True
+                log.warning("X-Forwarded-For from a peer not in TRUSTED_PROXIES is ignored: if a proxy is in "
+                            "front, list it there, or every visitor shares its rate limit")  # no address: it may be a visitor's
         name = self._names.get(peer or "")
         if name is None:
             if len(self._names) >= _CACHE:

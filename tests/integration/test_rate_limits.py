@@ -280,6 +280,15 @@ async def test_the_tracking_routes_do_not_spend_an_api_keys_tokens(api_client: A
         assert (await api_client.get("/api/v1/account/info", headers=auth())).status == 200
 
 
+async def test_the_api_limit_holds_after_redis_lost_its_scripts(api_client: Any, redis_client: Redis) -> None:
+    """After SCRIPT FLUSH (a Redis restart) the API's bucket script is loaded again: no call passes for free."""
+    assert (await api_client.get("/api/v1/account/info", headers=auth())).status == 200
+    await redis_client.script_flush()
+    for _ in range(2):
+        assert (await api_client.get("/api/v1/account/info", headers=auth())).status == 200
+    await assert_limited(await api_client.get("/api/v1/account/info", headers=auth()))
+
+
 async def test_a_failing_api_limiter_lets_calls_through(api_client: Any, redis_client: Redis) -> None:
     """When the limiter's Redis call fails the API answers as without a limit, never a 500."""
     from tracker.ratelimit import API
