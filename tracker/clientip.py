@@ -79,9 +79,9 @@ class ClientAddress:
             if address is not None and self.is_trusted(address):
                 return self._forwarded(address, forwarded)
             if not self._warned:  # once: a proxy in front that is not configured puts every visitor in its bucket
-                self._warned = True
+                self._warned = True  # and no address in the line: it may be a visitor's
                 log.warning("X-Forwarded-For from a peer not in TRUSTED_PROXIES is ignored: if a proxy is in "
-                            "front, list it there, or every visitor shares its rate limit")  # no address: it may be a visitor's
+                            "front, list it there, or every visitor shares its rate limit")
         name = self._names.get(peer or "")
         if name is None:
             if len(self._names) >= _CACHE:
