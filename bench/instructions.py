@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import HOST, VENV_BIN, Children, free_port, say
+from bench.common import HOST, VENV_BIN, Children, free_port, say, with_bench_limits
 from bench.tracker import BEACON_HEADERS, BENCH_VISITORS, start_redis
 
 REQUESTS, WARMUP, CONNECTIONS = 3000, 500, 64
@@ -110,6 +110,7 @@ def main() -> dict[str, Any]:
         bare = _count(children, "bare", [python, "-m", "bench.bare"], base, tmp)
         service_env = {**base, "REDIS_URL": redis_url, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'i.db'}",
                        "VAR_DIR": str(tmp), "WORKER_ENABLED": "0", "IMPORT_PARSE_WORKERS": "0", "LOG_JSON": "1"}
+        service_env = with_bench_limits(service_env)
         service = _count(children, "service", [python, str(VENV_BIN / "stitcher"), "serve", "--host", HOST],
                          service_env, tmp)
     ratio = bare["per_request"] / service["per_request"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
+import dataclasses
 import io
 import os
 import pstats
@@ -54,6 +55,7 @@ from typing import Any, TypeVar
 import orjson
 
 from bench.common import (
+    BENCH_RATE_LIMITS,
     HOST,
     VENV_BIN,
     Child,
@@ -64,6 +66,7 @@ from bench.common import (
     per_backend,
     say,
     wait_http,
+    with_bench_limits,
 )
 
 try:  # the redis-server starter lives with the tracker benchmark for now
@@ -272,6 +275,7 @@ def start_service(children: Children, tmp: Path, backend: str, db_url: str, redi
         env.pop(name, None)
     env.update(REDIS_URL=redis_url, DATABASE_URL=db_url, API_KEYS=API_KEY, WORKER_ENABLED="0", LOG_JSON="1",
                VAR_DIR=str(tmp), HOST=HOST)
+    env = with_bench_limits(env)
     port = free_port()
     log = tmp / f"service-{backend}.stderr"
     child = children.start(f"stitcher serve ({backend})", [str(stitcher), "serve", "--port", str(port)],
@@ -369,8 +373,10 @@ async def inprocess_service(db_url: str, redis_url: str, tmp: Path) -> AsyncIter
     from tracker.settings import Settings
 
     _quiet_logs()
-    settings = Settings(redis_url=redis_url, database_url=db_url, api_keys=(API_KEY,), var_dir=tmp,
-                        worker_enabled=False, host=HOST)
+    settings = Settings.from_env(with_bench_limits({
+        k: v for k, v in os.environ.items() if k in BENCH_RATE_LIMITS}))
+    settings = dataclasses.replace(settings, redis_url=redis_url, database_url=db_url, api_keys=(API_KEY,),
+                                   var_dir=tmp, worker_enabled=False, host=HOST)
     server = TestServer(init_app(settings), host=HOST, port=free_port())
     await server.start_server()
     try:

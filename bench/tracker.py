@@ -51,6 +51,7 @@ from bench.common import (
     say,
     wait_http,
     wait_quiet,
+    with_bench_limits,
 )
 
 LUA = Path(__file__).with_name("beacon.lua")
@@ -114,6 +115,7 @@ def start_service(children: Children, tmp: Path, redis_url: str) -> tuple[Child,
         env.pop(name, None)  # the defaults, whatever the shell has
     env.update(REDIS_URL=redis_url, DATABASE_URL=f"sqlite+aiosqlite:///{tmp / 'b.db'}", LOG_JSON="1",
                VAR_DIR=str(tmp), HOST=HOST)
+    env = with_bench_limits(env)
     stitcher = VENV_BIN / "stitcher"
     reason = f"{stitcher} not found"
     if stitcher.exists():

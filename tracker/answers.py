@@ -23,11 +23,13 @@ from redis.exceptions import RedisError
 
 from tracker.beacon import Batch, Limits, decode_pixel, parse_batch
 from tracker.bots import is_bot
+from tracker.clientip import ClientAddress
 from tracker.errors import DomainError, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationFailed
 from tracker.eventlog import AppendResult, EventLog, append_result, is_noscript
 from tracker.limits import MAX_REQUEST_ID
 from tracker.logs import log_request
 from tracker.metrics import Metrics
+from tracker.ratelimit import TRACK, Limiter, RateLimited, retry_after
 from tracker.script import Script
 from tracker.visitor import COOKIE, COOKIE_MAX_AGE, choose_visitor_id
 
@@ -107,7 +109,7 @@ def error_reply(exc: BaseException, request_id: str, statuses: Mapping[type, int
     if status is not None:
         reply = json_reply({**exc.body(), "status": status}, status)  # type: ignore[attr-defined]
         if status in (429, 503):
-            reply.headers.append(("Retry-After", "1"))
+            reply.headers.append(("Retry-After", str(getattr(exc, "retry_after", 1))))
         elif status == 401:
             reply.headers.append(("WWW-Authenticate", 'Basic realm="stitcher"'))
         return reply, str(exc.code)  # type: ignore[attr-defined]
@@ -153,8 +155,11 @@ class Tracking:
     """The beacon, the pixel, the preflight and the script, for one running service."""
 
     def __init__(self, *, eventlog: EventLog, metrics: Metrics, limits: Limits, script: Script,
-                 allowed_origins: tuple[str, ...], log_sample: float) -> None:
+                 allowed_origins: tuple[str, ...], log_sample: float, limiter: Limiter | None = None,
+                 client: ClientAddress | None = None) -> None:
         self.eventlog = eventlog
+        self.limiter = limiter  # None: no limit on tracking requests
+        self.client = client or ClientAddress(())
         self.metrics = metrics
         self.limits = limits
         self.script = script
@@ -166,7 +171,8 @@ class Tracking:
 
     # --- routes ------------------------------------------------------------------------------------------
 
-    def beacon(self, headers: Headers, body: bytes, secure: bool, started: float, done: Answer) -> None:
+    def beacon(self, headers: Headers, body: bytes, secure: bool, started: float, done: Answer,
+               peer: str | None = None, forwarded: str | None = None) -> None:
         """POST /t: text/plain (sendBeacon, no preflight) or application/json; 204 once stored.
 
         ``body`` is the whole body, read by the front within ``limits.max_body_bytes`` (a front that finds it
@@ -174,13 +180,19 @@ class Tracking:
         for a bad body, else when Redis has the events. The common beacon — all its events good — is stored
         through the group committer's callback, with no task or future of its own; the rest (bad events to
         record, events over the cap, Redis having lost the script) finish in a task.
-        """
-        _Beacon(self, headers, started, done).start(body, secure)
 
-    async def beacon_reply(self, headers: Headers, body: bytes, secure: bool, started: float) -> Reply:
+        With a rate limit on, a good body then takes a token from the client's bucket (``peer``, or the client a
+        trusted proxy names in ``forwarded``) through the same group commit, and an empty bucket answers 429
+        with nothing stored; a bad body is refused without asking Redis anything.
+        """
+        who = self.client(peer, forwarded) if self.limiter is not None else None
+        _Beacon(self, headers, started, done).start(body, secure, who)
+
+    async def beacon_reply(self, headers: Headers, body: bytes, secure: bool, started: float,
+                           peer: str | None = None, forwarded: str | None = None) -> Reply:
         """``beacon`` for a front that awaits its answer (the aiohttp route)."""
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self.beacon(headers, body, secure, started, partial(_settle, fut))
+        self.beacon(headers, body, secure, started, partial(_settle, fut), peer, forwarded)
         return await fut
 
     def refused(self, headers: Headers, exc: Exception, started: float) -> Reply:
@@ -191,9 +203,14 @@ class Tracking:
         self._finish(headers, reply, request_id, started, error)
         return reply
 
-    async def pixel(self, headers: Headers, d: str | None, secure: bool) -> Reply:
-        """GET /t.gif?d=: the beacon's body base64url-encoded in ``d``; answers a 1x1 GIF (errors raise)."""
-        vid = await self._ingest(headers, decode_pixel(d))
+    async def pixel(self, headers: Headers, d: str | None, secure: bool, peer: str | None = None,
+                    forwarded: str | None = None) -> Reply:
+        """GET /t.gif?d=: the beacon's body base64url-encoded in ``d``; answers a 1x1 GIF (errors raise; an
+        empty bucket raises RateLimited, 429)."""
+        vid, batch = self._validated(headers, decode_pixel(d))
+        if self.limiter is not None:
+            await self.limiter.take(TRACK, self.client(peer, forwarded))
+        await self._store(vid, batch, None)
         return Reply(200, [("Content-Type", "image/gif"), ("Cache-Control", "no-store, max-age=0"),
                            *self._visitor_headers(vid, secure)], PIXEL)
 
@@ -224,12 +241,6 @@ class Tracking:
                     ("Access-Control-Expose-Headers", _EXPOSED), ("Vary", "Origin")]
 
     # --- the work ----------------------------------------------------------------------------------------
-
-    async def _ingest(self, headers: Headers, raw: bytes) -> str:
-        """Validate, store and account for one beacon; returns the visitor id. Raises 400/413/503."""
-        vid, batch = self._validated(headers, raw)
-        await self._store(vid, batch, None)
-        return vid
 
     def _validated(self, headers: Headers, raw: bytes) -> tuple[str, Batch]:
         """The beacon's visitor id and its events judged (400/413 for a malformed body)."""
@@ -276,18 +287,20 @@ class Tracking:
     def account(self, route: str, method: str, status: int, started: float, request_id: str,
                 error: str | None) -> None:
         """Count and time one tracking request; write its line if it failed or is sampled (one in
-        1/``BEACON_LOG_SAMPLE``): a collector taking thousands a second cannot afford a line each."""
+        1/``BEACON_LOG_SAMPLE``): a collector taking thousands a second cannot afford a line each. A 429 is
+        sampled like a good beacon: a client past its rate limit must not make the log its amplifier."""
         elapsed = time.perf_counter() - started
         self.metrics.observe_request(route, method, status, elapsed)
         self._beacons += 1
-        if error is not None or status >= 400 or (self._log_every and self._beacons % self._log_every == 0):
+        if (status != 429 and (error is not None or status >= 400)) or (
+                self._log_every and self._beacons % self._log_every == 0):
             log_request(request_id, method, route, status, round(elapsed * 1000, 2), error)
 
 
 class _Beacon:
     """One beacon on its way to Redis and back: what its callbacks need (no task, no future, no closures)."""
 
-    __slots__ = ("batch", "done", "headers", "request_id", "started", "stored", "tracking", "vid")
+    __slots__ = ("batch", "done", "headers", "request_id", "started", "stored", "tracking", "vid", "who")
 
     def __init__(self, tracking: Tracking, headers: Headers, started: float, done: Answer) -> None:
         self.tracking = tracking
@@ -296,7 +309,8 @@ class _Beacon:
         self.done = done
         self.request_id = request_id_from(headers.get("x-request-id"))
 
-    def start(self, body: bytes, secure: bool) -> None:
+    def start(self, body: bytes, secure: bool, who: str | None) -> None:
+        """Validate; then take a token from ``who``'s bucket (None: no limit) and store."""
         tracking = self.tracking
         try:
             self.vid, self.batch = tracking._validated(self.headers, body)
@@ -304,10 +318,41 @@ class _Beacon:
             self.failed(exc)
             return
         self.stored = Reply(204, tracking._visitor_headers(self.vid, secure))
+        if who is not None:
+            assert tracking.limiter is not None
+            self.who = who
+            tracking.limiter.take_callback(TRACK, who, self.checked)
+        else:
+            self.store()
+
+    def store(self) -> None:
+        tracking = self.tracking
         if self.batch.rejected or tracking.eventlog.committer is None:
             spawn(self.slowly(None))
         else:
             tracking.eventlog.append_callback(self.vid, self.batch.accepted, self.appended)
+
+    def checked(self, reply: Any) -> None:
+        """The rate limiter's outcome (``Limiter.wait_ms`` reads it; a failing limiter lets the beacon on)."""
+        if reply == 0 and reply.__class__ is int:  # a token: the common case, first
+            self.store()
+            return
+        limiter = self.tracking.limiter
+        assert limiter is not None
+        if is_noscript(reply):  # Redis lost the script (a restart): loaded, then the token is taken again
+            limiter.take_again_callback(TRACK, self.who, self.checked_again)
+            return
+        self.checked_again(reply)
+
+    def checked_again(self, reply: Any) -> None:
+        limiter = self.tracking.limiter
+        assert limiter is not None
+        wait = limiter.wait_ms(reply)
+        if wait:
+            self.tracking.metrics.count_events("rate_limited_request", 1)
+            self.failed(RateLimited(retry_after(wait), str(limiter.track)))
+        else:
+            self.store()
 
     def appended(self, reply: Any) -> None:
         """The group commit's outcome: APPEND's reply, or an exception."""

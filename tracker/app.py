@@ -9,7 +9,9 @@ from aiohttp import web
 
 from tracker.answers import UNAVAILABLE as TRACKER_UNAVAILABLE
 from tracker.answers import Tracking
+from tracker.apilimit import api_rate_limit
 from tracker.beacon import Limits
+from tracker.clientip import ClientAddress
 from tracker.connection import HANDLER_ARGS
 from tracker.eventlog import EventLog
 from tracker.groupcommit import GroupCommitter
@@ -18,9 +20,10 @@ from tracker.identify import Identify, IdentifyLog
 from tracker.logs import OUTPUT, flush_periodically
 from tracker.metrics import Metrics
 from tracker.redis_client import AnyRedis, connect_redis, is_cluster
+from tracker.ratelimit import Limiter
 from tracker.resp import RespConnection
 from tracker.resp_cluster import ClusterRespConnection
-from tracker.routes import EVENTLOG, IDENTIFY, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, TRACKING, routes
+from tracker.routes import EVENTLOG, IDENTIFY, LIMITER, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, TRACKING, routes
 from tracker.routing import answer_with_and_without_trailing_slash
 from tracker.script import Script
 from tracker.settings import Settings
@@ -34,7 +37,7 @@ def init_app(settings: Settings, app: web.Application | None = None) -> web.Appl
     if settings.redis_url is None:
         raise ValueError("settings.redis_url is required (the CLI starts an embedded Redis when unset)")
     if app is None:
-        app = web.Application(middlewares=[edge_middleware], handler_args=HANDLER_ARGS,
+        app = web.Application(middlewares=[edge_middleware, api_rate_limit], handler_args=HANDLER_ARGS,
                               client_max_size=max(settings.max_body_bytes, 1024 * 1024) + 1024)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -64,10 +67,18 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[EVENTLOG] = EventLog(redis, partitions=settings.partitions, anon_ttl_seconds=settings.anon_ttl_seconds,
                              history_cap=settings.history_cap, rejected_cap=settings.rejected_cap,
                              committer=committer)
+    limiter = None
+    if settings.rate_limit_track is not None or settings.rate_limit_api is not None:
+        limiter = app[LIMITER] = Limiter(committer, redis, track=settings.rate_limit_track, api=settings.rate_limit_api,
+                                         on_error=app[METRICS].limiter_errors.inc)
     app[TRACKING] = Tracking(eventlog=app[EVENTLOG], metrics=app[METRICS], limits=app[LIMITS], script=app[SCRIPT],
-                             allowed_origins=settings.allowed_origins, log_sample=settings.beacon_log_sample)
+                             allowed_origins=settings.allowed_origins, log_sample=settings.beacon_log_sample,
+                             limiter=limiter if settings.rate_limit_track is not None else None,
+                             client=ClientAddress(settings.trusted_proxies))
     app[IDENTIFY] = Identify(settings.identify_secrets, IdentifyLog(redis))
     yield
+    if limiter is not None:
+        await limiter.stop()
     await committer.stop()
     await stop_task(log_flusher)
     OUTPUT.flush()

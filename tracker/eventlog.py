@@ -30,7 +30,7 @@ _HEADS = 16_384  # visitors whose APPEND frame head is kept
 CLUSTER_POLL_S = 0.2  # a cluster's linked streams are polled (see read_linked): the pause after an empty poll
 
 
-class _Script:
+class LuaScript:
     """A Lua script called by EVALSHA, loaded lazily and again after a Redis restart (NOSCRIPT)."""
 
     def __init__(self, name: str) -> None:
@@ -48,8 +48,8 @@ class _Script:
                 await redis.script_load(self.source)
 
 
-APPEND = _Script("append")
-CLAIM = _Script("claim")
+APPEND = LuaScript("append")
+CLAIM = LuaScript("claim")
 
 
 class AppendResult(NamedTuple):
@@ -92,7 +92,7 @@ class EventLog:
     def keys(self, vid: str) -> keys.VisitorKeys:
         return keys.VisitorKeys(vid, self.partitions)
 
-    async def _eval(self, script: _Script, keys_: list[str], argv: list[Any], encoded: bytes | None = None,
+    async def _eval(self, script: LuaScript, keys_: list[str], argv: list[Any], encoded: bytes | None = None,
                     route: str = "") -> Any:
         """EVALSHA, through the group committer if there is one (``encoded``: the same call, RESP-encoded;
         ``route``: a key of it, for a cluster, when ``keys_`` is not given)."""

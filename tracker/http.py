@@ -24,6 +24,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS = web.AppKey("metrics", Metrics)
 API_KEYS = web.AppKey("api_keys", KeyRing)
 REQUEST_ID = web.RequestKey("request_id", str)  # the id a request is answered and logged with
+API_KEY = web.RequestKey("api_key", str)  # the key an /api request was let in with (``check_access``)
 # errors meaning "a backing store is down, slow or refusing": answered 503 + Retry-After, never 500; the
 # stitcher adds its SQL ones (the tracker itself never imports SQLAlchemy, DESIGN invariant 1)
 UNAVAILABLE = web.AppKey("unavailable_errors", tuple)
@@ -45,8 +46,8 @@ def self_accounted(handler: Handler) -> Handler:
     """Mark a handler that binds no log context and itself answers errors as JSON, sets X-Request-Id and
     calls ``account``: the edge middleware passes its requests straight through.
 
-    This relies on ``edge_middleware`` being the app's last (innermost) middleware, so aiohttp hands it the
-    route's own handler; a middleware added after it would make such requests counted and logged twice.
+    The route's own handler is looked up in the request's match, so middlewares inside ``edge_middleware``
+    (``tracker.apilimit``) do not hide it; such a middleware must pass these requests straight through too.
     """
     _SELF_ACCOUNTED.add(handler)
     return handler
@@ -127,7 +128,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
     Redis being down or slow becomes a 503 with Retry-After, never a 500 or a hang.
     """
-    if handler in _SELF_ACCOUNTED:
+    if request.match_info.handler in _SELF_ACCOUNTED:
         return await handler(request)
     started = time.perf_counter()
     request_id = request[REQUEST_ID] = request_id_of(request)
@@ -164,6 +165,7 @@ def check_access(request: web.Request) -> None:
         raise _Unauthorized(scope)
     if scope is not None and scope not in held:
         raise Forbidden(scope)
+    request[API_KEY] = basic_auth_password(request.headers.get("Authorization", ""))
 
 
 def basic_auth_password(header: str) -> str:

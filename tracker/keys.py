@@ -16,6 +16,12 @@ IDENTIFY = f"{PREFIX}:identify"  # stream of verified identifies (tracker.identi
 IDENTIFY_GROUP = "stitcher"  # consumer group reading it
 
 
+def bucket(scope: str, who: str) -> str:
+    """Hash: the rate limiter's token bucket of ``who`` (a client address, a digest of an API key) in ``scope``
+    (``tracker.ratelimit``). One key per script call, so any slot will do."""
+    return f"{PREFIX}:rl:{scope}:{who}"
+
+
 def partition(vid: str, partitions: int) -> int:
     """The visitor's partition: stable across processes and Python versions."""
     return zlib.crc32(vid.encode()) % partitions

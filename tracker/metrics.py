@@ -94,6 +94,9 @@ class Metrics:
                                 registry=self.registry)
         self.drained = Counter("stitcher_worker_events", "Linked-visitor events put on timelines by the worker",
                                registry=self.registry)
+        self.limiter_errors = Counter("stitcher_rate_limiter_errors",
+                                      "Requests let through unlimited because the rate limiter's Redis failed",
+                                      registry=self.registry)
 
     def count_events(self, result: str, n: int) -> None:
         """Count beacon events by result (accepted, duplicate, rejected, malformed_request)."""

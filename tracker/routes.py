@@ -11,6 +11,7 @@ from aiohttp import web
 
 from tracker.answers import Tracking, error_reply, is_secure
 from tracker.beacon import Limits
+from tracker.clientip import peer_host
 from tracker.errors import DomainError, NotFound, ValidationFailed
 from tracker.eventlog import EventLog
 from tracker.http import (
@@ -24,6 +25,7 @@ from tracker.http import (
 from tracker.identify import MAX_BODY_BYTES as IDENTIFY_MAX_BODY
 from tracker.identify import Identify
 from tracker.metrics import CONTENT_TYPE_LATEST
+from tracker.ratelimit import Limiter
 from tracker.script import Script
 from tracker.settings import Settings
 from tracker.visitor import COOKIE, parse_visitor_id
@@ -34,6 +36,7 @@ SCRIPT = web.AppKey("script", Script)
 LIMITS = web.AppKey("limits", Limits)
 TRACKING = web.AppKey("tracking", Tracking)
 IDENTIFY = web.AppKey("identify", Identify)
+LIMITER = web.AppKey("limiter", Limiter)  # present when a rate limit is on
 routes = web.RouteTableDef()
 
 
@@ -50,7 +53,8 @@ async def beacon(request: web.Request) -> web.StreamResponse:
         body = await read_body(request, tracking.limits.max_body_bytes)
     except DomainError as exc:
         return to_response(tracking.refused(headers, exc, started))
-    return to_response(await tracking.beacon_reply(headers, body, is_secure(request.secure, headers), started))
+    return to_response(await tracking.beacon_reply(headers, body, is_secure(request.secure, headers), started,
+                                                   *_client(request)))
 
 
 @routes.post("/t/forget")
@@ -98,7 +102,15 @@ async def pixel(request: web.Request) -> web.StreamResponse:
     """Pixel fallback: the same body, base64url-encoded in ``d``; answers a 1x1 GIF."""
     tracking = request.app[TRACKING]
     return to_response(await tracking.pixel(request.headers, request.query.get("d"),
-                                            is_secure(request.secure, request.headers)))
+                                            is_secure(request.secure, request.headers), *_client(request)))
+
+
+def _client(request: web.Request) -> tuple[str | None, str | None]:
+    """The request's peer address (the proxy's, when one is in front) and its X-Forwarded-For, every such
+    header joined in order (``tracker.clientip`` decides which to believe)."""
+    peer = peer_host(request.transport.get_extra_info("peername") if request.transport is not None else None)
+    forwarded = request.headers.getall("X-Forwarded-For", None)
+    return peer, ", ".join(forwarded) if forwarded else None
 
 
 @routes.get("/t.js")

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracker.apikeys import KeyRing, parse_api_keys
+from tracker.clientip import Network, parse_networks
+from tracker.rates import Rate, parse_rate
 from tracker.redis_client import is_cluster, parse_cluster_url
+
+# the default rate limits: never met by a visitor or a backend at work (README, Configuration)
+DEFAULT_RATE_TRACK = Rate(burst=2000, per_second=100.0)  # 2000/20s
+DEFAULT_RATE_API = Rate(burst=3000, per_second=100.0)  # 3000/30s
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -58,6 +64,10 @@ class Settings:
     send_receipt_ttl_days: int = 7  # an Idempotency-Key send's receipt is kept this long (a repeat sends nothing)
     # IDENTIFY_SECRET: HMAC keys of signed identify, the current first (two during a rotation); empty: off
     identify_secrets: tuple[str, ...] = field(default=(), repr=False)
+    # rate limits (tracker.ratelimit): None is no limit
+    rate_limit_track: Rate | None = DEFAULT_RATE_TRACK  # per client address: POST /t and GET /t.gif
+    rate_limit_api: Rate | None = DEFAULT_RATE_API  # per API key: /api/*
+    trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-For names the client
     extra: Mapping[str, str] = field(default_factory=dict)
     key_ring: KeyRing = field(init=False, repr=False, compare=False)  # api_keys, parsed
 
@@ -132,6 +142,11 @@ class Settings:
             kw["worker_enabled"] = env["WORKER_ENABLED"].lower() not in ("0", "false", "no")
         if env.get("BEACON_LOG_SAMPLE"):
             kw["beacon_log_sample"] = min(max(float(env["BEACON_LOG_SAMPLE"]), 0.0), 1.0)
+        for name, attr in (("RATE_LIMIT_TRACK", "rate_limit_track"), ("RATE_LIMIT_API", "rate_limit_api")):
+            if name in env:  # set but empty: no limit
+                kw[attr] = parse_rate(env[name], name)
+        if env.get("TRUSTED_PROXIES"):
+            kw["trusted_proxies"] = parse_networks(_csv(env["TRUSTED_PROXIES"]))
         if env.get("LOG_JSON"):
             kw["log_json"] = env["LOG_JSON"].lower() in ("1", "true", "yes")
         return cls(**kw)  # type: ignore[arg-type]

@@ -39,12 +39,12 @@ def held(edge: tuple[web.AppRunner, int]) -> asyncio.Event:  # noqa: F811
     release = asyncio.Event()
     beacon = tracking.beacon
 
-    def slow_beacon(headers, body, secure, started, done: Answer) -> None:  # type: ignore[no-untyped-def]
+    def slow_beacon(headers, body, secure, started, done: Answer, *client) -> None:  # type: ignore[no-untyped-def]
         async def later(reply) -> None:  # type: ignore[no-untyped-def]
             await release.wait()
             done(reply)
 
-        beacon(headers, body, secure, started, lambda reply: asyncio.ensure_future(later(reply)))
+        beacon(headers, body, secure, started, lambda reply: asyncio.ensure_future(later(reply)), *client)
 
     tracking.beacon = slow_beacon  # type: ignore[method-assign]
     return release
@@ -198,6 +198,9 @@ class _Transport:
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 50000) if name == "peername" else default
 
 
 async def test_a_chunked_body_arriving_a_byte_a_time_is_413(edge: tuple[web.AppRunner, int]) -> None:  # noqa: F811

@@ -43,6 +43,7 @@ from tracker.answers import (
     request_id_from,
     spawn,
 )
+from tracker.clientip import peer_host
 from tracker.connection import MAX_FIELD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from tracker.edge.wire import encode
 from tracker.errors import DomainError, PayloadTooLarge
@@ -60,7 +61,8 @@ _METHODS = {route: method.decode() for (method, _), route in _ROUTES.items()}
 # the headers the tracking routes read; others are counted and skipped
 _WANTED = frozenset([b"content-length", b"content-encoding", b"transfer-encoding", b"origin", b"cookie",
                      b"user-agent", b"x-request-id", b"x-forwarded-proto", b"expect", b"if-none-match",
-                     b"accept-encoding"])
+                     b"accept-encoding", b"x-forwarded-for"])
+_FORWARDED = b"x-forwarded-for"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 log = structlog.get_logger("http")
 
@@ -133,6 +135,8 @@ class EdgeProtocol(asyncio.Protocol):
         self._url_parts: list[bytes] = []
         self._body: list[bytes] = []
         self.on_header = self._fields.setdefault  # a header sent twice counts by its first value, as in aiohttp
+        if tracking.client.trusts_proxies:  # but X-Forwarded-For by every value, joined: see _on_header
+            self.on_header = self._on_header  # type: ignore[assignment]
         self.on_url = self._url_parts.append
         self.on_body = self._body.append
         self._parser = httptools.HttpRequestParser(self)
@@ -163,12 +167,14 @@ class EdgeProtocol(asyncio.Protocol):
         self._route: str | None = None
         self._headers: dict[str, str] = {}
         self._started = 0.0
+        self._peer: str | None = None  # the client's address (a proxy's, if one is in front)
         self.last_active = self._began = time.monotonic()  # last byte in or out; its first byte
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        self._peer = peer_host(transport.get_extra_info("peername"))
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -230,6 +236,15 @@ class EdgeProtocol(asyncio.Protocol):
         return None
 
     # --- httptools callbacks -----------------------------------------------------------------------------
+
+    def _on_header(self, name: bytes, value: bytes) -> None:
+        """``on_header`` with trusted proxies: a proxy may add its own X-Forwarded-For line below the client's
+        (HAProxy does), so every line counts, joined in order (kept under the lower-case name)."""
+        if len(name) == len(_FORWARDED) and name.lower() == _FORWARDED:
+            fields = self._fields
+            fields[_FORWARDED] = fields[_FORWARDED] + b", " + value if _FORWARDED in fields else value
+        else:
+            self._fields.setdefault(name, value)
 
     def on_message_begin(self) -> None:
         self._aligned = self._fresh
@@ -358,7 +373,8 @@ class EdgeProtocol(asyncio.Protocol):
                 self._keep_alive = keep_alive and not (self._close_when_answered and not self._queue)
                 self._answering = True
                 if route == "beacon":
-                    tracking.beacon(headers, body, is_secure(self._secure, headers), started, self._answered)
+                    tracking.beacon(headers, body, is_secure(self._secure, headers), started, self._answered,
+                                    self._peer, headers.get("x-forwarded-for"))
                 elif route == "refused":
                     self._answered(body)
                 elif route == "pixel":
@@ -403,7 +419,8 @@ class EdgeProtocol(asyncio.Protocol):
         request_id = request_id_from(headers.get("x-request-id"))
         try:
             d = parse_qs(query.decode("latin-1")).get("d", [None])[-1]
-            reply = await tracking.pixel(headers, d, is_secure(self._secure, headers))
+            reply = await tracking.pixel(headers, d, is_secure(self._secure, headers), self._peer,
+                                         headers.get("x-forwarded-for"))
         except Exception as exc:
             reply, error = error_reply(exc, request_id, path="/t.gif")
         reply.headers.append(("X-Request-Id", request_id))
