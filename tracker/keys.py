@@ -12,6 +12,9 @@ import zlib
 PREFIX = "st"
 LINKED_GROUP = "stitcher"  # consumer group reading the linked streams
 REJECTED = f"{PREFIX}:rejected"  # stream of rejected beacon events, for operators
+# string: the run id of the Redis server whose visitor links were last re-seeded from SQL; a server that lost
+# its data (or restarted, perhaps losing its last writes) has another run id, so the sweeper seeds it again
+LINKS_SEEDED = f"{PREFIX}:links-seeded"
 
 
 def partition(vid: str, partitions: int) -> int:
