@@ -150,7 +150,7 @@ class Stitcher:
                 page = list(await session.execute(query))
             if not page:
                 return relinked, failed
-            after = page[-1][0]
+            after = int(page[-1][0])
             owners = {vid: contact_id for _, vid, contact_id in page}
             for vid in await self.eventlog.missing_links(list(owners)):
                 try:
