@@ -150,7 +150,9 @@ class Stitcher:
                 page = list(await session.execute(query))
             if not page:
                 return relinked, failed
-            after = int(page[-1][0])
+            last = page[-1][0]
+            assert last is not None  # a primary key
+            after = last
             owners = {vid: contact_id for _, vid, contact_id in page}
             for vid in await self.eventlog.missing_links(list(owners)):
                 try:

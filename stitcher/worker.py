@@ -102,11 +102,11 @@ class Worker:
     async def housekeeping(self, first: bool = False) -> None:
         """Finish interrupted stitches, take over a dead worker's unacknowledged entries, delete API events
         held past their time (and receipts past their resend window) and the receipts of idempotent sends
-        older than ``receipt_ttl_ms``; first, after a restart of Redis, give it back the links it lost."""
-        await self.reseed_links()
+        older than ``receipt_ttl_ms``; and, after a restart of Redis, give it back the links it lost."""
         finished = await self.stitcher.finish_pending(older_than_ms=0 if first else RECLAIM_IDLE_MS)
         if finished:
             log.info("finished interrupted stitches", count=finished)
+        await self.reseed_links()
         await self.drain(await self._redis(self.eventlog.reclaim_linked(self.consumer, RECLAIM_IDLE_MS)))
         expired = await held_events.expire(self.db)
         if expired:
