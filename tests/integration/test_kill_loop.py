@@ -26,11 +26,9 @@ import aiohttp
 import orjson
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import auth, private_redis, reserved_port
-from tests.helpers import eventually, recent_page_views, sql_scalar
+from tests.helpers import eventually, recent_page_views, sql_scalar, sql_write
 from tests.integration.test_crash import Service, service_env
 from tracker.embedded_redis import EmbeddedRedis
 
@@ -232,7 +230,7 @@ async def test_fifty_sigkills_lose_nothing_and_double_nothing(own_redis, databas
                 # a killed process leaves the rows it was sending leased for 5 minutes: let that time pass, with
                 # the service stopped (a row the live process is sending would be sent twice by the test itself)
                 await stop_gracefully(server)
-                await sql_execute(database_url, "UPDATE outbox SET next_attempt_at = 0 WHERE state = 'queued'")
+                await sql_write(database_url, "UPDATE outbox SET next_attempt_at = 0 WHERE state = 'queued'")
                 await server.start()
                 sent = await eventually(lambda: sql_scalar(database_url, "SELECT count(*) FROM outbox "
                                                                          "WHERE state = 'sent'"),
@@ -298,11 +296,3 @@ async def outbox_request_ids(client: Client, message_id: int) -> set[str]:
         query = f"?limit=1000&after={page['next']}"
     raise AssertionError("outbox pagination did not end")
 
-
-async def sql_execute(database_url: str, statement: str) -> None:
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
