@@ -67,7 +67,7 @@ def is_outage(exc: BaseException) -> bool:
             return True  # the driver's own state after a connection died mid-statement
         if str(getattr(seen, "sqlstate", "") or "")[:2] in _OUTAGE_CLASSES:
             return True
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
     return False
 
 

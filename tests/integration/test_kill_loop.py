@@ -5,11 +5,17 @@ One client runs the operations one after another and retries each on a connectio
 503 with the same body and idempotency keys, as a site's backend would; a killer task SIGKILLs the service's
 process group after a random pause (seeded: the seed is printed, ``KILL_LOOP_SEED=N`` replays its choices)
 and starts it again. The service runs its worker and delivers email to an SMTP server in the test.
+
+Each start of the service is a fork of a process that has imported its code once (``ForkedServices``): the
+forked process runs ``stitcher serve`` itself — migrations, resuming imports, the sweeper — as its own process
+group, and is SIGKILLed like any other; only the interpreter's start and the imports (about a second a start
+on an idle machine, several on a loaded one) are not repeated 50 times.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import os
 import random
@@ -20,6 +26,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email.policy import default
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,12 +36,12 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.conftest import auth, private_redis, reserved_port
 from tests.helpers import eventually, recent_page_views, sql_scalar, sql_write
-from tests.integration.test_crash import Service, service_env
+from tests.integration.test_crash import START_TIMEOUT_S, STITCHER, service_env
 from tracker.embedded_redis import EmbeddedRedis
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # ~2 min alone; a loaded machine restarts slower
 KILLS = 50
-PAUSE_S = (0.02, 0.6)  # how long the service lives between a restart and the next kill
+PAUSE_S = (0.05, 1.0)  # how long the service lives between a restart and the next kill
 IMPORT_ROWS = 5
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 # a bound against a hang: an operation may wait out many kills in a row (a process killed every fraction of a
@@ -182,7 +189,99 @@ class Loop:
 
 
 
-async def kill_repeatedly(server: Service, rng: random.Random, kills: list[float]) -> None:
+# Imports what ``stitcher serve`` imports, then forks a child per line read (the log file's path) that runs
+# ``stitcher serve ARGS`` in a session of its own and answers with the child's pid; the kernel reaps the children.
+ZYGOTE = """
+import os, signal, sys, traceback
+import stitcher.app, stitcher.cli, stitcher.store.migrate, tracker.edge.site, uvloop
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setsid()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            log = os.open(line.rstrip("\\n"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            code = stitcher.cli.main(sys.argv[1:])
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code or 0)
+    print(pid, flush=True)
+"""
+
+
+class ForkedService:
+    """``stitcher serve`` on a held port, each start a fork of the zygote; killed by process group."""
+
+    def __init__(self, zygote: asyncio.subprocess.Process, log_path: Path, port: int) -> None:
+        self.zygote = zygote
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.pid: int | None = None
+
+    async def start(self) -> None:
+        assert self.zygote.stdin is not None and self.zygote.stdout is not None
+        self.zygote.stdin.write(f"{self.log_path}\n".encode())
+        await self.zygote.stdin.drain()
+        self.pid = int(await asyncio.wait_for(self.zygote.stdout.readline(), 10))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline and self.alive():
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+        await self.signal(signal.SIGKILL)
+        raise AssertionError(f"stitcher serve did not become healthy:\n{self.log_path.read_text()[-3000:]}")
+
+    def alive(self) -> bool:
+        try:
+            assert self.pid is not None
+            os.kill(self.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    async def signal(self, signum: int, within: float = 10) -> None:
+        """Send ``signum`` to the service's process group and wait (bounded) until the process is gone."""
+        if self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signum)
+        deadline = time.monotonic() + within
+        while self.alive():
+            assert time.monotonic() < deadline, f"pid {self.pid} outlived signal {signum}"
+            await asyncio.sleep(0.01)
+
+    async def kill(self) -> None:
+        await self.signal(signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def forked_services(env: dict[str, str], log_path: Path) -> AsyncIterator[ForkedService]:
+    with reserved_port() as port:
+        zygote = await asyncio.create_subprocess_exec(
+            str(STITCHER.with_name("python")), "-c", ZYGOTE, "serve", "--port", str(port), "--reuse-port", env=env,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, start_new_session=True)
+        server = ForkedService(zygote, log_path, port)
+        try:
+            yield server
+        finally:
+            await server.kill()
+            with contextlib.suppress(ProcessLookupError):
+                zygote.kill()
+            await asyncio.wait_for(zygote.wait(), 10)
+
+
+async def kill_repeatedly(server: ForkedService, rng: random.Random, kills: list[float]) -> None:
     for _ in range(KILLS):
         await asyncio.sleep(rng.uniform(*PAUSE_S))
         kills.append(time.monotonic())
@@ -209,49 +308,43 @@ async def test_fifty_sigkills_lose_nothing_and_double_nothing(own_redis, databas
     env = service_env(own_redis, database_url, tmp_path, SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
                       IMPORT_PARSE_WORKERS="0", IMPORT_CHUNK_ROWS="2")
     kills: list[float] = []
-    with reserved_port() as port:
-        server = Service(env, tmp_path / "serve.log", port)
+    async with forked_services(env, tmp_path / "serve.log") as server:
         await server.start()
-        try:
-            async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-                client = Client(http, server.url)
-                message = await client.call("POST", "/api/v1/messages", {
-                    "channel": "email", "name": "kill-loop", "from": "Shop <shop@example.com>",
-                    "subject": "Hi {{ externalCustomerId }}", "body": "<p>{{ contactId }}</p>"})
-                loop = Loop(client, rng, int(message["id"]))
-                killer = asyncio.create_task(kill_repeatedly(server, kill_rng, kills))
-                try:
-                    while not killer.done():
-                        await loop.step()
-                    await killer
-                finally:
-                    killer.cancel()
-                await assert_counts(client, loop.expected, database_url)
-                # a killed process leaves the rows it was sending leased for 5 minutes: let that time pass, with
-                # the service stopped (a row the live process is sending would be sent twice by the test itself)
-                await stop_gracefully(server)
-                await sql_write(database_url, "UPDATE outbox SET next_attempt_at = 0 WHERE state = 'queued'")
-                await server.start()
-                sent = await eventually(lambda: sql_scalar(database_url, "SELECT count(*) FROM outbox "
-                                                                         "WHERE state = 'sent'"),
-                                        lambda n: n == loop.expected.sends, 60)
-                assert sent == loop.expected.sends
-                request_ids = await outbox_request_ids(client, loop.message_id)
-                assert set(sink.request_ids) == request_ids  # each send delivered, nothing else
-                repeats = len(sink.request_ids) - len(request_ids)
-                with capsys.disabled():
-                    print(f"kill loop: {len(kills)} kills, operations {dict(loop.expected.ops)}, "
-                          f"client retries {dict(client.retries)}, emails delivered again after a kill: {repeats}")
-        finally:
-            await server.kill()
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+            client = Client(http, server.url)
+            message = await client.call("POST", "/api/v1/messages", {
+                "channel": "email", "name": "kill-loop", "from": "Shop <shop@example.com>",
+                "subject": "Hi {{ externalCustomerId }}", "body": "<p>{{ contactId }}</p>"})
+            loop = Loop(client, rng, int(message["id"]))
+            killer = asyncio.create_task(kill_repeatedly(server, kill_rng, kills))
+            try:
+                while not killer.done():
+                    await loop.step()
+                await killer
+            finally:
+                killer.cancel()
+            await assert_counts(client, loop.expected, database_url)
+            # a killed process leaves the rows it was sending leased for 5 minutes: let that time pass, with
+            # the service stopped (a row the live process is sending would be sent twice by the test itself)
+            await stop_gracefully(server)
+            await sql_write(database_url, "UPDATE outbox SET next_attempt_at = 0 WHERE state = 'queued'")
+            await server.start()
+            sent = await eventually(lambda: sql_scalar(database_url, "SELECT count(*) FROM outbox "
+                                                                     "WHERE state = 'sent'"),
+                                    lambda n: n == loop.expected.sends, 60)
+            assert sent == loop.expected.sends
+            request_ids = await outbox_request_ids(client, loop.message_id)
+            assert set(sink.request_ids) == request_ids  # each send delivered, nothing else
+            repeats = len(sink.request_ids) - len(request_ids)
+            with capsys.disabled():
+                print(f"kill loop: {len(kills)} kills, operations {dict(loop.expected.ops)}, "
+                      f"client retries {dict(client.retries)}, emails delivered again after a kill: {repeats}")
     assert len(kills) == KILLS
 
 
-async def stop_gracefully(server: Service) -> None:
+async def stop_gracefully(server: ForkedService) -> None:
     """SIGTERM: the service finishes what it is sending and stops."""
-    assert server.proc is not None
-    os.killpg(server.proc.pid, signal.SIGTERM)
-    await asyncio.wait_for(server.proc.wait(), 30)
+    await server.signal(signal.SIGTERM, within=30)
 
 
 async def assert_counts(client: Client, expected: Expected, database_url: str) -> None:
