@@ -27,7 +27,7 @@ from stitcher.orders.api import ORDERS
 from stitcher.orders.api import routes as order_routes
 from stitcher.orders.service import OrderService
 from stitcher.stitch import Stitcher
-from stitcher.store.db import Contention, Database
+from stitcher.store.db import Contention, Database, SqlOutage
 from stitcher.worker import Worker
 from tracker import keys
 from tracker.app import init_app as init_tracker
@@ -53,7 +53,7 @@ def init_app(settings: Settings) -> web.Application:
     app[NORMALISER] = normaliser(settings)
     statuses: dict[type[Exception], int] = app[ERROR_STATUS]
     app[ERROR_STATUS] = statuses | http_errors.STATUS
-    app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention)
+    app[UNAVAILABLE] = (*app[UNAVAILABLE], OperationalError, InterfaceError, PoolTimeout, Contention, SqlOutage)
     app.cleanup_ctx.append(_stitcher_ctx)
     app.cleanup_ctx.append(identify.identify_ctx)  # after: it uses the contacts service
     app.add_routes(routes)

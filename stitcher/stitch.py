@@ -29,6 +29,7 @@ from stitcher.store.models import TimelineEvent, VisitorLink
 from stitcher.store.repo import now_ms
 from tracker.eventlog import EventLog
 
+RESEED_PAGE = 1000  # open links read from SQL, and checked in Redis, per round trip
 _WEB_DATA = ("url", "ref", "title", "props", "bot", "ts")
 log = structlog.get_logger("stitch")
 
@@ -130,3 +131,33 @@ class Stitcher:
             except Exception:  # one failing stitch must not hold up the others; the next sweep retries it
                 log.exception("pending stitch failed", contact=contact_id)
         return done
+
+    async def reseed_links(self) -> tuple[int, int]:
+        """Give Redis back the links SQL holds and Redis lost (a restart without persistence, a lost last
+        second of writes), so those visitors' later beacons reach their contacts instead of staying anonymous.
+
+        Each open, stitched link whose Redis link is missing is stitched again: under the visitor's lock it
+        re-creates the link only if its contact still holds the visitor, and moves what the visitor sent
+        meanwhile (anonymous, as Redis no longer knew it) onto the timeline, each event once. Returns
+        (visitors re-linked, stitches that failed — the next sweep tries them again).
+        """
+        after, relinked, failed = 0, 0, 0
+        while True:
+            query = select(col(VisitorLink.id), col(VisitorLink.visitor_id), col(VisitorLink.contact_id)).where(
+                col(VisitorLink.unlinked_at).is_(None), col(VisitorLink.stitched_at).is_not(None),
+                col(VisitorLink.id) > after).order_by(col(VisitorLink.id)).limit(RESEED_PAGE)
+            async with self.db.reader() as session:
+                page = list(await session.execute(query))
+            if not page:
+                return relinked, failed
+            last = page[-1][0]
+            assert last is not None  # a primary key
+            after = last
+            owners = {vid: contact_id for _, vid, contact_id in page}
+            for vid in await self.eventlog.missing_links(list(owners)):
+                try:
+                    await self.stitch(vid, owners[vid])
+                    relinked += 1
+                except Exception:  # one failing stitch must not hold up the others
+                    log.exception("re-seeding a link failed", contact=owners[vid])
+                    failed += 1

@@ -83,6 +83,7 @@ class Worker:
             except Exception:
                 log.exception("worker iteration failed; retrying")
                 own_pending = True
+                started = False  # a Redis that lost its data lost the consumer group too (NOGROUP)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 1.0)
 
@@ -106,10 +107,11 @@ class Worker:
     async def housekeeping(self, first: bool = False) -> None:
         """Finish interrupted stitches, take over a dead worker's unacknowledged entries, delete API events
         held past their time (and receipts past their resend window) and the receipts of idempotent sends
-        older than ``receipt_ttl_ms``."""
+        older than ``receipt_ttl_ms``; and, after a restart of Redis, give it back the links it lost."""
         finished = await self.stitcher.finish_pending(older_than_ms=0 if first else RECLAIM_IDLE_MS)
         if finished:
             log.info("finished interrupted stitches", count=finished)
+        await self.reseed_links()
         await self.drain(await self._redis(self.eventlog.reclaim_linked(self.consumer, RECLAIM_IDLE_MS)))
         expired = await held_events.expire(self.db)
         if expired:
@@ -117,6 +119,19 @@ class Worker:
         pruned = await messages.prune_receipts(self.db, repo.now_ms() - self.receipt_ttl_ms)
         if pruned:
             log.info("pruned send receipts", count=pruned)
+
+    async def reseed_links(self) -> None:
+        """Once per Redis server run (``LINKS_SEEDED`` holds the run id last seeded): re-create the visitor links
+        Redis lost from SQL's open links. Marked done only when every stitch it ran succeeded, and for the run
+        id read before it started, so a restart during the pass makes the next sweep run it again."""
+        run_id = await self._redis(self.eventlog.server_run_id())
+        if await self._redis(self.eventlog.links_seeded_for()) == run_id:
+            return
+        relinked, failed = await self.stitcher.reseed_links()
+        if relinked or failed:
+            log.info("re-seeded visitor links from SQL", relinked=relinked, failed=failed)
+        if not failed:
+            await self._redis(self.eventlog.mark_links_seeded(run_id))
 
     async def drain(self, events: list[LinkedEvent]) -> int:
         """Put a batch of linked events on their contacts' timelines, then acknowledge them.

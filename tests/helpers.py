@@ -87,6 +87,16 @@ async def sql_scalar(database_url: str, query: str, **params: Any) -> Any:
         await engine.dispose()
 
 
+async def sql_write(database_url: str, statement: str) -> None:
+    """Run one statement on the service's database directly, committed."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
 async def identity_lock_waiters(db: Any, database_url: str, expected: int) -> None:
     """Wait (bounded) until ``expected`` transactions queue on identity locks: on PostgreSQL, advisory locks of
     this database not yet granted; on SQLite, calls waiting for the service's in-process write lock (an

@@ -214,6 +214,29 @@ class EventLog:
         """Drop the claim once its events are safely on the timeline."""
         await self.redis.delete(self.keys(vid).claim(contact_id))
 
+    async def missing_links(self, vids: list[str]) -> list[str]:
+        """The visitors among ``vids`` that Redis holds no link for (one pipelined round trip)."""
+        if not vids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for vid in vids:
+                pipe.exists(self.keys(vid).link)
+            found = await pipe.execute()
+        return [vid for vid, there in zip(vids, found, strict=True) if not there]
+
+    async def server_run_id(self) -> str:
+        """The run id of the Redis server: another one after every restart of it."""
+        info = await self.redis.info("server")
+        return str(info["run_id"])
+
+    async def links_seeded_for(self) -> str | None:
+        """The run id of the server whose links were last re-seeded from SQL, if any (``LINKS_SEEDED``)."""
+        value = await self.redis.get(keys.LINKS_SEEDED)
+        return _s(value) if value is not None else None
+
+    async def mark_links_seeded(self, run_id: str) -> None:
+        await self.redis.set(keys.LINKS_SEEDED, run_id)
+
     async def unlink(self, vid: str) -> None:
         """Forget the visitor's link so later events are anonymous again (history untouched)."""
         await self.redis.delete(self.keys(vid).link)

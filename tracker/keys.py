@@ -15,6 +15,10 @@ REJECTED = f"{PREFIX}:rejected"  # stream of rejected beacon events, for operato
 IDENTIFY = f"{PREFIX}:identify"  # stream of verified identifies (tracker.identify), read by the stitcher
 IDENTIFY_GROUP = "stitcher"  # consumer group reading it
 
+# string: the run id of the Redis server whose visitor links were last re-seeded from SQL; a server that lost
+# its data (or restarted, perhaps losing its last writes) has another run id, so the sweeper seeds it again
+LINKS_SEEDED = f"{PREFIX}:links-seeded"
+
 
 def bucket(scope: str, who: str) -> str:
     """Hash: the rate limiter's token bucket of ``who`` (a client address, a digest of an API key) in ``scope``

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import multiprocessing
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -28,7 +29,7 @@ from stitcher.imports.chunk import StaleCandidates, apply_chunk
 from stitcher.imports.parse import Parsed, parse_rows, parse_slice
 from stitcher.imports.request import ImportRequest
 from stitcher.store import groups, import_sessions, repo
-from stitcher.store.db import Database
+from stitcher.store.db import Database, is_outage
 from stitcher.store.repo import now_ms
 from tracker.tasks import stop_task
 
@@ -38,6 +39,7 @@ CHUNK_ROWS = 1000
 # shared lock table (6,400), beside the API's transactions
 MAX_CHUNK_KEYS = 2000
 RESUME_RETRY_S = 5.0
+OUTAGE_RETRY_S = 0.5  # the first wait after an outage; doubled up to RESUME_RETRY_S
 CONCURRENT_IMPORTS = 2  # two overlap one's SQL round trips with the other's parsing; more only queue on locks
 # import bodies read and parsed at once: each costs ~45 MiB while it is (a 16 MiB body and its objects), so a
 # burst of clients cannot exhaust the memory; the next one is answered 429 with Retry-After
@@ -150,50 +152,65 @@ class ImportRunner:
         return parsed
 
     async def _run(self, import_id: str) -> None:
+        """Run the import to its end; a database outage (a restart, a dropped connection) pauses it, and it
+        goes on from its last committed chunk once the database answers — it never ends ``ERROR`` for that."""
         async with self._slots:
-            async with self.db.reader() as s:
-                row = await import_sessions.load(s, import_id)
-            if row is None or row.status not in import_sessions.RUNNING:
-                return  # ended meanwhile (another process), or gone with its database
-            request = ImportRequest.from_stored(row.request)
-            start = row.next_row
-            upcoming: asyncio.Future[Parsed] | None = None
-            try:
-                group_ids: list[int] = []
-                left_out = ""
-                if request.group_names:
-                    group_ids, left_out = await self.db.retry(lambda: self._groups(request.group_names))
-                # chunk N+1 is parsed while chunk N's SQL runs
-                upcoming = asyncio.ensure_future(self._parse(request, start)) if start < row.total else None
-                while upcoming is not None:
-                    parsed = await upcoming
-                    upcoming = (asyncio.ensure_future(self._parse(request, parsed.end))
-                                if parsed.end < row.total else None)
-                    for part in parsed.split(MAX_CHUNK_KEYS):
-                        if not await self.db.retry(functools.partial(
-                                apply_chunk, self.db, import_id, request, part, group_ids, row.request_id),
-                                also=(StaleCandidates, IntegrityError)):
-                            # another runner of this import (a process resuming it while this one runs, as
-                            # with `serve --workers N`) applied it, or ended it: that runner goes on alone.
-                            # Going on here could end the import before the other's chunks land when the
-                            # two cut their chunks at different rows.
-                            if upcoming is not None:
-                                upcoming.cancel()
-                            log.info("import taken over by another runner", import_id=import_id)
-                            return
-                        start = part.end
-                await self._end(import_id, "FINISHED", f"{row.total} rows processed{left_out}")
-            except asyncio.CancelledError:
-                if upcoming is not None:
-                    upcoming.cancel()
-                raise
-            except Exception as exc:
-                if upcoming is not None:
-                    upcoming.cancel()
-                log.exception("import failed", import_id=import_id)
-                applied = f"rows 0-{start - 1} applied (see mapping)" if start else "no row applied"
-                await self._end(import_id, "ERROR", f"{applied}; rows {start}-{row.total - 1} not applied: "
-                                f"{type(exc).__name__}")
+            for attempt in itertools.count():
+                try:
+                    return await self._run_from_last_chunk(import_id)
+                except Exception as exc:
+                    if not is_outage(exc):
+                        raise
+                    log.warning("import paused: database unavailable", import_id=import_id,
+                                error=type(exc).__name__)
+                    await asyncio.sleep(min(OUTAGE_RETRY_S * 2**attempt, RESUME_RETRY_S))
+
+    async def _run_from_last_chunk(self, import_id: str) -> None:
+        async with self.db.reader() as s:
+            row = await import_sessions.load(s, import_id)
+        if row is None or row.status not in import_sessions.RUNNING:
+            return  # ended meanwhile (another process), or gone with its database
+        request = ImportRequest.from_stored(row.request)
+        start = row.next_row
+        upcoming: asyncio.Future[Parsed] | None = None
+        try:
+            group_ids: list[int] = []
+            left_out = ""
+            if request.group_names:
+                group_ids, left_out = await self.db.retry(lambda: self._groups(request.group_names))
+            # chunk N+1 is parsed while chunk N's SQL runs
+            upcoming = asyncio.ensure_future(self._parse(request, start)) if start < row.total else None
+            while upcoming is not None:
+                parsed = await upcoming
+                upcoming = (asyncio.ensure_future(self._parse(request, parsed.end))
+                            if parsed.end < row.total else None)
+                for part in parsed.split(MAX_CHUNK_KEYS):
+                    if not await self.db.retry(functools.partial(
+                            apply_chunk, self.db, import_id, request, part, group_ids, row.request_id),
+                            also=(StaleCandidates, IntegrityError)):
+                        # another runner of this import (a process resuming it while this one runs, as
+                        # with `serve --workers N`) applied it, or ended it: that runner goes on alone.
+                        # Going on here could end the import before the other's chunks land when the
+                        # two cut their chunks at different rows.
+                        if upcoming is not None:
+                            upcoming.cancel()
+                        log.info("import taken over by another runner", import_id=import_id)
+                        return
+                    start = part.end
+            await self._end(import_id, "FINISHED", f"{row.total} rows processed{left_out}")
+        except asyncio.CancelledError:
+            if upcoming is not None:
+                upcoming.cancel()
+            raise
+        except Exception as exc:
+            if upcoming is not None:
+                upcoming.cancel()
+            if is_outage(exc):
+                raise  # not the rows' fault: ``_run`` resumes from the last committed chunk
+            log.exception("import failed", import_id=import_id)
+            applied = f"rows 0-{start - 1} applied (see mapping)" if start else "no row applied"
+            await self._end(import_id, "ERROR", f"{applied}; rows {start}-{row.total - 1} not applied: "
+                            f"{type(exc).__name__}")
 
     async def _groups(self, names: tuple[str, ...]) -> tuple[list[int], str]:
         """The ids of ``groupNames`` (the static ones made when missing) and what the import's description

@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 import structlog
 from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
@@ -39,6 +42,43 @@ def is_contention(exc: BaseException) -> bool:
         return True
     text_ = str(getattr(exc, "orig", None) or exc).lower()
     return any(marker in text_ for marker in _CONTENTION)
+
+
+# SQLSTATE classes meaning the server is unreachable, restarting or out of resources, not that a statement
+# is wrong: 08 connection exception, 57 operator intervention (admin shutdown, crash, "cannot connect now"),
+# 53 insufficient resources (too many connections)
+_OUTAGE_CLASSES = ("08", "57", "53")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is down, restarting or dropped the connection (a 503 and a later
+    retry, never a 500): the driver's connection errors arrive wrapped in a generic ``DBAPIError``, so the
+    chain of causes is read (its SQLSTATE, a socket error, the driver's own broken-connection error)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        # OSError: a refused connection, a missing unix socket, a timeout (TimeoutError is one)
+        if isinstance(seen, OperationalError | InterfaceError | OSError | PoolTimeout):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, asyncpg.exceptions.InternalClientError):
+            return True  # the driver's own state after a connection died mid-statement
+        if str(getattr(seen, "sqlstate", "") or "")[:2] in _OUTAGE_CLASSES:
+            return True
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return False
+
+
+class _MatchesOutages(type):
+    def __instancecheck__(cls, instance: object) -> bool:
+        return isinstance(instance, BaseException) and is_outage(instance)
+
+
+class SqlOutage(Exception, metaclass=_MatchesOutages):
+    """Never raised: ``isinstance(exc, SqlOutage)`` is ``is_outage(exc)``, so the HTTP edge's tuple of
+    unavailability errors (answered 503 + Retry-After) holds it beside the plain classes."""
 
 
 def lock_id(key: str) -> int:

@@ -24,7 +24,7 @@ from google.cloud.bigquery import SchemaField
 
 from stitcher.exports.command import prune, run
 from stitcher.exports.postgres import dsn
-from tests.helpers import add_contact, beacon, call, eventually, page_views, timeline_ids
+from tests.helpers import add_contact, beacon, call, eventually, page_views, sql_write, timeline_ids
 from tests.integration.test_merge_and_erase import sql
 
 ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -408,18 +408,6 @@ async def test_a_target_is_not_continued_from_another_source_database(client, da
     readme = (out / "README.md").read_text().split("## Run")[-1]
     assert "TRUNCATE TABLE DATASET.contacts" in readme and "DATASET.contacts contacts-" in readme, readme
     assert await run(database_url, "bigquery", out=out, err=io.StringIO()) == 0
-
-
-async def sql_write(database_url: str, statement: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(database_url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 async def test_prune_deletes_old_tombstones_and_a_target_that_had_not_read_them_must_reset(
