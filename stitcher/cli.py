@@ -12,7 +12,6 @@ from pathlib import Path
 
 import structlog
 
-from tracker.apikeys import ApiKeyConfigError
 from tracker.embedded_redis import AlreadyRunning, EmbeddedRedis
 from tracker.logs import configure_logging
 from tracker.settings import Settings

@@ -32,8 +32,8 @@ from stitcher.http_input import DB, NORMALISER
 from stitcher.payload import parse_contact
 from stitcher.store import identify as store
 from stitcher.store.db import Database
-from tracker.redis_client import connect_redis
 from tracker.identify import Identified, IdentifyLog
+from tracker.redis_client import connect_redis
 from tracker.routes import SETTINGS
 from tracker.tasks import stop_task
 

@@ -20,7 +20,8 @@ import socket
 import time
 
 import structlog
-from redis.asyncio import Redis
+
+from tracker.redis_client import AnyRedis
 
 log = structlog.get_logger("lease")
 SAFE_SHARE = 0.8  # of the TTL during which a renewal counts locally: margin for clock rates and delays
@@ -41,7 +42,7 @@ return 0
 class Lease:
     """One named lease, kept (taken whenever free, then renewed) from ``start`` until ``stop``."""
 
-    def __init__(self, redis: Redis, key: str, *, ttl_ms: int = 15_000) -> None:
+    def __init__(self, redis: AnyRedis, key: str, *, ttl_ms: int = 15_000) -> None:
         self.redis = redis
         self.key = key
         self.ttl_ms = ttl_ms

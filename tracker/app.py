@@ -19,8 +19,8 @@ from tracker.http import API_KEYS, ERROR_STATUS, METRICS, UNAVAILABLE, edge_midd
 from tracker.identify import Identify, IdentifyLog
 from tracker.logs import OUTPUT, flush_periodically
 from tracker.metrics import Metrics
-from tracker.redis_client import AnyRedis, connect_redis, is_cluster
 from tracker.ratelimit import Limiter
+from tracker.redis_client import AnyRedis, connect_redis, is_cluster
 from tracker.resp import RespConnection
 from tracker.resp_cluster import ClusterRespConnection
 from tracker.routes import EVENTLOG, IDENTIFY, LIMITER, LIMITS, READY_CHECKS, SCRIPT, SETTINGS, TRACKING, routes

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tracker import keys
 from tracker.answers import UNAVAILABLE, Reply, cookie_value, json_reply
 from tracker.errors import DomainError, Unavailable, ValidationFailed
+from tracker.redis_client import AnyRedis
 from tracker.visitor import COOKIE, COOKIE_MAX_AGE, choose_visitor_id, parse_visitor_id
 
 MAX_BODY_BYTES = 4096  # an ID of 256 characters, a signature, a visitor id: far below this
@@ -148,7 +148,7 @@ class IdentifyLog:
     """The stream of verified identifies (``tracker.keys.IDENTIFY``), read by the stitcher with a consumer
     group: at-least-once, so the consumer's work must be repeat-safe (the contact API's is)."""
 
-    def __init__(self, redis: Redis, maxlen: int = STREAM_MAXLEN) -> None:
+    def __init__(self, redis: AnyRedis, maxlen: int = STREAM_MAXLEN) -> None:
         self.redis = redis
         self.maxlen = maxlen
 

@@ -21,13 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 
 from tracker import keys, resp
 from tracker.errors import DomainError
 from tracker.eventlog import LuaScript, is_noscript
 from tracker.groupcommit import GroupCommitter
 from tracker.rates import Rate
+from tracker.redis_client import AnyRedis
 
 BUCKET = LuaScript("bucket")
 TRACK, API = "t", "k"  # the two scopes: a client address on the tracking routes, an API key on the API
@@ -56,7 +56,7 @@ class Limiter:
     """The buckets of one service: ``track`` for tracking requests by client address, ``api`` per API key
     (either None: that limit is off)."""
 
-    def __init__(self, committer: GroupCommitter, redis: Redis, *, track: Rate | None, api: Rate | None,
+    def __init__(self, committer: GroupCommitter, redis: AnyRedis, *, track: Rate | None, api: Rate | None,
                  on_error: Callable[[], None] | None = None) -> None:
         self._committer = committer
         self._redis = redis
