@@ -125,9 +125,13 @@ def served(clean_redis: str, database_url: str, tmp_path: Path,
         try:
             yield f"http://127.0.0.1:{port}", log_path, proc
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
+            if proc.poll() is None:  # the test failed before stopping it: stopped so that it stops its parser too
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=30)
 
 
 async def _ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
