@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -142,3 +143,14 @@ async def timeline_ids(client: Any, contact_id: int) -> list[str]:
     page = await _timeline_page(client, contact_id)
     assert page["next"] is None
     return [e["id"] for e in page["events"]]
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Stop a service the test started: SIGTERM (so it stops its own children, e.g. the import parser), then
+    SIGKILL if it has not ended within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
