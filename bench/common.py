@@ -83,7 +83,7 @@ def free_port() -> int:
 _handed_out: set[int] = set()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: get SIGKILL if the benchmark itself is killed (Linux only)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -134,7 +134,7 @@ class Children:
         try:
             proc = subprocess.Popen(list(args), cwd=cwd, env=dict(env) if env is not None else None,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+                                    start_new_session=True, preexec_fn=die_with_parent)
         finally:
             if not isinstance(out, int):
                 out.close()
@@ -338,7 +338,7 @@ def run_wrk(label: str, url: str, script: Path, *, threads: int = 2, connections
     busy_before = machine_busy_seconds()
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+                            start_new_session=True, preexec_fn=die_with_parent)
     try:
         if during is not None:
             during()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -182,3 +183,14 @@ class Stored:
             sizes = await pipe.execute()
         held = sorted(f"{k.decode()}={n}" for k, n in zip(keys, sizes, strict=True) if n)
         return rows, sum(sizes), held
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Stop a service the test started: SIGTERM (so it stops its own children, e.g. the import parser), then
+    SIGKILL if it has not ended within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)

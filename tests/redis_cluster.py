@@ -24,7 +24,7 @@ import redis
 from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
-from tracker.embedded_redis import _die_with_parent, find_redis_server
+from tracker.embedded_redis import die_with_parent, find_redis_server
 from tracker.redis_client import AnyRedis, is_cluster, parse_cluster_url
 
 MASTERS = 3
@@ -74,7 +74,7 @@ class LocalCluster:
             [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "",
              "--appendonly", "no", "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log"), *self.config],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def kill(self, i: int) -> None:
         """SIGKILL master ``i`` (its data is gone: no persistence)."""

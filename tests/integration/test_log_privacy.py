@@ -33,7 +33,7 @@ from structlog.testing import capture_logs
 from stitcher.domain.identifiers import Normaliser
 from stitcher.replay import load_fixture, replay
 from tests.conftest import API_KEY, reserved_port
-from tests.helpers import eventually
+from tests.helpers import eventually, stop_process
 from tests.integration.test_delivery import Mailbox, sms_receiver, smtp  # noqa: F401 - fixtures
 
 FIXTURES = sorted((Path(__file__).resolve().parents[1] / "fixtures").glob("*.jsonl"))
@@ -125,9 +125,8 @@ def served(clean_redis: str, database_url: str, tmp_path: Path,
         try:
             yield f"http://127.0.0.1:{port}", log_path, proc
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
+            if proc.poll() is None:  # the test failed before stopping it
+                stop_process(proc, timeout=30)
 
 
 async def _ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:

@@ -26,6 +26,7 @@ from stitcher.replay import (
     replay_file_cli,
 )
 from tests.conftest import API_KEY, reserved_port
+from tests.helpers import stop_process
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.jsonl"))
@@ -178,12 +179,7 @@ def server(clean_redis: str, database_url: str, tmp_path: Path) -> Iterator[str]
                 time.sleep(0.1)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc)
             log.close()
 
 
