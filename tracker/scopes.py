@@ -52,6 +52,7 @@ ROUTE_SCOPES: Mapping[tuple[str, str], Needs] = {
     # a plugin checks its key with these, whatever the key may do
     ("GET", "/api/v1/account/info"): ANY_KEY,
     ("GET", "/api/v1/version"): ANY_KEY,
+    ("GET", "/api/openapi.json"): ANY_KEY,  # the API's description: whoever may call some of it may read it
     ("POST", "/api/v1/contact"): CONTACTS,
     ("PUT", "/api/v1/contact/{contact_id}"): CONTACTS,
     ("POST", "/api/v1/contact/subscribe"): CONTACTS,

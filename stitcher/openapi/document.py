@@ -168,6 +168,12 @@ def _paths() -> dict[str, dict[str, Schema]]:
         "/t": {"post": _op("store a beacon's events (also sent as text/plain)", {"204": {"description": "stored"}},
                            body=_ref("Beacon"), public=True),
                "options": _op("CORS preflight of the beacon", {"204": {"description": "allowed"}}, public=True)},
+        "/t/identify": {
+            "post": _op("signed identify: link the visitor to an external customer ID signed by the site's backend "
+                        "(HMAC-SHA256 with IDENTIFY_SECRET)", {"202": {"description": "queued for the stitcher"}},
+                        body=_obj(("externalCustomerId", "signature"), externalCustomerId=_text(MAX_EXTERNAL_ID),
+                                  signature=_text(64), vid=_text(64), reset={"type": "boolean"}), public=True),
+            "options": _op("CORS preflight of identify", {"204": {"description": "allowed"}}, public=True)},
         "/t/forget": {"post": _op("consent withdrawn: expire the visitor cookie", {"204": {"description": "done"}},
                                   public=True)},
         "/t.gif": {"get": _op("the beacon as a pixel: `d` is the beacon body, base64url",

@@ -76,7 +76,7 @@ def _policy(path: str) -> Scope | None:
         return Scope.MESSAGES
     if path.startswith(("/api/v1/visitor/", "/api/v1/tracker/")):
         return Scope.TRACK
-    if path.rstrip("/") in ("/api/v1/account/info", "/api/v1/version"):
+    if path.rstrip("/") in ("/api/v1/account/info", "/api/v1/version", "/api/openapi.json"):
         return None
     return Scope.CONTACTS
 
