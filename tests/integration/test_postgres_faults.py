@@ -90,6 +90,8 @@ class OwnPostgres:
 
 @pytest.fixture
 def own_postgres() -> Iterator[tuple[OwnPostgres, str]]:
+    if os.environ.get("CI_LABEL") == "embedded":
+        pytest.skip("runs once, in CI's PostgreSQL pass: it starts a PostgreSQL of its own in either")
     bindir = postgres_bindir()
     if bindir is None:
         pytest.skip("no initdb/pg_ctl (pg_config --bindir, /usr/lib/postgresql/*/bin): apt-get install postgresql")
