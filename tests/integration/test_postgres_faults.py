@@ -27,7 +27,7 @@ from tests.helpers import eventually, sql_scalar
 from tests.integration.test_crash import service, service_env
 from tests.integration.test_import_crash import assert_rows_whole
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # each takes 10-40 s; generous on a loaded machine
 PG_PORT = 15501  # names the server's socket file only: it listens on no TCP port
 TIMEOUT = aiohttp.ClientTimeout(total=20)
 
@@ -90,6 +90,8 @@ class OwnPostgres:
 
 @pytest.fixture
 def own_postgres() -> Iterator[tuple[OwnPostgres, str]]:
+    if os.environ.get("CI_LABEL") == "embedded":
+        pytest.skip("runs once, in CI's PostgreSQL pass: it starts a PostgreSQL of its own in either")
     bindir = postgres_bindir()
     if bindir is None:
         pytest.skip("no initdb/pg_ctl (pg_config --bindir, /usr/lib/postgresql/*/bin): apt-get install postgresql")

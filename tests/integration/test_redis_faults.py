@@ -28,7 +28,7 @@ from tracker.embedded_redis import EmbeddedRedis
 from tracker.keys import VisitorKeys
 from tracker.settings import Settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # each takes 10-40 s; generous on a loaded machine
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
