@@ -78,6 +78,9 @@ class Worker:
             except Exception:
                 log.exception("worker iteration failed; retrying")
                 own_pending = True
+                # a Redis (or cluster node) that came back empty lost the consumer groups: make them again
+                # (idempotent), or every later read fails with NOGROUP
+                started = False
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 1.0)
 
