@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 # the tests that must hold on a Redis Cluster as on one Redis: CI runs them again on a 3-master cluster
 CLUSTER_TESTS := tests/integration/test_redis_cluster.py tests/integration/test_tracker.py \
 	tests/integration/test_edge.py tests/integration/test_races.py tests/integration/test_event_races.py \
-	tests/integration/test_core_integrity.py tests/integration/test_stories.py tests/integration/test_crash.py
+	tests/integration/test_core_integrity.py tests/integration/test_stories.py tests/integration/test_crash.py \
+	tests/integration/test_worker_groups.py
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)

@@ -83,7 +83,9 @@ class Worker:
             except Exception:
                 log.exception("worker iteration failed; retrying")
                 own_pending = True
-                started = False  # a Redis that lost its data lost the consumer group too (NOGROUP)
+                # a Redis (or cluster node) that came back empty lost the consumer groups: make them again
+                # (idempotent), or every later read fails with NOGROUP
+                started = False
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), 1.0)
 
