@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
+from aiohttp import web
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -142,3 +143,15 @@ async def timeline_ids(client: Any, contact_id: int) -> list[str]:
     page = await _timeline_page(client, contact_id)
     assert page["next"] is None
     return [e["id"] for e in page["events"]]
+
+
+def sms_webhook(got: list[dict[str, Any]]) -> web.Application:
+    """An SMS webhook at ``/sms`` that keeps each posted JSON body in ``got`` and answers 202."""
+
+    async def receive(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(status=202)
+
+    app = web.Application()
+    app.router.add_post("/sms", receive)
+    return app
