@@ -12,13 +12,12 @@ from email.policy import default
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from stitcher.app import init_app
 from stitcher.messages.delivery import Delivery
 from stitcher.store.db import Database
-from tests.helpers import add_contact, call, eventually
+from tests.helpers import add_contact, call, eventually, sms_webhook
 
 
 class Mailbox:
@@ -56,14 +55,7 @@ async def smtp() -> AsyncIterator[tuple[Mailbox, int]]:
 @pytest.fixture
 async def sms_receiver(aiohttp_server: Any) -> tuple[list[dict[str, Any]], str]:
     got: list[dict[str, Any]] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(status=202)
-
-    app = web.Application()
-    app.router.add_post("/sms", receive)
-    server = await aiohttp_server(app)
+    server = await aiohttp_server(sms_webhook(got))
     return got, str(server.make_url("/sms"))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -433,7 +434,8 @@ async def test_head_and_other_paths_are_handed_to_aiohttp(connect) -> None:  # t
     conn = await connect()
     conn.send(get("/healthz"))
     [health] = await conn.answers(1)
-    assert health.status == 200 and health.json() == {"status": "ok"} and "aiohttp" in health.headers["server"]
+    assert health.status == 200 and health.json() == {"status": "ok", "pid": os.getpid()} \
+        and "aiohttp" in health.headers["server"]
     conn.send(post_t(beacon_body(str(uuid.uuid4()))))  # aiohttp owns the connection now, and answers alike
     [answer] = await conn.answers(1)
     assert answer.status == 204 and "x-stitcher-visitor" in answer.headers

@@ -5,6 +5,7 @@ oversized heads and bodies split into many pieces."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import tracemalloc
 import uuid
@@ -101,7 +102,7 @@ async def test_a_hand_over_waits_for_a_beacon_in_flight(connect, held: asyncio.E
     held.set()
     first, second = await conn.answers(2)
     assert (first.status, first.headers["x-request-id"]) == (204, "b1")
-    assert second.status == 200 and second.json() == {"status": "ok"}
+    assert second.status == 200 and second.json() == {"status": "ok", "pid": os.getpid()}
 
 
 async def test_a_large_api_body_in_many_chunks_behind_a_beacon(connect, held: asyncio.Event) -> None:  # type: ignore[no-untyped-def]  # noqa: F811

@@ -29,7 +29,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from tests.conftest import API_KEY, reserved_port
-from tests.helpers import call, eventually
+from tests.helpers import call, eventually, sms_webhook
 from tracker import keys
 
 pytestmark = pytest.mark.slow
@@ -270,14 +270,7 @@ async def test_the_sweeper_is_elected_and_taken_over_when_its_holder_dies(databa
 async def sms_receiver() -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
     """An SMS webhook in this test's loop, on a held port."""
     got: list[dict[str, Any]] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(status=202)
-
-    app = web.Application()
-    app.router.add_post("/sms", receive)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(sms_webhook(got))
     await runner.setup()
     with held_port() as port:
         await web.TCPSite(runner, "127.0.0.1", port, reuse_port=True).start()
