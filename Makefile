@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CLUSTER_TESTS := tests/integration/test_redis_cluster.py tests/integration/test_tracker.py \
 	tests/integration/test_edge.py tests/integration/test_races.py tests/integration/test_event_races.py \
 	tests/integration/test_core_integrity.py tests/integration/test_stories.py tests/integration/test_crash.py \
-	tests/integration/test_worker_groups.py
+	tests/integration/test_worker_groups.py tests/integration/test_rate_limits.py
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)

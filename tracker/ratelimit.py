@@ -63,7 +63,8 @@ class Limiter:
         self.track = track
         self.api = api
         self._on_error = on_error
-        self._frames: dict[str, dict[str, bytes]] = {TRACK: {}, API: {}}
+        # per scope and client: the bucket script's call, RESP-encoded, and its key (which picks a cluster's node)
+        self._frames: dict[str, dict[str, tuple[bytes, str]]] = {TRACK: {}, API: {}}
         self._digests: dict[str, str] = {}
         self._script_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # takes retried after loading the script: kept referenced
@@ -72,10 +73,8 @@ class Limiter:
     def take_callback(self, scope: str, who: str, done: Callable[[Any], None]) -> None:
         """Take a token from ``who``'s bucket in ``scope`` (whose rate must be set); ``done`` gets the raw
         reply, which ``wait_ms`` reads."""
-        frame = self._frames[scope].get(who)
-        if frame is None:
-            frame = self._frame(scope, who)
-        self._committer.submit_callback(frame, done)
+        frame, key = self._frames[scope].get(who) or self._frame(scope, who)
+        self._committer.submit_callback(frame, done, key)
 
     def take_again_callback(self, scope: str, who: str, done: Callable[[Any], None]) -> None:
         """``take_callback`` after a reply that ``is_noscript`` (Redis lost the script: a restart): load it, then
@@ -95,10 +94,10 @@ class Limiter:
 
     async def _take(self, scope: str, who: str) -> Any:
         """The bucket script's reply, the script loaded first if Redis lost it; an exception is returned."""
-        frame = self._frames[scope].get(who) or self._frame(scope, who)
+        frame, key = self._frames[scope].get(who) or self._frame(scope, who)
         for attempt in (1, 2):
             try:
-                reply = await self._committer.submit(frame)
+                reply = await self._committer.submit(frame, key)
             except Exception as exc:
                 if attempt == 2 or not is_noscript(exc):
                     return exc
@@ -139,15 +138,15 @@ class Limiter:
             name = self._digests[key] = hashlib.sha256(key.encode()).hexdigest()[:24]
         return name
 
-    def _frame(self, scope: str, who: str) -> bytes:
+    def _frame(self, scope: str, who: str) -> tuple[bytes, str]:
         rate = self.track if scope == TRACK else self.api
         assert rate is not None
         frames = self._frames[scope]
         if len(frames) >= _FRAMES:
             frames.clear()
-        frame = frames[who] = resp.command(*BUCKET.args([keys.bucket(scope, who)],
-                                                        [rate.burst, repr(rate.per_second / 1000)]))
-        return frame
+        key = keys.bucket(scope, who)
+        entry = frames[who] = (resp.command(*BUCKET.args([key], [rate.burst, repr(rate.per_second / 1000)])), key)
+        return entry
 
     async def stop(self) -> None:
         for task in list(self._tasks):
