@@ -25,7 +25,7 @@ from tracker.http import (
 from tracker.identify import MAX_BODY_BYTES as IDENTIFY_MAX_BODY
 from tracker.identify import Identify
 from tracker.metrics import CONTENT_TYPE_LATEST
-from tracker.ratelimit import Limiter
+from tracker.ratelimit import TRACK, Limiter
 from tracker.script import Script
 from tracker.settings import Settings
 from tracker.visitor import COOKIE, parse_visitor_id
@@ -81,13 +81,16 @@ async def identify(request: web.Request) -> web.StreamResponse:
     (``tracker.identify``). Answered by aiohttp, not the edge: it is rare next to beacons. Its errors carry
     CORS headers too, so the page can read why it was refused."""
     request_id = request[REQUEST_ID]
+    tracking = request.app[TRACKING]
     try:
+        if tracking.limiter is not None:  # the beacon's bucket: a flood of guessed signatures is limited too
+            await tracking.limiter.take(TRACK, tracking.client(*_client(request)))
         body = await read_body(request, IDENTIFY_MAX_BODY)
         reply = await request.app[IDENTIFY].identify(request.headers, body, is_secure(request.secure, request.headers),
                                                      request_id)
     except DomainError as exc:
         reply, _ = error_reply(exc, request_id)
-    request.app[TRACKING].cors(request.headers, reply.headers)
+    tracking.cors(request.headers, reply.headers)
     return to_response(reply)
 
 

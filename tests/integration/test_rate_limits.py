@@ -105,6 +105,18 @@ async def test_the_pixel_is_limited_too(open_client: Any, tracker_settings: Sett
     await assert_limited(await post(client, beacon(ev())))
 
 
+async def test_identify_takes_from_the_beacons_bucket(open_client: Any, tracker_settings: Settings) -> None:
+    """POST /t/identify (signed identify) shares the address's bucket: past it, guessed signatures get a JSON
+    429 with Retry-After (and CORS, so the page can read it), not a signature check each."""
+    settings = dataclasses.replace(limited(tracker_settings), identify_secrets=("identify-secret",))
+    client = await open_client(settings)
+    await exhaust(client, 3)
+    answer = await client.post("/t/identify", data=b'{"externalCustomerId": "C-1", "signature": "00"}',
+                               headers={"Origin": "https://shop.example.com"})
+    await assert_limited(answer)
+    assert answer.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
+
+
 async def test_a_malformed_beacon_is_refused_without_taking_a_token(open_client: Any, tracker_settings: Settings,
                                                                     redis_client: Redis) -> None:
     """A bad body is a 400 before the limiter is asked: it writes nothing to Redis, no bucket either."""
