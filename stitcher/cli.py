@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         app.on_startup.append(_tune_gc)
         if not args.child:
             print(f"Stitcher listening on http://{settings.host}:{settings.port}  "
-                  f"(redis: {settings.redis_url}; database: {_safe(settings.effective_database_url)}; "
+                  f"(redis: {hide_password(settings.redis_url or '')}; "
+                  f"database: {_safe(settings.effective_database_url)}; "
                   f"{_keys_note(settings)}; demo: http://{settings.host}:{settings.port}/demo/)",
                   flush=True)
         run(app, host=settings.host, port=settings.port, reuse_port=args.reuse_port or args.child,
@@ -94,7 +96,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
     try:
         _upgrade(settings)
         print(f"Stitcher listening on http://{settings.host}:{settings.port} with {workers} processes  "
-              f"(redis: {redis_url}; database: {_safe(settings.effective_database_url)}; "
+              f"(redis: {hide_password(redis_url)}; database: {_safe(settings.effective_database_url)}; "
               f"{_keys_note(settings)})", flush=True)
         return Supervisor(child_command(settings.host, settings.port), child_env(redis_url), workers).run()
     finally:
@@ -120,6 +122,11 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         return uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         return asyncio.new_event_loop()
+
+
+def hide_password(url: str) -> str:
+    """A Redis URL (``redis://``, ``rediss+cluster://user:secret@a:1,b:2``…) with its password starred."""
+    return re.sub(r"^([a-z+]+://[^:@/]*):[^@/]*@", r"\1:***@", url)
 
 
 def _safe(url: str) -> str:

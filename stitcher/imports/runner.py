@@ -40,6 +40,12 @@ CHUNK_ROWS = 1000
 MAX_CHUNK_KEYS = 2000
 RESUME_RETRY_S = 5.0
 OUTAGE_RETRY_S = 0.5  # the first wait after an outage; doubled up to RESUME_RETRY_S
+
+
+def outage_wait(attempt: int) -> float:
+    """Seconds to wait before the ``attempt``-th retry (from 0) of an import paused by a database outage. The
+    exponent is capped: 2**1024 is past a float, and an outage may outlast any number of attempts."""
+    return min(OUTAGE_RETRY_S * 2.0 ** min(attempt, 16), RESUME_RETRY_S)
 CONCURRENT_IMPORTS = 2  # two overlap one's SQL round trips with the other's parsing; more only queue on locks
 # import bodies read and parsed at once: each costs ~45 MiB while it is (a 16 MiB body and its objects), so a
 # burst of clients cannot exhaust the memory; the next one is answered 429 with Retry-After
@@ -163,7 +169,7 @@ class ImportRunner:
                         raise
                     log.warning("import paused: database unavailable", import_id=import_id,
                                 error=type(exc).__name__)
-                    await asyncio.sleep(min(OUTAGE_RETRY_S * 2**attempt, RESUME_RETRY_S))
+                    await asyncio.sleep(outage_wait(attempt))
 
     async def _run_from_last_chunk(self, import_id: str) -> None:
         async with self.db.reader() as s:
